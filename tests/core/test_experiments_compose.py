@@ -1,0 +1,64 @@
+"""Every experiment config composes and runs end to end with ``fast_dev_run`` (in-process)."""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA, TINY_BERT, compose_train
+from trustml.registry import load_plugins, plugins
+from trustml.runner import run
+
+EXPERIMENTS = sorted(e.name[:-5] for e in (files("trustml.conf") / "experiment").iterdir() if e.name.endswith(".yaml"))
+
+#: Extra overrides an experiment needs in a test (its data file, a tiny encoder instead of MiniLM).
+NEEDS: dict[str, list[str]] = {
+    "text_classification_minilm": [f"model.random_init_config={TINY_BERT}"],
+    "topical_chat_sentiment_minilm": [f"model.random_init_config={TINY_BERT}", "data.max_conversations=12"],
+}
+
+
+def _text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "reviews.jsonl"
+    rows = [{"text": f"{w} movie number {i}", "label": w} for i in range(30) for w in ("great", "awful", "fine")]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_every_experiment_is_covered() -> None:
+    assert {"digits_erm", "text_classification_minilm", "topical_chat_sentiment_minilm"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path) -> None:
+    if experiment.startswith("topical_chat") and not (SHARED_DATA / "topical_chat").is_dir():
+        pytest.skip(f"needs the development data at {SHARED_DATA / 'topical_chat'}")
+    overrides = [f"experiment={experiment}", "debug=fast_dev_run", *NEEDS.get(experiment, [])]
+    if experiment.startswith("text_classification"):
+        overrides.append(f"data.path={_text_file(tmp_path)}")
+    cfg = compose_train(overrides, tmp_path / "run")
+    outcome = run(cfg)
+    assert 0.0 <= outcome.results["test/acc"] <= 1.0
+    assert outcome.model_spec["num_classes"] >= 2
+
+
+load_plugins()
+COMBINATIONS = [
+    (method, optimizer, federation)
+    for method in sorted(plugins("method"))
+    for optimizer in sorted(plugins("optimizer"))
+    for federation in sorted(plugins("federation"))
+]
+
+
+@pytest.mark.parametrize(("method", "optimizer", "federation"), COMBINATIONS)
+def test_every_method_optimizer_federation_composes(
+    method: str, optimizer: str, federation: str, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        [f"method={method}", f"optimizer={optimizer}", f"federation={federation}", "debug=fast_dev_run"], tmp_path
+    )
+    assert 0.0 <= run(cfg).results["test/acc"] <= 1.0

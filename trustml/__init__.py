@@ -1,0 +1,3 @@
+"""trustml: trustworthy-ML techniques as Hydra-composed PyTorch Lightning plugins."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Lightning callbacks of the run record (per-epoch metrics and timing)."""

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``trustml`` (Hydra app) and ``trustml-report``."""

@@ -1,0 +1,62 @@
+"""``trustml --help``: every config group with its plugins/options and a one-line description each."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from trustml.registry import PLUGIN_GROUPS, plugins
+
+YAML_GROUPS = ("trainer", "logger", "callbacks", "paths", "experiment", "hparams_search", "debug")
+
+USAGE = """trustml - trustworthy-ML experiments as Hydra-composed Lightning plugins
+
+Usage:
+  trustml [group=option ...] [key=value ...]       one run (e.g. trustml method=erm data=digits)
+  trustml -m [group=a,b ...] [key=v1,v2 ...]       a sweep (e.g. trustml -m seed=1,2,3)
+  trustml experiment=NAME                          a predefined experiment
+  trustml --cfg job                                print the composed config and exit
+  trustml-report DIR                               Markdown + PNG report of a run or sweep directory
+
+Runs are written to logs/runs/<time>/ (sweeps to logs/multiruns/<time>/<n>/): .hydra/ (config, overrides),
+run.json (seed, git commit, versions, status), metrics.csv, results.json and checkpoints/.
+Hydra's own flags (--multirun, --cfg, --info, --config-dir, ...) work as usual: see `trustml --hydra-help`.
+"""
+
+
+def _first_comment(text: str) -> str:
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and "@package" not in stripped:
+            return stripped.lstrip("# ").strip()
+    return ""
+
+
+def yaml_options(group: str) -> dict[str, str]:
+    """Options of a YAML config group with the first comment line of each file."""
+    folder = files("trustml.conf") / group
+    if not folder.is_dir():
+        return {}
+    return {
+        entry.name[: -len(".yaml")]: _first_comment(entry.read_text())
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def help_text() -> str:
+    """The full help: usage, then each group with its options."""
+    lines = [USAGE, "Config groups (select with group=option):"]
+    for group in (*PLUGIN_GROUPS, *YAML_GROUPS):
+        options = {name: info.summary for name, info in sorted(plugins(group).items())}
+        options.update(yaml_options(group))
+        lines.append(f"\n  {group}:")
+        if not options:
+            lines.append("    (none installed)")
+        width = max((len(n) for n in options), default=0)
+        lines += [f"    {name:<{width}}  {summary}".rstrip() for name, summary in options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def print_help() -> None:
+    """Print :func:`help_text` to stdout."""
+    print(help_text(), end="")

@@ -1,0 +1,195 @@
+"""Data-module base: in-memory splits of (inputs, labels, sample ids, group columns) served as dict batches.
+
+Every data plugin loads its splits once (:meth:`TrustDataModule.load_splits`); the base class serves
+them as batches ``{"x": inputs, "y": labels, "index": global sample ids}``. Sample ids are unique across
+splits and stable for a given data config, so methods can cache per-sample values (old-model logits) and
+reports can name flipped samples. Group columns (e.g. conversation id, speaker) travel with a split for
+grouped splits and federated partitions.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trustml.errors import DataError
+
+Inputs = Tensor | dict[str, Tensor] | list[str]
+SPLITS = ("train", "val", "test")
+
+
+def take(inputs: Inputs, idx: Tensor | np.ndarray | Sequence[int]) -> Inputs:
+    """Rows ``idx`` of ``inputs`` (a tensor, a dict of equally long tensors, or a list of strings)."""
+    if isinstance(inputs, Tensor):
+        return inputs[torch.as_tensor(idx, dtype=torch.long)]
+    if isinstance(inputs, dict):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return {k: v[index] for k, v in inputs.items()}
+    return [inputs[int(i)] for i in idx]
+
+
+def num_rows(inputs: Inputs) -> int:
+    """Number of samples in ``inputs``."""
+    if isinstance(inputs, dict):
+        return len(next(iter(inputs.values())))
+    return len(inputs)
+
+
+@dataclass
+class Split:
+    """One split held in memory: inputs, integer labels, global sample ids and per-sample group columns."""
+
+    inputs: Inputs
+    labels: Tensor
+    index: Tensor
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+        self.index = torch.as_tensor(self.index, dtype=torch.long)
+        n = num_rows(self.inputs)
+        if len(self.labels) != n or len(self.index) != n:
+            raise ValueError(f"split has {n} inputs but {len(self.labels)} labels and {len(self.index)} ids")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: Tensor | np.ndarray | Sequence[int]) -> Split:
+        """The split restricted to positions ``rows`` (ids and group columns follow)."""
+        rows_np = np.asarray(rows, dtype=np.int64)
+        return Split(
+            inputs=take(self.inputs, rows_np),
+            labels=self.labels[torch.as_tensor(rows_np)],
+            index=self.index[torch.as_tensor(rows_np)],
+            groups={k: v[rows_np] for k, v in self.groups.items()},
+        )
+
+
+class SplitDataset(Dataset):
+    """Map-style dataset over a :class:`Split` that fetches whole batches at once (``__getitems__``)."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Any]:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return {"x": take(self.split.inputs, idx), "y": self.split.labels[idx], "index": self.split.index[idx]}
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.__getitems__([row])
+
+
+def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    return batch
+
+
+class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
+    """Base of trustml data plugins: subclasses implement :meth:`load_splits` and set ``label_names``."""
+
+    #: What ``x`` holds: ``"features"`` (a float tensor [N, D]) or ``"text"`` (a list of strings that a
+    #: text model turns into tensors through :meth:`map_inputs`).
+    input_kind: ClassVar[str] = "features"
+
+    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = None, split_seed: int = 0) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise DataError(f"data.batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.split_seed = split_seed
+        self.splits: dict[str, Split] = {}
+        self.label_names: list[str] = []
+        #: Optional factory for the training batch sampler (e.g. Poisson sampling for DP-SGD).
+        self.train_batch_sampler_factory: Callable[[int, int], Sampler[list[int]]] | None = None
+
+    @abstractmethod
+    def load_splits(self) -> dict[str, Split]:
+        """Read the data and return the ``train``/``val``/``test`` splits (called once)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self.load_splits()
+        missing = [s for s in SPLITS if s not in splits]
+        if missing:
+            raise DataError(f"{type(self).__name__} produced no {', '.join(missing)} split")
+        empty = [s for s in SPLITS if len(splits[s]) == 0]
+        if empty:
+            raise DataError(f"{type(self).__name__}: split(s) {', '.join(empty)} are empty; use more data")
+        self.splits = splits
+
+    # --- shape information used to build models ------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (length of ``label_names``)."""
+        return len(self.label_names)
+
+    @property
+    def input_dim(self) -> int | None:
+        """Feature width of tensor inputs, ``None`` for text or token inputs."""
+        inputs = self.splits["train"].inputs
+        return int(inputs.shape[1]) if isinstance(inputs, Tensor) and inputs.dim() == 2 else None
+
+    def map_inputs(self, fn: Callable[[Inputs], Inputs]) -> None:
+        """Replace every split's inputs by ``fn(inputs)`` (e.g. tokenize or embed text once)."""
+        for split in self.splits.values():
+            split.inputs = fn(split.inputs)
+
+    # --- loaders -------------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = SplitDataset(self.splits[split])
+        if split == "train" and self.train_batch_sampler_factory is not None:
+            sampler = self.train_batch_sampler_factory(len(dataset), self.batch_size)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batch_as_is)
+        size = self.batch_size if split == "train" else self.eval_batch_size
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle, collate_fn=_batch_as_is)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Positions of ``labels`` split into parts of the given fractions, stratified by label, seeded."""
+    from sklearn.model_selection import train_test_split
+
+    positions = np.arange(len(labels))
+    parts: list[np.ndarray] = []
+    remaining, remaining_labels, left = positions, labels, 1.0
+    for frac in fractions[:-1]:
+        take_frac = frac / left
+        chosen, rest = train_test_split(remaining, train_size=take_frac, random_state=seed, stratify=remaining_labels)
+        parts.append(np.sort(chosen))
+        remaining, remaining_labels, left = rest, labels[rest], left - frac
+    parts.append(np.sort(remaining))
+    return parts
+
+
+def grouped_split(groups: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Positions split so that every group (e.g. a conversation) falls entirely in one part."""
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    bounds = np.round(np.cumsum(fractions) * len(unique)).astype(int)
+    parts, start = [], 0
+    for end in bounds:
+        chosen = set(unique[start:end].tolist())
+        parts.append(np.flatnonzero([g in chosen for g in groups]))
+        start = end
+    return parts

@@ -1,0 +1,1 @@
+"""Federation runtimes: how training is distributed (``federation=none`` trains centrally)."""

@@ -1,0 +1,1 @@
+"""Optimizer plugins: partials built with the trainable parameters."""

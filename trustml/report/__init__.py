@@ -1,0 +1,1 @@
+"""Sweep summaries and Markdown/PNG reports of runs and sweeps."""
