@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -62,3 +63,22 @@ def test_every_method_optimizer_federation_composes(
         [f"method={method}", f"optimizer={optimizer}", f"federation={federation}", "debug=fast_dev_run"], tmp_path
     )
     assert 0.0 <= run(cfg).results["test/acc"] <= 1.0
+
+
+SEARCH_PLUGINS = {
+    "digits_optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+}
+HPARAMS = sorted(e.name[:-5] for e in (files("trustml.conf") / "hparams_search").iterdir() if e.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("search", HPARAMS)
+def test_hparams_search_configs_compose(search: str, tmp_path: Path) -> None:
+    plugin = SEARCH_PLUGINS[search]
+    if importlib.util.find_spec(plugin) is None:
+        pytest.skip(f"needs the optional Hydra plugin {plugin} (pip install -e '.[sweepers]')")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="trustml.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"hparams_search={search}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"

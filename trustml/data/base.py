@@ -182,14 +182,20 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
 
 
 def grouped_split(groups: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
-    """Positions split so that every group (e.g. a conversation) falls entirely in one part."""
+    """Positions split so that every group (e.g. a conversation) falls entirely in one part.
+
+    Each part after the first gets ``round(fraction * n_groups)`` groups (at least one when its fraction is
+    positive); the first part gets the rest.
+    """
     unique = np.unique(groups)
     rng = np.random.default_rng(seed)
     rng.shuffle(unique)
-    bounds = np.round(np.cumsum(fractions) * len(unique)).astype(int)
-    parts, start = [], 0
-    for end in bounds:
-        chosen = set(unique[start:end].tolist())
-        parts.append(np.flatnonzero([g in chosen for g in groups]))
-        start = end
-    return parts
+    counts = [max(1, round(f * len(unique))) if f > 0 else 0 for f in fractions[1:]]
+    first = len(unique) - sum(counts)
+    if first < 1:
+        raise DataError(f"only {len(unique)} groups: too few to split into parts of {list(fractions)}")
+    bounds = np.cumsum([first, *counts])
+    position_of = {g: i for i, g in enumerate(unique.tolist())}
+    rank = np.array([position_of[g] for g in groups.tolist()])
+    starts = np.concatenate([[0], bounds[:-1]])
+    return [np.flatnonzero((rank >= lo) & (rank < hi)) for lo, hi in zip(starts, bounds, strict=True)]

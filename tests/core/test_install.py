@@ -1,0 +1,52 @@
+"""A plain, non-editable ``pip install .`` carries the configs: the installed package runs on its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    assert (target / "trustml" / "conf" / "train.yaml").is_file()
+    assert (target / "trustml" / "conf" / "experiment" / "digits_erm.yaml").is_file()
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = (
+        "import sys, trustml; sys.argv[0] = 'trustml'; print(trustml.__file__); "
+        "from trustml.cli.main import main; main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "debug=fast_dev_run", "trainer.enable_progress_bar=false"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(str(target))
+    assert list(work.glob("logs/runs/*/results.json"))

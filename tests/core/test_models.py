@@ -1,0 +1,86 @@
+"""Model plugins: MLP and the Hugging Face encoder classifier (tiny random encoders; MiniLM offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trustml.errors import ConfigError
+from trustml.models.hf_encoder import HFEncoderClassifier, mean_pool
+from trustml.models.mlp import MLP
+
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 30522,
+    "max_position_embeddings": 64,
+}
+
+
+def test_mlp_embed_and_head() -> None:
+    model = MLP(num_classes=3, input_dim=5, hidden_sizes=[8, 4], norm="layer").eval()
+    x = torch.randn(7, 5)
+    assert model.embed(x).shape == (7, 4) and model(x).shape == (7, 3)
+    assert torch.allclose(model(x), model.head(model.embed(x)))
+
+
+def test_mlp_rejects_text_and_bad_options() -> None:
+    with pytest.raises(ConfigError, match="model=hf_encoder"):
+        MLP(num_classes=2, input_dim=None)
+    with pytest.raises(ConfigError, match="model.norm"):
+        MLP(num_classes=2, input_dim=3, norm="weird")
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert mean_pool(hidden, mask).item() == pytest.approx(2.0)
+
+
+def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
+    texts = ["hello world", "a longer sentence with more tokens", "short"]
+    model = HFEncoderClassifier(num_classes=2, random_init_config=TINY, cache_dir=str(tmp_path))
+    first = model.featurize(texts)
+    assert first.shape == (3, 16) and len(list(tmp_path.glob("*.pt"))) == 1
+    assert model(first).shape == (3, 2)
+    assert not any(k.startswith("encoder") for k in model.state_dict())  # frozen encoder stays out of checkpoints
+    model._frozen_encoder.embeddings.word_embeddings.weight.data.zero_()  # a cache hit does not touch the encoder
+    assert torch.equal(model.featurize(texts), first)
+    # padding in a batch does not change a text's embedding
+    alone = model.pool(
+        **{k: v for k, v in model.tokenizer(["short"], return_tensors="pt").items() if k != "token_type_ids"}
+    )
+    assert alone.shape == (1, 16)
+
+
+def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
+    model = HFEncoderClassifier(
+        num_classes=2, random_init_config=TINY, trainable_last_layers=1, cache_dir=str(tmp_path)
+    )
+    tokens = model.featurize(["one text", "another text here"])
+    assert set(tokens) == {"input_ids", "attention_mask"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("encoder.encoder.layer.1.") for n in trainable)
+    assert not any(n.startswith("encoder.encoder.layer.0.") for n in trainable)
+    model(tokens).sum().backward()
+    assert model.encoder.encoder.layer[1].output.dense.weight.grad is not None
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        HFEncoderClassifier(num_classes=2, random_init_config=TINY, trainable_last_layers=5)
+
+
+def test_offline_minilm_loads_from_its_package(tmp_path: Path) -> None:
+    model = HFEncoderClassifier(num_classes=2, cache_dir=str(tmp_path))
+    emb = model.featurize(["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell sharply."])
+    sim = torch.nn.functional.cosine_similarity
+    assert emb.shape == (3, 384)
+    assert sim(emb[0:1], emb[1:2]) > sim(emb[0:1], emb[2:3])  # real pretrained weights, not random
+
+
+def test_unloadable_pretrained_name_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="could not be loaded offline"):
+        HFEncoderClassifier(num_classes=2, pretrained="/no/such/model/dir")
