@@ -153,3 +153,13 @@ def test_bad_input_gives_one_clear_message_and_a_failed_record(case: str, tmp_pa
     record = read_json(run_dir / "run.json")
     assert record["status"] == "failed" and expected.split(":")[0] in record["error"]["message"]
     assert not (run_dir / "results.json").exists()
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_others_run(tmp_path: Path) -> None:
+    out = run_cli("-m", "data.batch_size=0,64", *FAST, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "job 0 failed: data.batch_size must be positive" in out.stderr and "Traceback" not in out.stderr
+    sweep = next((tmp_path / "logs" / "multiruns").iterdir())
+    assert read_json(sweep / "0" / "run.json")["status"] == "failed" and not (sweep / "0" / "results.json").exists()
+    assert read_json(sweep / "1" / "run.json")["status"] == "completed"
+    assert "| failed |" in (sweep / "summary.md").read_text()

@@ -71,10 +71,14 @@ def train(cfg: DictConfig) -> float | None:
         outcome = run(cfg, choices)
     except TrustMLError as exc:
         record.fail(exc)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
-        _report_error(f"{exc}\n(run recorded as failed in {run_dir})")
-        sys.exit(2)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            _report_error(f"{exc}\n(run recorded as failed in {run_dir})")
+            sys.exit(2)
+        if cfg.get("optimized_metric"):
+            raise  # a hyper-parameter sweeper decides what a failed trial means
+        # The other jobs of the sweep go on; the sweep summary lists this one as failed and the exit code is 2.
+        _report_error(f"job {hydra_cfg.job.num} failed: {exc}\n(recorded in {run_dir})")
+        return None
     except BaseException as exc:
         record.fail(exc)
         raise

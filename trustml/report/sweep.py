@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,4 +83,10 @@ class SweepSummaryCallback(Callback):
     """Hydra callback: at the end of a multirun, write the sweep summary into the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(config.hydra.sweep.dir)
+        """Write the summary; exit with status 2 when any job failed (after all jobs ran)."""
+        csv_path, md_path = write_summary(config.hydra.sweep.dir)
+        statuses = pd.read_csv(csv_path)["status"] if csv_path.stat().st_size > 1 else pd.Series(dtype=str)
+        failed = int((statuses != "completed").sum())
+        if failed:
+            sys.stderr.write(f"trustml: error: {failed} of {len(statuses)} sweep jobs failed; see {md_path}\n")
+            sys.exit(2)
