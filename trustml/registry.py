@@ -35,6 +35,7 @@ BUILTIN_PLUGIN_MODULES = (
     "trustml.models.hf_encoder",
     "trustml.methods.erm",
     "trustml.optim.torch_optimizers",
+    "trustml.optim.dp",
     "trustml.federation.centralized",
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ from tests.conftest import REPO_ROOT
 
 
 def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # build from a copy: the build leaves nothing in the work tree
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "logs", "build", "*.egg-info", "__pycache__", ".cache"),
+    )
     target = tmp_path / "site"
     build = subprocess.run(
         [
@@ -23,7 +30,7 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(REPO_ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ A method owns the objective only: the network comes from the ``model`` group, th
 "index": sample ids}`` (plus anything a method adds, e.g. cached old-model logits). Subclasses implement
 :meth:`ClassificationMethod.sample_losses`, the per-sample loss as a pure function of the model's logits
 and the batch; the mean is the training loss. Optimizers that need per-sample gradients (DP-SGD) get that
-function and do their own step (see :class:`trustml.optim.base.PerSampleGradientOptimizer`).
+function and compute the gradients themselves (see :class:`trustml.optim.base.PerSampleGradientOptimizer`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ class ClassificationMethod(pl.LightningModule):
         batch = self.prepare_batch(batch)
         if self.uses_per_sample_gradients:
             optimizer = self.optimizers()
-            logits, loss = optimizer.optimizer.private_step(self.model, self.sample_losses, batch)
+            logits, loss = optimizer.optimizer.private_gradients(self.model, self.sample_losses, batch)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         else:
             logits = self.model(batch["x"])
             loss = self.sample_losses(logits, batch).mean()

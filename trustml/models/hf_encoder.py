@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from trustml.errors import ConfigError
 from trustml.registry import register
@@ -154,7 +155,8 @@ class HFEncoderClassifier(nn.Module):
         if path is not None and path.is_file():
             return torch.load(path, weights_only=True)
         chunks = []
-        for start in range(0, len(texts), self.embed_batch_size):
+        starts = range(0, len(texts), self.embed_batch_size)
+        for start in tqdm(starts, desc=f"embedding {len(texts)} texts", unit="batch", disable=len(starts) < 10):
             tokens = self.tokenizer(
                 texts[start : start + self.embed_batch_size],
                 padding=True,

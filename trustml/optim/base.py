@@ -15,13 +15,22 @@ SampleLossFn = Callable[[Tensor, dict[str, Any]], Tensor]
 class PerSampleGradientOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     """An optimizer that needs per-sample gradients (e.g. DP-SGD) and so does its own backward pass.
 
-    Methods detect a subclass of this and call :meth:`private_step` with the model, the method's
-    per-sample loss function ``sample_losses(logits, batch) -> [B]`` and the batch, instead of calling
-    ``loss.backward()`` themselves. It returns ``(logits, mean_loss)`` for logging (both detached).
+    Methods detect a subclass of this and, instead of ``loss.backward()``, call :meth:`private_gradients`
+    with the model, the method's per-sample loss ``sample_losses(logits, batch) -> [B]`` and the batch;
+    then they call ``step()`` through Lightning (so the trainer counts the step) and ``zero_grad()``.
     """
 
     @abstractmethod
+    def private_gradients(
+        self, model: nn.Module, sample_losses: SampleLossFn, batch: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """Set each trainable parameter's ``.grad`` from ``batch``; return detached ``(logits, mean loss)``."""
+
     def private_step(
         self, model: nn.Module, sample_losses: SampleLossFn, batch: dict[str, Any]
     ) -> tuple[Tensor, Tensor]:
-        """Compute per-sample gradients of ``sample_losses`` on ``batch``, update the parameters."""
+        """:meth:`private_gradients`, then the update and ``zero_grad`` (for use outside a Lightning loop)."""
+        logits, loss = self.private_gradients(model, sample_losses, batch)
+        self.step()
+        self.zero_grad(set_to_none=True)
+        return logits, loss

@@ -1,0 +1,199 @@
+"""DPSGD / DPAdam: the vectorized private step against a per-sample loop, virtual batches, options, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from privacy_helpers import SequenceClassifier, cross_entropy, feature_batch, mlp, sequence_batch, take
+from torch import nn
+
+from trustml.errors import ConfigError
+from trustml.optim.dp import DPSGD, DPAdam, DPSGDConfig, PrivacyBudgetSpent
+
+
+def _reference_update(
+    model: nn.Module, batch: dict, sigma: float, bound: float, seed: int, denominator: float, mode: str = "flat"
+) -> dict[str, torch.Tensor]:
+    """The DP gradient by a loop over samples: clip each, sum, add seeded noise, divide."""
+    params = dict(model.named_parameters())
+    total = {name: torch.zeros_like(p) for name, p in params.items()}
+    for i in range(batch["y"].shape[0]):
+        one = take(batch, i)
+        loss = cross_entropy(model(one["x"]), one).sum()
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+        if mode == "flat":
+            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+            scales = dict.fromkeys(grads, min(1.0, bound / (norm + 1e-6)))
+        else:
+            layer_bound = bound / math.sqrt(len(grads))
+            scales = {n: min(1.0, layer_bound / (float(g.norm()) + 1e-6)) for n, g in grads.items()}
+        for name, g in grads.items():
+            total[name] += g * scales[name]
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: (t + torch.normal(0.0, sigma * bound, size=t.shape, generator=generator)) / denominator
+        for name, t in total.items()
+    }
+
+
+@pytest.mark.parametrize("engine", ["layerwise", "vmap"])
+@pytest.mark.parametrize("mode", ["flat", "per_layer"])
+def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> None:
+    torch.manual_seed(0)
+    model, batch = mlp().eval(), feature_batch(8)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        loss_before = cross_entropy(model(batch["x"]), batch).mean()
+    expected = _reference_update(model, batch, sigma=0.8, bound=0.5, seed=11, denominator=10.0, mode=mode)
+    optimizer = DPSGD(
+        model.parameters(), lr=0.3, noise_multiplier=0.8, max_grad_norm=0.5, clipping=mode,
+        per_sample_gradients=engine, noise_seed=11,
+    )
+    optimizer.configure_noise(0.8, expected_batch_size=10.0)
+
+    logits, loss = optimizer.private_step(model, cross_entropy, batch)
+
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name] - 0.3 * expected[name], rtol=1e-4, atol=1e-6)
+        assert p.grad is None
+    assert logits.shape == (8, 3) and not logits.requires_grad
+    assert optimizer.noisy_steps == 1
+    torch.testing.assert_close(loss, loss_before)
+
+
+def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:
+    torch.manual_seed(0)
+    model, batch = SequenceClassifier().eval(), sequence_batch(6)
+    twin = SequenceClassifier().eval()
+    twin.load_state_dict(model.state_dict())
+    expected = _reference_update(twin, batch, sigma=1.2, bound=1.0, seed=5, denominator=6)
+    reference = torch.optim.Adam(twin.parameters(), lr=0.01, betas=(0.8, 0.99))
+    for name, p in twin.named_parameters():
+        p.grad = expected[name]
+    reference.step()
+
+    DPAdam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2, noise_seed=5).private_step(
+        model, cross_entropy, batch
+    )
+
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("engine", ["layerwise", "vmap"])
+def test_virtual_batches_give_the_same_update_as_one_physical_batch(engine: str) -> None:
+    torch.manual_seed(0)
+    whole, chunked = mlp().eval(), mlp().eval()
+    chunked.load_state_dict(whole.state_dict())
+    batch = feature_batch(10)
+    common = {"lr": 0.1, "noise_multiplier": 1.0, "noise_seed": 3, "per_sample_gradients": engine, "momentum": 0.9}
+    one, many = DPSGD(whole.parameters(), **common), DPSGD(chunked.parameters(), max_physical_batch_size=3, **common)
+    for _ in range(2):
+        logits_one, loss_one = one.private_step(whole, cross_entropy, batch)
+        logits_many, loss_many = many.private_step(chunked, cross_entropy, batch)
+    for p, q in zip(whole.parameters(), chunked.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_one, logits_many, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_one, loss_many)
+
+
+def test_noise_std_is_sigma_c_over_the_expected_batch_size() -> None:
+    model = nn.Linear(100, 100, bias=False)
+    nn.init.zeros_(model.weight)
+    batch = {"x": torch.zeros(4, 100), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
+    optimizer = DPSGD(model.parameters(), lr=1.0, noise_multiplier=2.0, max_grad_norm=0.5, noise_seed=0)
+    optimizer.configure_noise(2.0, expected_batch_size=8.0)
+
+    optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)  # zero gradients: noise only
+
+    assert abs(float(model.weight.std()) - 2.0 * 0.5 / 8.0) < 0.005
+
+
+def test_an_empty_poisson_batch_still_takes_a_noise_only_step() -> None:
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = DPSGD(model.parameters(), lr=0.1, noise_multiplier=1.0, noise_seed=0)
+    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    empty = {"x": torch.zeros(0, 5), "y": torch.zeros(0, dtype=torch.long), "index": torch.zeros(0, dtype=torch.long)}
+
+    logits, _ = optimizer.private_step(model, cross_entropy, empty)
+
+    assert logits.shape == (0, 3)
+    assert optimizer.noisy_steps == 1
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target_epsilon": None}, "noise_multiplier or optimizer.target_epsilon"),
+        ({"noise_multiplier": 0.0}, "noise_multiplier must be positive"),
+        ({"noise_multiplier": -1.0}, "noise_multiplier must be positive"),
+        ({"noise_multiplier": 1.0, "max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"target_epsilon": -2.0}, "target_epsilon must be positive"),
+        ({"noise_multiplier": 1.0, "delta": 0.0}, "delta"),
+        ({"noise_multiplier": 1.0, "delta": 1.5}, "delta"),
+        ({"noise_multiplier": 1.0, "clipping": "global"}, "clipping"),
+        ({"noise_multiplier": 1.0, "accountant": "moments"}, "accountant"),
+        ({"noise_multiplier": 1.0, "per_sample_gradients": "loop"}, "per_sample_gradients"),
+        ({"noise_multiplier": 1.0, "max_physical_batch_size": 0}, "max_physical_batch_size"),
+        ({"noise_multiplier": 1.0, "betas": (0.9, 0.9)}, "betas"),
+    ],
+)
+def test_bad_options_are_refused_with_the_option_name(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DPSGD(mlp().parameters(), **options)
+
+
+def test_validate_config_checks_the_composed_optimizer_options() -> None:
+    cfg = OmegaConf.create({"optimizer": OmegaConf.structured(DPSGDConfig(noise_multiplier=-1.0))})
+    with pytest.raises(ConfigError, match="noise_multiplier must be positive"):
+        DPSGD.validate_config(cfg)
+    cfg.optimizer.noise_multiplier = 1.0
+    DPSGD.validate_config(cfg)
+
+
+def test_batchnorm_models_are_refused_with_the_replacement() -> None:
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0)
+    with pytest.raises(ConfigError, match=r"'1' \(BatchNorm1d\).*GroupNorm or LayerNorm"):
+        optimizer.private_step(model, cross_entropy, feature_batch(4))
+
+
+def test_target_epsilon_without_calibration_cannot_step() -> None:
+    optimizer = DPSGD(mlp().parameters(), target_epsilon=3.0)
+    with pytest.raises(ConfigError, match="calibrated by PrivacyAccountantCallback"):
+        optimizer.private_step(mlp(), cross_entropy, feature_batch(4))
+
+
+def test_no_step_after_the_budget_is_spent() -> None:
+    model = mlp()
+    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, target_epsilon=1.0)
+    optimizer.budget_spent = True
+    with pytest.raises(PrivacyBudgetSpent, match="target_epsilon=1.0 is spent"):
+        optimizer.private_step(model, cross_entropy, feature_batch(4))
+
+
+def test_optimizer_parameters_must_belong_to_the_model() -> None:
+    optimizer = DPSGD(mlp().parameters(), noise_multiplier=1.0)
+    with pytest.raises(ConfigError, match="build the optimizer from the trainable parameters"):
+        optimizer.private_step(mlp(), cross_entropy, feature_batch(4))
+
+
+def test_registered_configs_build_partial_optimizers() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from trustml.registry import plugins
+
+    assert {"dp_sgd", "dp_adam"} <= set(plugins("optimizer"))
+    repo = ConfigStore.instance().repo["optimizer"]
+    for name, cls in (("dp_sgd", DPSGD), ("dp_adam", DPAdam)):
+        node = OmegaConf.structured(repo[f"{name}.yaml"].node)
+        node.noise_multiplier = 1.5
+        factory = instantiate(node, _convert_="all")
+        optimizer = factory(mlp().parameters())
+        assert isinstance(optimizer, cls) and optimizer.noise_multiplier == 1.5

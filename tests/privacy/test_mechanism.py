@@ -1,0 +1,68 @@
+"""Clipping and Gaussian noise of the DP-SGD mechanism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum, clipping_weights
+from trustml.privacy.per_sample import MaterializedGradients
+
+
+def _grads() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.01, 0.5, 3.0, 40.0]).view(4, 1, 1)  # some samples below, some above the bound
+    return {
+        "w": torch.randn(4, 3, 2, generator=generator) * scales,
+        "b": torch.randn(4, 3, generator=generator) * scales.view(4, 1),
+    }
+
+
+def test_flat_clipping_matches_a_loop_and_bounds_every_sample() -> None:
+    grads, bound = _grads(), 1.0
+    summed = clipped_sum(MaterializedGradients(grads), bound, "flat")
+    expected = {name: torch.zeros_like(g[0]) for name, g in grads.items()}
+    for i in range(4):
+        norm = math.sqrt(sum(float(g[i].pow(2).sum()) for g in grads.values()))
+        scale = min(1.0, bound / (norm + 1e-6))
+        clipped_norm = norm * scale
+        assert clipped_norm <= bound + 1e-5
+        for name, g in grads.items():
+            expected[name] += g[i] * scale
+    for name in grads:
+        torch.testing.assert_close(summed[name], expected[name])
+
+
+def test_small_gradients_are_not_scaled() -> None:
+    grads = {"w": torch.full((2, 3), 0.01)}
+    torch.testing.assert_close(clipped_sum(MaterializedGradients(grads), 1.0, "flat")["w"], grads["w"].sum(0))
+
+
+def test_per_layer_clipping_bounds_each_tensor_by_c_over_sqrt_k() -> None:
+    grads, bound = _grads(), 2.0
+    weights = clipping_weights(MaterializedGradients(grads).squared_norms(), bound, "per_layer")
+    for name, g in grads.items():
+        clipped = g * weights[name].view(-1, *[1] * (g.dim() - 1))
+        assert (clipped.flatten(1).norm(dim=1) <= bound / math.sqrt(2) + 1e-5).all()
+        # the two small samples keep their gradient unchanged
+        torch.testing.assert_close(clipped[:2], g[:2])
+    total = torch.cat([(g * weights[n].view(-1, *[1] * (g.dim() - 1))).flatten(1) for n, g in grads.items()], 1)
+    assert (total.norm(dim=1) <= bound + 1e-5).all()
+
+
+def test_unknown_clipping_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="flat"):
+        clipped_sum(MaterializedGradients(_grads()), 1.0, "global")
+
+
+def test_noise_is_seeded_and_has_the_requested_std() -> None:
+    zeros = {"w": torch.zeros(200, 200)}
+    first = add_gaussian_noise(zeros, 0.7, torch.Generator().manual_seed(3))["w"]
+    again = add_gaussian_noise(zeros, 0.7, torch.Generator().manual_seed(3))["w"]
+    other = add_gaussian_noise(zeros, 0.7, torch.Generator().manual_seed(4))["w"]
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)
+    assert abs(float(first.std()) - 0.7) < 0.01
+    assert abs(float(first.mean())) < 0.01

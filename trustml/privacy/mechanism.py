@@ -1,0 +1,54 @@
+"""The Gaussian mechanism of DP-SGD (Abadi et al., 2016) on per-sample gradients.
+
+Each sample's gradient is clipped to L2 norm at most ``C``: ``g_i * min(1, C / ||g_i||)``; the clipped
+gradients are summed and Gaussian noise ``N(0, sigma^2 C^2 I)`` is added, so adding or removing one sample
+changes the sum by at most ``C`` and the noise multiplier ``sigma`` sets the privacy cost per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from trustml.privacy.per_sample import PerSampleGradients
+
+CLIPPING_MODES = ("flat", "per_layer")
+
+_EPS = 1e-6
+
+
+def clip_factors(norms: Tensor, max_norm: float) -> Tensor:
+    """Per-sample scale ``min(1, C / ||g_i||)`` that clips each gradient to norm at most ``C``."""
+    return (max_norm / (norms + _EPS)).clamp(max=1.0)
+
+
+def clipping_weights(squared_norms: Mapping[str, Tensor], max_grad_norm: float, mode: str) -> dict[str, Tensor]:
+    """Per-parameter, per-sample clipping factors from the squared norms ``{name: [B]}``.
+
+    ``flat`` clips the whole gradient vector to ``C`` (one factor per sample); ``per_layer`` clips each
+    parameter tensor to ``C / sqrt(K)`` (``K`` parameter tensors), so the whole vector still has norm at
+    most ``C``.
+    """
+    if mode == "flat":
+        factors = clip_factors(torch.stack(list(squared_norms.values())).sum(0).sqrt(), max_grad_norm)
+        return dict.fromkeys(squared_norms, factors)
+    if mode == "per_layer":
+        layer_norm = max_grad_norm / math.sqrt(len(squared_norms))
+        return {name: clip_factors(sq.sqrt(), layer_norm) for name, sq in squared_norms.items()}
+    raise ValueError(f"clipping mode must be one of {CLIPPING_MODES}, got {mode!r}")
+
+
+def clipped_sum(grads: PerSampleGradients, max_grad_norm: float, mode: str = "flat") -> dict[str, Tensor]:
+    """``sum_i clip_C(g_i)`` for every parameter (see :func:`clipping_weights` for the modes)."""
+    return grads.weighted_sum(clipping_weights(grads.squared_norms(), max_grad_norm, mode))
+
+
+def add_gaussian_noise(summed: Mapping[str, Tensor], std: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """``summed + N(0, std^2 I)`` for every tensor, drawn from ``generator`` (on the tensors' device)."""
+    return {
+        name: s + torch.normal(0.0, std, size=s.shape, generator=generator, device=s.device, dtype=s.dtype)
+        for name, s in summed.items()
+    }

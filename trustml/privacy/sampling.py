@@ -1,0 +1,56 @@
+"""Poisson sampling of training batches, the sampling scheme DP-SGD's accountants analyse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from trustml.errors import ConfigError
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """Batches in which every training index appears independently with probability ``sample_rate``.
+
+    An epoch has ``num_batches`` batches (default ``round(1 / sample_rate)``, one pass in expectation);
+    batch sizes vary around ``sample_rate * num_samples`` and may be empty, which the collate function
+    must accept. Use as ``DataLoader(dataset, batch_sampler=PoissonBatchSampler(...))``. Each epoch draws
+    from ``seed + epoch`` (Lightning calls :meth:`set_epoch`), so runs are reproducible.
+    """
+
+    def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int = 0) -> None:
+        if num_samples <= 0:
+            raise ConfigError(f"Poisson sampling needs a non-empty training set, got {num_samples} samples")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ConfigError(f"Poisson sampling rate must be in (0, 1], got {sample_rate} (batch size / data size)")
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.num_batches = num_batches if num_batches is not None else max(1, round(1.0 / sample_rate))
+        self.seed = seed
+        self.epoch = 0
+
+    @classmethod
+    def from_batch_size(cls, num_samples: int, batch_size: int, seed: int = 0) -> PoissonBatchSampler:
+        """Sampler whose expected batch size is ``batch_size`` (rate ``batch_size / num_samples``)."""
+        if not 0 < batch_size <= num_samples:
+            raise ConfigError(f"batch size must be in [1, {num_samples}] (the training set size), got {batch_size}")
+        return cls(num_samples, batch_size / num_samples, seed=seed)
+
+    @property
+    def expected_batch_size(self) -> float:
+        """Mean batch size ``sample_rate * num_samples``."""
+        return self.sample_rate * self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        for _ in range(self.num_batches):
+            mask = torch.rand(self.num_samples, generator=generator) < self.sample_rate
+            yield mask.nonzero().flatten().tolist()
