@@ -150,3 +150,17 @@ def test_real_topical_chat_sentiment() -> None:
     assert len(dm.splits["test"]) > 10_000
     labels = np.bincount(dm.splits["train"].labels.numpy(), minlength=8)
     assert (labels > 0).all() and labels.max() / labels.sum() > 0.3  # real, imbalanced
+
+
+def test_train_subset_keeps_a_seeded_random_part_with_original_ids() -> None:
+    full = DigitsDataModule()
+    half = DigitsDataModule(train_subset_fraction=0.5, train_subset_seed=3)
+    other = DigitsDataModule(train_subset_fraction=0.5, train_subset_seed=4)
+    for dm in (full, half, other):
+        dm.setup()
+    ids = {n: set(dm.splits["train"].index.tolist()) for n, dm in (("full", full), ("half", half), ("other", other))}
+    assert ids["half"] < ids["full"] and 0.4 < len(ids["half"]) / len(ids["full"]) < 0.6
+    assert ids["half"] != ids["other"]
+    assert half.splits["test"].index.tolist() == full.splits["test"].index.tolist()
+    with pytest.raises(DataError, match="train_subset_fraction"):
+        DigitsDataModule(train_subset_fraction=0.0)

@@ -94,6 +94,21 @@ def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+@dataclass
+class DataOptions:
+    """Options every data plugin has: batch sizes, the split seed, and an optional random training subset.
+
+    ``train_subset_fraction`` < 1 keeps each training sample independently with that probability (seeded
+    by ``train_subset_seed``); ids of the kept samples are unchanged.
+    """
+
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    split_seed: int = 0
+    train_subset_fraction: float = 1.0
+    train_subset_seed: int = 0
+
+
 class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
     """Base of trustml data plugins: subclasses implement :meth:`load_splits` and set ``label_names``."""
 
@@ -101,13 +116,24 @@ class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
     #: text model turns into tensors through :meth:`map_inputs`).
     input_kind: ClassVar[str] = "features"
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: int | None = None, split_seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        split_seed: int = 0,
+        train_subset_fraction: float = 1.0,
+        train_subset_seed: int = 0,
+    ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise DataError(f"data.batch_size must be positive, got {batch_size}")
+        if not 0.0 < train_subset_fraction <= 1.0:
+            raise DataError(f"data.train_subset_fraction must be in (0, 1], got {train_subset_fraction}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.split_seed = split_seed
+        self.train_subset_fraction = train_subset_fraction
+        self.train_subset_seed = train_subset_seed
         self.splits: dict[str, Split] = {}
         self.label_names: list[str] = []
         #: Optional factory for the training batch sampler (e.g. Poisson sampling for DP-SGD).
@@ -124,6 +150,11 @@ class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
         missing = [s for s in SPLITS if s not in splits]
         if missing:
             raise DataError(f"{type(self).__name__} produced no {', '.join(missing)} split")
+        if self.train_subset_fraction < 1.0:
+            # e.g. shadow models of a membership-inference audit, each trained on a random part of the data
+            train = splits["train"]
+            keep = np.random.default_rng(self.train_subset_seed).random(len(train)) < self.train_subset_fraction
+            splits["train"] = train.subset(np.flatnonzero(keep))
         empty = [s for s in SPLITS if len(splits[s]) == 0]
         if empty:
             raise DataError(f"{type(self).__name__}: split(s) {', '.join(empty)} are empty; use more data")

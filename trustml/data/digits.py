@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from trustml.data.base import Split, TrustDataModule, stratified_split
+from trustml.data.base import DataOptions, Split, TrustDataModule, stratified_split
 from trustml.registry import register
 
 
 @dataclass
-class DigitsConfig:
+class DigitsConfig(DataOptions):
     """Options of ``data=digits``."""
 
-    batch_size: int = 64
-    eval_batch_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.25
-    split_seed: int = 0
 
 
 @register("data", "digits", dataclass=DigitsConfig)
@@ -28,15 +26,8 @@ class DigitsDataModule(TrustDataModule):
 
     input_kind = "features"
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.25,
-        split_seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, split_seed=split_seed)
+    def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.25, **options: Any) -> None:
+        super().__init__(**options)
         self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
 
     def load_splits(self) -> dict[str, Split]:

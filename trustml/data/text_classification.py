@@ -6,10 +6,11 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from trustml.data.base import Split, TrustDataModule, grouped_split, stratified_split
+from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split, stratified_split
 from trustml.errors import DataError
 from trustml.registry import register
 
@@ -90,7 +91,7 @@ def _record(row: dict, text_field: str, label_field: str, group_field: str | Non
 
 
 @dataclass
-class TextClassificationConfig:
+class TextClassificationConfig(DataOptions):
     """Options of ``data=text_classification`` (one file split by fractions, or one file per split)."""
 
     path: str | None = None
@@ -104,8 +105,6 @@ class TextClassificationConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     batch_size: int = 32
-    eval_batch_size: int | None = None
-    split_seed: int = 0
 
 
 @register("data", "text_classification", dataclass=TextClassificationConfig)
@@ -126,11 +125,9 @@ class TextClassificationDataModule(TrustDataModule):
         group_field: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        split_seed: int = 0,
+        **options: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, split_seed=split_seed)
+        super().__init__(**options)
         if path is None and train_path is None:
             raise DataError("data=text_classification needs data.path (one file) or data.train_path")
         self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from trustml.data.base import Split, TrustDataModule, grouped_split
+from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split
 from trustml.errors import DataError
 from trustml.registry import register
 
@@ -57,7 +58,7 @@ def read_conversations(path: str | Path) -> list[Turn]:
 
 
 @dataclass
-class TopicalChatSentimentConfig:
+class TopicalChatSentimentConfig(DataOptions):
     """Options of ``data=topical_chat_sentiment``."""
 
     data_dir: str = "${paths.shared_data_dir}/topical_chat"
@@ -67,9 +68,6 @@ class TopicalChatSentimentConfig:
     test_files: list[str] = field(default_factory=lambda: ["conversations_test_freq.json"])
     val_fraction: float = 0.1
     max_conversations: int | None = None
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    split_seed: int = 0
 
 
 @register("data", "topical_chat_sentiment", dataclass=TopicalChatSentimentConfig)
@@ -89,11 +87,9 @@ class TopicalChatSentimentDataModule(TrustDataModule):
         test_files: list[str],
         val_fraction: float = 0.1,
         max_conversations: int | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        split_seed: int = 0,
+        **options: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, split_seed=split_seed)
+        super().__init__(**options)
         self.data_dir = Path(data_dir)
         self.train_files, self.test_files = list(train_files), list(test_files)
         self.val_fraction, self.max_conversations = val_fraction, max_conversations
