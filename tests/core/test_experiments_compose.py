@@ -82,3 +82,15 @@ def test_hparams_search_configs_compose(search: str, tmp_path: Path) -> None:
     with initialize_config_module(config_module="trustml.conf", version_base="1.3"):
         cfg = compose("train", overrides=[f"hparams_search={search}"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
+
+
+def test_data_synthetic_trains_on_a_trustml_synth_data_set(tmp_path: Path) -> None:
+    from trustml.synth.annotation import parse_annotated
+    from trustml.synth.formats import write_jsonl
+
+    golden = [("play [pop](genre) music", "PlayMusic"), ("weather in [Paris](city)", "GetWeather")]
+    utterances = [parse_annotated(text, intent) for text, intent in golden for _ in range(15)]
+    path = write_jsonl(utterances, tmp_path / "dataset.jsonl")
+    cfg = compose_train(["data=synthetic", f"data.path={path}", "model=hf_tiny", "debug=fast_dev_run"], tmp_path / "r")
+    outcome = run(cfg)
+    assert outcome.model_spec["label_names"] == ["GetWeather", "PlayMusic"]

@@ -1,0 +1,45 @@
+"""Catalog files and how catalogs extend slot classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trustml.errors import DataError
+from trustml.synth.annotation import parse_annotated
+from trustml.synth.catalog import explicit_catalogs, extend_slot_classes, load_catalogs, read_catalog
+from trustml.synth.induction import induce_grammar
+
+
+def test_catalog_file_skips_comments_blanks_and_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "genre.txt"
+    path.write_text("# music genres\npop\n\n  rock  \npop\n", encoding="utf-8")
+    assert read_catalog(path) == ("pop", "rock")
+    assert load_catalogs(tmp_path) == {"genre": ("pop", "rock")}
+    assert load_catalogs({"g": path}) == {"g": ("pop", "rock")}
+    assert load_catalogs(None) == {}
+
+
+def test_bad_catalogs_fail_with_the_path(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty\.txt has no values"):
+        read_catalog(tmp_path / "empty.txt")
+    with pytest.raises(DataError, match="does not exist"):
+        load_catalogs(tmp_path / "missing")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(DataError, match=r"has no \*\.txt files"):
+        load_catalogs(tmp_path / "sub")
+
+
+def test_catalogs_extend_overlapping_or_named_slot_classes(toy) -> None:
+    toy = [*toy, parse_annotated("weather at [dawn](timeRange:daytimes)", "GetWeather")]
+    grammar, _ = induce_grammar(toy)
+    catalogs = {"genres": ("Pop", "blues", "metal"), "cities": ("Oslo",), "daytimes": ("dusk",)}
+    extend_slot_classes(grammar, catalogs, weight=0.5, explicit=explicit_catalogs(toy))
+    music, weather = grammar.intents["PlayMusic"], grammar.intents["GetWeather"]
+    assert music.slot_values["genre"] == {"pop": 2, "rock": 2, "jazz": 3, "blues": 0.5, "metal": 0.5}
+    assert music.catalog_extensions == {"genre": ["genres"]}
+    assert "Oslo" not in weather.slot_values["city"]  # no golden city is in the catalog
+    assert weather.slot_values["timeRange"]["dusk"] == 0.5
+    assert "{genre} = jazz | pop | rock | blues | metal  # + catalog genres" in grammar.render()
