@@ -37,6 +37,7 @@ BUILTIN_PLUGIN_MODULES = (
     "trustml.optim.torch_optimizers",
     "trustml.optim.dp",
     "trustml.federation.centralized",
+    "trustml.federation.strategies",
 )
 
 T = TypeVar("T")

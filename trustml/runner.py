@@ -114,7 +114,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     loggers = [build("logger", node) for node in (cfg.get("logger") or {}).values() if node is not None]
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
-        return build("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+        return build("trainer", cfg.trainer, **{"callbacks": callbacks, "logger": loggers or False, **overrides})
 
     trainer = federation.run(method, datamodule, make_trainer)
     results: dict[str, float] = {}

@@ -82,7 +82,11 @@ class PrivacyAccountantCallback(pl.Callback):
     and the expected batch size ``qN``. It logs ``privacy/epsilon`` every epoch and stops training when one
     more step would exceed ``target_epsilon``. Its state (accountant history, sigma, delta) is saved in
     checkpoints; resuming from a checkpoint without it is refused, so a resume never resets the spent budget.
+    Under a federation it runs inside every client's local training (client-level DP: each device accounts
+    its own epsilon over the rounds it takes part in).
     """
+
+    federated_scope = "client"
 
     def __init__(self) -> None:
         self.accountant: IAccountant | None = None

@@ -32,10 +32,16 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
     @classmethod
     def from_batch_size(cls, num_samples: int, batch_size: int, seed: int = 0) -> PoissonBatchSampler:
-        """Sampler whose expected batch size is ``batch_size`` (rate ``batch_size / num_samples``)."""
-        if not 0 < batch_size <= num_samples:
-            raise ConfigError(f"batch size must be in [1, {num_samples}] (the training set size), got {batch_size}")
-        return cls(num_samples, batch_size / num_samples, seed=seed)
+        """Sampler whose expected batch size is ``min(batch_size, num_samples)`` (rate at most 1).
+
+        A data set smaller than the batch (e.g. a federated device's) is sampled with rate 1: every sample
+        in every batch, with no amplification by subsampling, which the accountant then counts as such.
+        """
+        if batch_size <= 0 or num_samples <= 0:
+            raise ConfigError(
+                f"Poisson sampling needs a positive batch size and data size, got {batch_size} and {num_samples}"
+            )
+        return cls(num_samples, min(1.0, batch_size / num_samples), seed=seed)
 
     @property
     def expected_batch_size(self) -> float:

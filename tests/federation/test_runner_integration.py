@@ -1,0 +1,36 @@
+"""``trustml federation=fedavg ...`` through the framework's runner: config, hooks, results and run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import trustml.federation.strategies  # noqa: F401 - registers federation=fedavg|fedprox|fedadam|fedyogi
+from tests.conftest import compose_train
+from trustml.errors import ConfigError
+from trustml.runner import run
+
+
+def test_runner_trains_fedavg_and_reports_federation_results(tmp_path: Path) -> None:
+    cfg = compose_train(
+        ["federation=fedavg", "federation.rounds=3", "federation.num_devices=8", "federation.clients_per_round=4",
+         "federation.partition=dirichlet_label", "optimizer=sgd", "trainer.max_epochs=1", "logger=none"],
+        tmp_path,
+    )
+    outcome = run(cfg, {"federation": "fedavg"})
+    results = outcome.results
+    assert results["federation/rounds"] == 3.0 and results["federation/aggregated_rounds"] == 3.0
+    assert results["test/acc"] == pytest.approx(results["federation/final_test_acc"], abs=1e-6)
+    history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["answered"] for r in history] == [4, 4, 4]
+    assert not (tmp_path / "metrics.csv").exists()  # server-side callbacks do not run inside client fits
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_runner_refuses_an_impossible_federation_config_before_building_anything(tmp_path: Path) -> None:
+    cfg = compose_train(["federation=fedavg", "federation.dp_noise_multiplier=1.0", "federation.dp_clip_norm=1.0"],
+                        tmp_path)
+    with pytest.raises(ConfigError, match="needs federation.selection=poisson"):
+        run(cfg, {"federation": "fedavg"})

@@ -1,0 +1,179 @@
+"""The federated client: local training of the configured method on one device's data.
+
+All simulated devices share one method object (one model); a client loads the global weights into it,
+fits it on its own rows for ``E`` local epochs or ``S`` local steps with a fresh Lightning Trainer (so the
+configured optimizer, DP-SGD included, runs unchanged), and reports its update ``w_local - w_global``.
+
+Callbacks that must run inside every local fit (e.g. a DP-SGD privacy accountant, so that each client
+reports its own epsilon) declare the class attribute ``federated_scope = "client"``; the client runs a
+fresh copy of each per fit and reports its ``final_results()`` among the client metrics. Other configured
+callbacks (checkpointing, metric tables) belong to the server-side run and are not run per client.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Timer
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
+from torch import Tensor
+
+from trustml.data.base import Split, TrustDataModule
+from trustml.federation.flat_state import FlatLayout, get_flat, set_flat
+from trustml.federation.proximal import ProximalTerm
+
+TrainerFactory = Callable[..., pl.Trainer]
+
+
+class ClientTimeout(RuntimeError):
+    """A client did not finish its local training within ``federation.client_timeout_s``."""
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: its update ``w_local - w_global``, sample count and metrics.
+
+    ``callback_states`` is the client-side state of its ``federated_scope="client"`` callbacks (e.g. its
+    privacy accountant), which the device keeps for its next round; it never reaches the server.
+    """
+
+    device: int
+    num_examples: int
+    delta: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    callback_states: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DeviceDataModule(TrustDataModule):
+    """One device's data: the given rows of the source's training split (its val/test splits unchanged).
+
+    Batch size and the training batch sampler (e.g. DP-SGD's Poisson sampling) follow the source, so
+    local training sees the device's data exactly as centralized training sees the whole split.
+    """
+
+    def __init__(self, source: TrustDataModule, rows: np.ndarray) -> None:
+        super().__init__(batch_size=source.batch_size, eval_batch_size=source.eval_batch_size,
+                         split_seed=source.split_seed)
+        self.source_splits = source.splits
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.label_names = list(source.label_names)
+        self.train_batch_sampler_factory = source.train_batch_sampler_factory
+        self.input_kind = source.input_kind
+
+    def load_splits(self) -> dict[str, Split]:
+        return {
+            "train": self.source_splits["train"].subset(self.rows),
+            "val": self.source_splits["val"],
+            "test": self.source_splits["test"],
+        }
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-Trainer banner, small-data and deprecation warnings (thousands of client fits)."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # catch_warnings resets "show once", so library deprecations would repeat for every client fit
+            for category in (PossibleUserWarning, DeprecationWarning, FutureWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def client_callback_templates(callbacks: Sequence[pl.Callback]) -> list[pl.Callback]:
+    """The configured callbacks that run inside every client fit (``federated_scope == "client"``)."""
+    return [cb for cb in callbacks if getattr(cb, "federated_scope", "server") == "client"]
+
+
+class LocalTrainer:
+    """Trains the shared ``method`` on one device's rows from the given global weights (see module doc)."""
+
+    def __init__(
+        self,
+        method: pl.LightningModule,
+        datamodule: TrustDataModule,
+        make_trainer: TrainerFactory,
+        *,
+        local_epochs: int = 1,
+        local_steps: int | None = None,
+        proximal_mu: float = 0.0,
+        timeout_s: float | None = None,
+        callback_templates: Sequence[pl.Callback] = (),
+    ) -> None:
+        self.method = method
+        self.datamodule = datamodule
+        self.make_trainer = make_trainer
+        self.local_epochs, self.local_steps = local_epochs, local_steps
+        self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
+        self.callback_templates = list(callback_templates)
+        self.layout = FlatLayout.of(method.model)
+
+    def trainer_overrides(self, callbacks: list[pl.Callback]) -> dict[str, Any]:
+        """Trainer arguments of one local fit: its length, its callbacks, no validation/logging/checkpoints."""
+        steps = self.local_steps is not None
+        return {
+            "max_epochs": -1 if steps else self.local_epochs,
+            "max_steps": self.local_steps if steps else -1,
+            "min_epochs": 0,
+            "callbacks": callbacks,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+        }
+
+    def train(
+        self, device: int, rows: np.ndarray, global_weights: Tensor, callback_states: Sequence[dict[str, Any]] = ()
+    ) -> ClientUpdate:
+        """Fit on ``rows`` starting from ``global_weights``; raise :class:`ClientTimeout` past the deadline.
+
+        ``callback_states`` (from the device's previous :class:`ClientUpdate`) restores its client-side
+        callbacks, so e.g. a device's privacy loss composes over all the rounds it took part in.
+        """
+        set_flat(self.method.model, self.layout, global_weights)
+        client_callbacks = [copy.deepcopy(cb) for cb in self.callback_templates]
+        for cb, state in zip(client_callbacks, callback_states, strict=False):
+            cb.load_state_dict(state)
+        callbacks: list[pl.Callback] = list(client_callbacks)
+        if self.proximal_mu > 0:
+            callbacks.append(ProximalTerm(self.proximal_mu))
+        if self.timeout_s is not None:
+            callbacks.append(Timer(duration=timedelta(seconds=self.timeout_s), verbose=False))
+        start = time.perf_counter()
+        with quiet_lightning():
+            trainer = self.make_trainer(**self.trainer_overrides(callbacks))
+            trainer.fit(self.method, datamodule=DeviceDataModule(self.datamodule, rows))
+        seconds = time.perf_counter() - start
+        if self.timeout_s is not None and seconds > self.timeout_s:
+            raise ClientTimeout(f"device {device} took {seconds:.1f}s > federation.client_timeout_s={self.timeout_s}")
+        metrics: dict[str, float] = {"seconds": seconds}
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["train_loss"] = float(loss)
+        for cb in client_callbacks:
+            final = getattr(cb, "final_results", None)
+            if final is not None:
+                metrics.update({k: float(v) for k, v in final().items() if isinstance(v, int | float | torch.Tensor)})
+        delta = get_flat(self.method.model, self.layout) - global_weights
+        return ClientUpdate(device=device, num_examples=len(rows), delta=delta, metrics=metrics,
+                            callback_states=[cb.state_dict() for cb in client_callbacks])

@@ -1,0 +1,63 @@
+"""The simulated device population: which training rows each device holds in each time period."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trustml.data.base import TrustDataModule
+from trustml.federation.continual import arrival_order, device_windows
+from trustml.federation.options import FederationConfig
+from trustml.federation.partition import Partition, make_partition, partition_statistics
+
+
+class DevicePopulation:
+    """Devices built from the training split by the configured partitioner and arrival schedule.
+
+    ``windows(t)`` gives the rows each device holds in period ``t`` (all of them in the static setting);
+    ``sizes(t)`` their counts, which is all the server learns about a device's data.
+    """
+
+    def __init__(self, partition: Partition, arrivals: Partition, names: list[str] | None, options: FederationConfig,
+                 labels: np.ndarray, num_classes: int) -> None:
+        self.partition, self.arrivals, self.names = partition, arrivals, names
+        self.num_periods = options.num_periods if options.setting == "continual" else 1
+        self.storage_cap = options.storage_cap if options.setting == "continual" else None
+        self.labels, self.num_classes = labels, num_classes
+        self._cached: tuple[int, Partition] | None = None
+
+    @classmethod
+    def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> DevicePopulation:
+        """Partition ``datamodule``'s training split as ``options`` say (seeded by ``partition_seed``)."""
+        train = datamodule.splits["train"]
+        labels = train.labels.numpy()
+        rng = np.random.default_rng(options.partition_seed)
+        partition, names = make_partition(
+            options.partition, labels, train.groups, num_devices=options.num_devices,
+            dirichlet_alpha=options.dirichlet_alpha, quantity_beta=options.quantity_beta,
+            group_column=options.group_column, rng=rng,
+        )
+        arrivals = arrival_order(partition, options.arrival_order, rng)
+        return cls(partition, arrivals, names, options, labels, datamodule.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.partition)
+
+    def windows(self, period: int) -> Partition:
+        """Rows held by every device in ``period``."""
+        if self._cached is None or self._cached[0] != period:
+            self._cached = (period, device_windows(self.arrivals, period, self.num_periods, self.storage_cap))
+        return self._cached[1]
+
+    def sizes(self, period: int) -> np.ndarray:
+        """Number of samples every device holds in ``period``."""
+        return np.array([len(rows) for rows in self.windows(period)], dtype=np.int64)
+
+    def statistics(self) -> dict[str, Any]:
+        """Partition statistics (samples and label entropy per device) plus the arrival schedule."""
+        stats = partition_statistics(self.labels, self.partition, self.num_classes, self.names)
+        stats["num_periods"] = self.num_periods
+        stats["storage_cap"] = self.storage_cap
+        stats["held_samples_per_period"] = [int(self.sizes(t).sum()) for t in range(self.num_periods)]
+        return stats

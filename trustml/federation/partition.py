@@ -1,0 +1,166 @@
+"""Partitioners: which training samples live on which device, as pure functions of labels or group columns.
+
+Each partitioner returns ``list[np.ndarray]``: entry ``k`` holds the positions (into the training split)
+of device ``k``'s samples, in ascending order. Every position is assigned to exactly one device. Random
+partitioners draw only from the ``numpy.random.Generator`` they are given, so a seed fixes the partition.
+Devices may be empty under strong skew; the statistics report them and device selection skips them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trustml.errors import ConfigError
+
+Partition = list[np.ndarray]
+
+PARTITIONERS = ("iid", "dirichlet_label", "dirichlet_quantity", "natural")
+
+
+def _check_num_devices(num_devices: int) -> None:
+    if num_devices < 1:
+        raise ConfigError(f"federation.num_devices must be at least 1, got {num_devices}")
+
+
+def _split_by_owner(owner: np.ndarray, num_devices: int) -> Partition:
+    """Positions grouped by ``owner[position]`` (device id), each group in ascending position order."""
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner, minlength=num_devices)
+    return np.split(order, np.cumsum(counts)[:-1])
+
+
+def iid_partition(num_samples: int, num_devices: int, rng: np.random.Generator) -> Partition:
+    """Shuffle the samples and deal them into ``num_devices`` parts whose sizes differ by at most one."""
+    _check_num_devices(num_devices)
+    owner = np.empty(num_samples, dtype=np.int64)
+    owner[rng.permutation(num_samples)] = np.arange(num_samples) % num_devices
+    return _split_by_owner(owner, num_devices)
+
+
+def dirichlet_label_partition(
+    labels: np.ndarray, num_devices: int, alpha: float, rng: np.random.Generator
+) -> Partition:
+    """Label skew (Hsu et al. 2019): for each class ``c`` draw ``p_c ~ Dir(alpha * 1_M)`` and give device ``k``
+    a fraction ``p_c[k]`` of class ``c``'s samples. Small ``alpha`` gives devices few classes; large ``alpha``
+    approaches the IID split."""
+    _check_num_devices(num_devices)
+    if alpha <= 0:
+        raise ConfigError(f"federation.dirichlet_alpha must be positive, got {alpha}")
+    labels = np.asarray(labels)
+    owner = np.empty(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        shares = rng.dirichlet(np.full(num_devices, alpha))
+        cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
+        counts = np.diff(np.concatenate(([0], cuts, [len(members)])))
+        owner[members] = np.repeat(np.arange(num_devices), counts)
+    return _split_by_owner(owner, num_devices)
+
+
+def dirichlet_quantity_partition(
+    num_samples: int, num_devices: int, beta: float, rng: np.random.Generator
+) -> Partition:
+    """Quantity skew: device sizes proportional to ``q ~ Dir(beta * 1_M)``, samples dealt at random (labels
+    IID). Small ``beta`` gives a few heavy devices and many light ones."""
+    _check_num_devices(num_devices)
+    if beta <= 0:
+        raise ConfigError(f"federation.quantity_beta must be positive, got {beta}")
+    shares = rng.dirichlet(np.full(num_devices, beta))
+    cuts = np.round(np.cumsum(shares)[:-1] * num_samples).astype(np.int64)
+    counts = np.diff(np.concatenate(([0], cuts, [num_samples])))
+    owner = np.empty(num_samples, dtype=np.int64)
+    owner[rng.permutation(num_samples)] = np.repeat(np.arange(num_devices), counts)
+    return _split_by_owner(owner, num_devices)
+
+
+def natural_partition(groups: np.ndarray) -> tuple[Partition, list[str]]:
+    """One device per distinct value of a data column (e.g. a Topical-Chat conversation or agent).
+
+    Returns the partition and each device's group value (as a string), devices ordered by the group's
+    first appearance in the data so that device ids are stable under relabeling.
+    """
+    groups = np.asarray(groups)
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    owner = rank[inverse.reshape(-1)]
+    names = [str(groups[i]) for i in np.sort(first)]
+    return _split_by_owner(owner, len(first)), names
+
+
+def label_entropy_bits(counts: np.ndarray) -> np.ndarray:
+    """Shannon entropy ``H = -sum_c p_c log2 p_c`` of each row of a ``[devices, classes]`` count matrix
+    (0 for an empty device)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    p = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    return -(p * logs).sum(axis=1)
+
+
+def partition_statistics(
+    labels: np.ndarray, partition: Partition, num_classes: int, device_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Samples per device, per-device label counts and label entropy (bits), and their summaries, as JSON."""
+    labels = np.asarray(labels)
+    sizes = np.array([len(rows) for rows in partition], dtype=np.int64)
+    owner = np.repeat(np.arange(len(partition)), sizes)
+    rows = np.concatenate(partition) if partition else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(owner * num_classes + labels[rows], minlength=len(partition) * num_classes)
+    counts = counts.reshape(len(partition), num_classes)
+    entropy = label_entropy_bits(counts)
+    nonempty = sizes > 0
+    return {
+        "num_devices": len(partition),
+        "num_samples": int(sizes.sum()),
+        "empty_devices": int((~nonempty).sum()),
+        "samples_per_device": {
+            "min": int(sizes.min(initial=0)),
+            "median": float(np.median(sizes)) if len(sizes) else 0.0,
+            "mean": float(sizes.mean()) if len(sizes) else 0.0,
+            "max": int(sizes.max(initial=0)),
+        },
+        "label_entropy_bits": {
+            "mean": float(entropy[nonempty].mean()) if nonempty.any() else 0.0,
+            "max_possible": float(np.log2(num_classes)),
+        },
+        "devices": [
+            {
+                "device": k if device_names is None else device_names[k],
+                "samples": int(sizes[k]),
+                "label_entropy_bits": round(float(entropy[k]), 6),
+                "label_counts": counts[k].tolist(),
+            }
+            for k in range(len(partition))
+        ],
+    }
+
+
+def make_partition(
+    kind: str,
+    labels: np.ndarray,
+    groups: dict[str, np.ndarray],
+    *,
+    num_devices: int,
+    dirichlet_alpha: float,
+    quantity_beta: float,
+    group_column: str,
+    rng: np.random.Generator,
+) -> tuple[Partition, list[str] | None]:
+    """The partition named by ``federation.partition`` (and device names for the natural partition)."""
+    if kind == "iid":
+        return iid_partition(len(labels), num_devices, rng), None
+    if kind == "dirichlet_label":
+        return dirichlet_label_partition(labels, num_devices, dirichlet_alpha, rng), None
+    if kind == "dirichlet_quantity":
+        return dirichlet_quantity_partition(len(labels), num_devices, quantity_beta, rng), None
+    if kind == "natural":
+        if group_column not in groups:
+            raise ConfigError(
+                f"federation.group_column='{group_column}' is not a group column of the training data "
+                f"(it has {sorted(groups) or 'none'}); pick one of those or another federation.partition"
+            )
+        return natural_partition(groups[group_column])
+    raise ConfigError(f"federation.partition must be one of {PARTITIONERS}, got '{kind}'")

@@ -1,0 +1,181 @@
+"""The round loop shared by every runtime: select, train remotely, aggregate, evaluate, checkpoint.
+
+How client updates are obtained is a :data:`Transport`: the in-process simulation trains the devices one
+after another on the shared model; the Flower runtime sends messages to SuperNodes. Each completed round
+appends one record (selection, faults, timing, test accuracy, privacy) to the history, which is written
+to ``rounds.jsonl`` and saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from trustml.errors import TrustMLError
+from trustml.federation.checkpoint import capture_process_rng, load_run_state, restore_process_rng, save_run_state
+from trustml.federation.client import ClientUpdate
+from trustml.federation.continual import period_of_round
+from trustml.federation.server import FederatedServer
+
+log = logging.getLogger(__name__)
+
+
+class ClientsKeepFailingError(TrustMLError):
+    """Several rounds in a row produced no usable update: a systematic fault, not a flaky device."""
+
+
+@dataclass
+class ClientFailure:
+    """A selected device that produced no update: it raised, or missed the deadline."""
+
+    device: int
+    reason: str
+    timed_out: bool = False
+
+
+#: ``(round, period, devices, global_weights) -> (updates, failures)``
+Transport = Callable[[int, int, np.ndarray, Tensor], tuple[list[ClientUpdate], list[ClientFailure]]]
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on the batches of ``loader`` (``{"x", "y"}`` dicts)."""
+    was_training = model.training
+    model.eval()
+    correct, loss, count = 0, 0.0, 0
+    for batch in loader:
+        logits = model(batch["x"])
+        correct += int((logits.argmax(dim=-1) == batch["y"]).sum())
+        loss += float(F.cross_entropy(logits, batch["y"], reduction="sum"))
+        count += len(batch["y"])
+    model.train(was_training)
+    return {"test_acc": correct / max(count, 1), "test_loss": loss / max(count, 1)}
+
+
+def _client_metric_summary(updates: list[ClientUpdate]) -> dict[str, float]:
+    keys = sorted({k for u in updates for k in u.metrics})
+    summary = {}
+    for key in keys:
+        values = [u.metrics[key] for u in updates if key in u.metrics]
+        summary[f"client_{key}_mean"] = float(np.mean(values))
+        summary[f"client_{key}_max"] = float(np.max(values))
+    return summary
+
+
+@dataclass
+class RoundLoop:
+    """Runs rounds ``server.round .. rounds - 1`` and checkpoints after each one.
+
+    ``sizes_at(period)`` gives every device's sample count; ``evaluate(weights)`` the test metrics of a
+    global model. After ``max_failed_rounds`` consecutive rounds whose selected devices gave no usable
+    update the loop raises :class:`ClientsKeepFailingError` with the last reason. ``client_state`` /
+    ``restore_client_state`` carry the simulated devices' own state through checkpoints (none for remote
+    devices).
+    """
+
+    server: FederatedServer
+    rounds: int
+    num_periods: int
+    sizes_at: Callable[[int], np.ndarray]
+    transport: Transport
+    evaluate: Callable[[Tensor], dict[str, float]]
+    eval_every: int
+    state_dir: Path
+    fingerprint: dict[str, Any]
+    max_failed_rounds: int | None = None
+    client_state: Callable[[], dict[str, Any]] = dict
+    restore_client_state: Callable[[dict[str, Any]], None] = lambda state: None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_failure: str = ""
+
+    @property
+    def state_path(self) -> Path:
+        """Where the per-round checkpoint lives."""
+        return self.state_dir / "server_state.pt"
+
+    def resume(self) -> bool:
+        """Load the last checkpoint when there is one; return whether the run continues from it."""
+        if not self.state_path.is_file():
+            return False
+        state = load_run_state(self.state_path, self.fingerprint)
+        self.server.load_state_dict(state["server"])
+        self.restore_client_state(state["clients"])
+        self.history = list(state["history"])
+        restore_process_rng(state["process_rng"])
+        log.info("resuming the federated run from %s after round %d", self.state_path, self.server.round)
+        return True
+
+    def checkpoint(self) -> None:
+        """Save the state after the current round and rewrite ``rounds.jsonl``."""
+        state = {
+            "server": self.server.state_dict(),
+            "clients": self.client_state(),
+            "history": self.history,
+            "process_rng": capture_process_rng(),
+        }
+        save_run_state(self.state_path, state, self.fingerprint)
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        tmp = self.state_dir / "rounds.jsonl.tmp"
+        tmp.write_text(lines)
+        tmp.replace(self.state_dir / "rounds.jsonl")
+
+    def run_round(self, index: int) -> dict[str, Any]:
+        """One round: select, obtain updates, aggregate; returns its record."""
+        start = time.perf_counter()
+        period = period_of_round(index, self.rounds, self.num_periods)
+        selection = self.server.select(self.sizes_at(period))
+        updates, failures = self.transport(index, period, selection.devices, self.server.weights)
+        for failure in failures:
+            log.warning("round %d: device %d skipped (%s)", index + 1, failure.device, failure.reason)
+        self.last_failure = failures[-1].reason if failures else "the updates held NaN/inf"
+        outcome = self.server.aggregate(selection, updates)
+        self.server.round = index + 1
+        record: dict[str, Any] = {
+            "round": index + 1,
+            "period": period,
+            "selected": len(selection.devices),
+            "answered": len(updates),
+            "failed": sum(not f.timed_out for f in failures),
+            "timed_out": sum(f.timed_out for f in failures),
+            "rejected": len(outcome.rejected),
+            "aggregated": outcome.aggregated,
+            "samples": int(sum(u.num_examples for u in updates)),
+            "update_norm": outcome.update_norm,
+            "round_s": 0.0,
+            **_client_metric_summary(updates),
+        }
+        if self.server.epsilon() is not None:
+            record["dp_epsilon"] = self.server.epsilon()
+        record["round_s"] = time.perf_counter() - start
+        if (index + 1) % self.eval_every == 0 or index + 1 == self.rounds:
+            record.update(self.evaluate(self.server.weights))
+        return record
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run the remaining rounds; return the full history."""
+        failed_in_a_row = 0
+        for index in range(self.server.round, self.rounds):
+            record = self.run_round(index)
+            self.history.append(record)
+            self.checkpoint()
+            useless = record["selected"] > 0 and record["answered"] == record["rejected"]
+            failed_in_a_row = failed_in_a_row + 1 if useless else 0
+            if self.max_failed_rounds is not None and failed_in_a_row >= self.max_failed_rounds:
+                raise ClientsKeepFailingError(
+                    f"no selected device produced a usable update in {failed_in_a_row} rounds in a row (last: "
+                    f"{self.last_failure}); fix the cause, or raise federation.max_failed_rounds"
+                )
+            log.info("round %d/%d: %s", index + 1, self.rounds,
+                     {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record})
+        return self.history

@@ -1,0 +1,119 @@
+"""The server side of a round, independent of how updates travel: select devices, aggregate, account.
+
+``FederatedServer`` holds the global weights (a flat vector), the server optimizer, the selection RNG,
+DP-FedAvg's noise generator and accountant, and the round counter; its :meth:`state_dict` is everything
+needed to resume a killed run at the last completed round.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trustml.federation.client import ClientUpdate
+from trustml.federation.options import FederationConfig
+from trustml.federation.selection import RoundSelection, select_devices
+from trustml.federation.server_optim import ServerOptimizer, is_finite_update, weighted_update
+from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    """What happened to the updates of one round."""
+
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    aggregated: bool = False
+    update_norm: float = 0.0
+
+
+class FederatedServer:
+    """Global model and server strategy: FedAvg/FedAdam/FedYogi steps on aggregated client updates."""
+
+    def __init__(self, weights: Tensor, optimizer: ServerOptimizer, options: FederationConfig, seed: int) -> None:
+        self.weights = weights.clone()
+        self.optimizer = optimizer
+        self.options = options
+        self.round = 0
+        self.rng = np.random.default_rng(seed)
+        self.noise = torch.Generator().manual_seed(seed)
+        self.accountant = (
+            UserLevelAccountant(options.dp_noise_multiplier, options.dp_delta) if options.dp_noise_multiplier > 0
+            else None
+        )
+
+    def select(self, sizes: np.ndarray) -> RoundSelection:
+        """This round's devices and aggregation weights, given every device's current sample count."""
+        return select_devices(
+            sizes, self.options.clients_per_round, self.options.selection, self.rng,
+            activity_exponent=self.options.activity_exponent, weighting=self.options.weighting,
+        )
+
+    def aggregate(self, selection: RoundSelection, updates: list[ClientUpdate]) -> RoundOutcome:
+        """Reject non-finite updates, then (with at least ``min_clients`` left) step the global model."""
+        outcome = RoundOutcome()
+        kept = []
+        for update in updates:
+            if is_finite_update(update.delta):
+                kept.append(update)
+                outcome.accepted.append(update.device)
+            else:
+                outcome.rejected.append(update.device)
+                log.warning("round %d: update of device %d holds NaN/inf and is rejected", self.round, update.device)
+        if len(kept) < max(self.options.min_clients, 1):
+            log.warning(
+                "round %d: %d usable update(s) < federation.min_clients=%d; the global model is unchanged",
+                self.round, len(kept), self.options.min_clients,
+            )
+            return outcome
+        deltas = torch.stack([u.delta for u in kept])
+        if self.accountant is not None:
+            expected = max(selection.sample_rate * selection.num_eligible, 1.0)
+            pseudo_gradient = noisy_mean_of_clipped(
+                deltas, self.options.dp_clip_norm, self.options.dp_noise_multiplier, expected, self.noise
+            )
+            self.accountant.step(selection.sample_rate)
+        else:
+            if self.options.dp_clip_norm is not None:
+                deltas = clip_updates(deltas, self.options.dp_clip_norm)
+            weight_of = dict(zip(selection.devices.tolist(), selection.weights.tolist(), strict=True))
+            weights = torch.tensor([weight_of[u.device] for u in kept], dtype=torch.float64)
+            if self.options.weighting == "samples":
+                weights = weights / weights.sum()  # FedAvg over the devices that answered
+            pseudo_gradient = weighted_update(deltas, weights)
+        self.weights = self.optimizer.step(self.weights, pseudo_gradient)
+        outcome.aggregated = True
+        outcome.update_norm = float(pseudo_gradient.norm())
+        return outcome
+
+    def epsilon(self) -> float | None:
+        """User-level epsilon of DP-FedAvg so far (``None`` without server-side DP)."""
+        return None if self.accountant is None else self.accountant.epsilon()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue from the next round."""
+        return {
+            "round": self.round,
+            "weights": self.weights,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "noise": self.noise.get_state(),
+            "accountant": None if self.accountant is None else self.accountant.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.round = int(state["round"])
+        self.weights = state["weights"].clone()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.noise.set_state(state["noise"])
+        if self.accountant is not None and state["accountant"] is not None:
+            self.accountant.load_state_dict(state["accountant"])
