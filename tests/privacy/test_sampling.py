@@ -37,6 +37,9 @@ def test_bad_sampling_parameters_are_refused(num_samples: int, rate: float) -> N
         PoissonBatchSampler(num_samples, rate)
 
 
-def test_batch_size_larger_than_the_data_is_refused() -> None:
-    with pytest.raises(ConfigError, match="batch size"):
-        PoissonBatchSampler.from_batch_size(num_samples=10, batch_size=11)
+def test_batch_size_larger_than_the_data_samples_everything() -> None:
+    sampler = PoissonBatchSampler.from_batch_size(num_samples=10, batch_size=64)
+    assert sampler.sample_rate == 1.0 and sampler.expected_batch_size == 10
+    assert all(sorted(batch) == list(range(10)) for batch in sampler)
+    with pytest.raises(ConfigError, match="positive batch size"):
+        PoissonBatchSampler.from_batch_size(num_samples=10, batch_size=0)
