@@ -110,3 +110,53 @@ def batch(builder):
             {"knowledge": "jazz began in new orleans", "history": "music"},
         ]
     )
+
+
+#: ``model.random_init_config`` of a 1+1-layer, 16-wide BART (vocabulary and special ids come from the tokenizer).
+TINY_BART = (
+    "{model_type:bart,d_model:16,encoder_layers:1,decoder_layers:1,encoder_attention_heads:2,"
+    "decoder_attention_heads:2,encoder_ffn_dim:32,decoder_ffn_dim:32,max_position_embeddings:256}"
+)
+
+TOY_TOPICS = {
+    "football": "football is a team sport played by two teams of eleven players with a ball",
+    "jazz": "jazz is a music genre that began in new orleans in the late nineteenth century",
+    "paris": "paris is the capital of france and the eiffel tower was built there in 1889",
+    "chess": "chess is a board game for two players played on a board of sixty four squares",
+}
+
+
+def write_toy_topical_chat(folder, splits=("valid_freq", "valid_rare", "test_freq"), conversations_per_split=4):
+    """A Topical-Chat folder in the real file layout: per split, conversations of four turns over one topic each."""
+    import json
+
+    wiki = {"shortened_wiki_lead_section": {text: i for i, text in enumerate(TOY_TOPICS.values())}}
+    (folder / "wiki.json").write_text(json.dumps({**wiki, "summarized_wiki_lead_section": {}}))
+    topics = list(TOY_TOPICS)
+    for split in splits:
+        conversations, reading_sets = {}, {}
+        for c in range(conversations_per_split):
+            topic = topics[c % len(topics)]
+            turns = [
+                ("agent_1", f"do you like {topic}?", ["FS1"]),
+                ("agent_2", f"yes, {TOY_TOPICS[topic]}.", ["FS1"]),
+                ("agent_1", f"what else do you know about {topic}?", ["FS1"]),
+                ("agent_2", f"i know that {TOY_TOPICS[topic]}. do you?", ["FS1"]),
+            ]
+            cid = f"{split}_{c}"
+            conversations[cid] = {
+                "content": [
+                    {"message": m, "agent": a, "sentiment": "Neutral", "knowledge_source": s, "turn_rating": "Good"}
+                    for a, m, s in turns
+                ]
+            }
+            section = {"FS1": {"entity": topic, "shortened_wiki_lead_section": topics.index(topic)}}
+            reading_sets[cid] = {"agent_1": section, "agent_2": section}
+        (folder / f"conversations_{split}.json").write_text(json.dumps(conversations))
+        (folder / f"reading_sets_{split}.json").write_text(json.dumps(reading_sets))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_topical_chat(tmp_path_factory):
+    return write_toy_topical_chat(tmp_path_factory.mktemp("topical_chat"))

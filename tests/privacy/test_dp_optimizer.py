@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from privacy_helpers import SequenceClassifier, cross_entropy, feature_batch, mlp, sequence_batch, take
 from torch import nn
 
+from tests.privacy.privacy_helpers import SequenceClassifier, cross_entropy, feature_batch, mlp, sequence_batch, take
 from trustml.errors import ConfigError
 from trustml.optim.dp import DPSGD, DPAdam, DPSGDConfig, PrivacyBudgetSpent
 

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from opacus.accountants import RDPAccountant
-from privacy_helpers import BlobsDataModule
 
+from tests.privacy.privacy_helpers import BlobsDataModule
 from trustml.errors import CheckpointError, ConfigError
 from trustml.methods.erm import ERM
 from trustml.models.mlp import MLP

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from privacy_helpers import (
+from torch import Tensor, nn
+
+from tests.privacy.privacy_helpers import (
     SequenceClassifier,
     cross_entropy,
     feature_batch,
@@ -13,8 +15,6 @@ from privacy_helpers import (
     reference_per_sample_grads,
     sequence_batch,
 )
-from torch import Tensor, nn
-
 from trustml.errors import ConfigError
 from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
 from trustml.privacy.per_sample_vmap import vmap_per_sample_gradients

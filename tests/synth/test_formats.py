@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SNIPS_DIR, needs_snips
 
+from tests.synth.conftest import SNIPS_DIR, needs_snips
 from trustml.errors import DataError
 from trustml.synth.annotation import AnnotationError
 from trustml.synth.formats import (

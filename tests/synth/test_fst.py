@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from test_grammar import seed_grammar
 
+from tests.synth.test_grammar import seed_grammar
 from trustml.errors import ConfigError
 from trustml.synth.fst import GrammarFst
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SNIPS_DIR, needs_snips, toy_utterances
 
+from tests.synth.conftest import SNIPS_DIR, needs_snips, toy_utterances
 from trustml.errors import ConfigError
 from trustml.synth.fst import GrammarFst
 from trustml.synth.induction import InductionConfig, induce_grammar

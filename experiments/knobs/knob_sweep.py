@@ -1,0 +1,130 @@
+"""Sweep each control knob with ``trustml-generate`` on a fine-tuned response model; table and curves into README.md.
+
+A: knowledge bias b against knowledge F1; C: ten questions (bias on the control code) against the question ratio;
+B: mixing weight lambda with the autoencoder against knowledge F1; D: self-attention bias on the current position
+against distinct-n and perplexity. Each knob is one Hydra multirun (``trustml-generate -m``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+START, END = "<!-- knob_sweep:start -->", "<!-- knob_sweep:end -->"
+TITLES = {"A": "A: knowledge bias", "C": "C: ten questions", "B": "B: decoder mixing", "D": "D: self-attention bias"}
+COLUMNS = ("knowledge_f1", "reference_f1", "question_ratio", "distinct_1", "distinct_2", "perplexity", "length")
+
+
+def sweeps(response: str, autoencoder: str) -> dict[str, tuple[str, list[str]]]:
+    """Knob name -> (the swept override key, the overrides of its multirun)."""
+    return {
+        "A: cross-attention bias on knowledge": (
+            "knobs.cross_attention.values.knowledge",
+            ["knobs.cross_attention.values.knowledge=1,2,5,10"],
+        ),
+        "C: ten questions, bias on the control code": (
+            "knobs.cross_attention.values.control",
+            ["generate/knobs=questions", "knobs.cross_attention.values.control=1,5,20"],
+        ),
+        "B: decoder mixing with the autoencoder (probability space)": (
+            "knobs.mixing_weight",
+            [f"secondary.run_dir={autoencoder}", "knobs.mixing_weight=0,0.2,0.4,0.6"],
+        ),
+        "D: self-attention bias on the current position": (
+            "knobs.self_attention.values.current",
+            ["knobs.self_attention.values.current=1,5,20"],
+        ),
+    }
+
+
+def run_sweep(name: str, overrides: list[str], common: list[str], log_dir: Path) -> Path:
+    """One ``trustml-generate -m`` multirun; returns its sweep directory."""
+    sweep_dir = log_dir / name.split(":")[0]
+    command = [sys.executable, "-m", "trustml.cli.generate", "-m", *common, *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    print("+", " ".join(command), flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+    return sweep_dir
+
+
+def collect(sweep_dir: Path, key: str) -> list[tuple[float, dict[str, float]]]:
+    """(swept value, metrics) of every job of a sweep, by value."""
+    rows = []
+    for results in sweep_dir.glob("*/results.json"):
+        overrides = json.loads((results.parent / "run.json").read_text())["overrides"]
+        value = next(float(o.split("=", 1)[1]) for o in overrides if o.startswith(f"{key}="))
+        rows.append((value, json.loads(results.read_text())))
+    return sorted(rows, key=lambda row: row[0])
+
+
+def markdown(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], header: str) -> str:
+    lines = [header, ""]
+    for name, (key, rows) in tables.items():
+        lines += [f"**{name}** (`{key}`)", "", "| value | " + " | ".join(COLUMNS) + " |"]
+        lines.append("|---:|" + "---:|" * len(COLUMNS))
+        lines += [f"| {v:g} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) + " |" for v, m in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], path: Path) -> None:
+    shown = {"A": ["knowledge_f1"], "C": ["question_ratio"], "B": ["knowledge_f1"], "D": ["distinct_2", "perplexity"]}
+    fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2))
+    for ax, (name, (key, rows)) in zip(axes, tables.items(), strict=True):
+        for i, metric in enumerate(shown[name[0]]):
+            target = ax if i == 0 else ax.twinx()
+            target.plot([v for v, _ in rows], [m[metric] for _, m in rows], marker="o", color=f"C{i}", label=metric)
+            target.set_ylabel(metric, color=f"C{i}")
+        ax.set_xlabel(key.split(".")[-1] if "mixing" in key else f"b ({key.split('.')[-1]})")
+        ax.set_title(TITLES[name[0]], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--response-run", required=True, help="run dir of the method=seq2seq response model")
+    parser.add_argument("--autoencoder-run", required=True, help="run dir of the method=seq2seq autoencoder")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "topical_chat"))
+    parser.add_argument("--max-examples", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--log-dir", default=str(REPO / "logs" / "knob_sweep"))
+    parser.add_argument("--header", default="", help="text above the tables (model, data, commands)")
+    parser.add_argument("--out-dir", default=str(HERE), help="folder of the README.md and knob_curves.png to write")
+    args = parser.parse_args()
+    common = [
+        f"model.run_dir={args.response_run}",
+        f"data.data_dir={args.data_dir}",
+        f"data.max_examples={args.max_examples}",
+        f"generation.max_new_tokens={args.max_new_tokens}",
+        "print_results=false",
+    ]
+    tables = {}
+    for name, (key, overrides) in sweeps(args.response_run, args.autoencoder_run).items():
+        tables[name] = (key, collect(run_sweep(name, overrides, common, Path(args.log_dir)), key))
+    out_dir = Path(args.out_dir)
+    plot(tables, out_dir / "knob_curves.png")
+    readme = out_dir / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    block = f"{START}\n{markdown(tables, args.header)}\n![knob curves](knob_curves.png)\n{END}"
+    if START in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)
+    print(markdown(tables, args.header))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""``trustml-generate``: generate knowledge-grounded responses with control knobs and score them (Hydra app).
+
+Loads a trained encoder-decoder (``model.run_dir`` of a ``method=seq2seq`` run, ``model.pretrained`` a name or
+``save_pretrained`` folder, or ``model.random_init_config`` for tests), generates for Topical-Chat turns with the
+knobs of ``knobs`` (:class:`~trustml.knobs.KnobSettings`; presets in ``generate/knobs``), and writes
+``generations.jsonl`` and ``results.json`` (metrics) into its run directory. Sweeps: ``-m knobs.mixing_weight=0,0.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from trustml.config_schema import register_config_support
+from trustml.errors import ConfigError, TrustMLError
+from trustml.knobs.evaluation import generate_and_score
+from trustml.knobs.generator import KnobGenerator, KnobSettings
+from trustml.knobs.grounded_data import grounded_examples
+from trustml.knobs.seq2seq_model import HFSeq2SeqConfig, HFSeq2SeqModel
+from trustml.knobs.topical_chat import read_grounded_turns
+from trustml.run_record import RunRecord, load_model_from_run
+
+log = logging.getLogger("trustml.generate")
+
+CONFIG_MODULE = "trustml.conf"
+CONFIG_NAME = "generate"
+
+
+@dataclass
+class ModelSource(HFSeq2SeqConfig):
+    """Where a model comes from: ``run_dir`` (a completed ``method=seq2seq`` run; ``checkpoint`` best/last), else
+    the ``model=hf_seq2seq`` options (``pretrained`` or ``random_init_config``). All unset: no model."""
+
+    run_dir: str | None = None
+    checkpoint: str = "best"
+
+    @property
+    def is_set(self) -> bool:
+        """Whether any source is given."""
+        return self.run_dir is not None or self.pretrained is not None or self.random_init_config is not None
+
+
+@dataclass
+class GenerateData:
+    """Which Topical-Chat turns to respond to."""
+
+    data_dir: str = "${paths.shared_data_dir}/topical_chat"
+    split: str = "test_freq"
+    history_turns: int = 3
+    turn_separator: str = " "
+    max_examples: int | None = 200
+
+
+@dataclass
+class GenerateSchema:
+    """Top-level options of ``trustml-generate``."""
+
+    task_name: str = "generate"
+    seed: int = 0
+    device: str = "cpu"
+    model: ModelSource = field(default_factory=ModelSource)
+    secondary: ModelSource = field(default_factory=ModelSource)
+    data: GenerateData = field(default_factory=GenerateData)
+    knobs: KnobSettings = field(default_factory=KnobSettings)
+    batch_size: int = 16
+    generation: dict[str, Any] = field(default_factory=lambda: {"num_beams": 1, "do_sample": False})
+    score_perplexity: bool = True
+    trusted_target_prefixes: list[str] = field(default_factory=list)
+    print_results: bool = True
+    paths: Any = None
+
+
+def load_seq2seq(source: ModelSource, what: str) -> HFSeq2SeqModel:
+    """The model ``source`` names: the weights of a training run, or an ``hf_seq2seq`` model built from options."""
+    if source.run_dir is not None:
+        model, _ = load_model_from_run(source.run_dir, source.checkpoint)
+        if not isinstance(model, HFSeq2SeqModel):
+            raise ConfigError(
+                f"{what}.run_dir={source.run_dir} holds a {type(model).__name__}, not an encoder-decoder; "
+                "give a run of method=seq2seq model=hf_seq2seq"
+            )
+        return model
+    if not source.is_set:
+        raise ConfigError(
+            f"no {what} given: set {what}.run_dir (a method=seq2seq run), {what}.pretrained (a name or "
+            f"save_pretrained folder) or {what}.random_init_config"
+        )
+    options = {f.name: getattr(source, f.name) for f in dataclasses.fields(HFSeq2SeqConfig)}
+    return HFSeq2SeqModel(**options).eval()
+
+
+def generate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Build models, data and knobs from ``cfg``; write ``generations.jsonl``; return the metrics."""
+    settings: KnobSettings = OmegaConf.to_object(cfg.knobs)  # its checks raise ConfigError for bad knob values
+    model_source: ModelSource = OmegaConf.to_object(cfg.model)
+    secondary_source: ModelSource = OmegaConf.to_object(cfg.secondary)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    torch.manual_seed(int(cfg.seed))
+    model = load_seq2seq(model_source, "model").to(cfg.device)
+    secondary = load_seq2seq(secondary_source, "secondary").to(cfg.device) if secondary_source.is_set else None
+    turns = read_grounded_turns(cfg.data.data_dir, cfg.data.split, history_turns=int(cfg.data.history_turns))
+    examples = grounded_examples(turns, "response", cfg.data.turn_separator)
+    if cfg.data.max_examples is not None:
+        examples = examples[: int(cfg.data.max_examples)]
+    generator = KnobGenerator(
+        model.network,
+        model.tokenizer,
+        settings,
+        vocabulary=model.vocabulary,
+        secondary=secondary.network if secondary is not None else None,
+    )
+    rows, metrics = generate_and_score(
+        model,
+        generator,
+        examples,
+        int(cfg.batch_size),
+        dict(OmegaConf.to_container(cfg.generation, resolve=True)),
+        bool(cfg.score_perplexity),
+    )
+    with (run_dir / "generations.jsonl").open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(dataclasses.asdict(row), ensure_ascii=False) + "\n")
+    return metrics
+
+
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
+def generate_app(cfg: DictConfig) -> None:
+    """Hydra task: record provenance, generate with knobs, write generations and metrics."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    record = RunRecord(run_dir)
+    record.start(
+        seed=int(cfg.seed),
+        seed_source="config",
+        overrides=list(hydra_cfg.overrides.task),
+        source_dir=Path(hydra_cfg.runtime.cwd),
+        choices={k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},
+        trusted_target_prefixes=list(cfg.trusted_target_prefixes),
+    )
+    try:
+        metrics = generate(cfg, run_dir)
+    except TrustMLError as exc:
+        record.fail(exc)
+        sys.stderr.write(f"trustml-generate: error: {exc}\n(run recorded as failed in {run_dir})\n")
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            sys.exit(2)
+        return
+    except BaseException as exc:
+        record.fail(exc)
+        raise
+    record.complete(metrics)
+    if cfg.print_results:
+        print(f"\nResults of {run_dir}:\n" + "\n".join(f"{k:<16} {v:.4f}" for k, v in metrics.items()), flush=True)
+
+
+def main() -> None:
+    """Console entry point of ``trustml-generate``."""
+    register_config_support()
+    ConfigStore.instance().store(name="generate_schema", node=GenerateSchema, provider="trustml")
+    generate_app()
+
+
+if __name__ == "__main__":
+    main()

