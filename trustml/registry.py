@@ -34,6 +34,8 @@ BUILTIN_PLUGIN_MODULES = (
     "trustml.models.mlp",
     "trustml.models.hf_encoder",
     "trustml.methods.erm",
+    "trustml.methods.pc",
+    "trustml.methods.bct",
     "trustml.methods.seq2seq",
     "trustml.knobs.grounded_data",
     "trustml.knobs.seq2seq_model",

@@ -1,0 +1,218 @@
+"""``method=bct``: backward-compatible representation learning (Shen et al., CVPR 2020).
+
+The new model (which must expose ``embed(x)`` and a linear ``head``) minimises, per sample,
+``CE(head(phi_new(x)), y) + influence_weight * CE(W_old phi_new(x) + b_old, y)``: its own loss plus the
+influence loss through the old model's frozen classifier. Classes the old classifier lacks get the
+class-mean old embedding of their training samples as a pseudo-classifier. Old label names must be a
+prefix of the new ones and the embedding sizes must match.
+
+At test time the method evaluates compatibility by 1-NN retrieval (queries from ``query_split``, gallery
+from ``gallery_split``): the accuracies ``test/retrieval_new_old`` (query model, gallery model),
+``test/retrieval_old_old`` and ``test/retrieval_new_new`` are logged with ``test/compatible`` (1 iff
+new-vs-old beats old-vs-old), and the old classifier's accuracy on new and old query embeddings as
+``test/old_head_acc_new`` / ``test/old_head_acc_old``; all are written to ``compatibility.json`` in the
+run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from trustml.errors import CheckpointError, ConfigError
+from trustml.losses import extend_classifier, influence_loss
+from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory
+from trustml.methods.old_model import check_inputs, check_run_dirs, embed_split
+from trustml.metrics import CompatibilityReport, compatibility_report
+from trustml.metrics.compatibility import METRICS
+from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.registry import register, resolve_target
+from trustml.run_record import load_model_from_run
+
+SPLITS = ("train", "val", "test")
+_PER_SAMPLE_REFUSAL = (
+    "method=bct trains on embeddings and does its own forward pass; it cannot run with a per-sample-gradient "
+    "optimizer (e.g. optimizer=dp_sgd); choose another optimizer"
+)
+
+
+@dataclass
+class BCTConfig:
+    """Options of ``method=bct``."""
+
+    old_run_dir: str = ""
+    old_checkpoint: str = "best"
+    influence_weight: float = 1.0
+    retrieval_metric: str = "cosine"
+    query_split: str = "test"
+    gallery_split: str = "train"
+    embed_batch_size: int = 1024
+
+
+def _check_options(influence_weight: float, retrieval_metric: str, query_split: str, gallery_split: str) -> None:
+    if influence_weight < 0:
+        raise ConfigError(f"method.influence_weight must be >= 0, got {influence_weight}")
+    if retrieval_metric not in METRICS:
+        raise ConfigError(f"method.retrieval_metric must be one of {METRICS}, got '{retrieval_metric}'")
+    for option, split in (("query_split", query_split), ("gallery_split", gallery_split)):
+        if split not in SPLITS:
+            raise ConfigError(f"method.{option} must be one of {SPLITS}, got '{split}'")
+
+
+def _check_embedding_model(model: nn.Module, who: str) -> None:
+    if not callable(getattr(model, "embed", None)) or not isinstance(getattr(model, "head", None), nn.Linear):
+        raise ConfigError(
+            f"method=bct needs {who} to expose embed(x) and a linear head (e.g. model=mlp or model=hf_encoder); "
+            f"{type(model).__name__} does not"
+        )
+
+
+def _check_old_run(old_run_dir: str, old_checkpoint: str) -> None:
+    if not old_run_dir:
+        raise CheckpointError("method=bct needs method.old_run_dir=<run directory of the old model>")
+    check_run_dirs([old_run_dir], "method.old_run_dir", old_checkpoint)
+
+
+@register("method", "bct", dataclass=BCTConfig)
+class BackwardCompatibleTraining(ClassificationMethod):
+    """Trains an embedding model whose features stay compatible with an old model's classifier and gallery."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        old_run_dir: str = "",
+        old_checkpoint: str = "best",
+        influence_weight: float = 1.0,
+        retrieval_metric: str = "cosine",
+        query_split: str = "test",
+        gallery_split: str = "train",
+        embed_batch_size: int = 1024,
+    ) -> None:
+        super().__init__(model, optimizer, num_classes)
+        _check_options(influence_weight, retrieval_metric, query_split, gallery_split)
+        _check_old_run(old_run_dir, old_checkpoint)
+        _check_embedding_model(model, "the new model")
+        if self.uses_per_sample_gradients:
+            raise ConfigError(_PER_SAMPLE_REFUSAL)
+        self.old_run_dir, self.old_checkpoint = old_run_dir, old_checkpoint
+        self.influence_weight = influence_weight
+        self.retrieval_metric = retrieval_metric
+        self.query_split, self.gallery_split = query_split, gallery_split
+        self.embed_batch_size = embed_batch_size
+        self.old_head: tuple[Tensor, Tensor] | None = None
+        self.compatibility: CompatibilityReport | None = None
+        object.__setattr__(self, "old_model", None)  # frozen, outside the module tree (see method=pc)
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Before anything is built: valid options and a completed old run with its checkpoint."""
+        method = cfg.method
+        _check_options(method.influence_weight, method.retrieval_metric, method.query_split, method.gallery_split)
+        optimizer = cfg.get("optimizer")
+        if optimizer is not None and "_target_" in optimizer:
+            optimizer_cls = resolve_target(str(optimizer._target_))
+            if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, PerSampleGradientOptimizer):
+                raise ConfigError(_PER_SAMPLE_REFUSAL)
+        _check_old_run(str(method.old_run_dir or ""), str(method.old_checkpoint))
+
+    # --- the old model -------------------------------------------------------------------------------
+    def _loaded_old_model(self) -> nn.Module:
+        if self.old_model is None:
+            object.__setattr__(self, "old_model", self._load_old_model())
+        self.old_model.to(self.device)
+        return self.old_model
+
+    def _load_old_model(self) -> nn.Module:
+        old, spec = load_model_from_run(self.old_run_dir, self.old_checkpoint)
+        _check_embedding_model(old, f"the old model of {self.old_run_dir}")
+        old_classes = int(spec.get("num_classes", old.head.out_features))
+        if old_classes > self.num_classes:
+            raise CheckpointError(
+                f"old model of {self.old_run_dir} has {old_classes} classes, more than the new data's "
+                f"{self.num_classes}; BCT needs the old classes to be a subset of the new ones"
+            )
+        names = list(getattr(self.trainer.datamodule, "label_names", []) or [])
+        old_names = spec.get("label_names")
+        if names and old_names is not None and list(old_names) != names[:old_classes]:
+            raise CheckpointError(
+                f"label map of the old model of {self.old_run_dir} {list(old_names)} is not the start of the new "
+                f"data's {names}; class c of the old head must be class c of the new data"
+            )
+        check_inputs(self.old_run_dir, spec, old, getattr(self.trainer.datamodule, "input_dim", None), self.model)
+        if old.head.in_features != self.model.head.in_features:
+            raise CheckpointError(
+                f"old model of {self.old_run_dir} embeds into {old.head.in_features} dimensions, the new model into "
+                f"{self.model.head.in_features}; BCT needs equal embedding sizes (set the new model's last hidden size)"
+            )
+        return old.eval().requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        """Load and check the old model before any training step."""
+        self._loaded_old_model()
+
+    def on_fit_start(self) -> None:
+        """Freeze the old classifier, widened with class-mean pseudo-classifiers for classes it lacks."""
+        old = self._loaded_old_model()
+        weight, bias = old.head.weight.detach(), old.head.bias.detach()
+        if weight.shape[0] < self.num_classes:
+            train = self.trainer.datamodule.splits["train"]
+            embeddings = embed_split(old.embed, train, self.embed_batch_size, self.device)
+            weight, bias = extend_classifier(weight, bias, embeddings, train.labels.to(self.device), self.num_classes)
+        self.old_head = (weight, bias)
+
+    # --- the objective -------------------------------------------------------------------------------
+    def bct_losses(self, embeddings: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+        """``CE(logits, y) + influence_weight * CE(W_old e + b_old, y)`` per sample, shape ``[B]``."""
+        if self.old_head is None:
+            raise RuntimeError("the old classifier is set in on_fit_start; train through Trainer.fit")
+        ce = F.cross_entropy(logits, y, reduction="none")
+        return ce + self.influence_weight * influence_loss(embeddings, y, *self.old_head)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        embeddings = self.model.embed(batch["x"])
+        logits = self.model.head(embeddings)
+        loss = self.bct_losses(embeddings, logits, batch["y"]).mean()
+        self._log_split("train", loss, logits, batch["y"])
+        return loss
+
+    # --- compatibility evaluation --------------------------------------------------------------------
+    def on_test_epoch_end(self) -> None:
+        """Cross-model 1-NN retrieval on the query/gallery splits; logs and saves the compatibility report."""
+        old = self._loaded_old_model()
+        splits: dict[str, Any] = self.trainer.datamodule.splits
+        query, gallery = splits[self.query_split], splits[self.gallery_split]
+        was_training = self.model.training
+        self.model.eval()
+        size, device = self.embed_batch_size, self.device
+        head = self.old_head or (old.head.weight.detach(), old.head.bias.detach())
+        report = compatibility_report(
+            old_query=embed_split(old.embed, query, size, device),
+            new_query=embed_split(self.model.embed, query, size, device),
+            query_labels=query.labels,
+            old_gallery=embed_split(old.embed, gallery, size, device),
+            new_gallery=embed_split(self.model.embed, gallery, size, device),
+            gallery_labels=gallery.labels,
+            metric=self.retrieval_metric,
+            old_head=head,
+        )
+        self.model.train(was_training)
+        self.compatibility = report
+        self.log_dict(
+            {
+                "test/retrieval_new_old": report.new_old,
+                "test/retrieval_old_old": report.old_old,
+                "test/retrieval_new_new": report.new_new,
+                "test/compatible": float(report.compatible),
+                "test/old_head_acc_new": float(report.old_head_new),
+                "test/old_head_acc_old": float(report.old_head_old),
+            }
+        )
+        if self.trainer.is_global_zero:
+            report.save(Path(self.trainer.default_root_dir) / "compatibility.json")

@@ -1,0 +1,36 @@
+"""Metrics of model updates: regression (negative flip) metrics and backward compatibility of embeddings."""
+
+from trustml.metrics.compatibility import (
+    CompatibilityReport,
+    compatibility_report,
+    linear_classifier_accuracy,
+    nearest_neighbor_accuracy,
+)
+from trustml.metrics.flip_metric import ClassFlips, FlipMetrics, FlipReport, flip_report
+from trustml.metrics.flips import (
+    FlipCounts,
+    error_rate,
+    flip_counts,
+    negative_flip_impact,
+    negative_flip_rate,
+    positive_flip_rate,
+    relative_negative_flip_rate,
+)
+
+__all__ = [
+    "ClassFlips",
+    "CompatibilityReport",
+    "FlipCounts",
+    "FlipMetrics",
+    "FlipReport",
+    "compatibility_report",
+    "error_rate",
+    "flip_counts",
+    "flip_report",
+    "linear_classifier_accuracy",
+    "negative_flip_impact",
+    "negative_flip_rate",
+    "nearest_neighbor_accuracy",
+    "positive_flip_rate",
+    "relative_negative_flip_rate",
+]
