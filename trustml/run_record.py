@@ -186,5 +186,5 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt} does not fit the model of {run_dir}/.hydra/config.yaml: {exc}") from None
+        raise CheckpointError(f"{ckpt} does not fit the model recorded in {run_dir}/run.json: {exc}") from None
     return model.eval(), spec

@@ -1,6 +1,6 @@
 """Epoch wall time of PC training against untreated training, interleaved in one process.
 
-Usage: ``python experiments/pc_training/epoch_time.py OLD_RUN_DIR [--epochs 6] [--repeats 3]``
+Usage: ``python experiments/pc_training/epoch_time.py OLD_RUN_DIR [--epochs 30] [--repeats 5]``
 
 On a shared machine the load drifts between runs of a sweep, so this script alternates the variants
 (untreated, FD-KL, FD-LM, LDI with cached old logits, and FD-KL with old logits computed online) within each
@@ -63,13 +63,14 @@ def median_epoch_time(old_run_dir: str, options: dict, epochs: int, seed: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old_run_dir")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats):
         for name, options in VARIANTS.items():
             times[name].append(median_epoch_time(args.old_run_dir, options, args.epochs, seed=repeat))
+        print(f"repeat {repeat}: " + ", ".join(f"{name} {values[-1]:.3f}s" for name, values in times.items()))
     base = statistics.median(times["untreated"])
     lines = ["| variant | median epoch s | ratio to untreated |", "|---|---|---|"]
     for name, values in times.items():

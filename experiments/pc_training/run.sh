@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every table of README.md: per data set, the old model, then ONE multirun over the
-# positive-congruent variants x 3 seeds (and, on digits, one BCT multirun); then summarize.py.
+# positive-congruent variants x 3 seeds (on digits also one BCT multirun and the epoch-time benchmark);
+# then summarize.py.
 # Usage (from anywhere): experiments/pc_training/run.sh [digits] [topical_chat]   (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +34,8 @@ for dataset in "${datasets[@]}"; do
     # BCT: influence weight 0 is an independently trained new model (the reference); 1 and 3 are BCT
     "${TRUSTML[@]}" -m "${DATA[@]}" "${QUIET[@]}" method=bct "method.old_run_dir=$LOG/$dataset/old" \
       model.hidden_sizes=[256,64] method.influence_weight=0,1,3 seed=0,1,2 hydra.sweep.dir="$LOG/$dataset/bct"
+    # epoch time of PC against untreated, variants interleaved in one process (writes its README table)
+    (cd experiments/pc_training && ../../.venv/bin/python epoch_time.py "$LOG/$dataset/old")
   fi
 done
 .venv/bin/python experiments/pc_training/summarize.py "$LOG"

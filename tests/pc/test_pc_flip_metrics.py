@@ -100,3 +100,12 @@ def test_metric_rejects_bad_input() -> None:
         metric.report(["a", "b"])
     with pytest.raises(ValueError, match="num_classes must be positive"):
         FlipMetrics(num_classes=0)
+
+
+def test_per_class_counts_of_stacked_masks() -> None:
+    from trustml.metrics.flips import per_class_counts
+
+    labels = torch.tensor([0, 2, 2, 1])
+    masks = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    assert per_class_counts(labels, masks, 3).tolist() == [[1, 1, 1], [0, 0, 2]]
+    assert per_class_counts(labels, masks[1], 3).tolist() == [0, 0, 2]

@@ -13,7 +13,7 @@ computed once per sample before training (train, val and test splits) and looked
 epoch costs what plain training costs; ``online_old_logits=true`` recomputes them on every training batch
 instead (needed when augmentation changes a sample's input between epochs). Validation and test log
 ``er_old``, ``er_new``, ``nfr``, ``relative_nfr``, ``nfi`` and ``pfr``, and write ``flip_report_<split>.json``
-(per-class flips, flipped sample ids) into the run directory.
+(per-class flips, flipped sample ids; val: of the last validation epoch) into the run directory.
 """
 
 from __future__ import annotations
@@ -185,18 +185,30 @@ class PositiveCongruentTraining(ClassificationMethod):
         old = self.old_logits(batch["x"], batch["index"])
         self.flip_metrics[split].update(old, logits.detach(), batch["y"], batch["index"])
 
+    def on_validation_epoch_start(self) -> None:
+        self.flip_metrics["val"].reset()
+
     def on_validation_epoch_end(self) -> None:
-        self._finish_flips("val")
+        self._log_flips("val")
+
+    def on_fit_end(self) -> None:
+        """Save the flip report of the last validation epoch (kept until the next one starts)."""
+        self._save_flip_report("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.flip_metrics["test"].reset()
 
     def on_test_epoch_end(self) -> None:
-        self._finish_flips("test")
+        self._log_flips("test")
+        self._save_flip_report("test")
 
-    def _finish_flips(self, split: str) -> None:
+    def _log_flips(self, split: str) -> None:
         metric: FlipMetrics = self.flip_metrics[split]  # type: ignore[assignment]
-        if metric.counts().total == 0:
-            return
-        self.log_dict({f"{split}/{name}": value for name, value in metric.compute().items()})
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if metric.counts().total:
+            self.log_dict({f"{split}/{name}": value for name, value in metric.compute().items()})
+
+    def _save_flip_report(self, split: str) -> None:
+        metric: FlipMetrics = self.flip_metrics[split]  # type: ignore[assignment]
+        if metric.counts().total and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             report = metric.report(class_names=self.label_names)
             report.save(Path(self.trainer.default_root_dir) / f"flip_report_{split}.json")
-        metric.reset()

@@ -91,14 +91,17 @@ class FlipMetrics(Metric):
             index = self.total + torch.arange(target.numel(), device=target.device)
         elif index.shape != target.shape:
             raise ValueError(f"index {tuple(index.shape)} must have the shape of the targets {tuple(target.shape)}")
-        k = self.num_classes
         everything = torch.ones_like(target, dtype=torch.bool)
+        masks = torch.stack([everything, old != target, new != target, negative, positive])
+        support, old_errors, new_errors, negative_flips, positive_flips = per_class_counts(
+            target, masks, self.num_classes
+        )
         self.total += target.numel()
-        self.class_support += per_class_counts(target, everything, k)
-        self.class_old_errors += per_class_counts(target, old != target, k)
-        self.class_new_errors += per_class_counts(target, new != target, k)
-        self.class_negative_flips += per_class_counts(target, negative, k)
-        self.class_positive_flips += per_class_counts(target, positive, k)
+        self.class_support += support
+        self.class_old_errors += old_errors
+        self.class_new_errors += new_errors
+        self.class_negative_flips += negative_flips
+        self.class_positive_flips += positive_flips
         self.negative_flip_ids.append(index[negative].long())
         self.positive_flip_ids.append(index[positive].long())
 

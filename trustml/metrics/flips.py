@@ -121,8 +121,18 @@ def flip_masks(old: Tensor, new: Tensor, target: Tensor) -> tuple[Tensor, Tensor
     return old_right & ~new_right, ~old_right & new_right
 
 
-def per_class_counts(labels: Tensor, mask: Tensor, num_classes: int) -> Tensor:
-    """``[num_classes]`` counts of the samples in ``mask`` grouped by ``labels`` (e.g. flips per true class)."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
-    return torch.bincount(labels[mask], minlength=num_classes)
+def per_class_counts(labels: Tensor, masks: Tensor, num_classes: int) -> Tensor:
+    """Per-class counts of the samples selected by each mask, e.g. flips per true class.
+
+    ``masks`` is ``[N]`` or ``[M, N]`` booleans over the ``N`` samples; the result is ``[num_classes]`` or
+    ``[M, num_classes]`` (one ``bincount`` for all masks).
+    """
+    if labels.numel():
+        low, high = torch.aminmax(labels)
+        if int(low) < 0 or int(high) >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(low)}, {int(high)}]")
+    stacked = masks.reshape(-1, labels.numel())
+    rows = torch.arange(stacked.shape[0], device=labels.device).unsqueeze(1)
+    codes = (rows * num_classes + labels.unsqueeze(0))[stacked]
+    counts = torch.bincount(codes, minlength=stacked.shape[0] * num_classes).view(-1, num_classes)
+    return counts if masks.ndim == 2 else counts[0]
