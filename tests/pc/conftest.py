@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -96,3 +97,18 @@ def old_run(tmp_path: Path) -> Callable[..., Path]:
         return write_run(run_dir, model, mlp_config(hidden_sizes), num_classes, names, input_dim)
 
     return make
+
+
+def quiet_trainer(root: Path, epochs: int = 2, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """A CPU Trainer with no logger, checkpoints, progress bar or sanity check (fast, silent tests)."""
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        callbacks=list(callbacks),
+    )

@@ -7,12 +7,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from tests.pc.conftest import quiet_trainer
 from trustml.errors import CheckpointError, ConfigError
 from trustml.losses import class_mean_embeddings, influence_loss
 from trustml.methods.bct import BackwardCompatibleTraining, BCTConfig
@@ -33,23 +33,10 @@ def make_method(run_dir: Path | str, num_classes: int = 3, hidden: tuple[int, ..
     )
 
 
-def make_trainer(root: Path, epochs: int = 2) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-    )
-
-
 def test_fit_and_compatibility_report(tmp_path, blobs, old_run) -> None:
     method = make_method(old_run(hidden_sizes=(8,)))
     data = blobs()
-    trainer = make_trainer(tmp_path, epochs=3)
+    trainer = quiet_trainer(tmp_path, epochs=3)
     trainer.fit(method, datamodule=data)
     old = method.old_model
     torch.testing.assert_close(method.old_head[0], old.head.weight)  # same classes: the old head as it is
@@ -73,7 +60,7 @@ def test_fit_and_compatibility_report(tmp_path, blobs, old_run) -> None:
 
 def test_training_loss_is_ce_plus_influence(tmp_path, blobs, old_run) -> None:
     method = make_method(old_run(hidden_sizes=(8,)), influence_weight=0.3)
-    make_trainer(tmp_path, epochs=1).fit(method, datamodule=blobs())
+    quiet_trainer(tmp_path, epochs=1).fit(method, datamodule=blobs())
     x, y = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
     emb = method.model.embed(x)
     logits = method.model.head(emb)
@@ -85,7 +72,7 @@ def test_classes_absent_from_old_head_get_class_mean_pseudo_classifier(tmp_path,
     run = old_run(hidden_sizes=(8,), num_classes=2, label_names=["c0", "c1"])
     method = make_method(run, num_classes=3)
     data = blobs(num_classes=3)
-    make_trainer(tmp_path, epochs=1).fit(method, datamodule=data)
+    quiet_trainer(tmp_path, epochs=1).fit(method, datamodule=data)
     weight, bias = method.old_head
     assert weight.shape == (3, 8)
     train = data.splits["train"]
@@ -107,7 +94,7 @@ def test_classes_absent_from_old_head_get_class_mean_pseudo_classifier(tmp_path,
 def test_incompatible_old_model_stops_before_training(tmp_path, blobs, old_run, old_options, new_options, message):
     method = make_method(old_run(**old_options), **new_options)
     with pytest.raises(CheckpointError, match=message):
-        make_trainer(tmp_path).fit(method, datamodule=blobs())
+        quiet_trainer(tmp_path).fit(method, datamodule=blobs())
     assert method.old_head is None  # training never started
 
 

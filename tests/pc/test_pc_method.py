@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from tests.pc.conftest import quiet_trainer
 from trustml.errors import CheckpointError, ConfigError
 from trustml.losses import focal_distillation_loss, logit_distance, naive_congruent_loss
 from trustml.methods.old_model import LogitEnsemble, load_old_model
@@ -51,25 +52,11 @@ def make_method(run_dirs: list[Path], **options) -> PositiveCongruentTraining:
     )
 
 
-def make_trainer(root: Path, epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-        callbacks=callbacks,
-    )
-
-
 def test_fit_calls_old_model_once_per_sample_and_reports_flips(tmp_path, blobs, old_run) -> None:
     method = make_method([old_run()], objective="focal_distillation", distance="kl")
     counter = CountOldModelSamples()
     data = blobs()
-    trainer = make_trainer(tmp_path, epochs=3, callbacks=[counter])
+    trainer = quiet_trainer(tmp_path, epochs=3, callbacks=[counter])
     trainer.fit(method, datamodule=data)
     assert counter.train_batches == 3 * 5  # 3 epochs of 150 samples in batches of 32
     assert counter.samples == N_TRAIN + N_VAL + N_TEST  # the cache was filled once, before training
@@ -92,7 +79,7 @@ def test_fit_calls_old_model_once_per_sample_and_reports_flips(tmp_path, blobs, 
 def test_online_old_logits_recompute_training_batches_every_epoch(tmp_path, blobs, old_run) -> None:
     method = make_method([old_run()], objective="focal_distillation", distance="lm", online_old_logits=True)
     counter = CountOldModelSamples()
-    make_trainer(tmp_path, epochs=2, callbacks=[counter]).fit(method, datamodule=blobs())
+    quiet_trainer(tmp_path, epochs=2, callbacks=[counter]).fit(method, datamodule=blobs())
     assert counter.samples == 2 * N_TRAIN + N_VAL + N_TEST
 
 
@@ -106,7 +93,7 @@ def test_ensemble_of_different_architectures_averages_logits(tmp_path, blobs, ol
     with torch.no_grad():
         torch.testing.assert_close(old(x), (old.members[0](x) + old.members[1](x)) / 2)
     method = make_method(runs, objective="naive")
-    make_trainer(tmp_path, epochs=1, callbacks=[]).fit(method, datamodule=data)
+    quiet_trainer(tmp_path, epochs=1, callbacks=[]).fit(method, datamodule=data)
     assert method.old_logits.samples_computed == N_TRAIN + N_VAL + N_TEST
 
 
@@ -181,7 +168,7 @@ def test_class_count_label_map_or_width_mismatch_stops_before_training(tmp_path,
     for run, data, message in cases:
         counter = CountOldModelSamples()
         with pytest.raises(CheckpointError, match=message):
-            make_trainer(tmp_path, epochs=1, callbacks=[counter]).fit(make_method([run]), datamodule=data)
+            quiet_trainer(tmp_path, epochs=1, callbacks=[counter]).fit(make_method([run]), datamodule=data)
         assert counter.train_batches == 0
 
 

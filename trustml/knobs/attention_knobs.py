@@ -42,6 +42,15 @@ def _int_list(values: Sequence[int] | None) -> list[int] | None:
     return None if values is None else [int(v) for v in values]
 
 
+def _normalise_bias_fields(knob: CrossAttentionBias | SelfAttentionBias) -> None:
+    """Plain containers for a bias knob's fields (Hydra hands in its own), each ``b`` checked to be > 0."""
+    knob.values = dict(knob.values)
+    knob.layers = _int_list(knob.layers)
+    knob.heads = _int_list(knob.heads)
+    for name, b in knob.values.items():
+        log_bias_value(name, b)
+
+
 @dataclass
 class CrossAttentionBias:
     """Knob A: bias ``b`` per named encoder segment (e.g. ``{"knowledge": 5.0}``); unnamed segments keep ``b = 1``.
@@ -55,11 +64,7 @@ class CrossAttentionBias:
     schedule: StepSchedule = field(default_factory=StepSchedule)
 
     def __post_init__(self) -> None:
-        self.values = dict(self.values)
-        self.layers = _int_list(self.layers)
-        self.heads = _int_list(self.heads)
-        for name, b in self.values.items():
-            log_bias_value(name, b)
+        _normalise_bias_fields(self)
 
     @property
     def is_neutral(self) -> bool:
@@ -83,16 +88,12 @@ class SelfAttentionBias:
     schedule: StepSchedule = field(default_factory=StepSchedule)
 
     def __post_init__(self) -> None:
-        self.values = dict(self.values)
-        self.layers = _int_list(self.layers)
-        self.heads = _int_list(self.heads)
         unknown = set(self.values) - set(DECODER_SEGMENTS)
         if unknown:
             raise ConfigError(
                 f"self-attention bias segments {sorted(unknown)} are unknown; use {list(DECODER_SEGMENTS)}"
             )
-        for name, b in self.values.items():
-            log_bias_value(name, b)
+        _normalise_bias_fields(self)
         if self.start_length < 0:
             raise ConfigError(f"self-attention bias start_length={self.start_length} must be >= 0")
 
