@@ -1,0 +1,145 @@
+"""Canary audit of a text classifier: write a training file with a repeated canary, then measure its exposure.
+
+trustml trains classifiers, not language models, so a canary is a labelled sentence ("my pin code is
+4 7 1 9", label ``L``) inserted ``repetitions`` times into a JSONL training file that
+``data=text_classification data.train_path=...`` reads. After training, every candidate sentence of the
+secret space is scored by the classifier's loss on ``L``; a model that memorized the secret's tokens gives
+the inserted sentence a lower loss than the other candidates, which all share the template and label.
+The spec (secret, template, label, alphabet) is saved beside the file so the audit needs only the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trustml.data.text_classification import read_records
+from trustml.errors import CheckpointError, ConfigError
+from trustml.privacy.audit.canary import (
+    DEFAULT_TEMPLATE,
+    candidate_secrets,
+    exposure,
+    format_canary,
+    insert_canary,
+    random_secret,
+    score_candidates,
+)
+from trustml.privacy.audit.scoring import model_inputs
+from trustml.run_record import load_model_from_run, write_json_atomic
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """What was inserted: the secret, its sentence template and alphabet, the label and how often."""
+
+    secret: tuple[str, ...]
+    label: str
+    repetitions: int
+    template: str = DEFAULT_TEMPLATE
+    alphabet: str = "0123456789"
+
+    @property
+    def sentence(self) -> str:
+        """The canary sentence as it appears in the training file."""
+        return format_canary(self.secret, self.template)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as JSON to ``path``."""
+        write_json_atomic(Path(path), {**asdict(self), "sentence": self.sentence})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CanarySpec:
+        """Read a spec written by :meth:`save`; a clear error for a missing or foreign file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"canary spec not found: {path} (written by `trustml-audit insert-canary`)")
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                secret=tuple(data["secret"]),
+                label=str(data["label"]),
+                repetitions=int(data["repetitions"]),
+                template=str(data["template"]),
+                alphabet=str(data["alphabet"]),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path} is not a canary spec ({exc}); write one with `trustml-audit insert-canary`"
+            ) from None
+
+
+def write_canary_training_file(
+    source: str | Path,
+    dest: str | Path,
+    label: str,
+    repetitions: int,
+    secret_length: int = 4,
+    alphabet: str = "0123456789",
+    template: str = DEFAULT_TEMPLATE,
+    seed: int = 0,
+    text_field: str = "text",
+    label_field: str = "label",
+) -> CanarySpec:
+    """Copy the records of ``source`` (JSONL/CSV) to the JSONL ``dest`` with the canary inserted ``repetitions`` times.
+
+    The secret is drawn uniformly (seeded) from ``alphabet``; the spec is written to ``<dest>.canary.json``.
+    """
+    if "{secret}" not in template:
+        raise ConfigError(f"canary template '{template}' has no {{secret}} placeholder")
+    if repetitions < 0:
+        raise ConfigError(f"canary repetitions must be >= 0, got {repetitions}")
+    if secret_length < 1 or len(set(alphabet)) < 2:
+        raise ConfigError("a canary secret needs length >= 1 and an alphabet of at least 2 symbols")
+    records = read_records(source, text_field, label_field)
+    labels = sorted({r.label for r in records})
+    if label not in labels:
+        raise ConfigError(f"canary label '{label}' does not occur in {source} (labels: {labels})")
+    spec = CanarySpec(
+        secret=random_secret(secret_length, alphabet, seed),
+        label=label,
+        repetitions=repetitions,
+        template=template,
+        alphabet=alphabet,
+    )
+    rows = [{text_field: r.text, label_field: r.label} for r in records]
+    rows = insert_canary(rows, {text_field: spec.sentence, label_field: label}, repetitions, seed=seed)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    spec.save(canary_spec_path(dest))
+    return spec
+
+
+def canary_spec_path(training_file: str | Path) -> Path:
+    """Where :func:`write_canary_training_file` puts the spec of ``training_file``."""
+    return Path(str(training_file) + ".canary.json")
+
+
+def canary_exposure(
+    run_dir: str | Path, spec: CanarySpec, checkpoint: str = "best", batch_size: int = 512
+) -> dict[str, Any]:
+    """Rank the canary's secret among all candidates by the trained classifier's loss on the canary label.
+
+    Returns rank, number of candidates, exposure (bits) and whether the secret ranks first.
+    """
+    model, model_spec = load_model_from_run(run_dir, checkpoint=checkpoint)
+    label_names = list(model_spec.get("label_names") or [])
+    if spec.label not in label_names:
+        raise CheckpointError(f"run {run_dir} has no label '{spec.label}' (labels: {label_names}); wrong run or spec")
+    label = label_names.index(spec.label)
+    secrets = candidate_secrets(len(spec.secret), spec.alphabet)
+    sentences = [format_canary(s, spec.template) for s in secrets]
+
+    def loss_on_label(texts: list[str]) -> torch.Tensor:
+        logits = model(model_inputs(model, texts))
+        return F.cross_entropy(logits, torch.full((len(texts),), label), reduction="none")
+
+    losses = score_candidates(loss_on_label, sentences, batch_size)
+    result = exposure(losses.numpy(), secrets.index(spec.secret))
+    return {"run": str(run_dir), "checkpoint": checkpoint, **asdict(spec), "sentence": spec.sentence, **asdict(result)}
