@@ -24,7 +24,7 @@ STEPS_PER_EPOCH = 5  # 120 training samples, expected batch size 24: rate 0.2
 
 def _fit(
     options: dict, max_epochs: int = 2, ckpt_path: Path | None = None, norm: str = "none", save_to: Path | None = None,
-    private: bool = True, **trainer_options,
+    private: bool = True, extra_callbacks: list[pl.Callback] | None = None, **trainer_options,
 ) -> tuple[pl.Trainer, PrivacyAccountantCallback | None, BlobsDataModule]:
     torch.manual_seed(0)
     datamodule = BlobsDataModule(n_train=120, batch_size=24)
@@ -39,8 +39,9 @@ def _fit(
         callbacks, factory = [], partial(torch.optim.SGD, lr=0.1)
     method = ERM(model=model, optimizer=factory, num_classes=3)
     trainer = pl.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+        max_epochs=max_epochs, callbacks=[*callbacks, *(extra_callbacks or [])], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        num_sanity_val_steps=0,
         **trainer_options,
     )
     trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -67,6 +68,31 @@ def test_dp_fit_accounts_every_step_like_opacus_and_learns() -> None:
     assert results["epsilon"] == pytest.approx(_opacus_epsilon(1.0, 0.2, 15, 1e-4), rel=1e-9)
     assert float(trainer.callback_metrics["privacy/epsilon"]) == pytest.approx(results["epsilon"], rel=1e-6)
     assert float(trainer.callback_metrics["val/acc"]) > 0.6  # separable blobs are learned despite the noise
+
+
+class BatchRecorder(pl.Callback):
+    """Records the sample indices of every training batch, per epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[list[int]]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, *args) -> None:
+        self.epochs[-1].append(batch["index"].tolist())
+
+
+def test_every_epoch_draws_fresh_poisson_batches_and_a_resumed_run_continues_the_stream(tmp_path: Path) -> None:
+    options = {"lr": 0.5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-4}
+    whole = BatchRecorder()
+    _fit(options, 3, extra_callbacks=[whole])
+    assert len(whole.epochs) == 3 and whole.epochs[0] != whole.epochs[1] != whole.epochs[2] != whole.epochs[0]
+
+    _fit(options, 2, save_to=tmp_path / "two.ckpt")
+    resumed = BatchRecorder()
+    _fit(options, 3, ckpt_path=tmp_path / "two.ckpt", extra_callbacks=[resumed])
+    assert resumed.epochs == [whole.epochs[2]]  # epoch 2's batches, not a replay of epoch 0's
 
 
 def test_target_epsilon_calibrates_the_noise_to_spend_the_budget() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trustml.errors import ConfigError
-from trustml.privacy.sampling import PoissonBatchSampler
+from trustml.privacy.sampling import PoissonBatchSampler, PoissonSamplerFactory
 
 
 def test_each_index_is_drawn_independently_at_the_sampling_rate() -> None:
@@ -22,13 +22,25 @@ def test_each_index_is_drawn_independently_at_the_sampling_rate() -> None:
     assert abs(float(counts.mean()) / 400 - 0.05) < 0.002
 
 
-def test_epochs_are_reproducible_and_differ() -> None:
+def test_successive_passes_draw_fresh_batches_and_epochs_are_reproducible() -> None:
     sampler = PoissonBatchSampler.from_batch_size(num_samples=100, batch_size=10, seed=3)
     assert len(sampler) == 10 and sampler.expected_batch_size == pytest.approx(10)
-    first = list(sampler)
-    assert list(sampler) == first
+    first, second = list(sampler), list(sampler)  # nobody calls set_epoch: the pass advances the stream
+    assert second != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first and list(sampler) == second
     sampler.set_epoch(1)
-    assert list(sampler) != first
+    assert list(sampler) == second
+
+
+def test_the_factory_gives_every_loader_its_own_reproducible_stream() -> None:
+    factory = PoissonSamplerFactory(seed=5)
+    samplers = [factory(100, 10) for _ in range(3)]  # e.g. one device's loader in three rounds
+    draws = [list(s) for s in samplers]
+    assert draws[0] != draws[1] != draws[2] != draws[0]
+    again = PoissonSamplerFactory(seed=5)
+    assert [list(again(100, 10)) for _ in range(3)] == draws
+    assert list(PoissonSamplerFactory(seed=6)(100, 10)) != draws[0]
 
 
 @pytest.mark.parametrize(("num_samples", "rate"), [(0, 0.1), (10, 0.0), (10, 1.5)])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from trustml.privacy.mechanism import CLIPPING_MODES, add_gaussian_noise, clippe
 from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult
 from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
 from trustml.privacy.per_sample_vmap import vmap_per_sample_gradients
-from trustml.privacy.sampling import PoissonBatchSampler
+from trustml.privacy.sampling import PoissonSamplerFactory
 from trustml.registry import register
 
 PER_SAMPLE_ENGINES = {"vmap": vmap_per_sample_gradients, "layerwise": layerwise_per_sample_gradients}
@@ -235,12 +234,12 @@ class DPOptimizer(PerSampleGradientOptimizer):
         """Poisson-sample the training batches and add the privacy accountant.
 
         A data module with a ``train_batch_sampler_factory`` slot (``TrustDataModule``) gets
-        :class:`PoissonBatchSampler` (expected batch size ``data.batch_size``, seeded by ``cfg.seed``); the
+        :class:`PoissonBatchSampler` (expected batch size ``data.batch_size``; seeds drawn from ``cfg.seed``); the
         accountant (calibration, per-epoch epsilon, budget stop, checkpointed state) reads its rate.
         """
         if hasattr(datamodule, "train_batch_sampler_factory"):
             seed = int(cfg.seed) if cfg.get("seed") is not None else 0
-            datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=seed)
+            datamodule.train_batch_sampler_factory = PoissonSamplerFactory(seed)
         return [PrivacyAccountantCallback()]
 
 

@@ -164,6 +164,12 @@ class PrivacyAccountantCallback(pl.Callback):
             trainer.should_stop = True
             self._optimizer.budget_spent = True
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw this epoch's Poisson batches from its own stream (Lightning sets no epoch on a batch sampler)."""
+        batch_sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if isinstance(batch_sampler, PoissonBatchSampler):
+            batch_sampler.set_epoch(trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.log("privacy/epsilon", self.epsilon(), on_epoch=True, prog_bar=True)
 

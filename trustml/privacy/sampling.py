@@ -15,8 +15,10 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
     An epoch has ``num_batches`` batches (default ``round(1 / sample_rate)``, one pass in expectation);
     batch sizes vary around ``sample_rate * num_samples`` and may be empty, which the collate function
-    must accept. Use as ``DataLoader(dataset, batch_sampler=PoissonBatchSampler(...))``. Each epoch draws
-    from ``seed + epoch`` (Lightning calls :meth:`set_epoch`), so runs are reproducible.
+    must accept. Use as ``DataLoader(dataset, batch_sampler=PoissonBatchSampler(...))``. A pass draws from
+    the stream ``seed + epoch`` and then advances ``epoch``, so successive passes draw fresh batches and runs
+    are reproducible; :meth:`set_epoch` selects the stream explicitly (the privacy accountant sets the
+    trainer's epoch, so a resumed run continues where it stopped rather than repeating epoch 0's batches).
     """
 
     def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int = 0) -> None:
@@ -57,6 +59,24 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
         for _ in range(self.num_batches):
             mask = torch.rand(self.num_samples, generator=generator) < self.sample_rate
             yield mask.nonzero().flatten().tolist()
+
+
+class PoissonSamplerFactory:
+    """Builds the :class:`PoissonBatchSampler` of every training loader, each with its own seed.
+
+    The seeds come from one stream seeded by ``seed``, so loaders built one after another (e.g. a federated
+    device's loader in every round) never repeat each other's batches, and a run is reproducible. Use as a
+    data module's ``train_batch_sampler_factory``.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._seeds = torch.Generator().manual_seed(seed)
+
+    def __call__(self, num_samples: int, batch_size: int) -> PoissonBatchSampler:
+        sampler_seed = int(torch.randint(0, 2**62, (), generator=self._seeds))
+        return PoissonBatchSampler.from_batch_size(num_samples, batch_size, seed=sampler_seed)
