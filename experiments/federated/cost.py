@@ -1,19 +1,23 @@
 """Cost of the in-process simulation: per-round overhead over local training, and 100 rounds x 1,000 devices.
 
-Digits (scikit-learn, real), 1,000 IID devices (about one sample each) or 100 devices, 10 devices per
-round, one local epoch, MLP 64-64-10 with SGD. Three numbers per round, all measured in this process:
+Digits (scikit-learn, real), 1,000 IID devices (about one sample each), 100 devices (about 11) or 10
+devices (about 108), 10 devices per round, one local epoch, MLP 64-64-10 with SGD. Per round, all measured
+in this process:
 
-* ``round``: the simulation's wall time for the round (selection, state swaps, Lightning local fits,
-  aggregation), without the test evaluation;
-* ``client fits``: the sum of the selected clients' Lightning ``fit`` wall times inside that round;
-* ``pure PyTorch``: the same devices' local epochs as a bare loop (same model, optimizer, batch size and
-  rows; no Lightning, no simulation), timed right after the run.
+* ``round``: :meth:`RoundLoop.run_round`'s wall time (selection, state swaps, the clients' local training
+  in the Trainer-free client loop, aggregation; no test evaluation, no checkpoint);
+* ``client fits``: the sum of the selected clients' local-training wall times inside that round;
+* ``pure PyTorch``: right after the round, the same devices' local epochs as a bare loop (same model,
+  optimizer, batch size and rows; no data loader, no simulation);
+* ``round, Lightning fits``: the round with ``client_loop=lightning`` (a Lightning Trainer per client fit,
+  the previous implementation), for reference.
 
-``round / client fits`` is the simulation's own overhead; ``round / pure PyTorch`` adds Lightning's per-fit
-cost, which dominates for a model this small. Then the wall time of 100 rounds with 1,000 devices (test
-accuracy evaluated every round, as the accuracy curves do).
+Runs of 21 rounds (6 with Lightning), ``--repeats`` times, the first round of each run dropped as warm-up;
+ratios are medians over rounds of ``round / pure PyTorch``, each pair timed back to back. Then the wall time
+of 100 rounds with 1,000 devices through ``FedAvg.run`` (test accuracy evaluated every round and a
+checkpoint after every round, as the accuracy curves are made).
 
-Usage: ``python experiments/federated/cost.py [--rounds 100] [--write-readme]``.
+Usage: ``python -m experiments.federated.cost [--rounds 100] [--repeats 3] [--write-readme]``.
 """
 
 from __future__ import annotations
@@ -34,15 +38,22 @@ import torch
 import torch.nn.functional as F
 
 from experiments.federated.run_grid import digits_case, make_trainer_factory
+from trustml.data.base import Split
+from trustml.federation.client import LocalTrainer
 from trustml.federation.devices import DevicePopulation
 from trustml.federation.flat_state import FlatLayout, get_flat
 from trustml.federation.options import FederationConfig
+from trustml.federation.rounds import RoundLoop
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAvgServer
+from trustml.federation.simulation import InProcessClients
 from trustml.federation.strategies import FedAvg
+from trustml.methods.erm import ERM
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- cost:begin -->", "<!-- cost:end -->"
+#: Devices in the population: about 108, 11 and 1 training samples per device (7, 1 and 1 batches of 16).
+DEVICE_COUNTS = (10, 100, 1000)
 
 
 def simulate(num_devices: int, rounds: int, eval_every: int) -> tuple[list[dict[str, Any]], float]:
@@ -58,45 +69,76 @@ def simulate(num_devices: int, rounds: int, eval_every: int) -> tuple[list[dict[
     return history, total
 
 
-def pure_round_seconds(num_devices: int, rounds: int) -> list[float]:
-    """Per round, the bare-PyTorch time of the same devices' local epochs (same selection RNG as the run)."""
+def bare_local_epochs(method: ERM, train: Split, device_rows: list[np.ndarray], batch_size: int) -> float:
+    """Seconds of the devices' local epochs as a bare PyTorch loop (same model, SGD, batch size and rows)."""
+    start = time.perf_counter()
+    for rows in device_rows:
+        rows_t = torch.as_tensor(rows)
+        optimizer = partial(torch.optim.SGD, lr=0.1)(method.model.parameters())
+        for batch in rows_t[torch.randperm(len(rows_t))].split(batch_size):
+            optimizer.zero_grad()
+            F.cross_entropy(method.model(train.inputs[batch]), train.labels[batch]).backward()
+            optimizer.step()
+    return time.perf_counter() - start
+
+
+def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -> list[dict[str, float]]:
+    """Per round of FedAvg's :class:`RoundLoop`: its wall time, its clients' training time, and right after it
+    the bare loop on the same devices (so each ratio compares two timings taken within a fraction of a second)."""
     datamodule, new_method = digits_case(seed=0)
-    options = FederationConfig(num_devices=num_devices, clients_per_round=10, rounds=rounds, partition="iid", seed=0)
+    options = FederationConfig(num_devices=num_devices, clients_per_round=10, rounds=rounds, partition="iid", seed=0,
+                               client_loop=client_loop)
     population = DevicePopulation.from_datamodule(datamodule, options)
     method = new_method()
+    local = LocalTrainer(method, datamodule, make_trainer_factory(root), client_loop=client_loop)
+    clients = InProcessClients(local, population)
+    selected: list[np.ndarray] = []
+
+    def transport(round_index: int, period: int, devices: np.ndarray, weights: torch.Tensor) -> Any:
+        selected.append(devices)
+        return clients(round_index, period, devices, weights)
+
     layout = FlatLayout.of(method.model)
     server = FederatedServer(get_flat(method.model, layout), FedAvgServer(), options, seed=0)
-    train = datamodule.splits["train"]
-    timings = []
-    for _ in range(rounds):
-        devices = server.select(population.sizes(0)).devices
-        start = time.perf_counter()
-        for device in devices.tolist():
-            rows = torch.as_tensor(population.windows(0)[device])
-            optimizer = partial(torch.optim.SGD, lr=0.1)(method.model.parameters())
-            for batch in rows[torch.randperm(len(rows))].split(datamodule.batch_size):
-                optimizer.zero_grad()
-                F.cross_entropy(method.model(train.inputs[batch]), train.labels[batch]).backward()
-                optimizer.step()
-        timings.append(time.perf_counter() - start)
-    return timings
+    loop = RoundLoop(server=server, rounds=rounds, num_periods=1, sizes_at=population.sizes, transport=transport,
+                     evaluate=lambda weights: {}, eval_every=rounds + 1, state_dir=root, fingerprint={})
+    train, windows = datamodule.splits["train"], population.windows(0)
+    records = []
+    for index in range(rounds):
+        record = loop.run_round(index)
+        bare = bare_local_epochs(method, train, [windows[d] for d in selected[-1].tolist()], datamodule.batch_size)
+        fits = record["client_seconds_mean"] * record["answered"]
+        records.append({"round_s": record["round_s"], "fits_s": fits, "bare_s": bare})
+    return records
 
 
-def measure(rounds: int) -> dict[str, Any]:
-    """All cost numbers as a dict (medians over rounds, first round excluded as warm-up)."""
+def measure(rounds: int, repeats: int) -> dict[str, Any]:
+    """All cost numbers as a dict (medians over rounds and repeats, first round of each run excluded)."""
     results: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                               "torch_threads": torch.get_num_threads()}
-    for num_devices in (100, 1000):
-        history, _ = simulate(num_devices, rounds=21, eval_every=1000)
-        pure = pure_round_seconds(num_devices, 21)
-        round_s = np.array([r["round_s"] for r in history])[1:]
-        fits = np.array([r["client_seconds_mean"] * r["answered"] for r in history])[1:]
+                               "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    for num_devices in DEVICE_COUNTS:
+        loop_rounds: list[dict[str, float]] = []
+        lightning_rounds: list[dict[str, float]] = []
+        with tempfile.TemporaryDirectory() as root:
+            for _ in range(repeats):
+                loop_rounds += paired_rounds(num_devices, 21, "auto", Path(root))[1:]
+                lightning_rounds += paired_rounds(num_devices, 6, "lightning", Path(root))[1:]
+
+        def column(records: list[dict[str, float]], key: str) -> np.ndarray:
+            return np.array([r[key] for r in records])
+
+        round_s, fits, bare = (column(loop_rounds, k) for k in ("round_s", "fits_s", "bare_s"))
+        ratio = round_s / bare
         results[f"overhead_{num_devices}"] = {
             "round_ms": 1000 * float(np.median(round_s)),
             "client_fits_ms": 1000 * float(np.median(fits)),
-            "pure_pytorch_ms": 1000 * float(np.median(pure[1:])),
+            "pure_pytorch_ms": 1000 * float(np.median(bare)),
             "round_over_client_fits": float(np.median(round_s / fits)),
-            "round_over_pure_pytorch": float(np.median(round_s / np.array(pure[1:]))),
+            "round_over_pure_pytorch": float(np.median(ratio)),
+            "round_over_pure_pytorch_q25_q75": [float(q) for q in np.quantile(ratio, [0.25, 0.75])],
+            "lightning_round_ms": 1000 * float(np.median(column(lightning_rounds, "round_s"))),
+            "lightning_round_over_pure_pytorch": float(np.median(
+                column(lightning_rounds, "round_s") / column(lightning_rounds, "bare_s"))),
         }
     history, total = simulate(1000, rounds=rounds, eval_every=1)
     results["thousand_devices"] = {
@@ -112,13 +154,16 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']}, torch threads {results['torch_threads']}.",
         "",
-        "| devices | round (ms) | client fits (ms) | pure PyTorch (ms) | round / client fits | round / pure PyTorch |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| devices | round (ms) | client fits (ms) | pure PyTorch (ms) | round / client fits | round / pure PyTorch "
+        "(median [q25, q75]) | round, Lightning fits (ms) | Lightning round / pure PyTorch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for n in (100, 1000):
+    for n in DEVICE_COUNTS:
         o = results[f"overhead_{n}"]
-        lines.append(f"| {n} | {o['round_ms']:.0f} | {o['client_fits_ms']:.0f} | {o['pure_pytorch_ms']:.1f} | "
-                     f"{o['round_over_client_fits']:.3f} | {o['round_over_pure_pytorch']:.1f} |")
+        q25, q75 = o["round_over_pure_pytorch_q25_q75"]
+        lines.append(f"| {n} | {o['round_ms']:.1f} | {o['client_fits_ms']:.1f} | {o['pure_pytorch_ms']:.1f} | "
+                     f"{o['round_over_client_fits']:.3f} | {o['round_over_pure_pytorch']:.2f} [{q25:.2f}, {q75:.2f}] | "
+                     f"{o['lightning_round_ms']:.0f} | {o['lightning_round_over_pure_pytorch']:.1f} |")
     t = results["thousand_devices"]
     lines += [
         "",
@@ -132,10 +177,11 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = measure(args.rounds)
+    results = measure(args.rounds, args.repeats)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "cost.json").write_text(json.dumps(results, indent=1) + "\n")
     text = table(results)

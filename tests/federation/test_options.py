@@ -40,6 +40,7 @@ from trustml.federation.strategies import FedAdam, FedAvg, FedProx, FedYogi
         ({"dp_noise_multiplier": 1.0, "dp_clip_norm": 1.0, "selection": "poisson", "dp_delta": 1.0},
          "federation.dp_delta must be in"),
         ({"flower_num_cpus": 0}, "federation.flower_num_cpus must be >= 1"),
+        ({"client_loop": "fast"}, r"federation.client_loop must be one of \['auto', 'lightning'\]"),
         ({"max_failed_rounds": 0}, "federation.max_failed_rounds must be >= 1"),
         ({"rounds_total": 3}, r"unknown federation option\(s\) \['rounds_total'\]"),
     ],

@@ -39,9 +39,10 @@ def holds_row(trainer: pl.Trainer, row: int) -> bool:
 
 
 class RaiseOnRow(pl.Callback):
-    """Client-side fault: the device holding ``row`` crashes during local training."""
+    """Client-side fault: the device holding ``row`` crashes during local training (in a loop or Lightning fit)."""
 
     federated_scope = "client"
+    client_loop_ready = True
 
     def __init__(self, row: int) -> None:
         self.row = row
@@ -103,8 +104,10 @@ def test_a_thousand_devices_train_on_one_shared_model(digits, tmp_path) -> None:
     assert stats["num_devices"] == 1000 and stats["samples_per_device"]["max"] <= 2
 
 
-def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_path, caplog) -> None:
-    plugin = FedAvg(rounds=2, num_devices=4, clients_per_round=4, min_clients=1, client_timeout_s=1.5, seed=0)
+@pytest.mark.parametrize("client_loop", ["auto", "lightning"])
+def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_path, caplog, client_loop) -> None:
+    plugin = FedAvg(rounds=2, num_devices=4, clients_per_round=4, min_clients=1, client_timeout_s=1.5, seed=0,
+                    client_loop=client_loop)
     train_rows = np.arange(len(digits.splits["train"]))
     from trustml.federation.partition import iid_partition
 

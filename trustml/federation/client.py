@@ -1,8 +1,13 @@
 """The federated client: local training of the configured method on one device's data.
 
 All simulated devices share one method object (one model); a client loads the global weights into it,
-fits it on its own rows for ``E`` local epochs or ``S`` local steps with a fresh Lightning Trainer (so the
-configured optimizer, DP-SGD included, runs unchanged), and reports its update ``w_local - w_global``.
+trains it on its own rows for ``E`` local epochs or ``S`` local steps with the configured optimizer (DP-SGD
+included), and reports its update ``w_local - w_global``. The training runs in
+:class:`~trustml.federation.local_loop.ClientLoop`, which does a Lightning fit's work without building a
+Trainer per client (``federation.client_loop=auto``), or in a fresh Lightning Trainer per client when the
+loop cannot stand in for one (see :func:`~trustml.federation.local_loop.loop_refusal`; the reason is
+logged once) or ``federation.client_loop=lightning`` asks for it. A method with fit-preparation hooks (e.g.
+PC loading its old model) gets its first client fit through Lightning, so those hooks run once.
 
 Callbacks that must run inside every local fit (e.g. a DP-SGD privacy accountant, so that each client
 reports its own epsilon) declare the class attribute ``federated_scope = "client"``; the client runs a
@@ -31,9 +36,12 @@ from torch import Tensor
 
 from trustml.data.base import Split, TrustDataModule
 from trustml.federation.flat_state import FlatLayout, get_flat, set_flat
+from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation
 from trustml.federation.proximal import ProximalTerm
 
 TrainerFactory = Callable[..., pl.Trainer]
+
+log = logging.getLogger(__name__)
 
 
 class ClientTimeout(RuntimeError):
@@ -80,6 +88,14 @@ class DeviceDataModule(TrustDataModule):
 
 
 @contextmanager
+def quiet_client_loop() -> Iterator[None]:
+    """Silence the warning of a callback logging from a client loop, which has no Trainer to log into."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.trainer` reference is not registered.*")
+        yield
+
+
+@contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Silence Lightning's per-Trainer banner, small-data and deprecation warnings (thousands of client fits)."""
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
@@ -104,7 +120,11 @@ def client_callback_templates(callbacks: Sequence[pl.Callback]) -> list[pl.Callb
 
 
 class LocalTrainer:
-    """Trains the shared ``method`` on one device's rows from the given global weights (see module doc)."""
+    """Trains the shared ``method`` on one device's rows from the given global weights (see module doc).
+
+    ``client_loop``: ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then
+    set after the first client), ``lightning`` always fits with a fresh Lightning Trainer.
+    """
 
     def __init__(
         self,
@@ -117,6 +137,7 @@ class LocalTrainer:
         proximal_mu: float = 0.0,
         timeout_s: float | None = None,
         callback_templates: Sequence[pl.Callback] = (),
+        client_loop: str = "auto",
     ) -> None:
         self.method = method
         self.datamodule = datamodule
@@ -125,6 +146,38 @@ class LocalTrainer:
         self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
         self.callback_templates = list(callback_templates)
         self.layout = FlatLayout.of(method.model)
+        self.client_loop = client_loop
+        self.loop: ClientLoop | None = None
+        self.loop_decided = False
+        self.prepared = not needs_preparation(method)
+
+    def lightning_callbacks(self, client_callbacks: list[pl.Callback]) -> list[pl.Callback]:
+        """The callbacks of a Lightning client fit: the client callbacks, FedProx's term, the client timer."""
+        callbacks: list[pl.Callback] = list(client_callbacks)
+        if self.proximal_mu > 0:
+            callbacks.append(ProximalTerm(self.proximal_mu))
+        if self.timeout_s is not None:
+            callbacks.append(Timer(duration=timedelta(seconds=self.timeout_s), verbose=False))
+        return callbacks
+
+    def choose_loop(self, client_callbacks: list[pl.Callback]) -> ClientLoop | None:
+        """The Trainer-free loop when it can stand in for this run's client fits (decided once), else ``None``.
+
+        A method with fit-preparation hooks gets ``None`` until one Lightning client fit has succeeded.
+        """
+        if not self.loop_decided:
+            self.loop_decided = True
+            if self.client_loop == "auto":
+                with quiet_lightning():
+                    probe = self.make_trainer(**self.trainer_overrides(self.lightning_callbacks(client_callbacks)))
+                reason = loop_refusal(self.method, probe, client_callbacks)
+                if reason is None:
+                    self.loop = ClientLoop(probe.strategy.root_device, local_epochs=self.local_epochs,
+                                           local_steps=self.local_steps, proximal_mu=self.proximal_mu,
+                                           timeout_s=self.timeout_s)
+                else:
+                    log.info("federation: each client fit builds a Lightning Trainer: %s", reason)
+        return self.loop if self.prepared else None
 
     def trainer_overrides(self, callbacks: list[pl.Callback]) -> dict[str, Any]:
         """Trainer arguments of one local fit: its length, its callbacks, no validation/logging/checkpoints."""
@@ -154,22 +207,25 @@ class LocalTrainer:
         client_callbacks = [copy.deepcopy(cb) for cb in self.callback_templates]
         for cb, state in zip(client_callbacks, callback_states, strict=False):
             cb.load_state_dict(state)
-        callbacks: list[pl.Callback] = list(client_callbacks)
-        if self.proximal_mu > 0:
-            callbacks.append(ProximalTerm(self.proximal_mu))
-        if self.timeout_s is not None:
-            callbacks.append(Timer(duration=timedelta(seconds=self.timeout_s), verbose=False))
+        loop = self.choose_loop(client_callbacks)
+        data = DeviceDataModule(self.datamodule, rows)
         start = time.perf_counter()
-        with quiet_lightning():
-            trainer = self.make_trainer(**self.trainer_overrides(callbacks))
-            trainer.fit(self.method, datamodule=DeviceDataModule(self.datamodule, rows))
+        if loop is not None:
+            with quiet_client_loop():
+                loss = loop.fit(self.method, data, client_callbacks).train_loss
+        else:
+            with quiet_lightning():
+                trainer = self.make_trainer(**self.trainer_overrides(self.lightning_callbacks(client_callbacks)))
+                trainer.fit(self.method, datamodule=data)
+            logged = trainer.callback_metrics.get("train/loss")
+            loss = None if logged is None else float(logged)
+            self.prepared = True
         seconds = time.perf_counter() - start
         if self.timeout_s is not None and seconds > self.timeout_s:
             raise ClientTimeout(f"device {device} took {seconds:.1f}s > federation.client_timeout_s={self.timeout_s}")
         metrics: dict[str, float] = {"seconds": seconds}
-        loss = trainer.callback_metrics.get("train/loss")
         if loss is not None:
-            metrics["train_loss"] = float(loss)
+            metrics["train_loss"] = loss
         for cb in client_callbacks:
             final = getattr(cb, "final_results", None)
             if final is not None:

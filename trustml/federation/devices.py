@@ -25,7 +25,7 @@ class DevicePopulation:
         self.num_periods = options.num_periods if options.setting == "continual" else 1
         self.storage_cap = options.storage_cap if options.setting == "continual" else None
         self.labels, self.num_classes = labels, num_classes
-        self._cached: tuple[int, Partition] | None = None
+        self._cached: tuple[int, Partition, np.ndarray] | None = None
 
     @classmethod
     def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> DevicePopulation:
@@ -44,15 +44,20 @@ class DevicePopulation:
     def __len__(self) -> int:
         return len(self.partition)
 
+    def _period(self, period: int) -> tuple[int, Partition, np.ndarray]:
+        """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round)."""
+        if self._cached is None or self._cached[0] != period:
+            windows = device_windows(self.arrivals, period, self.num_periods, self.storage_cap)
+            self._cached = (period, windows, np.array([len(rows) for rows in windows], dtype=np.int64))
+        return self._cached
+
     def windows(self, period: int) -> Partition:
         """Rows held by every device in ``period``."""
-        if self._cached is None or self._cached[0] != period:
-            self._cached = (period, device_windows(self.arrivals, period, self.num_periods, self.storage_cap))
-        return self._cached[1]
+        return self._period(period)[1]
 
     def sizes(self, period: int) -> np.ndarray:
-        """Number of samples every device holds in ``period``."""
-        return np.array([len(rows) for rows in self.windows(period)], dtype=np.int64)
+        """Number of samples every device holds in ``period`` (a copy)."""
+        return self._period(period)[2].copy()
 
     def statistics(self) -> dict[str, Any]:
         """Partition statistics (samples and label entropy per device) plus the arrival schedule."""

@@ -9,6 +9,8 @@ change on a client, so they are not sent; neither are non-float buffers (e.g. Ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +24,15 @@ class FlatLayout:
     shapes: tuple[torch.Size, ...]
     dtypes: tuple[torch.dtype, ...]
 
-    @property
+    @cached_property
+    def numels(self) -> list[int]:
+        """Number of scalars of each entry."""
+        return [int(torch.Size(s).numel()) for s in self.shapes]
+
+    @cached_property
     def size(self) -> int:
         """Total number of scalars in the flat vector."""
-        return sum(int(torch.Size(s).numel()) for s in self.shapes)
+        return sum(self.numels)
 
     @classmethod
     def of(cls, model: nn.Module) -> FlatLayout:
@@ -36,21 +43,28 @@ class FlatLayout:
         return cls(tuple(k for k, _ in entries), tuple(v.shape for _, v in entries), tuple(v.dtype for _, v in entries))
 
 
+def _entries(model: nn.Module, layout: FlatLayout) -> list[Tensor]:
+    """The model's current parameter or buffer of each name in ``layout`` (attribute lookups, no state dict)."""
+    entries = []
+    for name in layout.names:
+        value: Any = model
+        for part in name.split("."):
+            value = getattr(value, part)
+        entries.append(value)
+    return entries
+
+
 def get_flat(model: nn.Module, layout: FlatLayout) -> Tensor:
     """The model's float state as one detached ``float32`` CPU vector (a copy)."""
-    state = model.state_dict()
-    return torch.cat([state[name].detach().reshape(-1).to("cpu", torch.float32) for name in layout.names])
+    pieces = [t.detach().reshape(-1) for t in _entries(model, layout)]
+    return torch.cat([p if p.dtype == torch.float32 and p.device.type == "cpu" else p.to("cpu", torch.float32)
+                      for p in pieces])
 
 
 def set_flat(model: nn.Module, layout: FlatLayout, flat: Tensor) -> None:
     """Copy ``flat`` into the model's float state in place (parameters keep their identity and device)."""
     if flat.numel() != layout.size:
         raise ValueError(f"flat state has {flat.numel()} values but the model has {layout.size}")
-    state = model.state_dict()
-    offset = 0
     with torch.no_grad():
-        for name, shape, dtype in zip(layout.names, layout.shapes, layout.dtypes, strict=True):
-            n = int(torch.Size(shape).numel())
-            target = state[name]
-            target.copy_(flat[offset : offset + n].reshape(shape).to(target.device, dtype))
-            offset += n
+        for target, piece in zip(_entries(model, layout), flat.split(layout.numels), strict=True):
+            target.copy_(piece.view(target.shape))  # copy_ converts dtype and device

@@ -12,6 +12,7 @@ from trustml.federation.partition import PARTITIONERS
 from trustml.federation.selection import SELECTIONS, WEIGHTINGS
 
 RUNTIMES = ("simulation", "flower")
+CLIENT_LOOPS = ("auto", "lightning")
 SETTINGS = ("static", "continual")
 
 
@@ -32,6 +33,8 @@ class FederationConfig:
     ``selection=poisson``). ``seed`` (default: the run's seed) drives selection and server noise. The server
     state is saved after every round under ``<run dir>/federation/`` and, with ``resume``, picked up again.
     ``runtime``: ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus`` CPUs).
+    ``client_loop``: ``auto`` trains clients in a Trainer-free loop where it can stand in for a Lightning fit
+    (see :mod:`trustml.federation.local_loop`), ``lightning`` builds a Lightning Trainer for every client fit.
     """
 
     rounds: int = 20
@@ -63,6 +66,7 @@ class FederationConfig:
     seed: int | None = None
     resume: bool = True
     flower_num_cpus: int = 2
+    client_loop: str = "auto"
 
 
 @dataclass
@@ -103,6 +107,7 @@ def _at_least(name: str, value: float | None, low: float, *, optional: bool = Fa
 def check_options(options: FederationConfig) -> None:
     """Raise :class:`ConfigError` naming the option and the fix when the federation options cannot work."""
     _choice("runtime", options.runtime, RUNTIMES)
+    _choice("client_loop", options.client_loop, CLIENT_LOOPS)
     _choice("partition", options.partition, PARTITIONERS)
     _choice("selection", options.selection, SELECTIONS)
     _choice("weighting", options.weighting, WEIGHTINGS)

@@ -141,7 +141,7 @@ class FederatedTraining:
         local = LocalTrainer(
             method, datamodule, make_trainer, local_epochs=options.local_epochs, local_steps=options.local_steps,
             proximal_mu=self.proximal_mu, timeout_s=options.client_timeout_s,
-            callback_templates=client_callback_templates(trainer.callbacks),
+            callback_templates=client_callback_templates(trainer.callbacks), client_loop=options.client_loop,
         )
         layout = FlatLayout.of(method.model)
         seed = options.seed if options.seed is not None else torch.initial_seed()

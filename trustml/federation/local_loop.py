@@ -1,0 +1,288 @@
+"""A Trainer-free local-training loop for simulated clients: one Lightning fit's work without the Trainer.
+
+Building and running a Lightning Trainer costs about 100 ms per fit (most of it constructing the Trainer),
+while a small model's local epoch on one device's rows costs a few milliseconds, so with thousands of
+client fits the Trainer would be the simulation's cost. :class:`ClientLoop` does what a Lightning fit of a
+:class:`~trustml.methods.base.ClassificationMethod` does, in the same order and with the same random draws
+(so it gives the same client update), and nothing else:
+
+.. code-block:: text
+
+    configure_optimizers(); zero_grad
+    for epoch e until local_epochs (or until local_steps steps):
+        sampler.set_epoch(e)                      # as Lightning: the loader's sampler and batch_sampler.sampler
+        for batch in train loader:
+            batch = method.prepare_batch(batch)   # e.g. PC's cached old logits
+            DP optimizer:  optimizer.private_step(model, method.sample_losses, batch)
+            otherwise:     zero_grad; mean(sample_losses(model(x), batch)).backward();
+                           FedProx: ((mu / 2) ||w - w_global||^2).backward(); step
+
+Client callbacks that can run here (:func:`runs_in_client_loop`: the DP accountant, or any callback that
+declares ``client_loop_ready = True``) get their training hooks called with a :class:`ClientFitView` in
+place of the Trainer. :func:`loop_refusal` says why a method, trainer configuration or callback needs a
+real Lightning fit instead (e.g. a method with its own ``training_step``, gradient accumulation or clipping,
+mixed precision); :class:`~trustml.federation.client.LocalTrainer` then uses one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
+from pytorch_lightning.callbacks import Timer
+from pytorch_lightning.strategies import SingleDeviceStrategy
+from torch.utils.data import DataLoader
+
+from trustml.data.base import TrustDataModule
+from trustml.errors import ConfigError
+from trustml.federation.proximal import ProximalTerm, proximal_term
+from trustml.methods.base import ClassificationMethod
+from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.privacy.callback import PrivacyAccountantCallback
+
+#: LightningModule hooks that change what one training step does; a method overriding one needs Lightning.
+STEP_HOOKS = (
+    "training_step", "optimizer_step", "optimizer_zero_grad", "backward", "on_before_backward", "on_after_backward",
+    "on_before_optimizer_step", "on_before_zero_grad", "configure_gradient_clipping", "lr_scheduler_step",
+    "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
+    "on_train_batch_end", "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
+    "configure_callbacks", "train_dataloader",
+)
+#: LightningModule hooks that prepare a fit (e.g. PC loads its old model); run once by a first Lightning fit.
+PREPARATION_HOOKS = ("prepare_data", "setup", "on_fit_start", "on_fit_end", "teardown")
+
+
+def _overridden(method: pl.LightningModule, hooks: Sequence[str]) -> list[str]:
+    return [name for name in hooks if getattr(type(method), name) is not getattr(ClassificationMethod, name)]
+
+
+def runs_in_client_loop(callback: pl.Callback) -> bool:
+    """Whether ``callback`` works on a :class:`ClientFitView` (the DP accountant, or ``client_loop_ready``)."""
+    return isinstance(callback, PrivacyAccountantCallback) or bool(getattr(callback, "client_loop_ready", False))
+
+
+def needs_preparation(method: pl.LightningModule) -> bool:
+    """Whether ``method`` has fit-preparation hooks (:data:`PREPARATION_HOOKS`) for a first Lightning fit."""
+    return bool(_overridden(method, PREPARATION_HOOKS))
+
+
+def loop_refusal(method: pl.LightningModule, probe: pl.Trainer, client_callbacks: Sequence[pl.Callback]) -> str | None:
+    """Why :class:`ClientLoop` cannot stand in for a fit of ``method`` by ``probe``; ``None`` when it can.
+
+    ``probe`` is a Trainer built with a client fit's arguments (never run); ``client_callbacks`` are the
+    callbacks of a client fit other than the FedProx term and the client timer (the loop does those itself).
+    """
+    if not isinstance(method, ClassificationMethod):
+        return f"{type(method).__name__} is not a ClassificationMethod"
+    overridden = _overridden(method, STEP_HOOKS)
+    if overridden:
+        return f"{type(method).__name__} overrides {overridden}"
+    if not isinstance(method.configure_optimizers(), torch.optim.Optimizer):
+        return "configure_optimizers() returns more than one optimizer (e.g. a learning-rate scheduler)"
+    settings = {
+        "accumulate_grad_batches": (probe.accumulate_grad_batches, 1),
+        "gradient_clip_val": (probe.gradient_clip_val or 0, 0),
+        "precision": (probe.precision, "32-true"),
+        "limit_train_batches": (probe.limit_train_batches, 1.0),
+        "overfit_batches": (probe.overfit_batches, 0),
+        "min_steps": (probe.fit_loop.min_steps or 0, 0),
+    }
+    changed = [f"trainer.{name}={value}" for name, (value, plain) in settings.items() if value != plain]
+    if changed:
+        return f"the trainer sets {changed}"
+    if not isinstance(probe.strategy, SingleDeviceStrategy):
+        return f"the trainer uses {type(probe.strategy).__name__}, not one device"
+    own = {id(cb) for cb in client_callbacks}
+    extra = [type(cb).__name__ for cb in probe.callbacks
+             if id(cb) not in own and not isinstance(cb, Timer | ProximalTerm)]
+    if extra:
+        return f"the trainer adds callbacks {extra}"
+    unready = [type(cb).__name__ for cb in client_callbacks if not runs_in_client_loop(cb)]
+    if unready:
+        return f"client callbacks {unready} need a Trainer (declare client_loop_ready = True if they do not)"
+    return None
+
+
+@dataclass
+class ClientFitView:
+    """What client callbacks see of the fit in place of a Trainer (the attributes the DP accountant reads)."""
+
+    datamodule: TrustDataModule
+    train_dataloader: DataLoader
+    optimizers: list[torch.optim.Optimizer]
+    max_epochs: int
+    max_steps: int
+    num_training_batches: int
+    current_epoch: int = 0
+    global_step: int = 0
+    should_stop: bool = False
+    fit_loop: Any = field(default_factory=lambda: SimpleNamespace(min_epochs=0, min_steps=0))
+
+
+@dataclass
+class LoopResult:
+    """Steps taken and the batch-size-weighted mean training loss of the last epoch (``None``: no batch)."""
+
+    steps: int
+    train_loss: float | None
+
+
+def loader_batches(loader: DataLoader) -> Iterator[Any]:
+    """The batches a single-process map-style ``loader`` yields, with the same random draws, minus its bookkeeping.
+
+    Like ``iter(loader)``: one base seed drawn from ``loader.generator`` (the global RNG when ``None``) when
+    iteration starts, then ``collate_fn(dataset.__getitems__(indices))`` per batch of the batch sampler.
+    A loader with workers, or whose dataset lacks ``__getitems__``, is iterated as itself.
+    """
+    if loader.num_workers > 0 or loader.batch_sampler is None or not hasattr(loader.dataset, "__getitems__"):
+        yield from loader
+        return
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    for indices in loader.batch_sampler:
+        yield loader.collate_fn(loader.dataset.__getitems__(indices))
+
+
+def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` where Lightning does: on the loader's sampler and its batch sampler's sampler."""
+    samplers = {id(s): s for s in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)) if s is not None}
+    for sampler in samplers.values():
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
+
+
+class ClientLoop:
+    """Runs one client's local training of a :class:`ClassificationMethod` without a Trainer (see module doc).
+
+    ``device`` is where training runs (the probe trainer's root device); the method is moved there for the
+    fit and back afterwards, as Lightning's single-device strategy does.
+    """
+
+    def __init__(self, device: torch.device, *, local_epochs: int = 1, local_steps: int | None = None,
+                 proximal_mu: float = 0.0, timeout_s: float | None = None) -> None:
+        self.device = device
+        self.local_epochs, self.local_steps = local_epochs, local_steps
+        self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
+
+    def fit(self, method: ClassificationMethod, data: TrustDataModule, callbacks: Sequence[pl.Callback]) -> LoopResult:
+        """Train ``method`` on ``data``'s training split; ``callbacks`` get their training hooks."""
+        start = time.perf_counter()
+        data.setup("fit")
+        loader = data.train_dataloader()
+        home = method.device
+        _detach_trainer(method)
+        if home != self.device:
+            method.to(self.device)
+        try:
+            optimizer = method.configure_optimizers()
+            if isinstance(optimizer, PerSampleGradientOptimizer) and self.proximal_mu > 0:
+                raise ConfigError(
+                    "federation=fedprox adds its proximal term to the loss gradient, but a DP optimizer computes its "
+                    "own per-sample gradients; use federation=fedavg with it, or a non-DP optimizer with fedprox"
+                )
+            steps = self.local_steps is not None
+            view = ClientFitView(data, loader, [optimizer], max_epochs=-1 if steps else self.local_epochs,
+                                 max_steps=self.local_steps if steps else -1, num_training_batches=len(loader))
+            step = _Step(method, optimizer, self.proximal_mu)
+            hooks = _Hooks(callbacks, view, method)
+            hooks("setup", stage="fit")
+            hooks("on_fit_start")
+            hooks("on_train_start")
+            train_loss = None
+            while not self._done(view, start):
+                set_sampler_epoch(loader, view.current_epoch)
+                hooks("on_train_epoch_start")
+                total, count = None, 0
+                for batch_idx, raw in enumerate(loader_batches(loader)):
+                    batch = raw if self.device.type == "cpu" else move_data_to_device(raw, self.device)
+                    hooks("on_train_batch_start", batch, batch_idx)
+                    loss, outputs = step(batch)
+                    size = len(batch["y"])
+                    weighted = loss * size
+                    total, count = weighted if total is None else total + weighted, count + size
+                    view.global_step += 1
+                    hooks("on_train_batch_end", outputs, batch, batch_idx)
+                    if self._batch_done(view, start):
+                        break
+                if total is not None:  # Lightning's epoch mean: sum of loss x batch size over the batch sizes
+                    train_loss = float(total) / count if count else float("nan")
+                view.current_epoch += 1
+                hooks("on_train_epoch_end")
+            hooks("on_train_end")
+            hooks("on_fit_end")
+            hooks("teardown", stage="fit")
+        finally:
+            if home != self.device:
+                method.to(home)
+        return LoopResult(view.global_step, train_loss)
+
+    def _timed_out(self, start: float) -> bool:
+        return self.timeout_s is not None and time.perf_counter() - start >= self.timeout_s
+
+    def _batch_done(self, view: ClientFitView, start: float) -> bool:
+        """After a step: the step budget is used, a callback asked to stop, or the client ran out of time."""
+        if self._timed_out(start):
+            view.should_stop = True
+        return view.should_stop or (view.max_steps != -1 and view.global_step >= view.max_steps)
+
+    def _done(self, view: ClientFitView, start: float) -> bool:
+        """Before an epoch: no batches, the step or epoch budget is used, or something asked to stop."""
+        if view.num_training_batches == 0 or self._batch_done(view, start):
+            return True
+        return view.max_epochs != -1 and view.current_epoch >= view.max_epochs
+
+
+def _detach_trainer(method: pl.LightningModule) -> None:
+    """Detach a Trainer left from an earlier fit: the callbacks' ``pl_module.log()`` calls are then dropped, as a
+    client fit's logs are, instead of reaching that finished Trainer."""
+    try:
+        method.trainer  # noqa: B018 - raises when no Trainer is attached
+    except RuntimeError:
+        return
+    method.trainer = None
+
+
+class _Step:
+    """One optimizer step of a method on a batch, as its ``training_step`` and Lightning's optimization do it.
+
+    Returns the detached mean training loss and what ``training_step`` would have returned (the loss as
+    Lightning's ``{"loss": ...}``; ``None`` for a DP optimizer, which steps itself).
+    """
+
+    def __init__(self, method: ClassificationMethod, optimizer: torch.optim.Optimizer, proximal_mu: float) -> None:
+        self.method, self.optimizer, self.mu = method, optimizer, proximal_mu
+        self.private = isinstance(optimizer, PerSampleGradientOptimizer)
+        # FedProx anchors at the weights the fit starts from (the global model the client received)
+        self.params = [p for p in method.parameters() if p.requires_grad] if proximal_mu > 0 else []
+        self.anchors = [p.detach().clone() for p in self.params]
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        method, optimizer = self.method, self.optimizer
+        batch = method.prepare_batch(batch)
+        if self.private:
+            _, loss = optimizer.private_step(method.model, method.sample_losses, batch)
+            return loss.detach(), None
+        optimizer.zero_grad()
+        loss = method.sample_losses(method.model(batch["x"]), batch).mean()
+        loss.backward()
+        if self.params:
+            proximal_term(self.params, self.anchors, self.mu).backward()
+        optimizer.step()
+        return loss.detach(), {"loss": loss.detach()}
+
+
+class _Hooks:
+    """Calls one training hook on every client callback with the fit view and the method."""
+
+    def __init__(self, callbacks: Sequence[pl.Callback], view: ClientFitView, method: pl.LightningModule) -> None:
+        self.callbacks, self.view, self.method = list(callbacks), view, method
+
+    def __call__(self, name: str, *args: Any, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, name)(self.view, self.method, *args, **kwargs)
+
