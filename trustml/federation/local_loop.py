@@ -17,8 +17,8 @@ client fits the Trainer would be the simulation's cost. :class:`ClientLoop` does
             otherwise:     zero_grad; mean(sample_losses(model(x), batch)).backward();
                            FedProx: ((mu / 2) ||w - w_global||^2).backward(); step
 
-Client callbacks that can run here (:func:`runs_in_client_loop`: the DP accountant, or any callback that
-declares ``client_loop_ready = True``) get their training hooks called with a :class:`ClientFitView` in
+Client callbacks that can run here (:func:`runs_in_client_loop`: those that declare
+``client_loop_ready = True``, e.g. the DP accountant) get their training hooks called with a :class:`ClientFitView` in
 place of the Trainer. :func:`loop_refusal` says why a method, trainer configuration or callback needs a
 real Lightning fit instead (e.g. a method with its own ``training_step``, gradient accumulation or clipping,
 mixed precision); :class:`~trustml.federation.client.LocalTrainer` then uses one.
@@ -44,7 +44,6 @@ from trustml.errors import ConfigError
 from trustml.federation.proximal import ProximalTerm, proximal_term
 from trustml.methods.base import ClassificationMethod
 from trustml.optim.base import PerSampleGradientOptimizer
-from trustml.privacy.callback import PrivacyAccountantCallback
 
 #: LightningModule hooks that change what one training step does; a method overriding one needs Lightning.
 STEP_HOOKS = (
@@ -63,8 +62,8 @@ def _overridden(method: pl.LightningModule, hooks: Sequence[str]) -> list[str]:
 
 
 def runs_in_client_loop(callback: pl.Callback) -> bool:
-    """Whether ``callback`` works on a :class:`ClientFitView` (the DP accountant, or ``client_loop_ready``)."""
-    return isinstance(callback, PrivacyAccountantCallback) or bool(getattr(callback, "client_loop_ready", False))
+    """Whether ``callback`` works on a :class:`ClientFitView`: it declares ``client_loop_ready = True``."""
+    return bool(getattr(callback, "client_loop_ready", False))
 
 
 def needs_preparation(method: pl.LightningModule) -> bool:

@@ -40,18 +40,45 @@ def special_token_fields(tokenizer) -> dict[str, int]:
     }
 
 
-def warm_started_encoder_decoder(encoder_path: str, tokenizer) -> nn.Module:
+CROSS_ATTENTION_INITS = ("random", "self_attention")
+
+
+def copy_self_attention_into_cross_attention(decoder_layers: Sequence[nn.Module]) -> None:
+    """Start each BERT decoder layer's new cross-attention as a copy of its pretrained self-attention
+    (query/key/value, output projection and LayerNorm), so encoder states are attended by token similarity from
+    the first step instead of near-uniformly (random ``q``, ``k`` of std 0.02 give ``q . k / sqrt(d) ~ 0``)."""
+    for layer in decoder_layers:
+        layer.crossattention.load_state_dict(layer.attention.state_dict())
+
+
+def warm_started_encoder_decoder(
+    encoder_path: str, tokenizer, layers: int | None = None, cross_attention_init: str = "random"
+) -> nn.Module:
     """An ``EncoderDecoderModel`` whose encoder and decoder both start from ``encoder_path`` (Rothe et al.'s
-    BERT2BERT; the decoder's cross-attention is new), with the tokenizer's special ids as generation ids."""
+    BERT2BERT; the decoder's cross-attention is new), with the tokenizer's special ids as generation ids.
+
+    ``layers`` keeps only the first that many transformer layers of each side (a smaller, faster model); None keeps all.
+    ``cross_attention_init``: ``random`` (the BERT initialisation) or ``self_attention`` (a copy of each layer's
+    pretrained self-attention, :func:`copy_self_attention_into_cross_attention`).
+    """
     from transformers import EncoderDecoderModel
     from transformers.utils import logging as hf_logging
 
+    if cross_attention_init not in CROSS_ATTENTION_INITS:
+        raise ConfigError(
+            f"model.cross_attention_init={cross_attention_init!r} is unknown; use one of {list(CROSS_ATTENTION_INITS)}"
+        )
+    if layers is not None and layers < 1:
+        raise ConfigError(f"model.warm_start_layers={layers} must be a positive number of layers (or null for all)")
+    depth = {} if layers is None else {"encoder_num_hidden_layers": layers, "decoder_num_hidden_layers": layers}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new cross-attention weights are expected to be missing
     try:
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder_path, encoder_path)
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder_path, encoder_path, **depth)
     finally:
         hf_logging.set_verbosity(verbosity)
+    if cross_attention_init == "self_attention":
+        copy_self_attention_into_cross_attention(model.decoder.bert.encoder.layer)
     ids = special_token_fields(tokenizer)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
         setattr(model.config, name, ids[name])
@@ -65,6 +92,10 @@ class HFSeq2SeqConfig:
 
     pretrained: str | None = None
     warm_start: str | None = None
+    # keep only the first N layers of the warm-start encoder on each side (null: all of them)
+    warm_start_layers: int | None = None
+    # the warm-started decoder's new cross-attention: random (BERT init) or self_attention (copy of each layer's)
+    cross_attention_init: str = "random"
     tokenizer: str | None = None
     # a dict of transformers config fields; typed Any because OmegaConf cannot replace a None Dict node
     random_init_config: Any = None
@@ -87,6 +118,8 @@ class HFSeq2SeqModel(nn.Module):
         input_dim: int | None = None,
         pretrained: str | None = None,
         warm_start: str | None = None,
+        warm_start_layers: int | None = None,
+        cross_attention_init: str = "random",
         tokenizer: str | None = None,
         random_init_config: dict[str, Any] | None = None,
         attn_implementation: str = "sdpa",
@@ -112,7 +145,9 @@ class HFSeq2SeqModel(nn.Module):
                 config = AutoConfig.for_model(**fields)
                 self.network = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=attn_implementation)
             elif warm_start is not None:
-                self.network = warm_started_encoder_decoder(resolve_pretrained(warm_start), self.tokenizer)
+                self.network = warm_started_encoder_decoder(
+                    resolve_pretrained(warm_start), self.tokenizer, warm_start_layers, cross_attention_init
+                )
                 self.network.set_attn_implementation(attn_implementation)
             else:
                 self.network = AutoModelForSeq2SeqLM.from_pretrained(

@@ -86,6 +86,9 @@ class PrivacyAccountantCallback(pl.Callback):
     its own epsilon over the rounds it takes part in).
     """
 
+    #: reads only what a federated client loop's fit view provides (trustml.federation.local_loop)
+    client_loop_ready = True
+
     federated_scope = "client"
 
     def __init__(self) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from trustml.errors import DataError
+from trustml.errors import ConfigError, DataError
 from trustml.synth.annotation import Utterance
 from trustml.synth.grammar import Grammar
 from trustml.synth.textio import read_text
 
 Catalogs = dict[str, tuple[str, ...]]
+CATALOG_MATCHES = ("values", "name")
 
 
 def read_catalog(path: str | Path) -> tuple[str, ...]:
@@ -57,20 +58,27 @@ def extend_slot_classes(
     catalogs: Catalogs,
     weight: float = 1.0,
     explicit: Mapping[tuple[str, str], set[str]] | None = None,
+    match: str = "values",
 ) -> Grammar:
     """Add catalog values to slot classes (in place; returns ``grammar``).
 
-    A slot's class takes all values of catalog ``C`` when one of its golden values is in ``C``
-    (case-insensitive) or when an annotation named ``C`` for it; added values get pseudo-count ``weight``
-    (golden values keep their counts). ``catalog_extensions`` records which catalogs extended which slot.
+    With ``match="values"`` a slot's class takes all values of catalog ``C`` when one of its golden values
+    is in ``C`` (case-insensitive), when ``C`` is named like the slot, or when an annotation named ``C`` for
+    it; with ``match="name"`` only in the last two cases (no extension by a shared value, so a ``city``
+    class never takes a ``state`` catalog that happens to list one of its values). Added values get
+    pseudo-count ``weight`` (golden values keep their counts). ``catalog_extensions`` records which
+    catalogs extended which slot.
     """
+    if match not in CATALOG_MATCHES:
+        raise ConfigError(f"catalog_match must be one of {', '.join(CATALOG_MATCHES)}, got '{match}'")
     explicit = explicit or {}
     folded = {name: {v.casefold() for v in values} for name, values in catalogs.items()}
     for intent, g in grammar.intents.items():
         for slot, values in g.slot_values.items():
             golden = {v.casefold() for v in values}
             for name, catalog in sorted(catalogs.items()):
-                if name in explicit.get((intent, slot), set()) or golden & folded[name]:
+                named = name == slot or name in explicit.get((intent, slot), set())
+                if named or (match == "values" and golden & folded[name]):
                     present = {v.casefold() for v in values}
                     for v in catalog:
                         if v.casefold() not in present:

@@ -49,6 +49,7 @@ def synthesis_config(cfg: DictConfig) -> SynthesisConfig:
         resampling_threshold=float(cfg.resampling.threshold),
         resampling_by_intent=bool(cfg.resampling.by_intent),
         catalog_weight=float(cfg.catalog_weight),
+        catalog_match=str(cfg.catalog_match),
         include_golden=bool(cfg.include_golden),
         seed=int(cfg.seed),
     )

@@ -22,7 +22,7 @@ import numpy as np
 from trustml.errors import ConfigError
 from trustml.synth.allocation import allocate, allocation_report, pattern_stats
 from trustml.synth.annotation import Utterance
-from trustml.synth.catalog import Catalogs, explicit_catalogs, extend_slot_classes
+from trustml.synth.catalog import CATALOG_MATCHES, Catalogs, explicit_catalogs, extend_slot_classes
 from trustml.synth.fst import GrammarFst
 from trustml.synth.grammar import Grammar
 from trustml.synth.induction import InductionConfig, induce_grammar
@@ -43,6 +43,7 @@ class SynthesisConfig:
     resampling_threshold: float = 0.1
     resampling_by_intent: bool = True
     catalog_weight: float = 1.0
+    catalog_match: str = "values"
     include_golden: bool = True
     seed: int = 0
 
@@ -52,6 +53,8 @@ class SynthesisConfig:
                               f"got '{self.allocation}'")
         if self.budget_per_intent < 0 or self.allocation_floor < 0 or self.catalog_weight <= 0:
             raise ConfigError("budget_per_intent and allocation.floor must be >= 0 and catalog_weight > 0")
+        if self.catalog_match not in CATALOG_MATCHES:
+            raise ConfigError(f"catalog_match must be one of {', '.join(CATALOG_MATCHES)}, got '{self.catalog_match}'")
 
 
 @dataclass
@@ -87,7 +90,7 @@ def synthesize(golden: Sequence[Utterance], catalogs: Catalogs, config: Synthesi
     t = time.perf_counter()
     grammar, traces = induce_grammar(golden, config.induction)
     timings["induction_s"] = time.perf_counter() - t
-    extend_slot_classes(grammar, catalogs, config.catalog_weight, explicit_catalogs(golden))
+    extend_slot_classes(grammar, catalogs, config.catalog_weight, explicit_catalogs(golden), config.catalog_match)
 
     t = time.perf_counter()
     fst = GrammarFst(grammar)
