@@ -20,8 +20,9 @@ for dataset in "${datasets[@]}"; do
       DATA=(experiment=digits_erm data.val_fraction=0.15 data.test_fraction=0.5 trainer.max_epochs=20)
       OLD=(model.hidden_sizes=[64]) ;;         # old: MLP 64; new: MLP 256-128 (digits_erm)
     topical_chat)
-      # the first 300 conversations of the training files and of the test file (~6.5k turns each)
-      DATA=(experiment=topical_chat_sentiment_minilm data.max_conversations=300 trainer.max_epochs=10)
+      # all 1,078 conversations of the training files (21.0k train / 2.3k val turns) and the 539 of the
+      # test file (11.8k turns); MiniLM embeddings are cached on disk after the first run
+      DATA=(experiment=topical_chat_sentiment_minilm trainer.max_epochs=10)
       OLD=(model.head_hidden_sizes=[]) ;;      # old: linear head on frozen MiniLM; new: 256-unit MLP head
     *) echo "unknown data set '$dataset' (digits, topical_chat)" >&2; exit 2 ;;
   esac
@@ -31,9 +32,12 @@ for dataset in "${datasets[@]}"; do
   "${TRUSTML[@]}" -m "$SEARCH" "${DATA[@]}" "${QUIET[@]}" method=pc \
     "method.old_run_dirs=[$LOG/$dataset/old]" "$VARIANTS" seed=0,1,2 hydra.sweep.dir="$LOG/$dataset/new"
   if [ "$dataset" = digits ]; then
-    # BCT: influence weight 0 is an independently trained new model (the reference); 1 and 3 are BCT
-    "${TRUSTML[@]}" -m "${DATA[@]}" "${QUIET[@]}" method=bct "method.old_run_dir=$LOG/$dataset/old" \
-      model.hidden_sizes=[256,64] method.influence_weight=0,1,3 seed=0,1,2 hydra.sweep.dir="$LOG/$dataset/bct"
+    # BCT: old MLP 64-64 (20 epochs); new MLP 512-64 (60 epochs). Influence weight 0 is an independently
+    # trained new model (the reference); 1 and 10 are BCT (10 chosen on the validation queries, README)
+    "${TRUSTML[@]}" "${DATA[@]}" "${QUIET[@]}" model.hidden_sizes=[64,64] seed=100 hydra.run.dir="$LOG/$dataset/bct_old"
+    "${TRUSTML[@]}" -m "${DATA[@]}" "${QUIET[@]}" method=bct "method.old_run_dir=$LOG/$dataset/bct_old" \
+      model.hidden_sizes=[512,64] trainer.max_epochs=60 method.influence_weight=0,1,10 seed=0,1,2 \
+      hydra.sweep.dir="$LOG/$dataset/bct"
     # epoch time of PC against untreated, variants interleaved in one process (writes its README table)
     (cd experiments/pc_training && ../../.venv/bin/python epoch_time.py "$LOG/$dataset/old")
   fi

@@ -3,8 +3,9 @@
 Usage: ``python experiments/pc_training/select_weight.py SWEEP_DIR...``: sweeps over
 ``+pc_variant=<variants> method.weight=<grid>`` and at least one with ``+pc_variant=untreated`` runs.
 For every run the validation metrics come from ``metrics.csv`` at the epoch with the best validation
-accuracy (the checkpoint that is tested). Per variant the chosen weight has the lowest validation NFR among
-those whose validation error is at most 0.5 points above untreated's mean (ties: lower error).
+accuracy (the checkpoint that is tested); runs of several seeds are averaged per variant and weight. Per
+variant the chosen weight has the lowest mean validation NFR among those whose mean validation error is at
+most 0.5 points above untreated's mean (ties: lower error).
 """
 
 from __future__ import annotations
@@ -31,14 +32,18 @@ def main() -> None:
     print(runs[["pc_variant", "method.weight", "seed", "val_er_new", "val_nfr"]].to_string(index=False))
     limit = runs.loc[runs["pc_variant"] == "untreated", "val_er_new"].mean() + TOLERANCE
     candidates = runs[(runs["pc_variant"] != "untreated") & runs["method.weight"].notna()]
-    for variant, group in candidates.groupby("pc_variant"):
+    means = candidates.groupby(["pc_variant", "method.weight"], as_index=False)[["val_er_new", "val_nfr"]].mean()
+    print(means.to_string(index=False))
+    for variant, group in means.groupby("pc_variant"):
         admissible = group[group["val_er_new"] <= limit]
         if admissible.empty:
             print(f"{variant}: no weight keeps the validation error within 0.5 points of untreated")
             continue
         chosen = admissible.sort_values(["val_nfr", "val_er_new"]).iloc[0]
-        print(f"{variant}: weight={chosen['method.weight']} (val NFR {chosen['val_nfr']:.4f}, "
-              f"ER {chosen['val_er_new']:.4f})")
+        print(
+            f"{variant}: weight={chosen['method.weight']} (val NFR {chosen['val_nfr']:.4f}, "
+            f"ER {chosen['val_er_new']:.4f})"
+        )
 
 
 if __name__ == "__main__":
