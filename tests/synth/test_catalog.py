@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trustml.errors import DataError
+from trustml.errors import ConfigError, DataError
 from trustml.synth.annotation import parse_annotated
 from trustml.synth.catalog import explicit_catalogs, extend_slot_classes, load_catalogs, read_catalog
 from trustml.synth.induction import induce_grammar
@@ -43,3 +43,18 @@ def test_catalogs_extend_overlapping_or_named_slot_classes(toy) -> None:
     assert "Oslo" not in weather.slot_values["city"]  # no golden city is in the catalog
     assert weather.slot_values["timeRange"]["dusk"] == 0.5
     assert "{genre} = jazz | pop | rock | blues | metal  # + catalog genres" in grammar.render()
+
+
+def test_name_matching_ignores_catalogs_that_only_share_a_value(toy) -> None:
+    grammar, _ = induce_grammar(toy)
+    catalogs = {"city": ("Oslo", "Paris"), "artist": ("Paris", "Adele"), "genre": ("blues",)}
+    extend_slot_classes(grammar, catalogs, match="name")
+    weather, music = grammar.intents["GetWeather"], grammar.intents["PlayMusic"]
+    assert weather.catalog_extensions == {"city": ["city"]}
+    assert "Oslo" in weather.slot_values["city"] and "Adele" not in weather.slot_values["city"]
+    assert music.catalog_extensions == {"artist": ["artist"], "genre": ["genre"]}
+    grammar, _ = induce_grammar(toy)
+    extend_slot_classes(grammar, catalogs, match="values")
+    assert grammar.intents["GetWeather"].catalog_extensions == {"city": ["artist", "city"]}
+    with pytest.raises(ConfigError, match="catalog_match must be one of values, name, got 'fuzzy'"):
+        extend_slot_classes(grammar, catalogs, match="fuzzy")

@@ -63,6 +63,7 @@ def test_borrow_and_grammar_allocation_groups(tmp_path: Path, toy_yaml: Path) ->
         (["+induction.beam=3"], "bad 'induction' options"),
         (["resampling.threshold=2"], "threshold must lie in"),
         (["allocation.strategy=magic"], "allocation.strategy must be one of"),
+        (["catalog_match=fuzzy"], "catalog_match must be one of"),
     ],
 )
 def test_bad_options_raise_config_errors(tmp_path: Path, toy_yaml: Path, overrides: list[str], message: str) -> None:
