@@ -74,15 +74,15 @@ class _Wrapped(nn.Module):
         return self.model(**x).logits
 
 
-def _tiny_bert() -> nn.Module:
+def _tiny_bert(everything: bool = False) -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3
     )
     model = _Wrapped(BertForSequenceClassification(config)).eval()
-    for name, p in model.named_parameters():  # fine-tune the last layer and the head
-        p.requires_grad_("layer.1." in name or "classifier" in name or "pooler" in name)
+    for name, p in model.named_parameters():  # fine-tune the last layer and the head, or all of it
+        p.requires_grad_(everything or "layer.1." in name or "classifier" in name or "pooler" in name)
     return model
 
 
@@ -97,9 +97,11 @@ def _token_batch(size: int = 4, length: int = 6) -> dict[str, object]:
     }
 
 
-def test_layerwise_handles_a_hugging_face_encoder_with_padding() -> None:
+@pytest.mark.parametrize("everything", [False, True], ids=["last-layer", "all-weights"])
+def test_layerwise_handles_a_hugging_face_encoder_with_padding(everything: bool) -> None:
+    # all weights include BERT's position embeddings, called once on position ids [1, T] for the whole batch
     torch.manual_seed(0)
-    model, batch = _tiny_bert(), _token_batch()
+    model, batch = _tiny_bert(everything), _token_batch()
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     expected = reference_per_sample_grads(model, params, cross_entropy, batch)
     grads = layerwise_per_sample_gradients(model, params, cross_entropy, batch).grads

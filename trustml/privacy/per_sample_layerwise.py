@@ -185,13 +185,22 @@ def _detach(value: Any) -> Any:
     return value
 
 
+def _per_sample_view(value: Any, size: int) -> Any:
+    """A tensor with a leading dimension of 1 expanded (a view) to ``size`` samples; anything else unchanged."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == 1:
+        return value.expand(size, *value.shape[1:])
+    return value
+
+
 def layerwise_per_sample_gradients(
     model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
 ) -> PerSampleResult:
     """Per-sample gradients of ``sample_losses(model(x), batch)`` w.r.t. ``params``, layer by layer.
 
     Every parameter in ``params`` must be used only inside the forward of the module that owns it, on
-    inputs whose first dimension is the batch (:func:`check_layerwise_covers` verifies this once per model).
+    inputs whose first dimension is the batch (:func:`check_layerwise_covers` verifies this once per model);
+    a layer called once for the whole batch (leading dimension 1, broadcast later, as BERT's position
+    embeddings) gets its output expanded to the batch so that every sample's gradient stays its own.
     """
     wanted = {id(p): name for name, p in params.items()}
     owners: dict[nn.Module, dict[str, str]] = {}
@@ -200,14 +209,23 @@ def layerwise_per_sample_gradients(
         if local:
             owners[module] = local
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any], Tensor]] = []
+    size = batch_size(batch)
 
-    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Tensor | None:
         if not isinstance(output, Tensor):
             raise ConfigError(
                 f"optimizer.per_sample_gradients=layerwise needs layers with trainable parameters to return one "
                 f"tensor, but {type(module).__name__} returns {type(output).__name__}; use per_sample_gradients=vmap"
             )
+        if size > 1 and output.dim() > 0 and output.shape[0] == 1:
+            # One call serves the whole batch by broadcasting (e.g. BERT's position embeddings of position ids
+            # [1, T]); its output gradient would be summed over samples. Hand every sample its own view.
+            args = tuple(_per_sample_view(a, size) for a in args)
+            output = output.expand(size, *output.shape[1:])
+            calls.append((module, _detach(args), _detach(kwargs), output))
+            return output
         calls.append((module, _detach(args), _detach(kwargs), output))
+        return None
 
     handles = [module.register_forward_hook(record, with_kwargs=True) for module in owners]
     try:
