@@ -1,0 +1,152 @@
+"""Tables of the privacy-utility sweeps, the membership-inference audits and the canary audits of ``run_privacy.sh``.
+
+Usage: ``python experiments/dp/summarize_privacy.py LOG_DIR [--write-readme]``. For every privacy level the
+learning rate with the best mean validation accuracy is chosen, and the test accuracy of its seeds reported
+(mean +- std). Sections whose runs are absent are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+README = Path(__file__).with_name("README.md")
+START, END = "<!-- privacy:start -->", "<!-- privacy:end -->"
+DATASETS = {"digits": "digits (MLP 256-128)", "topical_chat": "Topical-Chat sentiment (frozen MiniLM + MLP head)"}
+AUDIT_SETTINGS = {"nonprivate": "non-private (Adam)", "dp_eps8": "DP-SGD, epsilon 8", "dp_eps1": "DP-SGD, epsilon 1"}
+CANARY_SETTINGS = {"nonprivate": "non-private (AdamW)", "dp_eps8": "DP-Adam, epsilon 8"}
+
+
+def _mean_std(values: pd.Series, scale: float = 100.0) -> str:
+    values = values.dropna() * scale
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def best_learning_rate(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the learning rate with the highest mean validation accuracy."""
+    done = sweep[sweep["status"] == "completed"]
+    best = done.groupby("optimizer.lr")["val/acc_best"].mean().idxmax()
+    return done[done["optimizer.lr"] == best]
+
+
+def utility_table(log: Path) -> str | None:
+    """Test accuracy vs epsilon per data set (best learning rate per privacy level)."""
+    rows = []
+    for name, title in DATASETS.items():
+        dp, plain = log / "utility" / name / "dp" / "summary.csv", log / "utility" / name / "nonprivate" / "summary.csv"
+        if not (dp.is_file() and plain.is_file()):
+            continue
+        sweep = pd.read_csv(dp)
+        for target, runs in sweep.groupby("optimizer.target_epsilon"):
+            chosen = best_learning_rate(runs)
+            rows.append(
+                f"| {title} | {target:g} | {chosen['epsilon'].mean():.2f} | {chosen['noise_multiplier'].mean():.2f} "
+                f"| {chosen['optimizer.lr'].iloc[0]:g} | {_mean_std(chosen['test/acc'])} | {len(chosen)} |"
+            )
+        chosen = best_learning_rate(pd.read_csv(plain))
+        rows.append(
+            f"| {title} | inf | inf | 0 | {chosen['optimizer.lr'].iloc[0]:g} | {_mean_std(chosen['test/acc'])} "
+            f"| {len(chosen)} |"
+        )
+    if not rows:
+        return None
+    head = (
+        "| data / model | target epsilon | epsilon spent | noise multiplier | lr (best on val) | test acc % | seeds |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
+    )
+    return "\n".join([head, *rows])
+
+
+def _results(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def audit_table(log: Path) -> str | None:
+    """Membership-inference AUC and TPR at low FPR per training setting, with the target's accuracy."""
+    rows = []
+    for setting, title in AUDIT_SETTINGS.items():
+        path = log / "audit" / setting / "result" / "audit.json"
+        if not path.is_file():
+            continue
+        audit = json.loads(path.read_text())
+        results = _results(log / "audit" / setting / "target")
+        epsilon = results.get("epsilon", math.inf)
+        for attack, metrics in audit["attacks"].items():
+            rows.append(
+                f"| {title} | {epsilon:.2f} | {100 * results.get('test/acc', math.nan):.1f} | {attack} "
+                f"| {metrics['auc']:.3f} | {100 * metrics['tpr@1%fpr']:.2f} | {100 * metrics['tpr@0.1%fpr']:.2f} "
+                f"| {metrics['num_candidates']} |"
+            )
+    if not rows:
+        return None
+    head = (
+        "| target training | epsilon | test acc % | attack | ROC AUC | TPR@1%FPR % | TPR@0.1%FPR % | candidates |\n"
+        "|---|---:|---:|---|---:|---:|---:|---:|"
+    )
+    return "\n".join([head, *rows])
+
+
+def canary_table(log: Path) -> str | None:
+    """Rank and exposure of the inserted canary per training setting and repetition count."""
+    rows = []
+    for setting, title in CANARY_SETTINGS.items():
+        runs = sorted(
+            (log / "canary" / setting).glob("reps*/canary.json"), key=lambda p: int(re.sub(r"\D", "", p.parent.name))
+        )
+        for path in runs:
+            canary = json.loads(path.read_text())
+            results = _results(path.parent / "train")
+            rows.append(
+                f"| {title} | {canary['repetitions']} | {results.get('epsilon', math.inf):.2f} "
+                f"| {100 * results.get('test/acc', math.nan):.1f} | {canary['rank']} / {canary['num_candidates']} "
+                f"| {canary['exposure']:.2f} | {'yes' if canary['ranks_first'] else 'no'} |"
+            )
+    if not rows:
+        return None
+    head = (
+        "| training | canary repetitions | epsilon | test acc % | secret's rank | exposure (bits) | ranks first |\n"
+        "|---|---:|---:|---:|---:|---:|---|"
+    )
+    return "\n".join([head, *rows])
+
+
+def report(log: Path) -> str:
+    """All available tables, each under its heading."""
+    sections = [
+        ("Privacy-utility", utility_table(log)),
+        ("Membership inference (overfit digits MLP, 8 shadow runs)", audit_table(log)),
+        ("Canary exposure (Topical-Chat turns, small BERT from scratch, 3-digit secret)", canary_table(log)),
+    ]
+    return "\n\n".join(f"### {title}\n\n{table}" for title, table in sections if table is not None)
+
+
+def write_readme(text: str, readme: Path = README) -> None:
+    """Replace the text between the privacy markers of the README (appending them when absent)."""
+    content = readme.read_text()
+    block = f"{START}\n{text}\n{END}"
+    if START in content:
+        content = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S)
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    text = report(args.log)
+    print(text)
+    if args.write_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()
