@@ -9,6 +9,9 @@ in this process:
 * ``client fits``: the sum of the selected clients' local-training wall times inside that round;
 * ``pure PyTorch``: right after the round, the same devices' local epochs as a bare loop (same model,
   optimizer, batch size and rows; no data loader, no simulation);
+* ``bare FedAvg``: right after that, the same round as bare PyTorch FedAvg (:func:`bare_fedavg_round`): the
+  pure loop plus what it omits that any federated round does (loading the global weights, reading the update,
+  averaging the updates) and the method's per-sample loss in place of the fused cross-entropy;
 * ``round, Lightning fits``: the round with ``client_loop=lightning`` (a Lightning Trainer per client fit,
   the previous implementation), for reference.
 
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parameters_to_vector
 
 from experiments.federated.run_grid import digits_case, make_trainer_factory
 from trustml.data.base import Split
@@ -82,6 +86,32 @@ def bare_local_epochs(method: ERM, train: Split, device_rows: list[np.ndarray], 
     return time.perf_counter() - start
 
 
+def bare_fedavg_round(method: ERM, train: Split, device_rows: list[np.ndarray], batch_size: int,
+                      weights: torch.Tensor) -> float:
+    """Seconds of the devices' round as bare PyTorch FedAvg: what :func:`bare_local_epochs` leaves out and any
+    federated round must do. Per device: load the global weights (a copy per tensor), the bare local epoch on the
+    method's own per-sample loss averaged (``sample_losses(...).mean()``, as the method's training step does), read
+    the update (one concatenation minus the global weights); then the sample-weighted mean of the updates."""
+    start = time.perf_counter()
+    params = list(method.model.parameters())
+    sizes = [p.numel() for p in params]
+    updates, counts = [], []
+    for rows in device_rows:
+        with torch.no_grad():
+            for param, piece in zip(params, weights.split(sizes), strict=True):
+                param.copy_(piece.view_as(param))
+        rows_t = torch.as_tensor(rows)
+        optimizer = torch.optim.SGD(params, lr=0.1)
+        for batch in rows_t[torch.randperm(len(rows_t))].split(batch_size):
+            optimizer.zero_grad()
+            method.sample_losses(method.model(train.inputs[batch]), {"y": train.labels[batch]}).mean().backward()
+            optimizer.step()
+        updates.append(parameters_to_vector(params).detach() - weights)
+        counts.append(len(rows))
+    (torch.tensor(counts, dtype=torch.float32) / sum(counts)) @ torch.stack(updates)  # timed, then dropped
+    return time.perf_counter() - start
+
+
 def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -> list[dict[str, float]]:
     """Per round of FedAvg's :class:`RoundLoop`: its wall time, its clients' training time, and right after it
     the bare loop on the same devices (so each ratio compares two timings taken within a fraction of a second)."""
@@ -106,9 +136,11 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
     records = []
     for index in range(rounds):
         record = loop.run_round(index)
-        bare = bare_local_epochs(method, train, [windows[d] for d in selected[-1].tolist()], datamodule.batch_size)
+        rows = [windows[d] for d in selected[-1].tolist()]
+        bare = bare_local_epochs(method, train, rows, datamodule.batch_size)
+        fedavg = bare_fedavg_round(method, train, rows, datamodule.batch_size, server.weights)
         fits = record["client_seconds_mean"] * record["answered"]
-        records.append({"round_s": record["round_s"], "fits_s": fits, "bare_s": bare})
+        records.append({"round_s": record["round_s"], "fits_s": fits, "bare_s": bare, "fedavg_s": fedavg})
     return records
 
 
@@ -127,7 +159,7 @@ def measure(rounds: int, repeats: int) -> dict[str, Any]:
         def column(records: list[dict[str, float]], key: str) -> np.ndarray:
             return np.array([r[key] for r in records])
 
-        round_s, fits, bare = (column(loop_rounds, k) for k in ("round_s", "fits_s", "bare_s"))
+        round_s, fits, bare, fedavg = (column(loop_rounds, k) for k in ("round_s", "fits_s", "bare_s", "fedavg_s"))
         ratio = round_s / bare
         results[f"overhead_{num_devices}"] = {
             "round_ms": 1000 * float(np.median(round_s)),
@@ -136,6 +168,9 @@ def measure(rounds: int, repeats: int) -> dict[str, Any]:
             "round_over_client_fits": float(np.median(round_s / fits)),
             "round_over_pure_pytorch": float(np.median(ratio)),
             "round_over_pure_pytorch_q25_q75": [float(q) for q in np.quantile(ratio, [0.25, 0.75])],
+            "bare_fedavg_ms": 1000 * float(np.median(fedavg)),
+            "round_over_bare_fedavg": float(np.median(round_s / fedavg)),
+            "bare_fedavg_over_pure_pytorch": float(np.median(fedavg / bare)),
             "lightning_round_ms": 1000 * float(np.median(column(lightning_rounds, "round_s"))),
             "lightning_round_over_pure_pytorch": float(np.median(
                 column(lightning_rounds, "round_s") / column(lightning_rounds, "bare_s"))),
@@ -155,14 +190,17 @@ def table(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}, torch threads {results['torch_threads']}.",
         "",
         "| devices | round (ms) | client fits (ms) | pure PyTorch (ms) | round / client fits | round / pure PyTorch "
-        "(median [q25, q75]) | round, Lightning fits (ms) | Lightning round / pure PyTorch |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(median [q25, q75]) | bare FedAvg (ms) | bare FedAvg / pure PyTorch | round / bare FedAvg "
+        "| round, Lightning fits (ms) | Lightning round / pure PyTorch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n in DEVICE_COUNTS:
         o = results[f"overhead_{n}"]
         q25, q75 = o["round_over_pure_pytorch_q25_q75"]
         lines.append(f"| {n} | {o['round_ms']:.1f} | {o['client_fits_ms']:.1f} | {o['pure_pytorch_ms']:.1f} | "
                      f"{o['round_over_client_fits']:.3f} | {o['round_over_pure_pytorch']:.2f} [{q25:.2f}, {q75:.2f}] | "
+                     f"{o['bare_fedavg_ms']:.1f} | {o['bare_fedavg_over_pure_pytorch']:.2f} | "
+                     f"{o['round_over_bare_fedavg']:.2f} | "
                      f"{o['lightning_round_ms']:.0f} | {o['lightning_round_over_pure_pytorch']:.1f} |")
     t = results["thousand_devices"]
     lines += [

@@ -58,8 +58,9 @@ def two_rounds(
 
 
 def assert_same_updates(loop: list[ClientUpdate], lightning: list[ClientUpdate]) -> None:
+    """The same updates bit for bit (the same operations on the same batches); the same metrics and states."""
     for ours, theirs in zip(loop, lightning, strict=True):
-        torch.testing.assert_close(ours.delta, theirs.delta)
+        assert torch.equal(ours.delta, theirs.delta), (ours.delta - theirs.delta).abs().max()
         assert ours.num_examples == theirs.num_examples
         assert ours.metrics.keys() == theirs.metrics.keys()
         for key in ours.metrics.keys() - {"seconds"}:
@@ -67,12 +68,17 @@ def assert_same_updates(loop: list[ClientUpdate], lightning: list[ClientUpdate])
         assert ours.callback_states == theirs.callback_states
 
 
-def sgd(datamodule: TrustDataModule, momentum: float = 0.0) -> Callable[[], ERM]:
+def sgd(datamodule: TrustDataModule, momentum: float = 0.0, optimizer: Callable[..., Any] | None = None
+        ) -> Callable[[], ERM]:
     def new_method() -> ERM:
         method = make_method(datamodule)
-        return ERM(model=method.model, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=momentum), num_classes=10)
+        factory = optimizer or partial(torch.optim.SGD, lr=0.1, momentum=momentum)
+        return ERM(model=method.model, optimizer=factory, num_classes=10)
 
     return new_method
+
+
+ADAMW = partial(torch.optim.AdamW, lr=1e-2)
 
 
 @pytest.mark.parametrize(
@@ -81,13 +87,17 @@ def sgd(datamodule: TrustDataModule, momentum: float = 0.0) -> Callable[[], ERM]
         (0.0, {"local_epochs": 2}),
         (0.9, {"local_steps": 5}),  # a step budget that ends inside the second epoch
         (0.0, {"local_epochs": 2, "proximal_mu": 0.5}),  # FedProx
+        (0.0, {"local_epochs": 2, "optimizer": ADAMW}),  # the second round's reused AdamW starts from no state
     ],
-    ids=["erm_sgd", "erm_momentum_local_steps", "fedprox"],
+    ids=["erm_sgd", "erm_momentum_local_steps", "fedprox", "adamw"],
 )
 def test_the_client_loop_gives_the_update_of_a_lightning_fit(digits, tmp_path, momentum, options) -> None:
-    local, loop = two_rounds(digits, sgd(digits, momentum), "auto", tmp_path, **options)
+    options = dict(options)
+    optimizer = options.pop("optimizer", None)
+    local, loop = two_rounds(digits, sgd(digits, momentum, optimizer), "auto", tmp_path, **options)
     assert local.loop is not None, "the loop must be the one under test"
-    _, lightning = two_rounds(digits, sgd(digits, momentum), "lightning", tmp_path, **options)
+    assert local.loop.reusable is not None, "the second round must reuse the first round's optimizer"
+    _, lightning = two_rounds(digits, sgd(digits, momentum, optimizer), "lightning", tmp_path, **options)
     assert_same_updates(loop, lightning)
     assert loop[0].delta.abs().sum() > 0
 

@@ -15,7 +15,7 @@ from trustml.federation.server_optim import (
     FedAdamServer,
     FedAvgServer,
     FedYogiServer,
-    is_finite_update,
+    finite_rows,
     weighted_update,
 )
 from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
@@ -64,10 +64,10 @@ def test_server_optimizer_state_round_trips() -> None:
     torch.testing.assert_close(a.step(torch.zeros(3), torch.ones(3)), b.step(torch.zeros(3), torch.ones(3)))
 
 
-def test_is_finite_update() -> None:
-    assert is_finite_update(torch.ones(4))
-    assert not is_finite_update(torch.tensor([1.0, float("nan")]))
-    assert not is_finite_update(torch.tensor([float("-inf"), 0.0]))
+def test_finite_rows() -> None:
+    updates = torch.tensor([[1.0, 2.0], [1.0, float("nan")], [float("-inf"), 0.0], [0.0, 0.0]])
+    assert finite_rows(updates) == [True, False, False, True]
+    assert finite_rows(torch.zeros(0, 2)) == []
 
 
 def selection(devices: list[int], weights: list[float]) -> RoundSelection:

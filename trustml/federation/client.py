@@ -22,7 +22,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -33,10 +33,11 @@ import torch
 from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from trustml.data.base import Split, TrustDataModule
-from trustml.federation.flat_state import FlatLayout, get_flat, set_flat
-from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation
+from trustml.federation.flat_state import FlatBinding, FlatLayout, get_flat, set_flat
+from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation, stateless
 from trustml.federation.proximal import ProximalTerm
 
 TrainerFactory = Callable[..., pl.Trainer]
@@ -67,7 +68,10 @@ class DeviceDataModule(TrustDataModule):
     """One device's data: the given rows of the source's training split (its val/test splits unchanged).
 
     Batch size and the training batch sampler (e.g. DP-SGD's Poisson sampling) follow the source, so
-    local training sees the device's data exactly as centralized training sees the whole split.
+    local training sees the device's data exactly as centralized training sees the whole split. A plain
+    shuffling training loader draws nothing of its own (each pass seeds from the global RNG), so it is built
+    once and returned again; a loader with a batch sampler (a new Poisson sampler seed per fit) is built anew
+    for every fit.
     """
 
     def __init__(self, source: TrustDataModule, rows: np.ndarray) -> None:
@@ -78,6 +82,7 @@ class DeviceDataModule(TrustDataModule):
         self.label_names = list(source.label_names)
         self.train_batch_sampler_factory = source.train_batch_sampler_factory
         self.input_kind = source.input_kind
+        self.plain_train_loader: DataLoader | None = None
 
     def load_splits(self) -> dict[str, Split]:
         return {
@@ -85,6 +90,18 @@ class DeviceDataModule(TrustDataModule):
             "val": self.source_splits["val"],
             "test": self.source_splits["test"],
         }
+
+    def holds(self, rows: np.ndarray) -> bool:
+        """Whether this module serves exactly ``rows``."""
+        return np.array_equal(self.rows, rows)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.plain_train_loader is not None:
+            return self.plain_train_loader
+        loader = super().train_dataloader()
+        if stateless(loader):
+            self.plain_train_loader = loader
+        return loader
 
 
 @contextmanager
@@ -124,6 +141,11 @@ class LocalTrainer:
 
     ``client_loop``: ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then
     set after the first client), ``lightning`` always fits with a fresh Lightning Trainer.
+
+    What does not change between client fits is built once: each device's :class:`DeviceDataModule` (rebuilt
+    when its rows change, e.g. in a new continual period; the source's splits must not change during the
+    run) and, for a CPU ``float32`` model, a :class:`FlatBinding` of the shared model, through which loading
+    the global weights and reading the update are one vector operation each.
     """
 
     def __init__(
@@ -150,6 +172,33 @@ class LocalTrainer:
         self.loop: ClientLoop | None = None
         self.loop_decided = False
         self.prepared = not needs_preparation(method)
+        self.device_data: dict[int, DeviceDataModule] = {}
+        self.binding: FlatBinding | None = None
+        self.bindable = True
+
+    def data_of(self, device: int, rows: np.ndarray) -> DeviceDataModule:
+        """``device``'s data module serving ``rows``: the one built before when its rows are the same."""
+        data = self.device_data.get(device)
+        if data is None or not data.holds(rows):
+            data = self.device_data[device] = DeviceDataModule(self.datamodule, rows)
+        return data
+
+    def load_global(self, weights: Tensor) -> None:
+        """Load ``weights`` into the shared model: through its :class:`FlatBinding` (bound again when something
+        replaced an entry's storage), or entry by entry when the model cannot be bound."""
+        if self.bindable and (self.binding is None or not self.binding.intact()):
+            self.binding = FlatBinding.bind(self.method.model, self.layout)
+            self.bindable = self.binding is not None
+        if self.binding is not None:
+            self.binding.load(weights)
+        else:
+            set_flat(self.method.model, self.layout, weights)
+
+    def update_from(self, weights: Tensor) -> Tensor:
+        """The shared model's state minus ``weights``, the update of a fit that started from ``weights``."""
+        if self.binding is not None and self.binding.intact():
+            return self.binding.vector - weights
+        return get_flat(self.method.model, self.layout) - weights
 
     def lightning_callbacks(self, client_callbacks: list[pl.Callback]) -> list[pl.Callback]:
         """The callbacks of a Lightning client fit: the client callbacks, FedProx's term, the client timer."""
@@ -203,15 +252,15 @@ class LocalTrainer:
         ``callback_states`` (from the device's previous :class:`ClientUpdate`) restores its client-side
         callbacks, so e.g. a device's privacy loss composes over all the rounds it took part in.
         """
-        set_flat(self.method.model, self.layout, global_weights)
+        self.load_global(global_weights)
         client_callbacks = [copy.deepcopy(cb) for cb in self.callback_templates]
         for cb, state in zip(client_callbacks, callback_states, strict=False):
             cb.load_state_dict(state)
         loop = self.choose_loop(client_callbacks)
-        data = DeviceDataModule(self.datamodule, rows)
+        data = self.data_of(device, rows)
         start = time.perf_counter()
         if loop is not None:
-            with quiet_client_loop():
+            with quiet_client_loop() if client_callbacks else nullcontext():
                 loss = loop.fit(self.method, data, client_callbacks).train_loss
         else:
             with quiet_lightning():
@@ -230,6 +279,6 @@ class LocalTrainer:
             final = getattr(cb, "final_results", None)
             if final is not None:
                 metrics.update({k: float(v) for k, v in final().items() if isinstance(v, int | float | torch.Tensor)})
-        delta = get_flat(self.method.model, self.layout) - global_weights
+        delta = self.update_from(global_weights)
         return ClientUpdate(device=device, num_examples=len(rows), delta=delta, metrics=metrics,
                             callback_states=[cb.state_dict() for cb in client_callbacks])

@@ -8,10 +8,10 @@ client fits the Trainer would be the simulation's cost. :class:`ClientLoop` does
 
 .. code-block:: text
 
-    configure_optimizers(); zero_grad
+    configure_optimizers()                        # an SGD/Adam/AdamW is built once and reset per fit
     for epoch e until local_epochs (or until local_steps steps):
         sampler.set_epoch(e)                      # as Lightning: the loader's sampler and batch_sampler.sampler
-        for batch in train loader:
+        for batch in train loader:                # a plain shuffling loader: one permutation, as its sampler draws
             batch = method.prepare_batch(batch)   # e.g. PC's cached old logits
             DP optimizer:  optimizer.private_step(model, method.sample_losses, batch)
             otherwise:     zero_grad; mean(sample_losses(model(x), batch)).backward();
@@ -22,6 +22,10 @@ Client callbacks that can run here (:func:`runs_in_client_loop`: those that decl
 place of the Trainer. :func:`loop_refusal` says why a method, trainer configuration or callback needs a
 real Lightning fit instead (e.g. a method with its own ``training_step``, gradient accumulation or clipping,
 mixed precision); :class:`~trustml.federation.client.LocalTrainer` then uses one.
+
+What a fit would rebuild but does not change between fits is kept: one optimizer object
+(:meth:`ClientLoop.optimizer_for`) and one scratch generator for the loader's permutations
+(:func:`shuffled_order`), so that a client with one small batch costs little more than its training step.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.strategies import SingleDeviceStrategy
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from trustml.data.base import TrustDataModule
+from trustml.data.base import SplitDataset, TrustDataModule
 from trustml.errors import ConfigError
 from trustml.federation.proximal import ProximalTerm, proximal_term
 from trustml.methods.base import ClassificationMethod
@@ -53,6 +57,9 @@ STEP_HOOKS = (
     "on_train_batch_end", "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
     "configure_callbacks", "train_dataloader",
 )
+#: torch optimizers whose whole state between steps is ``optimizer.state``, created at their first step: one
+#: object with that state cleared and its hyperparameters restored is a fresh one.
+REUSABLE_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 #: LightningModule hooks that prepare a fit (e.g. PC loads its old model); run once by a first Lightning fit.
 PREPARATION_HOOKS = ("prepare_data", "setup", "on_fit_start", "on_fit_end", "teardown")
 
@@ -132,19 +139,71 @@ class LoopResult:
     train_loss: float | None
 
 
-def loader_batches(loader: DataLoader) -> Iterator[Any]:
+def loader_batches(loader: DataLoader, scratch: torch.Generator | None = None) -> Iterator[Any]:
     """The batches a single-process map-style ``loader`` yields, with the same random draws, minus its bookkeeping.
 
     Like ``iter(loader)``: one base seed drawn from ``loader.generator`` (the global RNG when ``None``) when
-    iteration starts, then ``collate_fn(dataset.__getitems__(indices))`` per batch of the batch sampler.
-    A loader with workers, or whose dataset lacks ``__getitems__``, is iterated as itself.
+    iteration starts, then ``collate_fn(dataset.__getitems__(indices))`` per batch of the batch sampler. A
+    :func:`plain_shuffling` loader's batches are cut from its :func:`shuffled_order` (drawn with ``scratch``
+    where it needs a generator of its own), and a :class:`~trustml.data.base.SplitDataset` (not a subclass) gets
+    each batch's indices as one tensor. A loader with workers, or whose dataset lacks ``__getitems__``, is
+    iterated as itself.
     """
-    if loader.num_workers > 0 or loader.batch_sampler is None or not hasattr(loader.dataset, "__getitems__"):
+    dataset, collate = loader.dataset, loader.collate_fn
+    if loader.num_workers > 0 or loader.batch_sampler is None or not hasattr(dataset, "__getitems__"):
         yield from loader
         return
-    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
-    for indices in loader.batch_sampler:
-        yield loader.collate_fn(loader.dataset.__getitems__(indices))
+    if not plain_shuffling(loader):
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+        for indices in loader.batch_sampler:
+            yield collate(dataset.__getitems__(indices))
+        return
+    order = shuffled_order(loader, scratch)
+    batch_size = loader.batch_sampler.batch_size
+    batches = (order,) if len(order) <= batch_size else order.split(batch_size)
+    as_tensor = type(dataset) is SplitDataset  # its __getitems__ takes an index tensor as it is
+    for indices in batches:
+        yield collate(dataset.__getitems__(indices if as_tensor else indices.tolist()))
+
+
+def plain_shuffling(loader: DataLoader) -> bool:
+    """Whether ``loader`` is a single-process ``shuffle=True``, ``drop_last=False`` loader: a ``BatchSampler``
+    cutting one ``RandomSampler`` permutation (without replacement) into consecutive batches."""
+    batch_sampler, sampler = loader.batch_sampler, loader.sampler
+    return (loader.num_workers == 0 and type(batch_sampler) is BatchSampler and not batch_sampler.drop_last
+            and batch_sampler.sampler is sampler and type(sampler) is RandomSampler and not sampler.replacement
+            and sampler.num_samples == len(sampler.data_source))
+
+
+def stateless(loader: DataLoader) -> bool:
+    """Whether iterating ``loader`` again draws as a freshly built copy would: a :func:`plain_shuffling` loader
+    without generators of its own, whose every pass seeds from the global RNG."""
+    return plain_shuffling(loader) and loader.generator is None and loader.sampler.generator is None
+
+
+def shuffled_order(loader: DataLoader, scratch: torch.Generator | None = None) -> torch.Tensor:
+    """What iterating a :func:`plain_shuffling` ``loader`` draws before its first batch: its base seed, then the
+    order in which it visits its dataset (the permutation its ``RandomSampler`` draws).
+
+    ``RandomSampler`` permutes with its own generator, or with a new one (here ``scratch`` reseeded, the same
+    thing) seeded from one draw of the global RNG, and ``BatchSampler`` cuts that permutation into consecutive
+    batches. Without generators of their own, the base seed and the sampler's seed are two consecutive draws
+    of the global RNG, taken as one. ``tests/federation/test_client_reuse.py`` checks the batches and the
+    global RNG state afterwards against iterating the loader.
+    """
+    sampler = loader.sampler
+    generator = sampler.generator
+    if generator is None:
+        generator = scratch if scratch is not None else torch.Generator()
+        if loader.generator is None:
+            _, seed = torch.empty(2, dtype=torch.int64).random_().tolist()
+        else:
+            torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        generator.manual_seed(seed)
+    else:
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    return torch.randperm(len(sampler.data_source), generator=generator)
 
 
 def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
@@ -167,6 +226,29 @@ class ClientLoop:
         self.device = device
         self.local_epochs, self.local_steps = local_epochs, local_steps
         self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
+        self.reusable: tuple[ClassificationMethod, torch.optim.Optimizer, list[dict[str, Any]]] | None = None
+        self.scratch = torch.Generator()
+
+    def optimizer_for(self, method: ClassificationMethod) -> torch.optim.Optimizer:
+        """A fresh optimizer of ``method`` (``configure_optimizers()``), without building one per fit where it can.
+
+        The base class's ``configure_optimizers`` gives the same optimizer for every fit (the configured factory
+        on the trainable parameters, which a federated run fixes with its layout); one of
+        :data:`REUSABLE_OPTIMIZERS` is built once and reset before every later fit: state cleared,
+        hyperparameters as built.
+        """
+        if self.reusable is not None and self.reusable[0] is method:
+            _, optimizer, hyperparameters = self.reusable
+            optimizer.state.clear()
+            for group, values in zip(optimizer.param_groups, hyperparameters, strict=True):
+                group.update(values)
+            return optimizer
+        optimizer = method.configure_optimizers()
+        if (type(method).configure_optimizers is ClassificationMethod.configure_optimizers
+                and type(optimizer) in REUSABLE_OPTIMIZERS):
+            hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            self.reusable = (method, optimizer, hyperparameters)
+        return optimizer
 
     def fit(self, method: ClassificationMethod, data: TrustDataModule, callbacks: Sequence[pl.Callback]) -> LoopResult:
         """Train ``method`` on ``data``'s training split; ``callbacks`` get their training hooks."""
@@ -178,7 +260,7 @@ class ClientLoop:
         if home != self.device:
             method.to(self.device)
         try:
-            optimizer = method.configure_optimizers()
+            optimizer = self.optimizer_for(method)
             if isinstance(optimizer, PerSampleGradientOptimizer) and self.proximal_mu > 0:
                 raise ConfigError(
                     "federation=fedprox adds its proximal term to the loss gradient, but a DP optimizer computes its "
@@ -192,23 +274,22 @@ class ClientLoop:
             hooks("setup", stage="fit")
             hooks("on_fit_start")
             hooks("on_train_start")
-            train_loss = None
+            train_loss, on_cpu = None, self.device.type == "cpu"
             while not self._done(view, start):
                 set_sampler_epoch(loader, view.current_epoch)
                 hooks("on_train_epoch_start")
-                total, count = None, 0
-                for batch_idx, raw in enumerate(loader_batches(loader)):
-                    batch = raw if self.device.type == "cpu" else move_data_to_device(raw, self.device)
+                total, count, batch_idx = 0.0, 0, -1
+                for batch_idx, raw in enumerate(loader_batches(loader, self.scratch)):
+                    batch = raw if on_cpu else move_data_to_device(raw, self.device)
                     hooks("on_train_batch_start", batch, batch_idx)
                     loss, outputs = step(batch)
-                    size = len(batch["y"])
-                    weighted = loss * size
-                    total, count = weighted if total is None else total + weighted, count + size
+                    size = len(batch["y"])  # a float on the CPU; a tensor elsewhere, not to synchronise every step
+                    total, count = total + (float(loss) if on_cpu else loss) * size, count + size
                     view.global_step += 1
                     hooks("on_train_batch_end", outputs, batch, batch_idx)
                     if self._batch_done(view, start):
                         break
-                if total is not None:  # Lightning's epoch mean: sum of loss x batch size over the batch sizes
+                if batch_idx >= 0:  # Lightning's epoch mean: sum of loss x batch size over the batch sizes
                     train_loss = float(total) / count if count else float("nan")
                 view.current_epoch += 1
                 hooks("on_train_epoch_end")
@@ -272,7 +353,8 @@ class _Step:
         if self.params:
             proximal_term(self.params, self.anchors, self.mu).backward()
         optimizer.step()
-        return loss.detach(), {"loss": loss.detach()}
+        detached = loss.detach()
+        return detached, {"loss": detached}
 
 
 class _Hooks:

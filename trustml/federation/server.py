@@ -18,7 +18,7 @@ from torch import Tensor
 from trustml.federation.client import ClientUpdate
 from trustml.federation.options import FederationConfig
 from trustml.federation.selection import RoundSelection, select_devices
-from trustml.federation.server_optim import ServerOptimizer, is_finite_update, weighted_update
+from trustml.federation.server_optim import ServerOptimizer, finite_rows, weighted_update
 from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,11 @@ class FederatedServer:
     def aggregate(self, selection: RoundSelection, updates: list[ClientUpdate]) -> RoundOutcome:
         """Reject non-finite updates, then (with at least ``min_clients`` left) step the global model."""
         outcome = RoundOutcome()
+        stacked = torch.stack([u.delta for u in updates]) if updates else torch.zeros(0, self.weights.numel())
+        finite = finite_rows(stacked)
         kept = []
-        for update in updates:
-            if is_finite_update(update.delta):
+        for update, usable in zip(updates, finite, strict=True):
+            if usable:
                 kept.append(update)
                 outcome.accepted.append(update.device)
             else:
@@ -73,7 +75,7 @@ class FederatedServer:
                 self.round, len(kept), self.options.min_clients,
             )
             return outcome
-        deltas = torch.stack([u.delta for u in kept])
+        deltas = stacked if len(kept) == len(updates) else stacked[torch.tensor(finite)]
         if self.accountant is not None:
             expected = max(selection.sample_rate * selection.num_eligible, 1.0)
             pseudo_gradient = noisy_mean_of_clipped(

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 
-def is_finite_update(update: Tensor) -> bool:
-    """Whether an update holds no NaN or infinity (others are rejected before aggregation)."""
-    return bool(torch.isfinite(update).all())
+def finite_rows(updates: Tensor) -> list[bool]:
+    """Which of the updates ``[K, P]`` hold no NaN or infinity (others are rejected before aggregation)."""
+    return torch.isfinite(updates).all(dim=1).tolist()
 
 
 def weighted_update(updates: Tensor, weights: Tensor) -> Tensor:
