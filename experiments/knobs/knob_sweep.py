@@ -2,7 +2,9 @@
 
 A: knowledge bias b against knowledge F1; C: ten questions (bias on the control code) against the question ratio;
 B: mixing weight lambda with the autoencoder against knowledge F1; D: self-attention bias on the current position
-against distinct-n and perplexity. Each knob is one Hydra multirun (``trustml-generate -m``).
+against distinct-n and perplexity. Each knob is one Hydra multirun (``trustml-generate -m``) into
+``<log-dir>/<letter>``; ``--knobs`` picks which to (re-)run, the tables show every knob whose sweep is in the log dir
+(so knobs can run in separate processes and a final ``--knobs`` with no letters only writes the tables).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +34,7 @@ def sweeps(response: str, autoencoder: str) -> dict[str, tuple[str, list[str]]]:
     return {
         "A: cross-attention bias on knowledge": (
             "knobs.cross_attention.values.knowledge",
-            ["knobs.cross_attention.values.knowledge=1,2,5,10"],
+            ["knobs.cross_attention.values.knowledge=0.2,0.5,1,2,5,10"],
         ),
         "C: ten questions, bias on the control code": (
             "knobs.cross_attention.values.control",
@@ -48,9 +51,15 @@ def sweeps(response: str, autoencoder: str) -> dict[str, tuple[str, list[str]]]:
     }
 
 
+def sweep_dir_of(name: str, log_dir: Path) -> Path:
+    """Where the multirun of knob ``name`` writes its jobs: ``<log_dir>/<letter>``."""
+    return log_dir / name.split(":")[0]
+
+
 def run_sweep(name: str, overrides: list[str], common: list[str], log_dir: Path) -> Path:
-    """One ``trustml-generate -m`` multirun; returns its sweep directory."""
-    sweep_dir = log_dir / name.split(":")[0]
+    """One ``trustml-generate -m`` multirun (replacing an earlier one of the same knob); returns its sweep directory."""
+    sweep_dir = sweep_dir_of(name, log_dir)
+    shutil.rmtree(sweep_dir, ignore_errors=True)
     command = [sys.executable, "-m", "trustml.cli.generate", "-m", *common, *overrides, f"hydra.sweep.dir={sweep_dir}"]
     print("+", " ".join(command), flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -80,13 +89,17 @@ def markdown(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]]
 
 def plot(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], path: Path) -> None:
     shown = {"A": ["knowledge_f1"], "C": ["question_ratio"], "B": ["knowledge_f1"], "D": ["distinct_2", "perplexity"]}
-    fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2))
-    for ax, (name, (key, rows)) in zip(axes, tables.items(), strict=True):
+    fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2), squeeze=False)
+    for ax, (name, (key, rows)) in zip(axes[0], tables.items(), strict=True):
         for i, metric in enumerate(shown[name[0]]):
             target = ax if i == 0 else ax.twinx()
             target.plot([v for v, _ in rows], [m[metric] for _, m in rows], marker="o", color=f"C{i}", label=metric)
             target.set_ylabel(metric, color=f"C{i}")
-        ax.set_xlabel(key.split(".")[-1] if "mixing" in key else f"b ({key.split('.')[-1]})")
+        if "mixing" in key:
+            ax.set_xlabel(key.split(".")[-1])
+        else:
+            ax.set_xscale("log")
+            ax.set_xlabel(f"b ({key.split('.')[-1]}, log scale)")
         ax.set_title(TITLES[name[0]], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -99,10 +112,14 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "topical_chat"))
     parser.add_argument("--max-examples", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--log-dir", default=str(REPO / "logs" / "knob_sweep"))
+    parser.add_argument("--log-dir", default=str(HERE / "runs" / "sweep"))
     parser.add_argument("--header", default="", help="text above the tables (model, data, commands)")
     parser.add_argument("--out-dir", default=str(HERE), help="folder of the README.md and knob_curves.png to write")
+    parser.add_argument("--knobs", nargs="*", default=["A", "C", "B", "D"], help="which knob sweeps to (re-)run")
     args = parser.parse_args()
+    unknown = set(args.knobs) - {name[0] for name in TITLES}
+    if unknown:
+        parser.error(f"--knobs {sorted(unknown)} unknown; pick from {sorted(TITLES)}")
     common = [
         f"model.run_dir={args.response_run}",
         f"data.data_dir={args.data_dir}",
@@ -111,8 +128,15 @@ def main() -> None:
         "print_results=false",
     ]
     tables = {}
+    log_dir = Path(args.log_dir)
     for name, (key, overrides) in sweeps(args.response_run, args.autoencoder_run).items():
-        tables[name] = (key, collect(run_sweep(name, overrides, common, Path(args.log_dir)), key))
+        if name[0] in args.knobs:
+            run_sweep(name, overrides, common, log_dir)
+        rows = collect(sweep_dir_of(name, log_dir), key)
+        if rows:
+            tables[name] = (key, rows)
+    if not tables:
+        parser.error(f"no knob sweep results under {log_dir}; run with --knobs A C B D")
     out_dir = Path(args.out_dir)
     plot(tables, out_dir / "knob_curves.png")
     readme = out_dir / "README.md"

