@@ -89,6 +89,23 @@ def test_rerun_from_saved_config_reproduces_metrics(tmp_path: Path) -> None:
     assert read_json(rerun_dir / "run.json")["seed"] == read_json(run_dir / "run.json")["seed"]
 
 
+def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = run_cli("seed=3", *FAST, cwd=tmp_path / "a")
+    assert first.returncode == 0, first.stderr
+    last = only_run_dir(tmp_path / "a") / "checkpoints" / "last.ckpt"
+    resumed = run_cli(
+        "seed=3", f"federation.resume_from={last}", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+        cwd=tmp_path / "b",
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    run_dir = only_run_dir(tmp_path / "b")
+    epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["2"]  # epochs 0 and 1 came from the checkpoint
+    assert read_json(run_dir / "results.json")["test/acc"] > 0.5
+
+
 def test_sweep_summary_and_report(tmp_path: Path) -> None:
     out = run_cli("-m", "method=erm", "data=digits", "seed=1,2", *FAST, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -133,6 +150,7 @@ BAD_INPUTS = {
         "bad.jsonl:3: malformed JSON",
     ),
     "untrusted target": (["model._target_=os.system"], "not from a trusted module"),
+    "missing checkpoint to resume from": (["federation.resume_from=gone.ckpt"], "federation.resume_from=gone.ckpt"),
 }
 
 
