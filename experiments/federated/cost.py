@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 
+from experiments.federated.readme import write_readme_block
 from experiments.federated.run_grid import digits_case, make_trainer_factory
 from trustml.data.base import Split
 from trustml.federation.client import LocalTrainer
@@ -225,10 +226,7 @@ def main() -> None:
     text = table(results)
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = body.index(MARK_BEGIN) + len(MARK_BEGIN), body.index(MARK_END)
-        readme.write_text(body[:start] + "\n" + text + "\n" + body[end:])
+        write_readme_block(text, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":

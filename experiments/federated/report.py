@@ -4,7 +4,7 @@ For each case, partition and setting: final test accuracy and mean accuracy over
 over seeds) for uniform and activity-based selection, the rounds each needs to reach 80% of the
 centralized model's accuracy (mean over seeds; '-' when a seed never does), and the centralized reference.
 
-Usage: ``python experiments/federated/report.py [--write-readme]``.
+Usage: ``python -m experiments.federated.report [--write-readme]`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from experiments.federated.readme import write_readme_block  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
@@ -133,10 +135,7 @@ def main() -> None:
     text = "\n\n".join(sections)
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = body.index(MARK_BEGIN) + len(MARK_BEGIN), body.index(MARK_END)
-        readme.write_text(body[:start] + "\n" + text + "\n" + body[end:])
+        write_readme_block(text, MARK_BEGIN, MARK_END)
 
 
 if __name__ == "__main__":
