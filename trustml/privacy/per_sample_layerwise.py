@@ -217,15 +217,14 @@ def layerwise_per_sample_gradients(
                 f"optimizer.per_sample_gradients=layerwise needs layers with trainable parameters to return one "
                 f"tensor, but {type(module).__name__} returns {type(output).__name__}; use per_sample_gradients=vmap"
             )
-        if size > 1 and output.dim() > 0 and output.shape[0] == 1:
+        shared = size > 1 and output.dim() > 0 and output.shape[0] == 1
+        if shared:
             # One call serves the whole batch by broadcasting (e.g. BERT's position embeddings of position ids
             # [1, T]); its output gradient would be summed over samples. Hand every sample its own view.
             args = tuple(_per_sample_view(a, size) for a in args)
-            output = output.expand(size, *output.shape[1:])
-            calls.append((module, _detach(args), _detach(kwargs), output))
-            return output
+            output = _per_sample_view(output, size)
         calls.append((module, _detach(args), _detach(kwargs), output))
-        return None
+        return output if shared else None
 
     handles = [module.register_forward_hook(record, with_kwargs=True) for module in owners]
     try:
