@@ -11,7 +11,7 @@ in this process:
   optimizer, batch size and rows; no data loader, no simulation);
 * ``bare FedAvg``: right after that, the same round as bare PyTorch FedAvg (:func:`bare_fedavg_round`): the
   pure loop plus what it omits that any federated round does (loading the global weights, reading the update,
-  averaging the updates) and the method's per-sample loss in place of the fused cross-entropy;
+  averaging the updates), on the method's batch loss (``method.batch_loss``);
 * ``round, Lightning fits``: the round with ``client_loop=lightning`` (a Lightning Trainer per client fit,
   the previous implementation), for reference.
 
@@ -91,7 +91,7 @@ def bare_fedavg_round(method: ERM, train: Split, device_rows: list[np.ndarray], 
                       weights: torch.Tensor) -> float:
     """Seconds of the devices' round as bare PyTorch FedAvg: what :func:`bare_local_epochs` leaves out and any
     federated round must do. Per device: load the global weights (a copy per tensor), the bare local epoch on the
-    method's own per-sample loss averaged (``sample_losses(...).mean()``, as the method's training step does), read
+    method's own batch loss (``method.batch_loss``, as the method's training step computes it), read
     the update (one concatenation minus the global weights); then the sample-weighted mean of the updates."""
     start = time.perf_counter()
     params = list(method.model.parameters())
@@ -105,7 +105,7 @@ def bare_fedavg_round(method: ERM, train: Split, device_rows: list[np.ndarray], 
         optimizer = torch.optim.SGD(params, lr=0.1)
         for batch in rows_t[torch.randperm(len(rows_t))].split(batch_size):
             optimizer.zero_grad()
-            method.sample_losses(method.model(train.inputs[batch]), {"y": train.labels[batch]}).mean().backward()
+            method.batch_loss(method.model(train.inputs[batch]), {"y": train.labels[batch]}).backward()
             optimizer.step()
         updates.append(parameters_to_vector(params).detach() - weights)
         counts.append(len(rows))

@@ -128,6 +128,22 @@ def test_a_flat_binding_loads_and_reads_the_state_as_set_flat_and_get_flat() -> 
     assert not binding.intact()
 
 
+@pytest.mark.parametrize("change", ["new parameter", "new buffer", "deleted", "parameter set to None"])
+def test_a_flat_binding_is_broken_by_replacing_or_removing_an_entry(change) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    binding = FlatBinding.bind(model, FlatLayout.of(model))
+    assert binding is not None and binding.intact()
+    if change == "new parameter":
+        model[0].weight = nn.Parameter(model[0].weight.detach().clone())
+    elif change == "new buffer":
+        model[1].running_var = model[1].running_var.clone()
+    elif change == "deleted":
+        del model[0].bias
+    else:
+        model[0].bias = None
+    assert not binding.intact()
+
+
 def test_a_model_not_float32_is_not_bound_and_tied_weights_are_bound_once() -> None:
     double = nn.Linear(3, 2).double()
     assert FlatBinding.bind(double, FlatLayout.of(double)) is None

@@ -70,6 +70,15 @@ def test_finite_rows() -> None:
     assert finite_rows(torch.zeros(0, 2)) == []
 
 
+def test_finite_rows_sees_every_non_finite_value_and_no_overflow_of_large_finite_ones() -> None:
+    big = torch.finfo(torch.float32).max
+    updates = torch.tensor([[big, big, big], [float("inf"), float("-inf"), 0.0], [-big, -big, 1.0],
+                            [0.0, float("nan"), 0.0], [float("-inf"), -1.0, 2.0]])
+    assert finite_rows(updates) == [True, False, True, False, False]
+    assert finite_rows(updates.double()) == [True, False, True, False, False]
+    assert finite_rows(updates[[0, 2]].half().clamp(-6e4, 6e4)) == [True, True]
+
+
 def selection(devices: list[int], weights: list[float]) -> RoundSelection:
     return RoundSelection(np.array(devices), np.array(weights), len(devices) / 10, 10)
 
@@ -101,6 +110,18 @@ def test_unbiased_weights_are_used_as_given() -> None:
     server = FederatedServer(torch.zeros(1), FedAvgServer(), FederationConfig(weighting="unbiased"), seed=0)
     server.aggregate(selection([0, 1], [2.0, 0.5]), [update(0, [1.0]), update(1, [2.0])])
     torch.testing.assert_close(server.weights, torch.tensor([3.0]))
+
+
+def test_each_update_gets_its_own_devices_weight_whatever_the_order_of_answers() -> None:
+    chosen = selection([3, 5, 7], [0.5, 0.3, 0.2])
+    kept = [update(7, [0.0]), update(3, [0.0])]  # 5 did not answer; the others answered out of order
+    assert FederatedServer.weights_of(chosen, kept).tolist() == [0.2, 0.5]
+    in_order = FederatedServer.weights_of(chosen, [update(3, [0.0]), update(5, [0.0]), update(7, [0.0])])
+    assert in_order.dtype == torch.float64 and in_order.tolist() == [0.5, 0.3, 0.2]
+    server = FederatedServer(torch.zeros(1), FedAvgServer(), FederationConfig(), seed=0)
+    server.aggregate(chosen, [update(3, [1.0]), update(5, [2.0]), update(7, [3.0])])
+    assert chosen.weights.tolist() == [0.5, 0.3, 0.2]  # the selection is not changed by the normalisation
+    torch.testing.assert_close(server.weights, torch.tensor([1.7]))
 
 
 def test_clip_updates_bounds_each_row_norm_and_keeps_small_rows() -> None:

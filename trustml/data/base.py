@@ -26,12 +26,19 @@ Inputs = Tensor | dict[str, Tensor] | list[str]
 SPLITS = ("train", "val", "test")
 
 
+def as_index(idx: Tensor | np.ndarray | Sequence[int]) -> Tensor:
+    """``idx`` as an ``int64`` index tensor (a long tensor is returned as it is, without a conversion call)."""
+    if isinstance(idx, Tensor) and idx.dtype == torch.long:
+        return idx
+    return torch.as_tensor(idx, dtype=torch.long)
+
+
 def take(inputs: Inputs, idx: Tensor | np.ndarray | Sequence[int]) -> Inputs:
     """Rows ``idx`` of ``inputs`` (a tensor, a dict of equally long tensors, or a list of strings)."""
     if isinstance(inputs, Tensor):
-        return inputs[torch.as_tensor(idx, dtype=torch.long)]
+        return inputs[as_index(idx)]
     if isinstance(inputs, dict):
-        index = torch.as_tensor(idx, dtype=torch.long)
+        index = as_index(idx)
         return {k: v[index] for k, v in inputs.items()}
     return [inputs[int(i)] for i in idx]
 
@@ -53,8 +60,8 @@ class Split:
     groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
-        self.index = torch.as_tensor(self.index, dtype=torch.long)
+        self.labels = as_index(self.labels)
+        self.index = as_index(self.index)
         n = num_rows(self.inputs)
         if len(self.labels) != n or len(self.index) != n:
             raise ValueError(f"split has {n} inputs but {len(self.labels)} labels and {len(self.index)} ids")
@@ -65,10 +72,11 @@ class Split:
     def subset(self, rows: Tensor | np.ndarray | Sequence[int]) -> Split:
         """The split restricted to positions ``rows`` (ids and group columns follow)."""
         rows_np = np.asarray(rows, dtype=np.int64)
+        positions = torch.from_numpy(rows_np)
         return Split(
-            inputs=take(self.inputs, rows_np),
-            labels=self.labels[torch.as_tensor(rows_np)],
-            index=self.index[torch.as_tensor(rows_np)],
+            inputs=take(self.inputs, positions),
+            labels=self.labels[positions],
+            index=self.index[positions],
             groups={k: v[rows_np] for k, v in self.groups.items()},
         )
 
@@ -83,7 +91,7 @@ class SplitDataset(Dataset):
         return len(self.split)
 
     def __getitems__(self, rows: list[int]) -> dict[str, Any]:
-        idx = torch.as_tensor(rows, dtype=torch.long)
+        idx = as_index(rows)
         return {"x": take(self.split.inputs, idx), "y": self.split.labels[idx], "index": self.split.index[idx]}
 
     def __getitem__(self, row: int) -> dict[str, Any]:

@@ -95,8 +95,12 @@ class FlatBinding:
     """
 
     def __init__(self, owners: list[tuple[nn.Module, str]], vector: Tensor) -> None:
-        self.owners, self.vector = owners, vector
-        self.addresses = [getattr(module, leaf).data_ptr() for module, leaf in owners]
+        self.vector = vector
+        # the registry (``_parameters`` or ``_buffers``) holding each entry: a plain dict lookup per check, and
+        # assigning a new parameter or buffer to the module replaces the registry's entry, which intact() sees
+        self.slots = [(module._parameters if leaf in module._parameters else module._buffers, leaf)
+                      for module, leaf in owners]
+        self.addresses = [registry[leaf].data_ptr() for registry, leaf in self.slots]
 
     @classmethod
     def bind(cls, model: nn.Module, layout: FlatLayout) -> FlatBinding | None:
@@ -118,5 +122,7 @@ class FlatBinding:
 
     def intact(self) -> bool:
         """Whether every entry of the model still views :attr:`vector`."""
-        return all(getattr(module, leaf).data_ptr() == address
-                   for (module, leaf), address in zip(self.owners, self.addresses, strict=True))
+        try:
+            return [registry[leaf].data_ptr() for registry, leaf in self.slots] == self.addresses
+        except (KeyError, AttributeError):  # the entry was deleted or set to None
+            return False

@@ -14,7 +14,7 @@ client fits the Trainer would be the simulation's cost. :class:`ClientLoop` does
         for batch in train loader:                # a plain shuffling loader: one permutation, as its sampler draws
             batch = method.prepare_batch(batch)   # e.g. PC's cached old logits
             DP optimizer:  optimizer.private_step(model, method.sample_losses, batch)
-            otherwise:     zero_grad; mean(sample_losses(model(x), batch)).backward();
+            otherwise:     zero_grad; method.batch_loss(model(x), batch).backward();
                            FedProx: ((mu / 2) ||w - w_global||^2).backward(); step
 
 Client callbacks that can run here (:func:`runs_in_client_loop`: those that declare
@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import pytorch_lightning as pl
 import torch
@@ -168,11 +169,22 @@ def loader_batches(loader: DataLoader, scratch: torch.Generator | None = None) -
 
 def plain_shuffling(loader: DataLoader) -> bool:
     """Whether ``loader`` is a single-process ``shuffle=True``, ``drop_last=False`` loader: a ``BatchSampler``
-    cutting one ``RandomSampler`` permutation (without replacement) into consecutive batches."""
-    batch_sampler, sampler = loader.batch_sampler, loader.sampler
-    return (loader.num_workers == 0 and type(batch_sampler) is BatchSampler and not batch_sampler.drop_last
+    cutting one ``RandomSampler`` permutation (without replacement) into consecutive batches.
+
+    Decided once per loader (a loader's sampler, batch sampler and workers are fixed when it is built), as a
+    device's loader is iterated in every round it takes part in.
+    """
+    known = _PLAIN_SHUFFLING.get(loader)
+    if known is None:
+        batch_sampler, sampler = loader.batch_sampler, loader.sampler
+        known = _PLAIN_SHUFFLING[loader] = (
+            loader.num_workers == 0 and type(batch_sampler) is BatchSampler and not batch_sampler.drop_last
             and batch_sampler.sampler is sampler and type(sampler) is RandomSampler and not sampler.replacement
             and sampler.num_samples == len(sampler.data_source))
+    return known
+
+
+_PLAIN_SHUFFLING: WeakKeyDictionary[DataLoader, bool] = WeakKeyDictionary()
 
 
 def stateless(loader: DataLoader) -> bool:
@@ -204,6 +216,18 @@ def shuffled_order(loader: DataLoader, scratch: torch.Generator | None = None) -
     else:
         torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     return torch.randperm(len(sampler.data_source), generator=generator)
+
+
+def epoch_mean(losses: list[torch.Tensor], sizes: list[int]) -> float:
+    """Lightning's epoch mean of a logged loss, ``sum_b loss_b * size_b / sum_b size_b`` (``nan`` for no samples),
+    read back once per epoch rather than once per step."""
+    count = sum(sizes)
+    if count == 0:
+        return float("nan")
+    if len(losses) == 1:
+        return float(losses[0])
+    weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+    return float(torch.stack(losses).double() @ weights) / count
 
 
 def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
@@ -274,23 +298,24 @@ class ClientLoop:
             hooks("setup", stage="fit")
             hooks("on_fit_start")
             hooks("on_train_start")
-            train_loss, on_cpu = None, self.device.type == "cpu"
+            train_loss: float | None = None
+            on_cpu = self.device.type == "cpu"
             while not self._done(view, start):
                 set_sampler_epoch(loader, view.current_epoch)
                 hooks("on_train_epoch_start")
-                total, count, batch_idx = 0.0, 0, -1
+                losses, sizes = [], []
                 for batch_idx, raw in enumerate(loader_batches(loader, self.scratch)):
                     batch = raw if on_cpu else move_data_to_device(raw, self.device)
                     hooks("on_train_batch_start", batch, batch_idx)
                     loss, outputs = step(batch)
-                    size = len(batch["y"])  # a float on the CPU; a tensor elsewhere, not to synchronise every step
-                    total, count = total + (float(loss) if on_cpu else loss) * size, count + size
+                    losses.append(loss)
+                    sizes.append(len(batch["y"]))
                     view.global_step += 1
                     hooks("on_train_batch_end", outputs, batch, batch_idx)
                     if self._batch_done(view, start):
                         break
-                if batch_idx >= 0:  # Lightning's epoch mean: sum of loss x batch size over the batch sizes
-                    train_loss = float(total) / count if count else float("nan")
+                if losses:
+                    train_loss = epoch_mean(losses, sizes)
                 view.current_epoch += 1
                 hooks("on_train_epoch_end")
             hooks("on_train_end")
@@ -348,7 +373,7 @@ class _Step:
             _, loss = optimizer.private_step(method.model, method.sample_losses, batch)
             return loss.detach(), None
         optimizer.zero_grad()
-        loss = method.sample_losses(method.model(batch["x"]), batch).mean()
+        loss = method.batch_loss(method.model(batch["x"]), batch)
         loss.backward()
         if self.params:
             proximal_term(self.params, self.anchors, self.mu).backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +68,9 @@ def _client_metric_summary(updates: list[ClientUpdate]) -> dict[str, float]:
     keys = sorted({k for u in updates for k in u.metrics})
     summary = {}
     for key in keys:
-        values = [u.metrics[key] for u in updates if key in u.metrics]
-        summary[f"client_{key}_mean"] = float(np.mean(values))
-        summary[f"client_{key}_max"] = float(np.max(values))
+        values = [float(u.metrics[key]) for u in updates if key in u.metrics]
+        summary[f"client_{key}_mean"] = math.fsum(values) / len(values)
+        summary[f"client_{key}_max"] = max(values)
     return summary
 
 

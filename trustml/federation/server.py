@@ -85,8 +85,7 @@ class FederatedServer:
         else:
             if self.options.dp_clip_norm is not None:
                 deltas = clip_updates(deltas, self.options.dp_clip_norm)
-            weight_of = dict(zip(selection.devices.tolist(), selection.weights.tolist(), strict=True))
-            weights = torch.tensor([weight_of[u.device] for u in kept], dtype=torch.float64)
+            weights = self.weights_of(selection, kept)
             if self.options.weighting == "samples":
                 weights = weights / weights.sum()  # FedAvg over the devices that answered
             pseudo_gradient = weighted_update(deltas, weights)
@@ -94,6 +93,15 @@ class FederatedServer:
         outcome.aggregated = True
         outcome.update_norm = float(pseudo_gradient.norm())
         return outcome
+
+    @staticmethod
+    def weights_of(selection: RoundSelection, kept: list[ClientUpdate]) -> Tensor:
+        """The selection's aggregation weight of each kept update, in the order of ``kept`` (``float64``)."""
+        devices = [u.device for u in kept]
+        if devices == selection.devices.tolist():  # every selected device answered, in order
+            return torch.from_numpy(np.asarray(selection.weights, dtype=np.float64))
+        weight_of = dict(zip(selection.devices.tolist(), selection.weights.tolist(), strict=True))
+        return torch.tensor([weight_of[device] for device in devices], dtype=torch.float64)
 
     def epsilon(self) -> float | None:
         """User-level epsilon of DP-FedAvg so far (``None`` without server-side DP)."""
