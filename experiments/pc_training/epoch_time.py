@@ -1,6 +1,6 @@
 """Epoch wall time of PC training against untreated training, interleaved in one process.
 
-Usage: ``python experiments/pc_training/epoch_time.py OLD_RUN_DIR [--epochs 30] [--repeats 5]``
+Usage: ``python experiments/pc_training/epoch_time.py OLD_RUN_DIR [--epochs 30] [--repeats 9]``
 
 On a shared machine the load drifts between runs of a sweep, so this script alternates the variants
 (untreated, FD-KL, FD-LM, LDI with cached old logits, and FD-KL with old logits computed online) within each
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old_run_dir")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats):
