@@ -2,7 +2,10 @@
 # The validation grids from which select_weight.py chose the settings in conf/pc_variant/<dataset>/ (README,
 # "Choosing the settings"). Needs the old model of run.sh (<log>/<dataset>/old). Every option of a grid
 # point is given explicitly, so the grids do not depend on the chosen values in the variant files.
-# Usage (from anywhere): experiments/pc_training/grid.sh digits|topical_chat
+# Usage (from anywhere): experiments/pc_training/grid.sh digits|topical_chat|topical_chat_retrain
+# (topical_chat_retrain: the exploratory same-architecture update; its old model is the new model's MLP head,
+#  trained first: trustml experiment=topical_chat_sentiment_minilm trainer.max_epochs=10 seed=100
+#  hydra.run.dir=<log>/topical_chat_retrain/old)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG=${TRUSTML_LOG_DIR:-$PWD/experiments/pc_training/logs}
@@ -10,15 +13,15 @@ export TRUSTML_LOG_DIR=$LOG
 SEARCH=hydra.searchpath=[file://experiments/pc_training/conf]
 QUIET=(trainer.enable_progress_bar=false print_results=false)
 
-dataset=${1:?usage: grid.sh digits|topical_chat}
+dataset=${1:?usage: grid.sh digits|topical_chat|topical_chat_retrain}
 case $dataset in
   digits)
     DATA=(experiment=digits_erm data.val_fraction=0.15 data.test_fraction=0.5 trainer.max_epochs=20)
     SEEDS=(0); WEIGHTS=0.01,0.03,0.1,0.3 ;;
-  topical_chat)
+  topical_chat|topical_chat_retrain)
     DATA=(experiment=topical_chat_sentiment_minilm trainer.max_epochs=10)
     SEEDS=(0 1); WEIGHTS=0.03,0.1,0.3,1,3 ;;
-  *) echo "unknown data set '$dataset' (digits, topical_chat)" >&2; exit 2 ;;
+  *) echo "unknown data set '$dataset' (digits, topical_chat, topical_chat_retrain)" >&2; exit 2 ;;
 esac
 run() {  # run <sweep name> <seed> <overrides...>
   local name=$1 seed=$2; shift 2
