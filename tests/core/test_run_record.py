@@ -34,6 +34,17 @@ def test_model_rebuilt_from_run_gives_the_same_predictions(tmp_path: Path) -> No
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_the_mlflow_logger_records_the_run_in_a_local_store(tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow", reason="needs the loggers extra (mlflow-skinny)")
+    run_dir = _completed_run(tmp_path, ["model.hidden_sizes=[32]", "logger=mlflow"])
+    store = next(run_dir.rglob("mlflow.db"))
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert runs.loc[0, "metrics.test/acc"] == pytest.approx(results["test/acc"])
+
+
 def test_loading_from_an_unfinished_or_foreign_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a trustml run directory"):
         load_model_from_run(tmp_path)
