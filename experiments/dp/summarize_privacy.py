@@ -53,13 +53,16 @@ def utility_table(log: Path) -> str | None:
             f"| {title} | inf | inf | 0 | {chosen['optimizer.lr'].iloc[0]:g} | {_mean_std(chosen['test/acc'])} "
             f"| {len(chosen)} |"
         )
-    if not rows:
-        return None
-    head = (
+    return markdown_table(
         "| data / model | target epsilon | epsilon spent | noise multiplier | lr (best on val) | test acc % | seeds |\n"
-        "|---|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|",
+        rows,
     )
-    return "\n".join([head, *rows])
+
+
+def markdown_table(head: str, rows: list[str]) -> str | None:
+    """``head`` (header and rule lines) followed by ``rows``; ``None`` when there are no rows."""
+    return "\n".join([head, *rows]) if rows else None
 
 
 def _results(run_dir: Path) -> dict:
@@ -83,13 +86,11 @@ def audit_table(log: Path) -> str | None:
                 f"| {metrics['auc']:.3f} | {100 * metrics['tpr@1%fpr']:.2f} | {100 * metrics['tpr@0.1%fpr']:.2f} "
                 f"| {metrics['num_candidates']} |"
             )
-    if not rows:
-        return None
-    head = (
+    return markdown_table(
         "| target training | epsilon | test acc % | attack | ROC AUC | TPR@1%FPR % | TPR@0.1%FPR % | candidates |\n"
-        "|---|---:|---:|---|---:|---:|---:|---:|"
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+        rows,
     )
-    return "\n".join([head, *rows])
 
 
 def canary_table(log: Path) -> str | None:
@@ -107,13 +108,11 @@ def canary_table(log: Path) -> str | None:
                 f"| {100 * results.get('test/acc', math.nan):.1f} | {canary['rank']} / {canary['num_candidates']} "
                 f"| {canary['exposure']:.2f} | {'yes' if canary['ranks_first'] else 'no'} |"
             )
-    if not rows:
-        return None
-    head = (
+    return markdown_table(
         "| training | canary repetitions | epsilon | test acc % | secret's rank | exposure (bits) | ranks first |\n"
-        "|---|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---|",
+        rows,
     )
-    return "\n".join([head, *rows])
 
 
 def report(log: Path) -> str:
