@@ -9,6 +9,7 @@ autoencoder that reconstructs the input) and weight ``lambda``:
 :class:`DecoderMixing` replaces the primary's output logits by the mixture (a forward hook), so every
 ``generate()`` strategy and logits processor sees the mixed distribution. The secondary decoder reads the primary's
 encoder states; its KV cache rides inside the primary's cache (:class:`MixingCache`), so beam search reorders both.
+The cache keyword (``cache`` from transformers 5.24, ``past_key_values`` before) is read off the installed version.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from trustml.errors import ConfigError
+from trustml.knobs.cache_argument import cache_given, cache_in, cache_keyword, output_cache
 
 MIXING_SPACES = ("probability", "logit")
 MixingSpace = Literal["probability", "logit"]
@@ -90,7 +92,8 @@ class DecoderMixing:
     """Context manager: inside ``with``, ``primary``'s logits are mixed with ``secondary``'s (knob B).
 
     ``weight = 0`` is neutral (nothing is installed). With a KV cache, ``generate()`` must get
-    ``past_key_values=mixing.new_cache()`` (or use :meth:`generate`), so the secondary's cache follows beam search.
+    ``mixing.new_cache()`` as its cache (``cache=`` from transformers 5.24, ``past_key_values=`` before; or use
+    :meth:`generate`), so the secondary's cache follows beam search.
     """
 
     def __init__(
@@ -122,15 +125,20 @@ class DecoderMixing:
         return self.weight > 0.0
 
     def new_cache(self) -> MixingCache:
-        """An empty cache for ``generate(past_key_values=...)`` that also holds the secondary decoder's cache."""
+        """An empty cache for ``generate()`` (:attr:`cache_keyword`) that also holds the secondary decoder's cache."""
         config = self.primary.config.get_text_config(decoder=True)
         return MixingCache(DynamicCache(config=config), DynamicCache(config=config))
+
+    @property
+    def cache_keyword(self) -> str:
+        """The keyword the primary's ``generate()`` takes a cache by (``cache`` or ``past_key_values``)."""
+        return cache_keyword(self.primary)
 
     def generate(self, **generate_kwargs: Any) -> Tensor:
         """``primary.generate(**generate_kwargs)`` with the mixture, giving it a :class:`MixingCache` when caching."""
         with self:
-            if self.active and generate_kwargs.get("use_cache", True) and "past_key_values" not in generate_kwargs:
-                generate_kwargs["past_key_values"] = self.new_cache()
+            if self.active and generate_kwargs.get("use_cache", True) and not cache_given(generate_kwargs):
+                generate_kwargs[self.cache_keyword] = self.new_cache()
             return self.primary.generate(**generate_kwargs)
 
     def __enter__(self) -> DecoderMixing:
@@ -144,10 +152,10 @@ class DecoderMixing:
             self._handle = None
 
     def _mix(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         if cache is not None and not isinstance(cache, MixingCache):
             raise ConfigError(
-                "decoder mixing with a KV cache needs generate(past_key_values=mixing.new_cache()) "
+                f"decoder mixing with a KV cache needs generate({self.cache_keyword}=mixing.new_cache()) "
                 "(or DecoderMixing.generate), so the secondary decoder's cache follows beam search"
             )
         if not hasattr(output, "logits"):
@@ -159,12 +167,12 @@ class DecoderMixing:
             decoder_input_ids=kwargs.get("decoder_input_ids"),
             decoder_attention_mask=kwargs.get("decoder_attention_mask"),
             labels=labels,
-            past_key_values=cache.partner if cache is not None else None,
             use_cache=cache is not None,
             return_dict=True,
+            **({cache_keyword(self.secondary): cache.partner} if cache is not None else {}),
         )
         if cache is not None:
-            cache.partner = secondary_out.past_key_values
+            cache.partner = output_cache(secondary_out)
         output.logits = mix_logits(output.logits.float(), secondary_out.logits.float(), self.weight, self.space)
         if labels is not None:
             output.loss = F.cross_entropy(output.logits.flatten(0, 1), labels.flatten().to(output.logits.device))

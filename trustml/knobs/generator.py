@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from trustml.errors import ConfigError
 from trustml.knobs.attention_knobs import AttentionBiasing, CrossAttentionBias, SelfAttentionBias
+from trustml.knobs.cache_argument import cache_given
 from trustml.knobs.context_augmentation import POOLINGS, augmented_encoder_inputs, encode_control_phrases
 from trustml.knobs.decoder_mixing import MIXING_SPACES, DecoderMixing
 from trustml.knobs.segments import CONTROL_SEGMENT, SegmentVocabulary
@@ -101,8 +102,8 @@ class KnobGenerator:
         inputs, segments = self._inputs(input_ids, attention_mask, segment_ids)
         with ExitStack() as stack:
             self._knobs(stack, segments)
-            if self.mixing.active and generate_kwargs.get("use_cache", True):
-                generate_kwargs.setdefault("past_key_values", self.mixing.new_cache())
+            if self.mixing.active and generate_kwargs.get("use_cache", True) and not cache_given(generate_kwargs):
+                generate_kwargs[self.mixing.cache_keyword] = self.mixing.new_cache()
             return self.model.generate(**inputs, **generate_kwargs)
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from trustml.errors import ConfigError
+from trustml.knobs.cache_argument import cache_in
 
 #: Attention implementations whose mask is a plain tensor that an additive bias can extend.
 SUPPORTED_ATTENTION = ("eager", "sdpa")
@@ -132,6 +133,6 @@ def decoder_query_positions(args: tuple, kwargs: dict[str, Any]) -> tuple[int, i
         tokens = args[0]
     if tokens is None:
         raise ConfigError("the decoder was called without input_ids or inputs_embeds; cannot tell decoding steps")
-    cache = kwargs.get("past_key_values")
+    cache = cache_in(kwargs)
     offset = int(cache.get_seq_length()) if cache is not None else 0
     return offset, int(tokens.shape[1])
