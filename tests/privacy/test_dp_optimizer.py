@@ -76,9 +76,9 @@ def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:
         p.grad = expected[name]
     reference.step()
 
-    DPAdam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2, noise_seed=5).private_step(
-        model, cross_entropy, batch
-    )
+    optimizer = DPAdam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2, noise_seed=5)
+    optimizer.configure_noise(1.2, expected_batch_size=6.0)
+    optimizer.private_step(model, cross_entropy, batch)
 
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
@@ -92,6 +92,8 @@ def test_virtual_batches_give_the_same_update_as_one_physical_batch(engine: str)
     batch = feature_batch(10)
     common = {"lr": 0.1, "noise_multiplier": 1.0, "noise_seed": 3, "per_sample_gradients": engine, "momentum": 0.9}
     one, many = DPSGD(whole.parameters(), **common), DPSGD(chunked.parameters(), max_physical_batch_size=3, **common)
+    for optimizer in (one, many):
+        optimizer.configure_noise(1.0, expected_batch_size=10.0)
     for _ in range(2):
         logits_one, loss_one = one.private_step(whole, cross_entropy, batch)
         logits_many, loss_many = many.private_step(chunked, cross_entropy, batch)
@@ -160,8 +162,69 @@ def test_validate_config_checks_the_composed_optimizer_options() -> None:
 def test_batchnorm_models_are_refused_with_the_replacement() -> None:
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
     optimizer = DPSGD(model.parameters(), noise_multiplier=1.0)
+    optimizer.configure_noise(1.0, expected_batch_size=4.0)
     with pytest.raises(ConfigError, match=r"'1' \(BatchNorm1d\).*GroupNorm or LayerNorm"):
         optimizer.private_step(model, cross_entropy, feature_batch(4))
+
+
+def test_a_step_without_an_expected_batch_size_is_refused_not_divided_by_the_realised_size() -> None:
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
+    with pytest.raises(ConfigError, match=r"no expected batch size.*configure_noise\(noise_multiplier, expected_batch"):
+        optimizer.private_step(model, cross_entropy, feature_batch(4))
+    assert optimizer.noisy_steps == 0
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    for bad in (0.0, -3.0):
+        with pytest.raises(ConfigError, match="expected batch size must be positive"):
+            optimizer.configure_noise(1.0, expected_batch_size=bad)
+
+
+def _noise_of_one_step(seed: int, **options: object) -> torch.Tensor:
+    """The update of a zero-gradient step (noise only) of a DP-SGD built after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    model = nn.Linear(20, 20, bias=False)
+    nn.init.zeros_(model.weight)
+    optimizer = DPSGD(model.parameters(), lr=1.0, noise_multiplier=1.0, **options)
+    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    batch = {"x": torch.zeros(4, 20), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
+    optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)
+    return model.weight.detach().clone()
+
+
+def test_the_noise_is_secret_unless_the_run_is_deterministic() -> None:
+    # by default the global (run-seeded) generator does not determine the noise
+    assert not torch.equal(_noise_of_one_step(0), _noise_of_one_step(0))
+    # deterministic: the same run seed gives the same noise, another seed other noise
+    torch.testing.assert_close(_noise_of_one_step(0, deterministic=True), _noise_of_one_step(0, deterministic=True))
+    assert not torch.equal(_noise_of_one_step(0, deterministic=True), _noise_of_one_step(1, deterministic=True))
+    # an explicit noise_seed wins over both
+    torch.testing.assert_close(_noise_of_one_step(0, noise_seed=7), _noise_of_one_step(1, noise_seed=7))
+    torch.testing.assert_close(
+        _noise_of_one_step(0, noise_seed=7, deterministic=True), _noise_of_one_step(1, noise_seed=7)
+    )
+
+
+def test_the_model_is_checked_on_the_first_non_empty_batch() -> None:
+    class SequenceFirst(nn.Module):
+        """Linear on [T, B, d] with T == B == 4: its per-sample gradients would be those of time steps."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x.transpose(0, 1)).mean(0)
+
+    model = SequenceFirst()
+    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
+    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    no_labels = torch.zeros(0, dtype=torch.long)
+    empty = {"x": torch.zeros(0, 4, 5), "y": no_labels, "index": no_labels}
+    optimizer.private_step(model, cross_entropy, empty)  # nothing to check the attribution on
+    batch = {"x": torch.randn(4, 4, 5), "y": torch.tensor([0, 1, 2, 0]), "index": torch.arange(4)}
+    with pytest.raises(ConfigError, match="'proj.weight' \\(layer 'proj'\\) to the wrong samples"):
+        optimizer.private_step(model, cross_entropy, batch)
 
 
 def test_target_epsilon_without_calibration_cannot_step() -> None:
@@ -180,6 +243,7 @@ def test_no_step_after_the_budget_is_spent() -> None:
 
 def test_optimizer_parameters_must_belong_to_the_model() -> None:
     optimizer = DPSGD(mlp().parameters(), noise_multiplier=1.0)
+    optimizer.configure_noise(1.0, expected_batch_size=4.0)
     with pytest.raises(ConfigError, match="build the optimizer from the trainable parameters"):
         optimizer.private_step(mlp(), cross_entropy, feature_batch(4))
 

@@ -84,7 +84,8 @@ class BatchRecorder(pl.Callback):
 
 
 def test_every_epoch_draws_fresh_poisson_batches_and_a_resumed_run_continues_the_stream(tmp_path: Path) -> None:
-    options = {"lr": 0.5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-4}
+    # deterministic: batches from the run seed, so that the resumed run can be compared with the whole one
+    options = {"lr": 0.5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-4, "deterministic": True}
     whole = BatchRecorder()
     _fit(options, 3, extra_callbacks=[whole])
     assert len(whole.epochs) == 3 and whole.epochs[0] != whole.epochs[1] != whole.epochs[2] != whole.epochs[0]
@@ -93,6 +94,18 @@ def test_every_epoch_draws_fresh_poisson_batches_and_a_resumed_run_continues_the
     resumed = BatchRecorder()
     _fit(options, 3, ckpt_path=tmp_path / "two.ckpt", extra_callbacks=[resumed])
     assert resumed.epochs == [whole.epochs[2]]  # epoch 2's batches, not a replay of epoch 0's
+
+
+def test_batches_and_noise_are_secret_by_default_and_follow_the_seed_when_deterministic() -> None:
+    options = {"lr": 0.5, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-4}
+    runs = {}
+    for deterministic in (False, True):
+        recorders = [BatchRecorder(), BatchRecorder()]
+        trainers = [_fit({**options, "deterministic": deterministic}, 1, extra_callbacks=[r])[0] for r in recorders]
+        weights = [torch.cat([p.detach().flatten() for p in t.lightning_module.parameters()]) for t in trainers]
+        runs[deterministic] = (recorders[0].epochs == recorders[1].epochs, torch.equal(*weights))
+    assert runs[False] == (False, False)  # same run seed, other batches and noise: nothing recorded gives them
+    assert runs[True] == (True, True)  # optimizer.deterministic=true: the run seed reproduces the run
 
 
 def test_target_epsilon_calibrates_the_noise_to_spend_the_budget() -> None:
@@ -160,3 +173,16 @@ def test_min_epochs_beyond_the_budget_is_refused() -> None:
     budget = _opacus_epsilon(1.0, 0.2, 3, 1e-3) + 1e-6  # 3 steps, but one forced epoch has 5
     with pytest.raises(ConfigError, match=r"trainer.min_epochs=1 forces 5 more steps .* affords only 3"):
         _fit({"noise_multiplier": 1.0, "target_epsilon": budget, "delta": 1e-3}, max_epochs=2, min_epochs=1)
+
+
+@pytest.mark.parametrize("optimizer", ["dp_sgd", "dp_adam"])
+def test_the_composed_deterministic_option_decides_where_the_sampler_seeds_come_from(optimizer, tmp_path) -> None:
+    from tests.conftest import compose_train
+    from trustml.optim.dp import DPAdam
+
+    cls = {"dp_sgd": DPSGD, "dp_adam": DPAdam}[optimizer]
+    for overrides, expected_seed in (([], None), (["optimizer.deterministic=true", "seed=17"], 17)):
+        cfg = compose_train([f"optimizer={optimizer}", *overrides], tmp_path)
+        datamodule = BlobsDataModule()
+        cls.runtime_callbacks(cfg, datamodule)
+        assert datamodule.train_batch_sampler_factory.seed == expected_seed

@@ -153,3 +153,130 @@ def test_layer_returning_a_tuple_is_refused_by_layerwise() -> None:
     batch = {"x": torch.randn(3, 2, 5), "y": torch.tensor([0, 1, 2]), "index": torch.arange(3)}
     with pytest.raises(ConfigError, match="returns tuple"):
         layerwise_per_sample_gradients(model, dict(model.named_parameters()), cross_entropy, batch)
+
+
+class _SequenceFirst(nn.Module):
+    """Token features ``[B, T, 5]`` turned sequence-first ``[T, B, 5]`` before a ``Linear``, then mean-pooled.
+
+    Its per-sample gradients are well defined, but the layerwise engine would read row ``t`` of ``proj``'s
+    output as sample ``t``: with ``T == B`` the shapes look batch-first and the rows are time steps.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(5, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.proj(x.transpose(0, 1))).mean(0))
+
+
+def _sequence_first_batch(size: int, length: int) -> dict[str, object]:
+    generator = torch.Generator().manual_seed(2)
+    return {
+        "x": torch.randn(size, length, 5, generator=generator),
+        "y": torch.randint(0, 3, (size,), generator=generator),
+        "index": torch.arange(size),
+    }
+
+
+def test_sequence_first_layer_with_t_equal_to_b_is_refused_though_the_sums_match() -> None:
+    torch.manual_seed(0)
+    model, batch = _SequenceFirst().eval(), _sequence_first_batch(size=4, length=4)
+    params = dict(model.named_parameters())
+    result = layerwise_per_sample_gradients(model, params, cross_entropy, batch)
+    reference = reference_per_sample_grads(model, params, cross_entropy, batch)
+    # the sum over samples is right (the old check alone passed it) ...
+    summed = result.grads.weighted_sum({name: torch.ones(4) for name in params})
+    for name, want in reference.items():
+        torch.testing.assert_close(summed[name], want.sum(0), rtol=1e-4, atol=1e-6)
+    # ... but the per-sample norms, which clipping uses, are those of time steps, not of samples
+    norms = result.grads.squared_norms()["proj.weight"]
+    assert not torch.allclose(norms, reference["proj.weight"].flatten(1).pow(2).sum(1), rtol=1e-2)
+    with pytest.raises(ConfigError, match=r"'proj.weight' \(layer 'proj'\) to the wrong samples.*sequence-first.*"
+                                          r"batch-first.*per_sample_gradients=vmap"):
+        check_layerwise_covers(model, params, cross_entropy, batch)
+    # the fix the message names gives the right per-sample gradients
+    grads = vmap_per_sample_gradients(model, params, cross_entropy, batch).grads.materialize()
+    torch.testing.assert_close(grads["proj.weight"], reference["proj.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_first_layer_with_t_not_b_is_refused_by_its_shape() -> None:
+    model, batch = _SequenceFirst().eval(), _sequence_first_batch(size=4, length=6)
+    with pytest.raises(ConfigError, match=r"layer 'proj' \(Linear\).*shape \[6, 4, 8\].*not the batch size 4 "
+                                          r"\(dimension 1 is.*sequence-first.*per_sample_gradients=vmap"):
+        layerwise_per_sample_gradients(model, dict(model.named_parameters()), cross_entropy, batch)
+
+
+def test_a_layer_mixing_samples_is_refused_when_only_some_parameters_are_trained() -> None:
+    # the attribution probe compares per parameter: the mixing layer is named even if the head is right
+    model, batch = _SequenceFirst().eval(), _sequence_first_batch(size=3, length=3)
+    params = {name: p for name, p in model.named_parameters() if name.startswith("proj.")}
+    with pytest.raises(ConfigError, match=r"'proj\.(weight|bias)' \(layer 'proj'\) to the wrong samples"):
+        check_layerwise_covers(model, params, cross_entropy, batch)
+    check_layerwise_covers(model, {n: p for n, p in model.named_parameters() if n.startswith("head.")},
+                           cross_entropy, batch)  # the head sees batch-first inputs: its attribution is right
+
+
+def _tiny_bart() -> nn.Module:
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(
+        vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
+        num_labels=3, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )
+    return _Wrapped(BartForSequenceClassification(config)).eval()
+
+
+def _bart_batch(size: int, length: int) -> dict[str, object]:
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 50, (size, length), generator=generator)
+    ids[:, -1] = 2  # BART classifies the hidden state of the last end-of-sequence token
+    return {
+        "x": {"input_ids": ids, "attention_mask": torch.ones(size, length, dtype=torch.long)},
+        "y": torch.randint(0, 3, (size,), generator=generator),
+        "index": torch.arange(size),
+    }
+
+
+ATTRIBUTION_CASES = {
+    "mlp": (mlp, lambda: feature_batch(6)),
+    "sequence": (SequenceClassifier, lambda: sequence_batch(6, length=5)),
+    "bert-last-layer": (_tiny_bert, lambda: _token_batch(4, length=6)),
+    "bert-all-weights": (lambda: _tiny_bert(everything=True), lambda: _token_batch(4, length=4)),  # T == B
+    "bart": (_tiny_bart, lambda: _bart_batch(4, length=6)),
+    # T == B: the decoder's position ids [T] must not be taken for per-sample inputs
+    "bart-t-equals-b": (_tiny_bart, lambda: _bart_batch(4, length=4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTRIBUTION_CASES))
+def test_batch_first_models_pass_the_attribution_check_with_the_right_norms(case: str) -> None:
+    torch.manual_seed(0)
+    make_model, make_batch = ATTRIBUTION_CASES[case]
+    model, batch = make_model(), make_batch()
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    check_layerwise_covers(model, params, cross_entropy, batch)
+    model.eval()
+    norms = layerwise_per_sample_gradients(model, params, cross_entropy, batch).grads.squared_norms()
+    for name, want in reference_per_sample_grads(model, params, cross_entropy, batch).items():
+        torch.testing.assert_close(norms[name], want.flatten(1).pow(2).sum(1), rtol=1e-3, atol=1e-8, msg=name)
+
+
+def test_the_attribution_probe_runs_a_few_samples_once_per_model() -> None:
+    from trustml.optim.dp import DPSGD
+    from trustml.privacy.per_sample_layerwise import PROBE_SAMPLES
+
+    model = mlp()
+    calls: list[int] = []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
+    optimizer.configure_noise(1.0, expected_batch_size=10.0)
+    optimizer.private_step(model, cross_entropy, feature_batch(10))
+    # the check: a layerwise pass and a batch pass over the 10 samples, then PROBE_SAMPLES samples alone;
+    # then the step's own layerwise pass
+    assert sorted(calls) == sorted([10, 10, 10] + [1] * PROBE_SAMPLES) and PROBE_SAMPLES <= 4
+    calls.clear()
+    optimizer.private_step(model, cross_entropy, feature_batch(10, seed=1))
+    assert calls == [10]  # later steps run no check

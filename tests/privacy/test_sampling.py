@@ -55,3 +55,13 @@ def test_batch_size_larger_than_the_data_samples_everything() -> None:
     assert all(sorted(batch) == list(range(10)) for batch in sampler)
     with pytest.raises(ConfigError, match="positive batch size"):
         PoissonBatchSampler.from_batch_size(num_samples=10, batch_size=0)
+
+
+def test_without_a_seed_the_batches_are_secret_not_derived_from_the_global_seed() -> None:
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)  # what a run seed fixes: it must not fix the batches
+        draws.append((list(PoissonBatchSampler(100, 0.1)), list(PoissonSamplerFactory()(100, 10))))
+    assert draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+    factory = PoissonSamplerFactory()
+    assert factory.seed is None and factory(100, 10).seed != factory(100, 10).seed

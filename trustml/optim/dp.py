@@ -9,6 +9,12 @@ materialized for linear and embedding layers; ``torch.func`` for other layers), 
 ``max_physical_batch_size`` samples, so a large batch fits in memory (virtual batches).
 :class:`trustml.privacy.callback.PrivacyAccountantCallback` calibrates ``sigma`` for ``target_epsilon``,
 accounts every step and stops training when the budget is spent.
+
+Secrecy of the randomness: amplification by subsampling (what the accountant counts) assumes that nobody
+learns which samples each batch holds, and the Gaussian mechanism that nobody learns the noise. By default
+both come from OS entropy (``secrets``/``torch.Generator.seed``), so nothing the run directory records (the
+run seed, the config) reproduces them; ``optimizer.deterministic=true`` derives them from the run seed
+instead, for reproducible tests, and then the guarantee does not hold against whoever reads the run directory.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ class DPOptimizerConfig:
     Hugging Face encoders) or ``vmap`` (whole-model ``torch.func``; for parameters used outside their own
     module's forward, e.g. tied weights). ``max_physical_batch_size`` splits a logical batch into chunks
     (virtual batches). ``noise_seed`` makes the noise reproducible (tests only).
+
+    ``deterministic`` (default false): the Poisson sampler's seeds and, unless ``noise_seed`` is set, the noise
+    seed come from OS entropy, so that the batches and the noise stay secret. With ``deterministic=true`` the
+    sampler seeds are drawn from a stream seeded by the run ``seed`` and the noise seed from torch's global
+    generator (which the runner seeds with the run ``seed``), so two runs with the same seed train identically:
+    for reproducible tests and debugging only. A deterministic run's privacy guarantee does not hold against
+    anyone who reads the run directory (the recorded seed gives away which samples every batch held and the
+    noise added to every step), only against those who see the trained model alone.
     """
 
     lr: float = 0.1
@@ -67,6 +81,8 @@ class DPOptimizerConfig:
     per_sample_gradients: str = "layerwise"
     max_physical_batch_size: int | None = None
     noise_seed: int | None = None
+    # batches and noise from the run seed (reproducible); no privacy against readers of the run directory
+    deterministic: bool = False
     weight_decay: float = 0.0
 
 
@@ -127,7 +143,12 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self.accountant = options.accountant
         self.per_sample_gradients = options.per_sample_gradients
         self.max_physical_batch_size = options.max_physical_batch_size
+        self.deterministic = options.deterministic
         self.noise_seed = options.noise_seed
+        if self.noise_seed is None and self.deterministic:
+            # drawn from the global generator, which the runner seeds with the run seed: reproducible, and
+            # different for every optimizer built in a run (e.g. each federated client's)
+            self.noise_seed = int(torch.randint(0, 2**62, ()))
         #: Denominator of the noisy mean; the accountant callback sets it to the expected Poisson batch size.
         self.expected_batch_size: float | None = None
         #: Number of noisy updates applied so far (the accountant callback counts them).
@@ -138,12 +159,20 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self._checked_models: set[int] = set()
 
     # --- configuration by the accountant -------------------------------------------------------------
-    def configure_noise(self, noise_multiplier: float, expected_batch_size: float | None) -> None:
-        """Set sigma (e.g. calibrated for ``target_epsilon``) and the expected logical batch size."""
+    def configure_noise(self, noise_multiplier: float, expected_batch_size: float) -> None:
+        """Set sigma (e.g. calibrated for ``target_epsilon``) and the expected logical batch size ``L = qN``.
+
+        ``L`` is the denominator of the noisy mean; it must not depend on the realised (private) batch size.
+        """
         if noise_multiplier <= 0:
             raise ConfigError(f"noise multiplier must be positive, got {noise_multiplier}")
+        if expected_batch_size is None or not expected_batch_size > 0:
+            raise ConfigError(
+                f"the expected batch size must be positive (sampling rate q times the N training samples), got "
+                f"{expected_batch_size}"
+            )
         self.noise_multiplier = noise_multiplier
-        self.expected_batch_size = expected_batch_size
+        self.expected_batch_size = float(expected_batch_size)
 
     # --- the private step ----------------------------------------------------------------------------
     def private_gradients(
@@ -151,7 +180,9 @@ class DPOptimizer(PerSampleGradientOptimizer):
     ) -> tuple[Tensor, Tensor]:
         """Noisy mean of clipped per-sample gradients of ``batch`` (in physical chunks) into each ``.grad``.
 
-        ``g = (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I)) / B_expected``; returns detached (logits, mean loss).
+        ``g = (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the expected batch size that
+        :meth:`configure_noise` set (never the realised batch size ``|B|``, which depends on the private Poisson
+        draw); returns detached (logits, mean loss).
         """
         if self.budget_spent:
             raise PrivacyBudgetSpent(
@@ -164,6 +195,13 @@ class DPOptimizer(PerSampleGradientOptimizer):
                 "PrivacyAccountantCallback (runtime_callbacks) before training; outside a Trainer pass "
                 "noise_multiplier="
             )
+        if self.expected_batch_size is None:
+            raise ConfigError(
+                "the DP optimizer has no expected batch size: the noisy mean divides by the expected Poisson batch "
+                "size L = qN, never by the realised batch size (which depends on the private draw). "
+                "PrivacyAccountantCallback (runtime_callbacks) configures it before training; outside a Trainer "
+                "call optimizer.configure_noise(noise_multiplier, expected_batch_size=...)"
+            )
         params = self._trainable_params(model)
         self._check_model(model, params, sample_losses, batch)
         total: dict[str, Tensor] = {}
@@ -175,9 +213,8 @@ class DPOptimizer(PerSampleGradientOptimizer):
             logits.append(result.logits)
             losses.append(result.losses)
         noisy = add_gaussian_noise(total, self.noise_multiplier * self.max_grad_norm, self._generator(total))
-        denominator = self.expected_batch_size or max(batch_size(batch), 1)
         for name, p in params.items():
-            p.grad = noisy[name] / denominator
+            p.grad = noisy[name] / self.expected_batch_size
         self.noisy_steps += 1
         all_losses = torch.cat(losses)
         return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
@@ -205,10 +242,16 @@ class DPOptimizer(PerSampleGradientOptimizer):
     def _check_model(
         self, model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
     ) -> None:
+        """Once per model: refuse batch-dependent layers, and check the layerwise attribution on ``batch``.
+
+        An empty (Poisson) batch cannot be checked: the model is checked on the first non-empty one.
+        """
         if id(model) in self._checked_models:
             return
         check_per_sample_compatible(model)
-        if self.per_sample_gradients == "layerwise" and batch_size(batch) > 0:
+        if self.per_sample_gradients == "layerwise":
+            if batch_size(batch) == 0:
+                return
             check_layerwise_covers(model, params, sample_losses, next(split_batch(batch, self.max_physical_batch_size)))
         self._checked_models.add(id(model))
 
@@ -234,11 +277,14 @@ class DPOptimizer(PerSampleGradientOptimizer):
         """Poisson-sample the training batches and add the privacy accountant.
 
         A data module with a ``train_batch_sampler_factory`` slot (``TrustDataModule``) gets
-        :class:`PoissonBatchSampler` (expected batch size ``data.batch_size``; seeds drawn from ``cfg.seed``); the
-        accountant (calibration, per-epoch epsilon, budget stop, checkpointed state) reads its rate.
+        :class:`PoissonBatchSampler` (expected batch size ``data.batch_size``; secret seeds from OS entropy, or
+        seeds drawn from ``cfg.seed`` with ``optimizer.deterministic=true``); the accountant (calibration,
+        per-epoch epsilon, budget stop, checkpointed state) reads its rate.
         """
         if hasattr(datamodule, "train_batch_sampler_factory"):
-            seed = int(cfg.seed) if cfg.get("seed") is not None else 0
+            seed = None
+            if cfg.optimizer.get("deterministic", False):
+                seed = int(cfg.seed) if cfg.get("seed") is not None else 0
             datamodule.train_batch_sampler_factory = PoissonSamplerFactory(seed)
         return [PrivacyAccountantCallback()]
 

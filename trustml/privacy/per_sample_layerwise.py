@@ -15,11 +15,18 @@ identities instead of ``a_i a_i^T``. Any other layer (LayerNorm, convolutions, c
 per-sample gradients materialized as the vector-Jacobian product ``vmap(grad(<layer(a_i), g_i>))`` with
 ``torch.func``. The model's own forward runs unchanged, so models with data-dependent control flow (Hugging
 Face encoders) work, and frozen layers cost what they cost in non-private training.
+
+Every layer must see its samples along the first dimension of its output (row ``i`` belongs to sample ``i``):
+a layer whose output's first dimension is neither the batch size nor 1 (e.g. a ``Linear`` on a sequence-first
+``[T, B, d]`` tensor) is refused when it is called, and :func:`check_layerwise_covers` compares the per-sample
+norms with an independent per-sample computation once per model, which catches what shapes cannot (``T == B``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import torch
@@ -28,7 +35,7 @@ from torch.func import functional_call, grad, vmap
 
 from trustml.errors import ConfigError
 from trustml.optim.base import SampleLossFn
-from trustml.privacy.batching import Batch, add_sample_dim, batch_size, vmap_in_dims
+from trustml.privacy.batching import Batch, add_sample_dim, batch_size, split_batch, vmap_in_dims
 from trustml.privacy.per_sample import PerSampleGradients, PerSampleResult
 
 
@@ -112,11 +119,25 @@ def _embedding(module: nn.Embedding, args: tuple[Any, ...], g: Tensor) -> dict[s
     return {"weight": _EmbeddingWeight(ids, g, module.num_embeddings)}
 
 
-def _vector_jacobian(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], g: Tensor) -> dict[str, Tensor]:
-    """``d <module(args_i), g_i> / d params`` for every sample ``i``, with ``torch.func``."""
+def _shared_dims(value: Any) -> Any:
+    """``vmap`` in_dims that pass ``value`` (a tensor, or a dict of them) whole to every sample."""
+    if isinstance(value, dict):
+        return {k: _shared_dims(v) for k, v in value.items()}
+    return None
+
+
+def _vector_jacobian(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], g: Tensor, shared: bool = False
+) -> dict[str, Tensor]:
+    """``d <module(args_i), g_i> / d params`` for every sample ``i``, with ``torch.func``.
+
+    ``shared``: the call computed one output ``[1, ...]`` for the whole batch, so every sample's gradient is
+    ``d <module(args), g_i> / d params`` with all inputs shared (none of them is split into samples, even one
+    whose first dimension happens to equal the batch size, such as BART's decoder position ids ``[T]``).
+    """
     size = g.shape[0]
-    arg_dims = tuple(vmap_in_dims(a, size) for a in args)
-    kwarg_dims = vmap_in_dims(kwargs, size)
+    arg_dims = tuple(_shared_dims(a) if shared else vmap_in_dims(a, size) for a in args)
+    kwarg_dims = _shared_dims(kwargs) if shared else vmap_in_dims(kwargs, size)
 
     def inner_product(weights: dict[str, Tensor], one_args: tuple[Any, ...], one_kwargs: dict[str, Any], g_i: Tensor):
         batched_args = tuple(add_sample_dim(a, d) for a, d in zip(one_args, arg_dims, strict=True))
@@ -128,14 +149,29 @@ def _vector_jacobian(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
     return compute(weights, args, kwargs, g)
 
 
-def _layer_contributions(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], g: Tensor
-) -> dict[str, _Contribution]:
+@dataclass
+class _Call:
+    """One call of a trainable layer: its (detached) inputs and its output, row ``i`` being sample ``i``'s.
+
+    ``shared``: the layer computed one output ``[1, ...]`` for the whole batch (e.g. position embeddings of
+    position ids ``[1, T]``), which the hook handed on expanded to ``[B, ...]``.
+    """
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Tensor
+    shared: bool
+
+
+def _layer_contributions(call: _Call, g: Tensor) -> dict[str, _Contribution]:
+    module, args, kwargs = call.module, call.args, call.kwargs
+    size = g.shape[0]
     if type(module) is nn.Linear and not kwargs:
-        return _linear(module, args, g)
+        return _linear(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
     if type(module) is nn.Embedding and not kwargs and module.max_norm is None:
-        return _embedding(module, args, g)
-    return {name: _Contribution(t) for name, t in _vector_jacobian(module, args, kwargs, g).items()}
+        return _embedding(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
+    return {name: _Contribution(t) for name, t in _vector_jacobian(module, args, kwargs, g, call.shared).items()}
 
 
 class LayerwiseGradients(PerSampleGradients):
@@ -192,6 +228,24 @@ def _per_sample_view(value: Any, size: int) -> Any:
     return value
 
 
+def _not_batch_first(name: str, module: nn.Module, output: Tensor, size: int) -> str:
+    """The refusal of a layer whose output rows are not the batch's samples."""
+    shape = list(output.shape)
+    if output.dim() == 0:
+        what = "returns a scalar, which has no per-sample rows"
+    else:
+        batch_dims = [d for d in range(1, output.dim()) if shape[d] == size]
+        what = f"returns shape {shape}, whose first dimension is not the batch size {size}"
+        if batch_dims:
+            what += f" (dimension {batch_dims[0]} is: the layer runs on sequence-first inputs such as [T, B, ...])"
+    return (
+        f"optimizer.per_sample_gradients=layerwise cannot attribute the gradients of layer '{name}' "
+        f"({type(module).__name__}) to samples: it {what}. The layerwise engine reads sample i's gradient from "
+        f"row i of every layer's input and output. Make the layer batch-first (inputs [batch, ...], e.g. "
+        f"batch_first=True or transpose before the layer), or set optimizer.per_sample_gradients=vmap."
+    )
+
+
 def layerwise_per_sample_gradients(
     model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
 ) -> PerSampleResult:
@@ -200,15 +254,19 @@ def layerwise_per_sample_gradients(
     Every parameter in ``params`` must be used only inside the forward of the module that owns it, on
     inputs whose first dimension is the batch (:func:`check_layerwise_covers` verifies this once per model);
     a layer called once for the whole batch (leading dimension 1, broadcast later, as BERT's position
-    embeddings) gets its output expanded to the batch so that every sample's gradient stays its own.
+    embeddings) gets its output expanded to the batch so that every sample's gradient stays its own. A
+    trainable layer whose output's first dimension is neither the batch size ``B`` nor 1 is refused with
+    :class:`ConfigError` naming it (e.g. a ``Linear`` applied to a sequence-first ``[T, B, d]`` tensor).
     """
     wanted = {id(p): name for name, p in params.items()}
     owners: dict[nn.Module, dict[str, str]] = {}
-    for module in model.modules():
+    module_names: dict[nn.Module, str] = {}
+    for module_name, module in model.named_modules():
         local = {pname: wanted[id(p)] for pname, p in module.named_parameters(recurse=False) if id(p) in wanted}
         if local:
             owners[module] = local
-    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any], Tensor]] = []
+            module_names[module] = module_name or type(module).__name__
+    calls: list[_Call] = []
     size = batch_size(batch)
 
     def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Tensor | None:
@@ -217,13 +275,16 @@ def layerwise_per_sample_gradients(
                 f"optimizer.per_sample_gradients=layerwise needs layers with trainable parameters to return one "
                 f"tensor, but {type(module).__name__} returns {type(output).__name__}; use per_sample_gradients=vmap"
             )
+        if not output.requires_grad:  # a call outside the graph of the loss (no_grad, frozen inputs and weights)
+            return None
         shared = size > 1 and output.dim() > 0 and output.shape[0] == 1
+        if not shared and (output.dim() == 0 or output.shape[0] != size):
+            raise ConfigError(_not_batch_first(module_names[module], module, output, size))
         if shared:
             # One call serves the whole batch by broadcasting (e.g. BERT's position embeddings of position ids
             # [1, T]); its output gradient would be summed over samples. Hand every sample its own view.
-            args = tuple(_per_sample_view(a, size) for a in args)
             output = _per_sample_view(output, size)
-        calls.append((module, _detach(args), _detach(kwargs), output))
+        calls.append(_Call(module, _detach(args), _detach(kwargs), output, shared))
         return output if shared else None
 
     handles = [module.register_forward_hook(record, with_kwargs=True) for module in owners]
@@ -233,34 +294,75 @@ def layerwise_per_sample_gradients(
         for handle in handles:
             handle.remove()
     losses = sample_losses(logits, batch)
-    grads = LayerwiseGradients(params, batch_size(batch))
-    used = [call for call in calls if call[3].requires_grad]
-    if used:
-        output_grads = torch.autograd.grad(losses.sum(), [call[3] for call in used], allow_unused=True)
-        for (module, args, kwargs, _), g in zip(used, output_grads, strict=True):
+    grads = LayerwiseGradients(params, size)
+    if calls:
+        output_grads = torch.autograd.grad(losses.sum(), [call.output for call in calls], allow_unused=True)
+        for call, g in zip(calls, output_grads, strict=True):
             if g is not None:
-                for pname, part in _layer_contributions(module, args, kwargs, g).items():
-                    grads.contributions[owners[module][pname]].append(part)
+                for pname, part in _layer_contributions(call, g).items():
+                    grads.contributions[owners[call.module][pname]].append(part)
     return PerSampleResult(grads, logits.detach(), losses.detach())
+
+
+#: Samples of the first batch that :func:`check_layerwise_covers` also differentiates one at a time.
+PROBE_SAMPLES = 4
+
+
+def probe_squared_norms(
+    model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch, count: int
+) -> dict[str, Tensor]:
+    """``||d loss_i / d p||^2`` for the first ``count`` samples ``i`` of ``batch``, each run alone.
+
+    The independent reference of the per-sample attribution: sample ``i`` is sliced out as a batch of one,
+    and ``torch.autograd.grad`` of its own loss ``sample_losses(model(x_i), batch_i)`` gives its gradient.
+    Returns ``{name: [count]}``.
+    """
+    rows: list[list[Tensor]] = []
+    for one in islice(split_batch(batch, 1), count):
+        loss = sample_losses(model(one["x"]), one).sum()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        rows.append([loss.new_zeros(()) if g is None else g.detach().pow(2).sum() for g in grads])
+    return {name: torch.stack([row[j] for row in rows]) for j, name in enumerate(params)}
+
+
+def _probe_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the attribution probe: ``1e-3``, looser for half precision (``8 eps``)."""
+    return max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
 
 def check_layerwise_covers(
     model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
 ) -> None:
-    """Raise :class:`ConfigError` unless the layerwise per-sample gradients sum to the batch gradient.
+    """Raise :class:`ConfigError` unless the layerwise engine attributes ``batch``'s gradient to its samples.
 
-    They do not when a parameter is used outside the forward of the module that owns it (e.g. an output
-    layer that reuses the embedding matrix through ``F.linear``); such models need
-    ``per_sample_gradients=vmap``. Runs the model in eval mode so that dropout is the same in both passes.
+    Two checks, on the model in eval mode (dropout off, so that a sample alone has the loss it has in the batch;
+    batch-dependent layers such as BatchNorm are refused by :mod:`trustml.privacy.compat`):
+
+    * **sum**: ``sum_i g_i`` (the layerwise per-sample gradients) equals the batch gradient
+      ``d sum_i loss_i / d p``. It does not when a parameter is used outside the forward of the module that owns
+      it (e.g. an output layer that reuses the embedding matrix through ``F.linear``): such models need
+      ``per_sample_gradients=vmap``.
+    * **attribution** (the sum is the same however rows are grouped into samples): for the first
+      ``k = min(PROBE_SAMPLES, B)`` samples, ``||g_i||^2`` of every parameter equals that of
+      :func:`probe_squared_norms` (each sample run alone), within
+      ``|n_layerwise - n_alone| <= rtol n_alone + 1e-5 sum_p n_alone(p)`` (``rtol`` 1e-3 in float32). A layer
+      that mixes samples (e.g. a ``Linear`` on a sequence-first ``[T, B, d]`` tensor with ``T == B``, whose
+      shapes look batch-first) fails it.
+
+    Costs one layerwise pass, one batch backward and ``k`` single-sample forward/backward passes; the DP
+    optimizers run it once per model.
     """
     was_training = model.training
     model.eval()
     try:
+        size = batch_size(batch)
         result = layerwise_per_sample_gradients(model, params, sample_losses, batch)
-        summed = result.grads.weighted_sum({name: p.new_ones(batch_size(batch)) for name, p in params.items()})
+        summed = result.grads.weighted_sum({name: p.new_ones(size) for name, p in params.items()})
         total = torch.autograd.grad(
             sample_losses(model(batch["x"]), batch).sum(), list(params.values()), allow_unused=True
         )
+        count = min(PROBE_SAMPLES, size)
+        alone = probe_squared_norms(model, params, sample_losses, batch, count) if count else {}
     finally:
         model.train(was_training)
     for (name, p), expected in zip(params.items(), total, strict=True):
@@ -270,4 +372,25 @@ def check_layerwise_covers(
                 f"optimizer.per_sample_gradients=layerwise cannot attribute the gradient of parameter '{name}' "
                 f"to samples: it is used outside the forward of the module that owns it (e.g. tied weights "
                 f"applied with F.linear). Set optimizer.per_sample_gradients=vmap."
+            )
+    if not count:
+        return
+    layerwise = {name: norm[:count].detach().double() for name, norm in result.grads.squared_norms().items()}
+    reference = {name: norm.double() for name, norm in alone.items()}
+    per_sample_total = torch.stack(list(reference.values())).sum(0)
+    for name, p in params.items():
+        rtol = _probe_tolerance(p.dtype)
+        error = (layerwise[name] - reference[name]).abs()
+        allowed = rtol * reference[name] + 1e-5 * per_sample_total + 1e-12
+        if bool((error > allowed).any()):
+            i = int((error - allowed).argmax())
+            layer = name.rpartition(".")[0] or name
+            raise ConfigError(
+                f"optimizer.per_sample_gradients=layerwise attributes the gradient of parameter '{name}' (layer "
+                f"'{layer}') to the wrong samples: sample {i} gets squared norm {float(layerwise[name][i]):.6g}, but "
+                f"differentiating that sample alone gives {float(reference[name][i]):.6g}. The layer mixes the "
+                f"rows of different samples, e.g. it runs on sequence-first inputs [T, B, ...] (with T == B the "
+                f"shapes look batch-first), so clipping and the privacy guarantee would be wrong. Make the layer "
+                f"batch-first (inputs [batch, ...], e.g. batch_first=True or transpose before the layer), or set "
+                f"optimizer.per_sample_gradients=vmap."
             )

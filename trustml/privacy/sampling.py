@@ -1,7 +1,14 @@
-"""Poisson sampling of training batches, the sampling scheme DP-SGD's accountants analyse."""
+"""Poisson sampling of training batches, the sampling scheme DP-SGD's accountants analyse.
+
+Amplification by subsampling, which the accountants count, assumes that which samples a batch holds stays
+secret. A sampler's seed is therefore drawn from OS entropy (:func:`secret_seed`) unless a seed is given, and
+nothing in a run directory records it; a given seed (``optimizer.deterministic=true``) makes the batches
+reproducible, and then derivable by anyone who knows it.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import torch
@@ -10,18 +17,27 @@ from torch.utils.data import Sampler
 from trustml.errors import ConfigError
 
 
+def secret_seed() -> int:
+    """A 62-bit seed from the operating system's entropy (:mod:`secrets`), reproducible by nobody."""
+    return secrets.randbits(62)
+
+
 class PoissonBatchSampler(Sampler[list[int]]):
     """Batches in which every training index appears independently with probability ``sample_rate``.
 
     An epoch has ``num_batches`` batches (default ``round(1 / sample_rate)``, one pass in expectation);
     batch sizes vary around ``sample_rate * num_samples`` and may be empty, which the collate function
     must accept. Use as ``DataLoader(dataset, batch_sampler=PoissonBatchSampler(...))``. A pass draws from
-    the stream ``seed + epoch`` and then advances ``epoch``, so successive passes draw fresh batches and runs
-    are reproducible; :meth:`set_epoch` selects the stream explicitly (the privacy accountant sets the
-    trainer's epoch, so a resumed run continues where it stopped rather than repeating epoch 0's batches).
+    the stream ``seed + epoch`` and then advances ``epoch``, so successive passes draw fresh batches;
+    :meth:`set_epoch` selects the stream explicitly (the privacy accountant sets the trainer's epoch, so a
+    resumed run continues where it stopped rather than repeating epoch 0's batches). ``seed=None`` (the
+    default) draws a secret seed from OS entropy (:func:`secret_seed`); a given seed makes the batches
+    reproducible by whoever knows it (tests, ``optimizer.deterministic=true``).
     """
 
-    def __init__(self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, num_samples: int, sample_rate: float, num_batches: int | None = None, seed: int | None = None
+    ) -> None:
         if num_samples <= 0:
             raise ConfigError(f"Poisson sampling needs a non-empty training set, got {num_samples} samples")
         if not 0.0 < sample_rate <= 1.0:
@@ -29,11 +45,11 @@ class PoissonBatchSampler(Sampler[list[int]]):
         self.num_samples = num_samples
         self.sample_rate = sample_rate
         self.num_batches = num_batches if num_batches is not None else max(1, round(1.0 / sample_rate))
-        self.seed = seed
+        self.seed = secret_seed() if seed is None else seed
         self.epoch = 0
 
     @classmethod
-    def from_batch_size(cls, num_samples: int, batch_size: int, seed: int = 0) -> PoissonBatchSampler:
+    def from_batch_size(cls, num_samples: int, batch_size: int, seed: int | None = None) -> PoissonBatchSampler:
         """Sampler whose expected batch size is ``min(batch_size, num_samples)`` (rate at most 1).
 
         A data set smaller than the batch (e.g. a federated device's) is sampled with rate 1: every sample
@@ -68,15 +84,20 @@ class PoissonBatchSampler(Sampler[list[int]]):
 class PoissonSamplerFactory:
     """Builds the :class:`PoissonBatchSampler` of every training loader, each with its own seed.
 
-    The seeds come from one stream seeded by ``seed``, so loaders built one after another (e.g. a federated
-    device's loader in every round) never repeat each other's batches, and a run is reproducible. Use as a
-    data module's ``train_batch_sampler_factory``.
+    ``seed=None`` (the default, and what DP training uses unless ``optimizer.deterministic=true``): every
+    sampler gets a fresh secret seed from OS entropy, so no recorded value (run seed, config) reveals the
+    batches. A given ``seed`` starts one stream of sampler seeds, so loaders built one after another (e.g. a
+    federated device's loader in every round) never repeat each other's batches and a run is reproducible, but
+    anyone who knows ``seed`` knows every batch. Use as a data module's ``train_batch_sampler_factory``.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
-        self._seeds = torch.Generator().manual_seed(seed)
+        self._seeds = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def __call__(self, num_samples: int, batch_size: int) -> PoissonBatchSampler:
-        sampler_seed = int(torch.randint(0, 2**62, (), generator=self._seeds))
+        if self._seeds is None:
+            sampler_seed = secret_seed()
+        else:
+            sampler_seed = int(torch.randint(0, 2**62, (), generator=self._seeds))
         return PoissonBatchSampler.from_batch_size(num_samples, batch_size, seed=sampler_seed)
