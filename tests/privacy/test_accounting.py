@@ -39,7 +39,9 @@ def test_history_composes_with_further_steps() -> None:
         for _ in range(steps):
             reference.step(noise_multiplier=sigma, sample_rate=rate)
     got = epsilon_after([(2.0, 0.01, 30)], 1.0, 0.05, 10, 1e-6, "rdp")
-    assert got == pytest.approx(reference.get_epsilon(delta=1e-6))
+    # the cached one-step RDP gives Opacus' value to the last bit, also when the cache is warm
+    assert got == reference.get_epsilon(delta=1e-6)
+    assert epsilon_after([(2.0, 0.01, 30)], 1.0, 0.05, 10, 1e-6, "rdp") == got
 
 
 def test_calibrated_noise_reaches_the_target_from_below() -> None:

@@ -11,8 +11,14 @@ PC loading its old model) gets its first client fit through Lightning, so those 
 
 Callbacks that must run inside every local fit (e.g. a DP-SGD privacy accountant, so that each client
 reports its own epsilon) declare the class attribute ``federated_scope = "client"``; the client runs a
-fresh copy of each per fit and reports its ``final_results()`` among the client metrics. Other configured
-callbacks (checkpointing, metric tables) belong to the server-side run and are not run per client.
+fresh copy of each per fit and reports its ``final_results()`` among the client metrics. A client callback
+with a ``planned_fits`` attribute (the accountant) is told how many fits its device plans for
+(:mod:`trustml.federation.participation`). Other configured callbacks (checkpointing, metric tables) belong to
+the server-side run and are not run per client.
+
+A fit that takes no training step (e.g. its device's privacy budget is spent) raises
+:class:`ClientDidNotTrain`: its unchanged weights are no update, and the round counts it as a failed client
+instead of averaging it in.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 
 class ClientTimeout(RuntimeError):
     """A client did not finish its local training within ``federation.client_timeout_s``."""
+
+
+class ClientDidNotTrain(RuntimeError):
+    """A client's local fit took no training step, so its "update" carries no training."""
 
 
 @dataclass
@@ -140,7 +150,8 @@ class LocalTrainer:
     """Trains the shared ``method`` on one device's rows from the given global weights (see module doc).
 
     ``client_loop``: ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then
-    set after the first client), ``lightning`` always fits with a fresh Lightning Trainer.
+    set after the first client), ``lightning`` always fits with a fresh Lightning Trainer. ``planned_fits``
+    (per device) goes to every client callback that has a ``planned_fits`` attribute (the DP accountant).
 
     What does not change between client fits is built once: each device's :class:`DeviceDataModule` (rebuilt
     when its rows change, e.g. in a new continual period; the source's splits must not change during the
@@ -160,6 +171,7 @@ class LocalTrainer:
         timeout_s: float | None = None,
         callback_templates: Sequence[pl.Callback] = (),
         client_loop: str = "auto",
+        planned_fits: np.ndarray | None = None,
     ) -> None:
         self.method = method
         self.datamodule = datamodule
@@ -167,6 +179,7 @@ class LocalTrainer:
         self.local_epochs, self.local_steps = local_epochs, local_steps
         self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
         self.callback_templates = list(callback_templates)
+        self.planned_fits = planned_fits
         self.layout = FlatLayout.of(method.model)
         self.client_loop = client_loop
         self.loop: ClientLoop | None = None
@@ -256,19 +269,30 @@ class LocalTrainer:
         client_callbacks = [copy.deepcopy(cb) for cb in self.callback_templates]
         for cb, state in zip(client_callbacks, callback_states, strict=False):
             cb.load_state_dict(state)
+        if self.planned_fits is not None:
+            for cb in client_callbacks:
+                if hasattr(cb, "planned_fits"):
+                    cb.planned_fits = int(self.planned_fits[device])
         loop = self.choose_loop(client_callbacks)
         data = self.data_of(device, rows)
         start = time.perf_counter()
         if loop is not None:
             with quiet_client_loop() if client_callbacks else nullcontext():
-                loss = loop.fit(self.method, data, client_callbacks).train_loss
+                result = loop.fit(self.method, data, client_callbacks)
+            loss, steps = result.train_loss, result.steps
         else:
             with quiet_lightning():
                 trainer = self.make_trainer(**self.trainer_overrides(self.lightning_callbacks(client_callbacks)))
                 trainer.fit(self.method, datamodule=data)
             logged = trainer.callback_metrics.get("train/loss")
-            loss = None if logged is None else float(logged)
+            loss, steps = (None if logged is None else float(logged)), trainer.global_step
             self.prepared = True
+        if steps == 0:
+            spent = [cb for cb in client_callbacks if getattr(cb, "budget_spent", False)]
+            raise ClientDidNotTrain(
+                f"device {device} took no training step"
+                + (" because its privacy budget (optimizer.target_epsilon) is spent" if spent else "")
+            )
         seconds = time.perf_counter() - start
         if self.timeout_s is not None and seconds > self.timeout_s:
             raise ClientTimeout(f"device {device} took {seconds:.1f}s > federation.client_timeout_s={self.timeout_s}")

@@ -29,9 +29,14 @@ class FederationConfig:
     ``client_timeout_s``; after ``max_failed_rounds`` consecutive rounds without one usable update the run
     stops with an error (null: never). ``setting=continual`` spreads each device's data over
     ``num_periods`` with at most ``storage_cap`` samples kept (``arrival_order``: data or random).
-    ``dp_clip_norm`` clips each update; ``dp_noise_multiplier > 0`` turns on DP-FedAvg (needs
-    ``selection=poisson``). ``seed`` (default: the run's seed) drives selection and server noise. The server
-    state is saved after every round under ``<run dir>/federation/`` and, with ``resume``, picked up again.
+    Two kinds of DP: ``dp_clip_norm`` clips each update and ``dp_noise_multiplier > 0`` turns on DP-FedAvg
+    (client-level DP at the server: a device's whole data set is protected; needs ``selection=poisson``). A DP
+    optimizer (``optimizer=dp_sgd|dp_adam``) gives example-level DP on each device instead: each device
+    calibrates its noise so that its ``optimizer.target_epsilon`` lasts ``dp_device_rounds`` local fits (null:
+    the 95% quantile of the number of rounds it is selected in, see :mod:`trustml.federation.participation`)
+    and is selected no more once its budget is spent. ``seed`` (default: the run's seed) drives selection and
+    server noise. The server state is saved after every round under ``<run dir>/federation/`` and, with
+    ``resume``, picked up again.
     ``runtime``: ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus`` CPUs).
     ``client_loop``: ``auto`` trains clients in a Trainer-free loop where it can stand in for a Lightning fit
     (see :mod:`trustml.federation.local_loop`), ``lightning`` builds a Lightning Trainer for every client fit.
@@ -62,6 +67,7 @@ class FederationConfig:
     dp_clip_norm: float | None = None
     dp_noise_multiplier: float = 0.0
     dp_delta: float = 1e-5
+    dp_device_rounds: int | None = None
     eval_every: int = 1
     seed: int | None = None
     resume: bool = True
@@ -120,6 +126,7 @@ def check_options(options: FederationConfig) -> None:
     _at_least("local_steps", options.local_steps, 1, optional=True)
     _at_least("max_failed_rounds", options.max_failed_rounds, 1, optional=True)
     _at_least("storage_cap", options.storage_cap, 1, optional=True)
+    _at_least("dp_device_rounds", options.dp_device_rounds, 1, optional=True)
     for name in ("dirichlet_alpha", "quantity_beta", "server_lr"):
         _at_least(name, getattr(options, name), 0, strict=True)
     _at_least("client_timeout_s", options.client_timeout_s, 0, optional=True, strict=True)

@@ -80,7 +80,10 @@ class RoundLoop:
 
     ``sizes_at(period)`` gives every device's sample count; ``evaluate(weights)`` the test metrics of a
     global model. After ``max_failed_rounds`` consecutive rounds whose selected devices gave no usable
-    update the loop raises :class:`ClientsKeepFailingError` with the last reason. ``client_state`` /
+    update the loop raises :class:`ClientsKeepFailingError` with the last reason. A device whose update
+    reports ``budget_spent`` (its example-level DP budget is used up) is retired: never selected again, and
+    counted in every later round record (``retired``); when every device with data is retired, the run ends
+    after that round. ``client_state`` /
     ``restore_client_state`` carry the simulated devices' own state through checkpoints (none for remote
     devices).
     """
@@ -99,6 +102,7 @@ class RoundLoop:
     restore_client_state: Callable[[dict[str, Any]], None] = lambda state: None
     history: list[dict[str, Any]] = field(default_factory=list)
     last_failure: str = ""
+    retired: set[int] = field(default_factory=set)
 
     @property
     def state_path(self) -> Path:
@@ -113,6 +117,7 @@ class RoundLoop:
         self.server.load_state_dict(state["server"])
         self.restore_client_state(state["clients"])
         self.history = list(state["history"])
+        self.retired = {int(device) for device in state.get("retired", ())}
         restore_process_rng(state["process_rng"])
         log.info("resuming the federated run from %s after round %d", self.state_path, self.server.round)
         return True
@@ -123,6 +128,7 @@ class RoundLoop:
             "server": self.server.state_dict(),
             "clients": self.client_state(),
             "history": self.history,
+            "retired": sorted(self.retired),
             "process_rng": capture_process_rng(),
         }
         save_run_state(self.state_path, state, self.fingerprint)
@@ -135,10 +141,19 @@ class RoundLoop:
         """One round: select, obtain updates, aggregate; returns its record."""
         start = time.perf_counter()
         period = period_of_round(index, self.rounds, self.num_periods)
-        selection = self.server.select(self.sizes_at(period))
+        sizes = self.sizes_at(period)
+        if self.retired:
+            sizes = sizes.copy()
+            sizes[sorted(self.retired)] = 0
+        selection = self.server.select(sizes)
         updates, failures = self.transport(index, period, selection.devices, self.server.weights)
         for failure in failures:
             log.warning("round %d: device %d skipped (%s)", index + 1, failure.device, failure.reason)
+        for update in updates:
+            if update.metrics.get("budget_spent"):
+                self.retired.add(update.device)
+                log.info("round %d: device %d spent its privacy budget and is selected no more", index + 1,
+                         update.device)
         self.last_failure = failures[-1].reason if failures else "the updates held NaN/inf"
         outcome = self.server.aggregate(selection, updates)
         self.server.round = index + 1
@@ -153,13 +168,18 @@ class RoundLoop:
             "aggregated": outcome.aggregated,
             "samples": int(sum(u.num_examples for u in updates)),
             "update_norm": outcome.update_norm,
+            "retired": len(self.retired),
             "round_s": 0.0,
             **_client_metric_summary(updates),
         }
         if self.server.epsilon() is not None:
             record["dp_epsilon"] = self.server.epsilon()
+        if self.retired and index + 1 < self.rounds:
+            holders = np.flatnonzero(self.sizes_at(period_of_round(index + 1, self.rounds, self.num_periods)) > 0)
+            if self.retired.issuperset(holders.tolist()):
+                record["all_retired"] = True
         record["round_s"] = time.perf_counter() - start
-        if (index + 1) % self.eval_every == 0 or index + 1 == self.rounds:
+        if (index + 1) % self.eval_every == 0 or index + 1 == self.rounds or record.get("all_retired"):
             record.update(self.evaluate(self.server.weights))
         return record
 
@@ -179,4 +199,8 @@ class RoundLoop:
                 )
             log.info("round %d/%d: %s", index + 1, self.rounds,
                      {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record})
+            if record.get("all_retired"):
+                log.warning("every device with data has spent its privacy budget; the run ends after round %d",
+                            index + 1)
+                break
         return self.history

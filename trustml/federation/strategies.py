@@ -34,6 +34,7 @@ from trustml.federation.options import (
     FedYogiConfig,
     parse_options,
 )
+from trustml.federation.participation import planned_rounds
 from trustml.federation.rounds import RoundLoop, Transport, evaluate_model
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAdamServer, FedAvgServer, FedYogiServer, ServerOptimizer
@@ -69,6 +70,8 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
     if evaluated:
         summary["federation/final_test_acc"] = float(evaluated[-1]["test_acc"])
         summary["federation/best_test_acc"] = float(max(r["test_acc"] for r in evaluated))
+    if history and "retired" in history[-1]:
+        summary["federation/devices_budget_spent"] = float(history[-1]["retired"])
     if history and "dp_epsilon" in history[-1]:
         summary["federation/dp_epsilon"] = float(history[-1]["dp_epsilon"])
     client_eps = [r["client_epsilon_max"] for r in history if "client_epsilon_max" in r]
@@ -142,6 +145,10 @@ class FederatedTraining:
             method, datamodule, make_trainer, local_epochs=options.local_epochs, local_steps=options.local_steps,
             proximal_mu=self.proximal_mu, timeout_s=options.client_timeout_s,
             callback_templates=client_callback_templates(trainer.callbacks), client_loop=options.client_loop,
+            planned_fits=planned_rounds(
+                population.sizes(population.num_periods - 1), options.rounds, options.clients_per_round,
+                options.selection, activity_exponent=options.activity_exponent, fixed=options.dp_device_rounds,
+            ),
         )
         layout = FlatLayout.of(method.model)
         seed = options.seed if options.seed is not None else torch.initial_seed()

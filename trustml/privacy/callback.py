@@ -52,6 +52,7 @@ def _sampling(trainer: pl.Trainer) -> tuple[int, float]:
 
 
 def _planned_steps(trainer: pl.Trainer) -> int:
+    """Steps of one fit: ``num_training_batches * max_epochs``, capped by ``max_steps``."""
     epochs = trainer.max_epochs
     per_epoch = trainer.num_training_batches
     if epochs is None or epochs < 0 or per_epoch == float("inf"):
@@ -82,8 +83,12 @@ class PrivacyAccountantCallback(pl.Callback):
     and the expected batch size ``qN``. It logs ``privacy/epsilon`` every epoch and stops training when one
     more step would exceed ``target_epsilon``. Its state (accountant history, sigma, delta) is saved in
     checkpoints; resuming from a checkpoint without it is refused, so a resume never resets the spent budget.
-    Under a federation it runs inside every client's local training (client-level DP: each device accounts
-    its own epsilon over the rounds it takes part in).
+    Under a federation it runs inside every client's local training: example-level DP on each device, which
+    accounts its own epsilon over all the rounds it takes part in (its state travels with the device between
+    rounds). The federation sets :attr:`planned_fits`, the number of local fits (rounds) the device plans its
+    budget for, so sigma is calibrated for ``planned_fits`` times one fit's steps; once the budget is spent
+    ``final_results()`` reports ``budget_spent = 1`` and the federation selects the device no more.
+    (Client-level DP, which protects a device's whole data set, is DP-FedAvg: ``federation.dp_noise_multiplier``.)
     """
 
     #: reads only what a federated client loop's fit view provides (trustml.federation.local_loop)
@@ -98,6 +103,8 @@ class PrivacyAccountantCallback(pl.Callback):
         self.delta: float | None = None
         self.target_epsilon: float | None = None
         self.steps_left: int | None = None
+        #: local fits whose steps the calibrated noise is planned for (1 for a centralized run)
+        self.planned_fits = 1
         self._optimizer: Any = None
         self._counted = 0
         self._restored: dict[str, Any] | None = None
@@ -118,10 +125,11 @@ class PrivacyAccountantCallback(pl.Callback):
         else:
             self.accountant = make_accountant(optimizer.accountant)
             self.noise_multiplier = optimizer.noise_multiplier or calibrate_noise_multiplier(
-                self.target_epsilon, self.delta, self.sample_rate, _planned_steps(trainer), optimizer.accountant
+                self.target_epsilon, self.delta, self.sample_rate, _planned_steps(trainer) * self.planned_fits,
+                optimizer.accountant,
             )
-            log.info("DP noise multiplier %.4f (sampling rate %.4g, delta %.3g)", self.noise_multiplier,
-                     self.sample_rate, self.delta)
+            log.info("DP noise multiplier %.4f (sampling rate %.4g, delta %.3g, %d planned fit(s))",
+                     self.noise_multiplier, self.sample_rate, self.delta, self.planned_fits)
         optimizer.configure_noise(self.noise_multiplier, expected_batch_size=self.sample_rate * num_samples)
         self._optimizer, self._counted = optimizer, optimizer.noisy_steps
         if self.target_epsilon is not None:
@@ -180,11 +188,18 @@ class PrivacyAccountantCallback(pl.Callback):
         """epsilon spent so far at the run's delta."""
         return spent_epsilon(self.accountant, self.delta) if self.accountant is not None else 0.0
 
+    @property
+    def budget_spent(self) -> bool:
+        """Whether ``target_epsilon`` affords no further step."""
+        return self.steps_left is not None and self.steps_left <= 0
+
     def final_results(self) -> dict[str, float]:
-        """Spent ``epsilon`` at ``delta``, the noise multiplier, sampling rate and number of noisy steps."""
+        """Spent ``epsilon`` at ``delta``, the noise multiplier, sampling rate, number of noisy steps and whether
+        the budget is spent (``budget_spent``: 1 or 0)."""
         if self.accountant is None:
             return {}
         return {
+            "budget_spent": float(self.budget_spent),
             "epsilon": self.epsilon(),
             "delta": float(self.delta),
             "noise_multiplier": float(self.noise_multiplier),
