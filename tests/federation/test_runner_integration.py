@@ -34,3 +34,24 @@ def test_runner_refuses_an_impossible_federation_config_before_building_anything
                         tmp_path)
     with pytest.raises(ConfigError, match="needs federation.selection=poisson"):
         run(cfg, {"federation": "fedavg"})
+
+
+#: The README's DP x federation composition example (its command line, minus the program name).
+README_DP_FEDERATION = (
+    "method=erm optimizer=dp_sgd federation=fedavg data=digits federation.num_devices=10 "
+    "federation.clients_per_round=5 data.batch_size=32 optimizer.lr=0.5"
+)
+
+
+def test_the_readme_dp_federation_example_learns(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"trustml {README_DP_FEDERATION}" in readme, "the README must show the composition this test guards"
+    cfg = compose_train([*README_DP_FEDERATION.split(), "seed=0", "optimizer.deterministic=true", "logger=none"],
+                        tmp_path)
+    results = run(cfg, {"federation": "fedavg"}).results
+    assert results["test/acc"] >= 0.70, results
+    history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
+    # every aggregated update trained: no round averages in a device whose budget was already spent
+    assert all(r["failed"] == 0 and r["aggregated"] for r in history)
+    assert results["federation/aggregated_rounds"] == len(history) == 20
+    assert 7.9 <= results["federation/client_epsilon_max"] <= 8.0

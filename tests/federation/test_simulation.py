@@ -209,13 +209,22 @@ def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> 
     assert results["federation/dp_epsilon"] == pytest.approx(eps[-1])
 
 
+def test_dp_fedavg_calibrated_for_a_target_epsilon_spends_it_over_the_planned_rounds(digits, tmp_path) -> None:
+    plugin = FedAvg(rounds=4, num_devices=20, clients_per_round=5, selection="poisson", dp_clip_norm=1.0,
+                    dp_target_epsilon=2.0, seed=0)
+    _, history, results = run_federation(plugin, digits, tmp_path)
+    assert len(history) == 4 and all(r["aggregated"] for r in history)
+    assert 2.0 - 0.05 <= results["federation/dp_epsilon"] <= 2.0  # calibrated to Opacus' tolerance, from below
+    assert history[1]["dp_epsilon"] < 2.0 - 0.05  # not spent early
+
+
 class ClientPrivacyAccountant(PrivacyAccountantCallback):
     """The DP-SGD accountant run on every client (what ``federated_scope = "client"`` declares)."""
 
     federated_scope = "client"
 
 
-def test_client_level_dp_sgd_reports_each_device_epsilon_composed_over_its_rounds(tmp_path) -> None:
+def test_example_level_dp_sgd_reports_each_device_epsilon_composed_over_its_rounds(tmp_path) -> None:
     datamodule = DigitsDataModule(batch_size=32)
     datamodule.setup("fit")
     datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
@@ -233,35 +242,45 @@ def test_client_level_dp_sgd_reports_each_device_epsilon_composed_over_its_round
     assert results["federation/client_epsilon_max"] == pytest.approx(second["client_epsilon_max"])
 
 
-@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_completed_round(tmp_path) -> None:
-    """SIGKILL a federation process after round 2 is checkpointed; a new process finishes it identically."""
+    """SIGKILL a federation process after round 2 is checkpointed; a new process finishes it identically.
+
+    The uninterrupted reference runs in this process (the same ``killable_run.main``) while the process to kill
+    starts up; only the killed run and its resumption pay a Python start-up.
+    """
     import os
     import signal
     import subprocess
     import sys
 
+    from tests.federation.killable_run import main as federate
+
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     command = [sys.executable, "-m", "tests.federation.killable_run"]
-    subprocess.run([*command, str(tmp_path / "whole"), "0"], env=env, cwd=repo, check=True, timeout=300)
-
     killed = tmp_path / "killed"
     process = subprocess.Popen([*command, str(killed), "0.5"], env=env, cwd=repo)
-    rounds_file = killed / "federation" / "rounds.jsonl"
-    deadline = time.monotonic() + 240
-    while not (rounds_file.is_file() and len(rounds_file.read_text().splitlines()) >= 2):
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "round 2 was never checkpointed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    try:
+        federate(tmp_path / "whole", 0.0)
+        rounds_file = killed / "federation" / "rounds.jsonl"
+        deadline = time.monotonic() + 240
+        while not (rounds_file.is_file() and len(rounds_file.read_text().splitlines()) >= 2):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "round 2 was never checkpointed"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
     done_before_kill = len(rounds_file.read_text().splitlines())
     assert 2 <= done_before_kill < 5 and not (killed / "final.pt").exists()
 
     subprocess.run([*command, str(killed), "0"], env=env, cwd=repo, check=True, timeout=300)
     history = [json.loads(line) for line in rounds_file.read_text().splitlines()]
     assert [r["round"] for r in history] == [1, 2, 3, 4, 5]
+    whole_history = [json.loads(line) for line in (tmp_path / "whole" / "federation" / "rounds.jsonl").open()]
+    assert [r["test_acc"] for r in history] == [r["test_acc"] for r in whole_history]
     whole = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
     resumed = torch.load(killed / "final.pt", weights_only=True)
     for name, value in whole.items():

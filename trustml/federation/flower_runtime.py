@@ -1,12 +1,21 @@
 """Flower runtime: a ClientApp and a ServerApp built from the same objects as the in-process simulation.
 
 The ClientApp answers two message types: ``query`` (which device am I, how many samples do I hold per
-period) and ``train`` (load the global weights, run :class:`~trustml.federation.client.LocalTrainer` on
-the device's current window, reply with the update and metrics). Device ``k`` is the SuperNode whose
-``node_config["partition-id"]`` is ``k``; its client-side callback state lives in the node's
-``Context.state`` between rounds. The ServerApp drives :class:`~trustml.federation.rounds.RoundLoop`
-with a transport that sends one ``train`` message per selected device through the Grid and collects the
-replies within ``client_timeout_s``: error replies count as failed clients, missing ones as timed out.
+period) and ``train`` (load the global weights and the device's client-side callback state, run
+:class:`~trustml.federation.client.LocalTrainer` on the device's current window, reply with the update, the
+metrics and the new callback state). Device ``k`` is the SuperNode whose ``node_config["partition-id"]`` is
+``k``. The ServerApp drives :class:`~trustml.federation.rounds.RoundLoop` with a :class:`GridTransport`, which
+sends one ``train`` message per selected device through the Grid and collects the replies within
+``client_timeout_s``: error replies count as failed clients, missing ones as timed out.
+
+Per-device client state: a device's ``federated_scope="client"`` callbacks (e.g. its DP-SGD privacy
+accountant) keep state between the rounds it takes part in. The transport holds each device's last state
+(as JSON), sends it with the device's next ``train`` message and takes the new one from its reply, and the
+round loop saves it in the per-round checkpoint in the same form as the in-process simulation
+(:class:`~trustml.federation.simulation.InProcessClients`). So a device's privacy loss composes over every
+round it trains in, also across a resumed run (a run can even resume under the other runtime). The server
+only stores and returns this state; it never enters aggregation. A state must be JSON (numbers, strings,
+lists, dicts): Flower records carry no Python objects, and the server never unpickles what a client sends.
 
 :func:`run_flower_simulation` runs both on Flower's simulation engine (Ray), in this process; the same
 apps run on a SuperLink with SuperNodes for a real deployment.
@@ -24,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trustml.errors import ConfigError
 from trustml.federation.client import ClientUpdate, LocalTrainer
 from trustml.federation.devices import DevicePopulation
 from trustml.federation.rounds import ClientFailure, RoundLoop
@@ -33,7 +43,54 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 PARTITION_KEY = "partition-id"
-STATE_KEY = "trustml"
+#: record (in ``train`` messages and their replies) that carries a device's client-side callback states
+STATE_RECORD = "device_state"
+
+CallbackStates = list[dict[str, Any]]
+
+
+def _json_scalar(value: Any) -> Any:
+    """A NumPy/torch scalar as the Python number JSON can write; anything else is refused."""
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.dim() == 0):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def encode_states(states: CallbackStates) -> str:
+    """``states`` (the ``state_dict()`` of each client callback) as JSON text for a Flower record.
+
+    Raises :class:`~trustml.errors.ConfigError` naming the fix when a state holds something JSON cannot write.
+    """
+    try:
+        return json.dumps(states, default=_json_scalar, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"federation.runtime=flower carries each device's client-callback state (federated_scope='client') "
+            f"between rounds as JSON, but a state_dict() holds something JSON cannot write ({exc}); make that "
+            f"callback's state_dict() numbers, strings, lists and dicts, or use federation.runtime=simulation"
+        ) from exc
+
+
+def decode_states(text: str) -> CallbackStates:
+    """The callback states that :func:`encode_states` wrote."""
+    states = json.loads(text)
+    if not isinstance(states, list) or not all(isinstance(state, dict) for state in states):
+        raise ValueError(f"a device's callback state must be a JSON list of objects, got {text[:80]!r}")
+    return states
+
+
+def state_record(states: CallbackStates) -> Any:
+    """A Flower ``ConfigRecord`` holding ``states``."""
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({"callback_states": encode_states(states)})
+
+
+def states_of(content: Any) -> CallbackStates:
+    """The callback states in a message's :data:`STATE_RECORD` (none when the record is absent)."""
+    if STATE_RECORD not in content:
+        return []
+    return decode_states(str(content[STATE_RECORD]["callback_states"]))
 
 
 def build_client_app(trainer: LocalTrainer, population: DevicePopulation) -> Any:
@@ -57,14 +114,15 @@ def build_client_app(trainer: LocalTrainer, population: DevicePopulation) -> Any
         device = device_of(context)
         config = msg.content["config"]
         weights = torch.from_numpy(msg.content["global"].to_numpy_ndarrays()[0].copy())
-        saved = context.state.get(STATE_KEY)
-        callback_states = json.loads(str(saved["callback_states"])) if saved is not None else []
         rows = population.windows(int(config["period"]))[device]
-        update = trainer.train(device, rows, weights, callback_states)
-        context.state[STATE_KEY] = ConfigRecord({"callback_states": json.dumps(update.callback_states)})
+        update = trainer.train(device, rows, weights, states_of(msg.content))
         metrics = {"num_examples": update.num_examples, **update.metrics}
         return Message(
-            RecordDict({"update": ArrayRecord([update.delta.numpy()]), "metrics": MetricRecord(metrics)}),
+            RecordDict({
+                "update": ArrayRecord([update.delta.numpy()]),
+                "metrics": MetricRecord(metrics),
+                STATE_RECORD: state_record(update.callback_states),
+            }),
             reply_to=msg,
         )
 
@@ -72,10 +130,18 @@ def build_client_app(trainer: LocalTrainer, population: DevicePopulation) -> Any
 
 
 class GridTransport:
-    """A :data:`~trustml.federation.rounds.Transport` over a Flower Grid (one ``train`` message per device)."""
+    """A :data:`~trustml.federation.rounds.Transport` over a Flower Grid (one ``train`` message per device).
+
+    ``device_states`` holds each device's client-side callback states (see module doc): sent with its next
+    ``train`` message, replaced by the states its successful reply carries, saved and restored with the run
+    checkpoint through :meth:`state_dict` / :meth:`load_state_dict`. The updates of a round come back in the
+    order the devices were selected, whatever order the replies arrive in, so aggregation does not depend
+    on arrival order.
+    """
 
     def __init__(self, grid: Any, node_of_device: dict[int, int], timeout_s: float | None) -> None:
         self.grid, self.node_of_device, self.timeout_s = grid, node_of_device, timeout_s
+        self.device_states: dict[int, CallbackStates] = {}
 
     def __call__(
         self, round_index: int, period: int, devices: np.ndarray, global_weights: Tensor
@@ -83,16 +149,20 @@ class GridTransport:
         from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
         device_of_node = {node: device for device, node in self.node_of_device.items()}
-        content = RecordDict({
-            "global": ArrayRecord([global_weights.numpy()]),
-            "config": ConfigRecord({"round": round_index, "period": period}),
-        })
+        global_record = ArrayRecord([global_weights.numpy()])
+        config = ConfigRecord({"round": round_index, "period": period})
         messages = [
-            Message(content, dst_node_id=self.node_of_device[d], message_type="train", group_id=str(round_index))
+            Message(
+                RecordDict({"global": global_record, "config": config,
+                            STATE_RECORD: state_record(self.device_states.get(d, []))}),
+                dst_node_id=self.node_of_device[d], message_type="train", group_id=str(round_index),
+            )
             for d in devices.tolist()
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        updates, failures, answered = [], [], set()
+        by_device: dict[int, ClientUpdate] = {}
+        failures: list[ClientFailure] = []
+        answered: set[int] = set()
         for reply in replies:
             device = device_of_node[reply.metadata.src_node_id]
             answered.add(device)
@@ -102,12 +172,24 @@ class GridTransport:
             metrics = dict(reply.content["metrics"])
             delta = torch.from_numpy(reply.content["update"].to_numpy_ndarrays()[0].copy())
             num_examples = int(metrics.pop("num_examples"))
-            updates.append(ClientUpdate(device, num_examples, delta, {k: float(v) for k, v in metrics.items()}))
+            states = states_of(reply.content)
+            self.device_states[device] = states
+            by_device[device] = ClientUpdate(device, num_examples, delta, {k: float(v) for k, v in metrics.items()},
+                                             states)
+        updates = [by_device[d] for d in devices.tolist() if d in by_device]
         failures += [
             ClientFailure(d, f"no reply within federation.client_timeout_s={self.timeout_s}", timed_out=True)
             for d in devices.tolist() if d not in answered
         ]
         return updates, failures
+
+    def state_dict(self) -> dict[str, Any]:
+        """The devices' client-side callback states, for the run checkpoint (the in-process simulation's form)."""
+        return {"device_states": {str(k): v for k, v in self.device_states.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (also one written by the in-process simulation)."""
+        self.device_states = {int(k): list(v) for k, v in state.get("device_states", {}).items()}
 
 
 def wait_for_nodes(grid: Any, count: int, timeout_s: float) -> list[int]:
@@ -144,8 +226,9 @@ def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], Rou
                      timeout_s: float | None, *, resume: bool = True, startup_timeout_s: float = 120.0) -> Any:
     """The ServerApp: connect to the devices, then run the round loop over the Grid.
 
-    ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; with
-    ``resume`` it continues from the run's last checkpoint.
+    ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
+    checkpoint carries the :class:`GridTransport`'s per-device callback states. With ``resume`` it continues
+    from the run's last checkpoint, the devices' callback states included.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -156,7 +239,9 @@ def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], Rou
     def main(grid: Grid, context: Context) -> None:
         nodes = wait_for_nodes(grid, num_devices, startup_timeout_s)
         node_of_device, sizes = discover_devices(grid, nodes, startup_timeout_s)
-        loop = make_loop(GridTransport(grid, node_of_device, timeout_s), lambda period: sizes[:, period])
+        transport = GridTransport(grid, node_of_device, timeout_s)
+        loop = make_loop(transport, lambda period: sizes[:, period])
+        loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
         if resume:
             loop.resume()
         loop.run()

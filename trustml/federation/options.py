@@ -30,7 +30,9 @@ class FederationConfig:
     stops with an error (null: never). ``setting=continual`` spreads each device's data over
     ``num_periods`` with at most ``storage_cap`` samples kept (``arrival_order``: data or random).
     Two kinds of DP: ``dp_clip_norm`` clips each update and ``dp_noise_multiplier > 0`` turns on DP-FedAvg
-    (client-level DP at the server: a device's whole data set is protected; needs ``selection=poisson``). A DP
+    (client-level DP at the server: a device's whole data set is protected; needs ``selection=poisson``);
+    ``dp_target_epsilon`` instead calibrates that noise multiplier before the first round so that ``rounds``
+    rounds spend it at ``dp_delta``. A DP
     optimizer (``optimizer=dp_sgd|dp_adam``) gives example-level DP on each device instead: each device
     calibrates its noise so that its ``optimizer.target_epsilon`` lasts ``dp_device_rounds`` local fits (null:
     the 95% quantile of the number of rounds it is selected in, see :mod:`trustml.federation.participation`)
@@ -66,6 +68,7 @@ class FederationConfig:
     server_lr: float = 1.0
     dp_clip_norm: float | None = None
     dp_noise_multiplier: float = 0.0
+    dp_target_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_device_rounds: int | None = None
     eval_every: int = 1
@@ -143,9 +146,16 @@ def check_options(options: FederationConfig) -> None:
             "federation.num_periods / federation.storage_cap apply to the continual setting only; set "
             "federation.setting=continual or leave them at 1 / null"
         )
-    if options.dp_noise_multiplier > 0:
+    _at_least("dp_target_epsilon", options.dp_target_epsilon, 0, optional=True, strict=True)
+    if options.dp_target_epsilon is not None and options.dp_noise_multiplier > 0:
+        raise ConfigError(
+            "federation.dp_target_epsilon calibrates DP-FedAvg's noise multiplier; set it or "
+            "federation.dp_noise_multiplier, not both"
+        )
+    if options.dp_noise_multiplier > 0 or options.dp_target_epsilon is not None:
         if options.dp_clip_norm is None:
-            raise ConfigError("federation.dp_noise_multiplier > 0 (DP-FedAvg) needs federation.dp_clip_norm set")
+            raise ConfigError("DP-FedAvg (federation.dp_noise_multiplier > 0 or dp_target_epsilon) needs "
+                              "federation.dp_clip_norm set")
         if options.selection != "poisson":
             raise ConfigError(
                 f"DP-FedAvg (federation.dp_noise_multiplier > 0) needs federation.selection=poisson, got "

@@ -4,7 +4,10 @@ Each round, every device joins with probability ``q`` (Poisson sampling); each u
 ``S``: ``Delta_k * min(1, S / ||Delta_k||)``; the server adds Gaussian noise ``N(0, sigma^2 S^2 I)`` to the
 *sum* and divides by the expected number of participants ``q M`` (the fixed-denominator estimator with
 equal device weights, so one device changes the sum by at most ``S``). The privacy loss of the released
-models is tracked with Opacus's RDP accountant of the subsampled Gaussian mechanism, one step per round.
+models is tracked with Opacus's RDP accountant of the subsampled Gaussian mechanism, one step per round
+(through :mod:`trustml.privacy.accounting`, the accounting code DP-SGD uses). With a target epsilon instead of
+a noise multiplier, sigma is calibrated before the first round for the planned rounds at rate ``q``
+(:func:`calibrate_user_level_noise`), as DP-SGD calibrates its noise before training.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from opacus.accountants import RDPAccountant
 from torch import Tensor
+
+from trustml.privacy.accounting import calibrate_noise_multiplier, make_accountant, spent_epsilon
 
 
 def clip_updates(updates: Tensor, clip_norm: float) -> Tensor:
@@ -31,12 +35,18 @@ def noisy_mean_of_clipped(
     return (total + noise) / expected_count
 
 
+def calibrate_user_level_noise(target_epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
+    """The smallest sigma for which ``rounds`` DP-FedAvg rounds at device rate ``q`` spend at most
+    ``target_epsilon`` at ``delta`` (RDP accountant)."""
+    return calibrate_noise_multiplier(target_epsilon, delta, sample_rate, rounds, "rdp")
+
+
 class UserLevelAccountant:
     """User-level privacy loss of DP-FedAvg: Opacus's RDP accountant, one subsampled-Gaussian step per round."""
 
     def __init__(self, noise_multiplier: float, delta: float) -> None:
         self.noise_multiplier, self.delta = noise_multiplier, delta
-        self.accountant = RDPAccountant()
+        self.accountant = make_accountant("rdp")
 
     def step(self, sample_rate: float) -> None:
         """Account for one round in which each device took part with probability ``sample_rate``."""
@@ -44,9 +54,7 @@ class UserLevelAccountant:
 
     def epsilon(self) -> float:
         """The ``epsilon`` of ``(epsilon, delta)``-DP spent so far (0 before the first round)."""
-        if not self.accountant.history:
-            return 0.0
-        return float(self.accountant.get_epsilon(delta=self.delta))
+        return spent_epsilon(self.accountant, self.delta)
 
     def state_dict(self) -> dict[str, Any]:
         """The accountant's history, for checkpoints."""

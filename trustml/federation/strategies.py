@@ -10,6 +10,7 @@ round), ``server_state.pt`` (resume point); the final global model goes to ``che
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -38,6 +39,7 @@ from trustml.federation.participation import planned_rounds
 from trustml.federation.rounds import RoundLoop, Transport, evaluate_model
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAdamServer, FedAvgServer, FedYogiServer, ServerOptimizer
+from trustml.federation.server_privacy import calibrate_user_level_noise
 from trustml.federation.simulation import InProcessClients
 from trustml.optim.base import PerSampleGradientOptimizer
 from trustml.registry import register, resolve_target
@@ -150,6 +152,8 @@ class FederatedTraining:
                 options.selection, activity_exponent=options.activity_exponent, fixed=options.dp_device_rounds,
             ),
         )
+        if options.dp_target_epsilon is not None:
+            options = self._calibrated_user_level_noise(options, population)
         layout = FlatLayout.of(method.model)
         seed = options.seed if options.seed is not None else torch.initial_seed()
         server = FederatedServer(get_flat(method.model, layout), self.make_server_optimizer(), options, seed)
@@ -205,6 +209,16 @@ class FederatedTraining:
             if isinstance(callback, FederationResults):
                 callback.results = summarize(history)
         return trainer
+
+    @staticmethod
+    def _calibrated_user_level_noise(options: FederationConfig, population: DevicePopulation) -> FederationConfig:
+        """``options`` with DP-FedAvg's noise multiplier calibrated for ``dp_target_epsilon`` over all rounds."""
+        eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
+        rate = min(options.clients_per_round, eligible) / max(eligible, 1)
+        sigma = calibrate_user_level_noise(options.dp_target_epsilon, options.dp_delta, rate, options.rounds)
+        log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at device rate %.4g",
+                 sigma, options.dp_target_epsilon, options.rounds, rate)
+        return dataclasses.replace(options, dp_noise_multiplier=sigma, dp_target_epsilon=None)
 
     @staticmethod
     def _save_final_model(method: pl.LightningModule, path: Path) -> None:
