@@ -230,7 +230,10 @@ class FederatedTraining:
 
 @register("federation", "fedavg", dataclass=FederationConfig)
 class FedAvg(FederatedTraining):
-    """FedAvg (McMahan et al. 2017): local training on sampled devices, updates averaged by sample count."""
+    """FedAvg (McMahan et al. 2017); with federation.dp_clip_norm + dp_target_epsilon: DP-FedAvg (client-level DP).
+
+    Local training on sampled devices, updates averaged by sample count.
+    """
 
 
 @register("federation", "fedprox", dataclass=FedProxConfig)

@@ -298,7 +298,7 @@ def _parse_options(config_class: type[DPOptimizerConfig], options: dict[str, Any
 
 @register("optimizer", "dp_sgd", dataclass=DPSGDConfig, partial=True)
 class DPSGD(DPOptimizer, torch.optim.SGD):
-    """DP-SGD: SGD (with momentum) on clipped, noised per-sample gradients."""
+    """DP-SGD: SGD on clipped, noised per-sample gradients (example-level DP; per device in a federation)."""
 
     def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], **options: Any) -> None:
         opts = _parse_options(DPSGDConfig, options)
@@ -310,7 +310,7 @@ class DPSGD(DPOptimizer, torch.optim.SGD):
 
 @register("optimizer", "dp_adam", dataclass=DPAdamConfig, partial=True)
 class DPAdam(DPOptimizer, torch.optim.Adam):
-    """DP-Adam: Adam on clipped, noised per-sample gradients."""
+    """DP-Adam: Adam on clipped, noised per-sample gradients (example-level DP; per device in a federation)."""
 
     def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], **options: Any) -> None:
         opts = _parse_options(DPAdamConfig, options)
