@@ -18,6 +18,7 @@ class SlowClient(pl.Callback):
     """Makes every local fit last ``delay`` seconds longer, so the run can be killed between rounds."""
 
     federated_scope = "client"
+    client_loop_ready = True  # only sleeps: the Trainer-free client loop calls on_train_end too
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
@@ -27,6 +28,11 @@ class SlowClient(pl.Callback):
 
 
 def main(root: Path, delay: float) -> None:
+    """Run (or resume, when ``root`` holds a checkpoint) the federation into ``root``; save the final model.
+
+    5 rounds of 3 of 10 label-skewed devices; each client fit lasts ``delay`` seconds longer. The final global
+    model goes to ``root/final.pt``. Called in-process too (the test's uninterrupted reference run).
+    """
     torch.set_num_threads(1)
     datamodule = DigitsDataModule(batch_size=16)
     datamodule.setup("fit")

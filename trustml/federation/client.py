@@ -64,7 +64,9 @@ class ClientUpdate:
     """What a client sends back: its update ``w_local - w_global``, sample count and metrics.
 
     ``callback_states`` is the client-side state of its ``federated_scope="client"`` callbacks (e.g. its
-    privacy accountant), which the device keeps for its next round; it never reaches the server.
+    privacy accountant), carried to the device's next round. The in-process simulation keeps it beside the
+    devices; under Flower the server stores it as JSON between a device's rounds (and in its checkpoint) and
+    sends it back with the device's next task, never using it for aggregation.
     """
 
     device: int

@@ -84,8 +84,7 @@ class RoundLoop:
     reports ``budget_spent`` (its example-level DP budget is used up) is retired: never selected again, and
     counted in every later round record (``retired``); when every device with data is retired, the run ends
     after that round. ``client_state`` /
-    ``restore_client_state`` carry the simulated devices' own state through checkpoints (none for remote
-    devices).
+    ``restore_client_state`` carry the devices' own state (client-side callback states) through checkpoints.
     """
 
     server: FederatedServer
