@@ -57,3 +57,32 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith(str(target))
     assert list(work.glob("logs/runs/*/results.json"))
+
+
+def test_the_constraints_file_pins_every_direct_requirement_within_its_range() -> None:
+    """``constraints.txt`` (the documented known-good set) pins each requirement of trustml and its extras at a
+    version the requirement's range admits, so ``pip install -c constraints.txt -e ".[dev]"`` can resolve."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
+    checked = 0
+    for text in requirements:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) == "trustml":
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject's '{requirement}'"
+        )
+        checked += 1
+    assert checked >= 20
