@@ -130,9 +130,13 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
     start = get_flat(method.model, layout)
     plugin = FedAvg(rounds=1, num_devices=2, clients_per_round=2, min_clients=2, seed=0)
     from trustml.federation.partition import iid_partition
+    from trustml.federation.rounds import ClientsKeepFailingError
 
     parts = iid_partition(len(digits.splits["train"]), 2, np.random.default_rng(0))
-    _, history, _ = run_federation(plugin, digits, tmp_path, callbacks=[RaiseOnRow(int(parts[0][0]))], method=method)
+    # the only round failed, so the run's model is the untrained one: the run fails rather than completes
+    with pytest.raises(ClientsKeepFailingError, match="fewer than federation.min_clients=2"):
+        run_federation(plugin, digits, tmp_path, callbacks=[RaiseOnRow(int(parts[0][0]))], method=method)
+    history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
     assert history[0]["answered"] == 1 and not history[0]["aggregated"]
     torch.testing.assert_close(get_flat(method.model, layout), start)
 

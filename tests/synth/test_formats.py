@@ -152,8 +152,11 @@ def test_snips_latin1_and_cesu8_files_decode(tmp_path: Path) -> None:
 def test_snips_strict_encoding_and_bad_json_fail_with_the_file_name(tmp_path: Path) -> None:
     latin = tmp_path / "latin.json"
     latin.write_bytes(json.dumps(_snips_payload("Beyoncé"), ensure_ascii=False).encode("latin-1"))
-    with pytest.raises(DataError, match=rf"^{latin} cannot be decoded as utf-8 .*set the encoding"):
+    refusal = rf"^{latin}:1: not valid utf-8 text \(byte 0xe9 at byte 61 of the line; .*set encoding=latin-1"
+    with pytest.raises(DataError, match=refusal):
         read_snips_json(latin, encoding="utf-8")
+    with pytest.raises(DataError, match=r"encoding='latin-9x' is not a known text encoding"):
+        read_snips_json(latin, encoding="latin-9x")
     broken = _write(tmp_path / "b.json", '{"PlayMusic": [\n  {"data": ]}')
     with pytest.raises(DataError, match=rf"^{broken}:2:12: invalid JSON"):
         read_snips_json(broken)
@@ -161,6 +164,34 @@ def test_snips_strict_encoding_and_bad_json_fail_with_the_file_name(tmp_path: Pa
         read_snips_json(_write(tmp_path / "n.json", '{"PlayMusic": [{"text": "x"}]}'))
     with pytest.raises(DataError, match="does not exist"):
         read_snips_json(tmp_path / "missing.json")
+
+
+LATIN1_INPUTS = {
+    "text format": ("g.txt", "## PlayMusic\n- play [Beyoncé](artist)\n", 2),
+    "Rasa YAML": ("r.yml", 'nlu:\n- intent: PlayMusic\n  examples: |\n    - play [Beyoncé](artist)\n', 4),
+    "YAML mapping": ("m.yaml", "PlayMusic:\n  - play [Beyoncé](artist)\n", 2),
+    "JSONL": ("u.jsonl", '{"intent": "PlayMusic", "text": "play [Beyoncé](artist)"}\n', 1),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LATIN1_INPUTS))
+def test_every_utterance_format_decodes_latin1_by_auto_or_names_the_line_and_option(tmp_path: Path, kind: str) -> None:
+    name, text, line = LATIN1_INPUTS[kind]
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    for encoding in ("auto", "latin-1"):
+        (u,) = load_utterances(path, encoding=encoding)
+        assert u.intent == "PlayMusic" and u.slot_values() == [("artist", "Beyoncé")]
+    with pytest.raises(DataError, match=rf"^{path}:{line}: not valid utf-8 text \(byte 0xe9 .*set encoding=latin-1"):
+        load_utterances(path, encoding="utf-8")
+
+
+def test_a_cesu8_file_read_strictly_is_refused_with_the_auto_fix(tmp_path: Path) -> None:
+    cesu = tmp_path / "cesu.json"
+    emoji_cesu = "\ud83c\udf55".encode("utf-8", errors="surrogatepass")
+    cesu.write_bytes(json.dumps(_snips_payload("Pizza X"), ensure_ascii=False).encode().replace(b"X", emoji_cesu))
+    with pytest.raises(DataError, match=rf"^{cesu}:1: .*ed a0 bc .*CESU-8\); set encoding=auto"):
+        read_snips_json(cesu, encoding="utf-8")
 
 
 def test_exporters_round_trip(tmp_path: Path, toy) -> None:
@@ -176,6 +207,8 @@ def test_real_snips_files_load() -> None:
         assert utts and all(s.end <= len(u.text) for u in utts for s in u.spans), path
     full = load_utterances(SNIPS_DIR / "train_PlayMusic_full.json")
     assert any("\U0001f355" in u.text for u in full)
+    with pytest.raises(DataError, match=r"train_PlayMusic_full.json:\d+: .*CESU-8\); set encoding=auto"):
+        load_utterances(SNIPS_DIR / "train_PlayMusic_full.json", encoding="utf-8")
 
 
 def test_rasa_export_drops_catalog_labels(tmp_path: Path) -> None:

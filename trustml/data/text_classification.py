@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split, stratified_split
+from trustml.data.text_files import check_encoding, read_text
 from trustml.errors import DataError
 from trustml.registry import register
 
@@ -37,16 +39,27 @@ def _format_of(path: Path, fmt: str) -> str:
 
 
 def read_records(
-    path: str | Path, text_field: str, label_field: str, group_field: str | None = None, fmt: str = "auto"
+    path: str | Path,
+    text_field: str,
+    label_field: str,
+    group_field: str | None = None,
+    fmt: str = "auto",
+    encoding: str = "utf-8",
+    encoding_option: str = "data.encoding",
 ) -> list[TextRecord]:
-    """Read ``(text, label, group)`` records from a JSONL or CSV file; errors name the file and line."""
+    """Read ``(text, label, group)`` records from a JSONL or CSV file; errors name the file and line.
+
+    The file is decoded by ``encoding`` (a codec name, or ``auto``: see :mod:`trustml.data.text_files`); text
+    that does not decode is a :class:`DataError` naming the line and ``encoding_option``, the setting to change.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path} (check the data.*path option)")
     fmt = _format_of(path, fmt)
     fields = [f for f in (text_field, label_field, group_field) if f]
     records: list[TextRecord] = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    # newline="": lines end at \n, \r or \r\n as in a file opened for csv, and the endings reach the csv reader
+    with io.StringIO(read_text(path, encoding, encoding_option), newline="") as handle:
         if fmt == "jsonl":
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
@@ -92,13 +105,19 @@ def _record(row: dict, text_field: str, label_field: str, group_field: str | Non
 
 @dataclass
 class TextClassificationConfig(DataOptions):
-    """Options of ``data=text_classification`` (one file split by fractions, or one file per split)."""
+    """Options of ``data=text_classification`` (one file split by fractions, or one file per split).
+
+    ``encoding``: how the files are decoded: ``utf-8`` (default; a file that is not UTF-8 is refused with the
+    line of the first bad byte), any Python codec name (``latin-1``, ``cp1252``, ...), or ``auto`` (UTF-8, else
+    Latin-1 with a warning); see :mod:`trustml.data.text_files`.
+    """
 
     path: str | None = None
     train_path: str | None = None
     val_path: str | None = None
     test_path: str | None = None
     format: str = "auto"
+    encoding: str = "utf-8"
     text_field: str = "text"
     label_field: str = "label"
     group_field: str | None = None
@@ -120,6 +139,7 @@ class TextClassificationDataModule(TrustDataModule):
         val_path: str | None = None,
         test_path: str | None = None,
         format: str = "auto",  # noqa: A002 - the config option's name
+        encoding: str = "utf-8",
         text_field: str = "text",
         label_field: str = "label",
         group_field: str | None = None,
@@ -132,10 +152,11 @@ class TextClassificationDataModule(TrustDataModule):
             raise DataError("data=text_classification needs data.path (one file) or data.train_path")
         self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path
         self.format, self.text_field, self.label_field, self.group_field = format, text_field, label_field, group_field
+        self.encoding = check_encoding(encoding, "data.encoding")
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def _read(self, path: str) -> list[TextRecord]:
-        return read_records(path, self.text_field, self.label_field, self.group_field, self.format)
+        return read_records(path, self.text_field, self.label_field, self.group_field, self.format, self.encoding)
 
     def load_splits(self) -> dict[str, Split]:
         if self.path is not None:

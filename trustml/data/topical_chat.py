@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split
+from trustml.data.text_files import check_encoding, read_text
 from trustml.errors import DataError
 from trustml.registry import register
 
@@ -35,13 +36,17 @@ class Turn:
     agent: str
 
 
-def read_conversations(path: str | Path) -> list[Turn]:
-    """All turns of a Topical-Chat ``conversations_*.json`` file, in file order."""
+def read_conversations(path: str | Path, encoding: str = "utf-8", encoding_option: str = "data.encoding") -> list[Turn]:
+    """All turns of a Topical-Chat ``conversations_*.json`` file, in file order.
+
+    The file is decoded by ``encoding`` (see :mod:`trustml.data.text_files`); bytes that do not decode are a
+    :class:`DataError` naming the line and ``encoding_option``.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Topical-Chat file not found: {path} (set data.data_dir to the topical_chat folder)")
     try:
-        conversations = json.loads(path.read_text(encoding="utf-8"))
+        conversations = json.loads(read_text(path, encoding, encoding_option))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
     turns = []
@@ -59,7 +64,11 @@ def read_conversations(path: str | Path) -> list[Turn]:
 
 @dataclass
 class TopicalChatSentimentConfig(DataOptions):
-    """Options of ``data=topical_chat_sentiment``."""
+    """Options of ``data=topical_chat_sentiment``.
+
+    ``encoding``: how the JSON files are decoded (``utf-8``, another Python codec name, or ``auto``: UTF-8, else
+    Latin-1 with a warning); a file that does not decode is refused with its line and this option.
+    """
 
     data_dir: str = "${paths.shared_data_dir}/topical_chat"
     train_files: list[str] = field(
@@ -68,6 +77,7 @@ class TopicalChatSentimentConfig(DataOptions):
     test_files: list[str] = field(default_factory=lambda: ["conversations_test_freq.json"])
     val_fraction: float = 0.1
     max_conversations: int | None = None
+    encoding: str = "utf-8"
 
 
 @register("data", "topical_chat_sentiment", dataclass=TopicalChatSentimentConfig)
@@ -87,15 +97,17 @@ class TopicalChatSentimentDataModule(TrustDataModule):
         test_files: list[str],
         val_fraction: float = 0.1,
         max_conversations: int | None = None,
+        encoding: str = "utf-8",
         **options: Any,
     ) -> None:
         super().__init__(**options)
         self.data_dir = Path(data_dir)
+        self.encoding = check_encoding(encoding, "data.encoding")
         self.train_files, self.test_files = list(train_files), list(test_files)
         self.val_fraction, self.max_conversations = val_fraction, max_conversations
 
     def _turns(self, files: list[str]) -> list[Turn]:
-        turns = [t for name in files for t in read_conversations(self.data_dir / name)]
+        turns = [t for name in files for t in read_conversations(self.data_dir / name, self.encoding)]
         if self.max_conversations is not None:
             keep = set(list(dict.fromkeys(t.conversation_id for t in turns))[: self.max_conversations])
             turns = [t for t in turns if t.conversation_id in keep]

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from trustml.data.base import TrustDataModule
+from trustml.errors import ConfigError
 from trustml.federation.continual import arrival_order, device_windows
 from trustml.federation.options import FederationConfig
 from trustml.federation.partition import Partition, make_partition, partition_statistics
@@ -29,9 +30,19 @@ class DevicePopulation:
 
     @classmethod
     def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> DevicePopulation:
-        """Partition ``datamodule``'s training split as ``options`` say (seeded by ``partition_seed``)."""
+        """Partition ``datamodule``'s training split as ``options`` say (seeded by ``partition_seed``).
+
+        ``num_devices`` above the number of training samples is refused (:class:`ConfigError`): that many devices
+        cannot all hold data. Empty devices that skew leaves are allowed (see :attr:`empty_devices`).
+        """
         train = datamodule.splits["train"]
         labels = train.labels.numpy()
+        if options.partition != "natural" and options.num_devices > len(labels):
+            raise ConfigError(
+                f"federation.num_devices={options.num_devices} exceeds the {len(labels)} training samples, so at "
+                f"least {options.num_devices - len(labels)} devices would hold no data; lower federation.num_devices "
+                f"to at most {len(labels)}"
+            )
         rng = np.random.default_rng(options.partition_seed)
         partition, names = make_partition(
             options.partition, labels, train.groups, num_devices=options.num_devices,
@@ -43,6 +54,11 @@ class DevicePopulation:
 
     def __len__(self) -> int:
         return len(self.partition)
+
+    @property
+    def empty_devices(self) -> int:
+        """Number of devices that hold no training sample in any period (never selected)."""
+        return sum(len(rows) == 0 for rows in self.partition)
 
     def _period(self, period: int) -> tuple[int, Partition, np.ndarray]:
         """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round)."""

@@ -26,9 +26,12 @@ class FederationConfig:
     ``rounds`` rounds selects ``clients_per_round`` devices (``selection``: uniform, activity with
     ``activity_exponent``, poisson; ``weighting``: samples or unbiased), trains each for ``local_epochs``
     (or ``local_steps``) and aggregates when at least ``min_clients`` answered within
-    ``client_timeout_s``; after ``max_failed_rounds`` consecutive rounds without one usable update the run
-    stops with an error (null: never). ``setting=continual`` spreads each device's data over
-    ``num_periods`` with at most ``storage_cap`` samples kept (``arrival_order``: data or random).
+    ``client_timeout_s``. A round that leaves the global model unchanged (every selected device failed, every
+    update held NaN/inf, or fewer than ``min_clients`` usable updates) is a failed round: after
+    ``max_failed_rounds`` failed rounds in a row the run stops with an error (null: never), and a run whose
+    rounds all failed ends as failed too, never as a success with the untrained model.
+    ``setting=continual`` spreads each device's data over ``num_periods`` with at most ``storage_cap`` samples
+    kept (``arrival_order``: data or random).
     Two kinds of DP: ``dp_clip_norm`` clips each update and ``dp_noise_multiplier > 0`` turns on DP-FedAvg
     (client-level DP at the server: a device's whole data set is protected; needs ``selection=poisson``);
     ``dp_target_epsilon`` instead calibrates that noise multiplier before the first round so that ``rounds``
@@ -39,6 +42,14 @@ class FederationConfig:
     and is selected no more once its budget is spent. ``seed`` (default: the run's seed) drives selection and
     server noise. The server state is saved after every round under ``<run dir>/federation/`` and, with
     ``resume``, picked up again.
+    Devices without data and rounds with fewer devices than ``clients_per_round``: a configuration that forces
+    them is refused before the run (``clients_per_round > num_devices``; ``num_devices`` above the number of
+    training samples for the ``iid`` and Dirichlet partitions). Where they follow from the data (Dirichlet skew,
+    a ``natural`` partition with fewer groups than ``clients_per_round``, continual periods in which few devices
+    hold data yet, devices retired by their DP budget) the run goes on, a warning is logged and the results
+    state them: ``federation/empty_devices`` (devices that hold no training data and are never selected) and
+    ``federation/clamped_rounds`` (rounds in which fewer than ``clients_per_round`` devices were eligible, so every
+    eligible one was taken; each round's ``eligible`` count is in ``rounds.jsonl``).
     ``runtime``: ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus`` CPUs).
     ``client_loop``: ``auto`` trains clients in a Trainer-free loop where it can stand in for a Lightning fit
     (see :mod:`trustml.federation.local_loop`), ``lightning`` builds a Lightning Trainer for every client fit.
@@ -136,6 +147,12 @@ def check_options(options: FederationConfig) -> None:
     _at_least("dp_clip_norm", options.dp_clip_norm, 0, optional=True, strict=True)
     _at_least("dp_noise_multiplier", options.dp_noise_multiplier, 0)
     _at_least("activity_exponent", options.activity_exponent, 0)
+    if options.partition != "natural" and options.clients_per_round > options.num_devices:
+        raise ConfigError(
+            f"federation.clients_per_round={options.clients_per_round} exceeds federation.num_devices="
+            f"{options.num_devices}: a round cannot select more devices than there are; lower clients_per_round to "
+            f"at most {options.num_devices} (or raise num_devices)"
+        )
     if options.min_clients > options.clients_per_round:
         raise ConfigError(
             f"federation.min_clients={options.min_clients} exceeds federation.clients_per_round="

@@ -4,6 +4,12 @@ How client updates are obtained is a :data:`Transport`: the in-process simulatio
 after another on the shared model; the Flower runtime sends messages to SuperNodes. Each completed round
 appends one record (selection, faults, timing, test accuracy, privacy) to the history, which is written
 to ``rounds.jsonl`` and saved with the checkpoint.
+
+A round that did not update the global model is a *failed round* (:func:`round_failure` says why: every selected
+device failed, every update held NaN/inf, fewer usable updates than ``federation.min_clients``, or no device was
+selected). ``federation.max_failed_rounds`` failed rounds in a row (rounds that selected nobody do not count) stop
+the run with :class:`ClientsKeepFailingError`, and so does a run in which no selected device trained in any round:
+it never reports success for an untrained model.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class ClientsKeepFailingError(TrustMLError):
-    """Several rounds in a row produced no usable update: a systematic fault, not a flaky device."""
+    """Rounds keep failing (several in a row, or all of a run): a systematic fault, not a flaky device."""
 
 
 @dataclass
@@ -47,6 +53,26 @@ class ClientFailure:
 
 #: ``(round, period, devices, global_weights) -> (updates, failures)``
 Transport = Callable[[int, int, np.ndarray, Tensor], tuple[list[ClientUpdate], list[ClientFailure]]]
+
+
+def round_failure(record: dict[str, Any], min_clients: int) -> str | None:
+    """Why the round of ``record`` left the global model unchanged, in words; ``None`` if it aggregated."""
+    if record["aggregated"]:
+        return None
+    selected, answered, rejected = record["selected"], record["answered"], record["rejected"]
+    if selected == 0:
+        return "no device was selected (none held data or was eligible, or Poisson selection drew none)"
+    if answered == 0:
+        last = f" (last: {record['last_error']})" if record.get("last_error") else ""
+        return f"all {selected} selected device(s) failed{last}"
+    if answered == rejected:
+        return f"all {answered} update(s) held NaN/inf and were rejected"
+    return f"only {answered - rejected} usable update(s), fewer than federation.min_clients={min_clients}"
+
+
+def updated_in_some_round(history: list[dict[str, Any]]) -> bool:
+    """Whether some round of ``history`` changed the global model (aggregated usable updates)."""
+    return any(r["aggregated"] for r in history)
 
 
 @torch.no_grad()
@@ -79,8 +105,9 @@ class RoundLoop:
     """Runs rounds ``server.round .. rounds - 1`` and checkpoints after each one.
 
     ``sizes_at(period)`` gives every device's sample count; ``evaluate(weights)`` the test metrics of a
-    global model. After ``max_failed_rounds`` consecutive rounds whose selected devices gave no usable
-    update the loop raises :class:`ClientsKeepFailingError` with the last reason. A device whose update
+    global model. After ``max_failed_rounds`` consecutive failed rounds (:func:`round_failure`; rounds that
+    selected no device do not count) the loop raises :class:`ClientsKeepFailingError` with the reason, and so does
+    :meth:`require_training` at the end of a run in which no device ever trained. A device whose update
     reports ``budget_spent`` (its example-level DP budget is used up) is retired: never selected again, and
     counted in every later round record (``retired``); when every device with data is retired, the run ends
     after that round. ``client_state`` /
@@ -160,6 +187,7 @@ class RoundLoop:
             "round": index + 1,
             "period": period,
             "selected": len(selection.devices),
+            "eligible": int(selection.num_eligible),
             "answered": len(updates),
             "failed": sum(not f.timed_out for f in failures),
             "timed_out": sum(f.timed_out for f in failures),
@@ -171,6 +199,8 @@ class RoundLoop:
             "round_s": 0.0,
             **_client_metric_summary(updates),
         }
+        if failures:
+            record["last_error"] = failures[-1].reason
         if self.server.epsilon() is not None:
             record["dp_epsilon"] = self.server.epsilon()
         if self.retired and index + 1 < self.rounds:
@@ -182,19 +212,37 @@ class RoundLoop:
             record.update(self.evaluate(self.server.weights))
         return record
 
+    @property
+    def min_clients(self) -> int:
+        """The fewest usable updates a round aggregates (``federation.min_clients``, at least 1)."""
+        return max(int(self.server.options.min_clients), 1)
+
+    def require_training(self) -> None:
+        """Raise :class:`ClientsKeepFailingError` when every round of the run failed (none aggregated a usable
+        update): the global model is the untrained initial one, so the run must not end as a success."""
+        if not self.history or updated_in_some_round(self.history):
+            return
+        reasons = list(dict.fromkeys(r for r in (round_failure(rec, self.min_clients) for rec in self.history) if r))
+        raise ClientsKeepFailingError(
+            f"no round of {len(self.history)} updated the global model, so it is untrained: "
+            f"{'; '.join(reasons[-3:])}. Fix the cause (the client errors are logged as warnings and in "
+            f"federation/rounds.jsonl 'last_error'), then run again in a new run directory (or with "
+            f"federation.resume=false)"
+        )
+
     def run(self) -> list[dict[str, Any]]:
-        """Run the remaining rounds; return the full history."""
+        """Run the remaining rounds; return the full history (see :meth:`require_training`)."""
         failed_in_a_row = 0
         for index in range(self.server.round, self.rounds):
             record = self.run_round(index)
             self.history.append(record)
             self.checkpoint()
-            useless = record["selected"] > 0 and record["answered"] == record["rejected"]
-            failed_in_a_row = failed_in_a_row + 1 if useless else 0
+            failure = round_failure(record, self.min_clients) if record["selected"] > 0 else None
+            failed_in_a_row = failed_in_a_row + 1 if failure else 0
             if self.max_failed_rounds is not None and failed_in_a_row >= self.max_failed_rounds:
                 raise ClientsKeepFailingError(
-                    f"no selected device produced a usable update in {failed_in_a_row} rounds in a row (last: "
-                    f"{self.last_failure}); fix the cause, or raise federation.max_failed_rounds"
+                    f"the global model was not updated in {failed_in_a_row} rounds in a row (last round: {failure}); "
+                    f"fix the cause, or raise federation.max_failed_rounds"
                 )
             log.info("round %d/%d: %s", index + 1, self.rounds,
                      {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record})
@@ -202,4 +250,5 @@ class RoundLoop:
                 log.warning("every device with data has spent its privacy budget; the run ends after round %d",
                             index + 1)
                 break
+        self.require_training()
         return self.history

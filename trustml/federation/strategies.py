@@ -6,6 +6,11 @@ into the global model (the server strategy), evaluate it on the test split, chec
 in-process simulation (``runtime=simulation``, default) or Flower (``runtime=flower``). Written to
 ``<run dir>/federation/``: ``partition.json`` (device statistics), ``rounds.jsonl`` (one record per
 round), ``server_state.pt`` (resume point); the final global model goes to ``checkpoints/last.ckpt``.
+
+A run never reports success for nothing: a model that a DP optimizer cannot train (a layer that mixes the
+samples of a batch, e.g. BatchNorm) is refused before the first round, and a run whose rounds all failed (none
+updated the global model) ends with :class:`~trustml.federation.rounds.ClientsKeepFailingError` (see
+:mod:`trustml.federation.rounds`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from trustml.federation.server_optim import FedAdamServer, FedAvgServer, FedYogi
 from trustml.federation.server_privacy import calibrate_user_level_noise
 from trustml.federation.simulation import InProcessClients
 from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.privacy.compat import check_per_sample_compatible
 from trustml.registry import register, resolve_target
 
 log = logging.getLogger(__name__)
@@ -58,8 +64,14 @@ class FederationResults(pl.Callback):
         return dict(self.results)
 
 
-def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Run-level numbers from the per-round records."""
+def summarize(
+    history: list[dict[str, Any]], *, clients_per_round: int | None = None, empty_devices: int | None = None
+) -> dict[str, float]:
+    """Run-level numbers from the per-round records.
+
+    With ``clients_per_round``, ``federation/clamped_rounds`` counts the rounds in which fewer devices than that
+    were eligible; ``empty_devices`` (devices without data) is reported as ``federation/empty_devices``.
+    """
     evaluated = [r for r in history if "test_acc" in r]
     summary: dict[str, float] = {
         "federation/rounds": float(len(history)),
@@ -69,6 +81,11 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
         "federation/rejected_updates": float(sum(r["rejected"] for r in history)),
         "federation/mean_round_s": float(np.mean([r["round_s"] for r in history])) if history else 0.0,
     }
+    if clients_per_round is not None:
+        clamped = sum(r.get("eligible", clients_per_round) < clients_per_round for r in history)
+        summary["federation/clamped_rounds"] = float(clamped)
+    if empty_devices is not None:
+        summary["federation/empty_devices"] = float(empty_devices)
     if evaluated:
         summary["federation/final_test_acc"] = float(evaluated[-1]["test_acc"])
         summary["federation/best_test_acc"] = float(max(r["test_acc"] for r in evaluated))
@@ -80,6 +97,20 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, float]:
     if client_eps:
         summary["federation/client_epsilon_max"] = float(max(client_eps))
     return summary
+
+
+def warn_about_population(population: DevicePopulation, options: FederationConfig) -> None:
+    """Log what the results will state: devices without data, and fewer devices with data than
+    ``clients_per_round`` (each round then takes every eligible device)."""
+    empty = population.empty_devices
+    if empty:
+        log.warning("federation: %d of %d devices hold no training data (partition skew) and are never selected; "
+                    "reported as federation/empty_devices", empty, len(population))
+    holders = len(population) - empty
+    if holders < options.clients_per_round:
+        log.warning("federation: only %d devices hold data, fewer than federation.clients_per_round=%d, so each "
+                    "round takes at most %d; reported as federation/clamped_rounds", holders,
+                    options.clients_per_round, holders)
 
 
 class FederatedTraining:
@@ -138,10 +169,13 @@ class FederatedTraining:
         run_dir = Path(trainer.default_root_dir)
         state_dir = run_dir / "federation"
         state_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(method, "uses_per_sample_gradients", False):
+            check_per_sample_compatible(method.model)  # else every client fails on its first step
         population = DevicePopulation.from_datamodule(datamodule, options)
         (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
         log.info("federation: %d devices, %d rounds of %d clients (%s selection, %s setting)", len(population),
                  options.rounds, options.clients_per_round, options.selection, options.setting)
+        warn_about_population(population, options)
 
         local = LocalTrainer(
             method, datamodule, make_trainer, local_epochs=options.local_epochs, local_steps=options.local_steps,
@@ -194,6 +228,7 @@ class FederatedTraining:
                                   options.flower_num_cpus)
             if not loops:
                 raise RuntimeError("the Flower ServerApp ended before its first round")
+            loops[-1].require_training()  # the ServerApp may have swallowed the loop's own refusal
             history = loops[-1].history
         else:
             clients = InProcessClients(local, population)
@@ -207,7 +242,8 @@ class FederatedTraining:
         self._save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
         for callback in trainer.callbacks:
             if isinstance(callback, FederationResults):
-                callback.results = summarize(history)
+                callback.results = summarize(history, clients_per_round=options.clients_per_round,
+                                             empty_devices=population.empty_devices)
         return trainer
 
     @staticmethod

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split
+from trustml.data.text_files import check_encoding
 from trustml.errors import ConfigError
 from trustml.knobs.topical_chat import GroundedTurn, read_grounded_turns, read_wiki_sections
 from trustml.registry import register
@@ -54,7 +55,11 @@ def grounded_examples(turns: Sequence[GroundedTurn], task: str, turn_separator: 
 
 @dataclass
 class TopicalChatGroundedConfig(DataOptions):
-    """Options of ``data=topical_chat_grounded`` (defaults: train on valid_freq + valid_rare, test on test_freq)."""
+    """Options of ``data=topical_chat_grounded`` (defaults: train on valid_freq + valid_rare, test on test_freq).
+
+    ``encoding``: how the JSON files are decoded (``utf-8``, another Python codec name, or ``auto``: UTF-8, else
+    Latin-1 with a warning); a file that does not decode is refused with its line and this option.
+    """
 
     data_dir: str = "${paths.shared_data_dir}/topical_chat"
     task: str = "response"
@@ -65,6 +70,7 @@ class TopicalChatGroundedConfig(DataOptions):
     turn_separator: str = " "
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    encoding: str = "utf-8"
     batch_size: int = 16
 
 
@@ -88,7 +94,8 @@ class TopicalChatGrounded(TrustDataModule):
         turn_separator: str = " ",
         max_train_examples: int | None = None,
         max_eval_examples: int | None = None,
-        **options,
+        encoding: str = "utf-8",
+        **options: Any,
     ) -> None:
         super().__init__(**options)
         if task not in TASKS:
@@ -101,9 +108,11 @@ class TopicalChatGrounded(TrustDataModule):
         self.train_splits = list(train_splits)
         self.val_fraction, self.history_turns, self.turn_separator = val_fraction, history_turns, turn_separator
         self.max_train_examples, self.max_eval_examples = max_train_examples, max_eval_examples
+        self.encoding = check_encoding(encoding, "data.encoding")
 
     def _examples(self, split: str, wiki: dict[int, str]) -> list[Seq2SeqExample]:
-        turns = read_grounded_turns(self.data_dir, split, history_turns=self.history_turns, wiki=wiki)
+        turns = read_grounded_turns(self.data_dir, split, history_turns=self.history_turns, wiki=wiki,
+                                    encoding=self.encoding)
         return grounded_examples(turns, self.task, self.turn_separator)
 
     @staticmethod
@@ -117,7 +126,7 @@ class TopicalChatGrounded(TrustDataModule):
         )
 
     def load_splits(self) -> dict[str, Split]:
-        wiki = read_wiki_sections(f"{self.data_dir}/wiki.json")
+        wiki = read_wiki_sections(f"{self.data_dir}/wiki.json", self.encoding)
         pool = [e for split in self.train_splits for e in self._examples(split, wiki)]
         conversations = np.array([e.conversation_id for e in pool], dtype=object)
         fractions = [1.0 - self.val_fraction, self.val_fraction]

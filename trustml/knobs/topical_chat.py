@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trustml.data.text_files import read_text
 from trustml.errors import ConfigError, DataError
 from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec
 
@@ -37,19 +38,20 @@ class GroundedTurn:
         return {"knowledge": self.knowledge, "history": turn_separator.join(self.history)}
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, encoding: str = "utf-8") -> Any:
+    """The JSON of a Topical-Chat file decoded by ``encoding``; errors name the file (and line) and the fix."""
     if not path.is_file():
         raise DataError(f"Topical-Chat file not found: {path} (point data_dir at the topical_chat folder)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path, encoding, "data.encoding"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
 
 
-def read_wiki_sections(path: str | Path) -> dict[int, str]:
+def read_wiki_sections(path: str | Path, encoding: str = "utf-8") -> dict[int, str]:
     """``wiki.json`` inverted: wiki lead-section id -> text (both the shortened and the summarized kinds)."""
     path = Path(path)
-    data = _read_json(path)
+    data = _read_json(path, encoding)
     sections: dict[int, str] = {}
     for kind in WIKI_KINDS:
         if kind not in data:
@@ -97,11 +99,13 @@ def read_grounded_turns(
     min_history_turns: int = 1,
     require_knowledge: bool = True,
     wiki: dict[int, str] | None = None,
+    encoding: str = "utf-8",
 ) -> list[GroundedTurn]:
     """Every turn of ``conversations_<split>.json`` as a :class:`GroundedTurn`, in file order.
 
     Turns with fewer than ``min_history_turns`` earlier turns are skipped, and so are turns without a factual
     source when ``require_knowledge``. ``wiki`` (from :func:`read_wiki_sections`) is read from ``data_dir`` if None.
+    The files are decoded by ``encoding`` (see :mod:`trustml.data.text_files`).
     """
     if history_turns < 0 or min_history_turns < 0 or min_history_turns > max(history_turns, 0):
         raise ConfigError(
@@ -111,8 +115,8 @@ def read_grounded_turns(
     data_dir = Path(data_dir)
     conversations_path = data_dir / f"conversations_{split}.json"
     reading_path = data_dir / f"reading_sets_{split}.json"
-    conversations, reading_sets = _read_json(conversations_path), _read_json(reading_path)
-    wiki = read_wiki_sections(data_dir / "wiki.json") if wiki is None else wiki
+    conversations, reading_sets = _read_json(conversations_path, encoding), _read_json(reading_path, encoding)
+    wiki = read_wiki_sections(data_dir / "wiki.json", encoding) if wiki is None else wiki
     turns = []
     for conversation_id, conversation in conversations.items():
         if conversation_id not in reading_sets:

@@ -11,6 +11,12 @@ Inputs (by file suffix, see :func:`load_utterances`):
 - ``.json``: the SNIPS format ``{"Intent": [{"data": [{"text": ..., "entity": ...}, ...]}, ...]}``.
 
 Outputs: JSONL (text, intent, spans, tokens, BIO tags), Rasa YAML, SNIPS JSON.
+
+Every reader takes ``encoding`` (``trustml-synth encoding=...``), decoded by
+:func:`trustml.data.text_files.read_text`: ``auto`` (the default) detects UTF-8, then CESU-8 (the emoji of the
+SNIPS ``train_PlayMusic_full.json``), then falls back to Latin-1 with a logged warning, so the SNIPS ``_full``
+files load as they are; a codec name (``utf-8``, ``latin-1``, ...) is used strictly and a file that does not
+decode is refused with its line and the option to set.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ from typing import Any
 
 import yaml
 
+from trustml.data.text_files import read_text as _read_file
 from trustml.errors import DataError
 from trustml.synth.annotation import AnnotationError, Location, SlotSpan, Utterance, parse_annotated
-from trustml.synth.textio import read_text
+
+#: The ``trustml-synth`` option that chooses how input files are decoded (named in decoding errors).
+ENCODING_OPTION = "encoding"
 
 _INTENT_HEADER = re.compile(r"##\s*(?:intent\s*:\s*)?(?P<intent>\S.*?)\s*$")
+
+
+def read_text(path: str | Path, encoding: str = "auto") -> str:
+    """The text of an utterance file decoded by ``encoding`` (errors name the file, line and ``encoding``)."""
+    return _read_file(path, encoding, ENCODING_OPTION)
 
 
 def load_utterances(
