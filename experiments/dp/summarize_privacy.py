@@ -2,7 +2,10 @@
 
 Usage: ``python experiments/dp/summarize_privacy.py LOG_DIR [--write-readme]``. For every privacy level the
 learning rate with the best mean validation accuracy is chosen, and the test accuracy of its seeds reported
-(mean +- std). Sections whose runs are absent are left out.
+(mean +- std). The audit tables report the test accuracy of the checkpoint that was attacked (``test_acc`` of
+``audit.json`` / ``canary.json``, recomputed by ``trustml-audit``), not the run's ``results.json`` (the best
+checkpoint's). Each table sits between its own README markers (``<!-- privacy-<section>:start/end -->``);
+``--write-readme`` rewrites the tables whose runs are present and leaves the others as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 README = Path(__file__).with_name("README.md")
-START, END = "<!-- privacy:start -->", "<!-- privacy:end -->"
 DATASETS = {"digits": "digits (MLP 256-128)", "topical_chat": "Topical-Chat sentiment (frozen MiniLM + MLP head)"}
 AUDIT_SETTINGS = {"nonprivate": "non-private (Adam)", "dp_eps8": "DP-SGD, epsilon 8", "dp_eps1": "DP-SGD, epsilon 1"}
 CANARY_SETTINGS = {"nonprivate": "non-private (AdamW)", "dp_eps8": "DP-Adam, epsilon 8"}
@@ -70,8 +72,26 @@ def _results(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def attacked_accuracy(audit: dict) -> str:
+    """The attacked checkpoint's test accuracy in % from an ``audit.json``/``canary.json`` ("n/a" if it has none).
+
+    Outputs of a ``trustml-audit`` older than that value are not completed from ``results.json``: that holds the
+    best checkpoint's accuracy, which is not the attacked model's when ``--checkpoint last`` was audited.
+    """
+    value = audit.get("test_acc")
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def attacked_epoch(audit: dict) -> str:
+    """``E / N``: the attacked weights are from epoch ``E`` of ``N`` (1-based), "n/a" when the audit did not say."""
+    epoch, last = audit.get("checkpoint_epoch"), audit.get("run_last_epoch")
+    if epoch is None:
+        return "n/a"
+    return f"{epoch + 1}" if last is None else f"{epoch + 1} / {last + 1}"
+
+
 def audit_table(log: Path) -> str | None:
-    """Membership-inference AUC and TPR at low FPR per training setting, with the target's accuracy."""
+    """Membership-inference AUC and TPR at low FPR per training setting, with the attacked checkpoint's accuracy."""
     rows = []
     for setting, title in AUDIT_SETTINGS.items():
         path = log / "audit" / setting / "result" / "audit.json"
@@ -82,13 +102,14 @@ def audit_table(log: Path) -> str | None:
         epsilon = results.get("epsilon", math.inf)
         for attack, metrics in audit["attacks"].items():
             rows.append(
-                f"| {title} | {epsilon:.2f} | {100 * results.get('test/acc', math.nan):.1f} | {attack} "
+                f"| {title} | {epsilon:.2f} | {attacked_epoch(audit)} | {attacked_accuracy(audit)} | {attack} "
                 f"| {metrics['auc']:.3f} | {100 * metrics['tpr@1%fpr']:.2f} | {100 * metrics['tpr@0.1%fpr']:.2f} "
                 f"| {metrics['num_candidates']} |"
             )
     return markdown_table(
-        "| target training | epsilon | test acc % | attack | ROC AUC | TPR@1%FPR % | TPR@0.1%FPR % | candidates |\n"
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| target training | epsilon | attacked epoch | test acc % (attacked checkpoint) | attack | ROC AUC "
+        "| TPR@1%FPR % | TPR@0.1%FPR % | candidates |\n"
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
         rows,
     )
 
@@ -105,34 +126,50 @@ def canary_table(log: Path) -> str | None:
             results = _results(path.parent / "train")
             rows.append(
                 f"| {title} | {canary['repetitions']} | {results.get('epsilon', math.inf):.2f} "
-                f"| {100 * results.get('test/acc', math.nan):.1f} | {canary['rank']} / {canary['num_candidates']} "
+                f"| {attacked_epoch(canary)} | {attacked_accuracy(canary)} "
+                f"| {canary['rank']} / {canary['num_candidates']} "
                 f"| {canary['exposure']:.2f} | {'yes' if canary['ranks_first'] else 'no'} |"
             )
     return markdown_table(
-        "| training | canary repetitions | epsilon | test acc % | secret's rank | exposure (bits) | ranks first |\n"
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| training | canary repetitions | epsilon | ranked epoch | test acc % (ranked checkpoint) | secret's rank "
+        "| exposure (bits) | ranks first |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|",
         rows,
     )
 
 
-def report(log: Path) -> str:
-    """All available tables, each under its heading."""
-    sections = [
-        ("Privacy-utility", utility_table(log)),
-        ("Membership inference (overfit digits MLP, 8 shadow runs)", audit_table(log)),
-        ("Canary exposure (Topical-Chat turns, small BERT from scratch, 3-digit secret)", canary_table(log)),
-    ]
-    return "\n\n".join(f"### {title}\n\n{table}" for title, table in sections if table is not None)
+SECTIONS = {
+    "utility": ("Privacy-utility", utility_table),
+    "audit": ("Membership inference (overfit digits MLP, 8 shadow runs)", audit_table),
+    "canary": ("Canary exposure (Topical-Chat turns, small BERT from scratch, 3-digit secret)", canary_table),
+}
 
 
-def write_readme(text: str, readme: Path = README) -> None:
-    """Replace the text between the privacy markers of the README (appending them when absent)."""
+def markers(section: str) -> tuple[str, str]:
+    """The README markers around ``section``'s block (one pair per section, so a partial run keeps the others)."""
+    return f"<!-- privacy-{section}:start -->", f"<!-- privacy-{section}:end -->"
+
+
+def tables(log: Path) -> dict[str, str]:
+    """Each section whose runs are present under ``log``: its heading and table, as markdown."""
+    found = {name: (title, table(log)) for name, (title, table) in SECTIONS.items()}
+    return {name: f"### {title}\n\n{table}" for name, (title, table) in found.items() if table is not None}
+
+
+def write_readme(blocks: dict[str, str], readme: Path = README) -> None:
+    """Replace each given section's block between its markers (appending it when absent); others stay as they are.
+
+    ``run_privacy.sh audit`` thus rewrites the membership-inference table only, and never drops the tables of
+    sections whose runs are not in this log directory.
+    """
     content = readme.read_text()
-    block = f"{START}\n{text}\n{END}"
-    if START in content:
-        content = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S)
-    else:
-        content = content.rstrip() + "\n\n" + block + "\n"
+    for section, text in blocks.items():
+        start, end = markers(section)
+        block = f"{start}\n{text}\n{end}"
+        if start in content:
+            content = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _, b=block: b, content, flags=re.S)
+        else:
+            content = content.rstrip() + "\n\n" + block + "\n"
     readme.write_text(content)
 
 
@@ -141,10 +178,10 @@ def main() -> None:
     parser.add_argument("log", type=Path)
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    text = report(args.log)
-    print(text)
+    blocks = tables(args.log)
+    print("\n\n".join(blocks.values()))
     if args.write_readme:
-        write_readme(text)
+        write_readme(blocks)
 
 
 if __name__ == "__main__":

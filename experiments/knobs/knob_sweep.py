@@ -5,6 +5,10 @@ B: mixing weight lambda with the autoencoder against knowledge F1; D: self-atten
 against distinct-n and perplexity. Each knob is one Hydra multirun (``trustml-generate -m``) into
 ``<log-dir>/<letter>``; ``--knobs`` picks which to (re-)run, the tables show every knob whose sweep is in the log dir
 (so knobs can run in separate processes and a final ``--knobs`` with no letters only writes the tables).
+
+The tables, the ``--header`` text above them and the curves (``--figure``) go between the README markers
+``<!-- <block>:start -->`` and ``<!-- <block>:end -->`` of ``--block`` (default ``knob_sweep``): sweeps of other
+models write their own block (e.g. ``--block knob_sweep_1h --figure knob_curves_1h.png``) and leave the others.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-START, END = "<!-- knob_sweep:start -->", "<!-- knob_sweep:end -->"
+DEFAULT_BLOCK = "knob_sweep"
 TITLES = {"A": "A: knowledge bias", "C": "C: ten questions", "B": "B: decoder mixing", "D": "D: self-attention bias"}
 COLUMNS = ("knowledge_f1", "reference_f1", "question_ratio", "distinct_1", "distinct_2", "perplexity", "length")
 
@@ -78,6 +82,7 @@ def collect(sweep_dir: Path, key: str) -> list[tuple[float, dict[str, float]]]:
 
 
 def markdown(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], header: str) -> str:
+    """``header``, then one table per knob: a row per swept value with every metric of :data:`COLUMNS`."""
     lines = [header, ""]
     for name, (key, rows) in tables.items():
         lines += [f"**{name}** (`{key}`)", "", "| value | " + " | ".join(COLUMNS) + " |"]
@@ -88,6 +93,7 @@ def markdown(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]]
 
 
 def plot(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], path: Path) -> None:
+    """One panel per knob: its headline metric(s) against the swept value, saved to ``path``."""
     shown = {"A": ["knowledge_f1"], "C": ["question_ratio"], "B": ["knowledge_f1"], "D": ["distinct_2", "perplexity"]}
     fig, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2), squeeze=False)
     for ax, (name, (key, rows)) in zip(axes[0], tables.items(), strict=True):
@@ -105,6 +111,27 @@ def plot(tables: dict[str, tuple[str, list[tuple[float, dict[str, float]]]]], pa
     fig.savefig(path, dpi=110)
 
 
+def markers(block: str) -> tuple[str, str]:
+    """The README markers that delimit ``block``."""
+    if not block or any(c in block for c in "<>- \n"):
+        raise ValueError(f"block name {block!r} must be non-empty, without spaces, '<', '>' or '-'")
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+
+
+def write_block(readme: Path, block: str, content: str) -> None:
+    """Put ``content`` between the markers of ``block`` in ``readme`` (appended when absent); the rest stays as is."""
+    start, end = markers(block)
+    text = readme.read_text() if readme.is_file() else ""
+    wrapped = f"{start}\n{content}\n{end}"
+    if start in text:
+        if end not in text[text.index(start) :]:
+            raise ValueError(f"{readme} has {start} but no {end} after it")
+        text = text[: text.index(start)] + wrapped + text[text.index(end, text.index(start)) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + wrapped + "\n"
+    readme.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--response-run", required=True, help="run dir of the method=seq2seq response model")
@@ -114,12 +141,20 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--log-dir", default=str(HERE / "runs" / "sweep"))
     parser.add_argument("--header", default="", help="text above the tables (model, data, commands)")
-    parser.add_argument("--out-dir", default=str(HERE), help="folder of the README.md and knob_curves.png to write")
+    parser.add_argument("--out-dir", default=str(HERE), help="folder of the README.md and the figure to write")
+    parser.add_argument(
+        "--block", default=DEFAULT_BLOCK, help="README marker name of this sweep's tables (one block per model)"
+    )
+    parser.add_argument("--figure", default="knob_curves.png", help="file name of the curves, beside the README")
     parser.add_argument("--knobs", nargs="*", default=["A", "C", "B", "D"], help="which knob sweeps to (re-)run")
     args = parser.parse_args()
     unknown = set(args.knobs) - {name[0] for name in TITLES}
     if unknown:
         parser.error(f"--knobs {sorted(unknown)} unknown; pick from {sorted(TITLES)}")
+    try:
+        markers(args.block)
+    except ValueError as exc:
+        parser.error(f"--block: {exc}")
     common = [
         f"model.run_dir={args.response_run}",
         f"data.data_dir={args.data_dir}",
@@ -138,15 +173,8 @@ def main() -> None:
     if not tables:
         parser.error(f"no knob sweep results under {log_dir}; run with --knobs A C B D")
     out_dir = Path(args.out_dir)
-    plot(tables, out_dir / "knob_curves.png")
-    readme = out_dir / "README.md"
-    text = readme.read_text() if readme.is_file() else ""
-    block = f"{START}\n{markdown(tables, args.header)}\n![knob curves](knob_curves.png)\n{END}"
-    if START in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    readme.write_text(text)
+    plot(tables, out_dir / args.figure)
+    write_block(out_dir / "README.md", args.block, f"{markdown(tables, args.header)}\n![knob curves]({args.figure})")
     print(markdown(tables, args.header))
 
 

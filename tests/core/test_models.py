@@ -51,11 +51,27 @@ def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
     assert not any(k.startswith("encoder") for k in model.state_dict())  # frozen encoder stays out of checkpoints
     model._frozen_encoder.embeddings.word_embeddings.weight.data.zero_()  # a cache hit does not touch the encoder
     assert torch.equal(model.featurize(texts), first)
-    # padding in a batch does not change a text's embedding
-    alone = model.pool(
-        **{k: v for k, v in model.tokenizer(["short"], return_tensors="pt").items() if k != "token_type_ids"}
-    )
-    assert alone.shape == (1, 16)
+
+
+def test_padding_in_a_batch_does_not_change_a_texts_embedding(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = HFEncoderClassifier(num_classes=2, random_init_config=TINY, cache_dir=str(tmp_path)).eval()
+    texts = ["short", "a much longer sentence with many more tokens than the first one"]
+
+    def pooled(batch: list[str], **padding: object) -> torch.Tensor:
+        tokens = model.tokenizer(batch, return_tensors="pt", **padding)
+        return model.pool(tokens["input_ids"], tokens["attention_mask"])
+
+    alone = pooled(texts[:1])[0]
+    mask = model.tokenizer(texts, padding=True, return_tensors="pt")["attention_mask"]
+    assert mask[0].sum() < mask[1].sum() == mask.shape[1]  # in the batch the short text is padded
+    batched = pooled(texts, padding=True)
+    # padded to the batch's longest text, to a fixed length beyond it, and through the cached featurize path
+    for embeddings in (batched, pooled(texts, padding="max_length", max_length=48), model.featurize(texts)):
+        torch.testing.assert_close(embeddings[0], alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(embeddings[1], pooled(texts[1:])[0], rtol=1e-5, atol=1e-6)
+    # the embedding depends on the text (so the equality above is not that of a constant)
+    assert (alone - batched[1]).abs().max() > 1e-2
 
 
 def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:

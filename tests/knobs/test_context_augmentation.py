@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from tests.knobs.conftest import ARCHITECTURES, tiny_model
 from trustml.errors import ConfigError
@@ -50,23 +51,84 @@ def test_append_context_extends_states_mask_and_segments():
         append_context(states, mask, code, segments)
 
 
+def pooled_by_hand(model, tokenizer, phrases: list[str], pooling: str) -> torch.Tensor:
+    """The context code computed here, loop by loop, from the model's encoder states of the padded phrases."""
+    enc = tokenizer(phrases, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        states = model.get_encoder()(**enc).last_hidden_state
+    real = enc["attention_mask"].bool()
+    if pooling == "mean":
+        return states[real].mean(0, keepdim=True)
+    if pooling == "per_phrase":
+        return torch.stack([states[p, real[p]].mean(0) for p in range(len(phrases))])
+    return torch.stack([states[real[:, pos], pos].mean(0) for pos in range(states.shape[1])])
+
+
 @pytest.mark.parametrize("pooling", ["positionwise", "mean", "per_phrase"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_generation_with_context_code_and_control_bias(arch, pooling, tokenizer, builder, batch):
+def test_generation_sees_the_inputs_states_followed_by_the_pooled_control_phrases(
+    arch, pooling, tokenizer, builder, batch, monkeypatch
+):
     model = tiny_model(arch, "sdpa", tokenizer, init=0.3)
     code = encode_control_phrases(model, tokenizer, QUESTIONS, pooling)
-    expected_length = {"positionwise": None, "mean": 1, "per_phrase": len(QUESTIONS)}[pooling]
-    assert code.shape[1] == model.get_encoder().config.hidden_size
-    if expected_length is not None:
-        assert code.shape[0] == expected_length
-    settings = KnobSettings(
-        control_phrases=QUESTIONS, context_pooling=pooling, cross_attention=CrossAttentionBias({"control": 5.0})
-    )
+    torch.testing.assert_close(code, pooled_by_hand(model, tokenizer, QUESTIONS, pooling))
+    bias = CrossAttentionBias({"control": 5.0})
+    settings = KnobSettings(control_phrases=QUESTIONS, context_pooling=pooling, cross_attention=bias)
     generator = KnobGenerator(model, tokenizer, settings, vocabulary=builder.vocabulary)
-    out = generator.generate(
-        batch["input_ids"], batch["attention_mask"], batch["segment_ids"], max_new_tokens=5, num_beams=2
-    )
-    assert out.shape[0] == batch["input_ids"].shape[0]
+    torch.testing.assert_close(generator.context_code, code)
+
+    seen: dict = {}
+    original_generate = model.generate
+
+    def recording_generate(**kwargs):
+        seen.update(kwargs)  # copies below: generate() expands the encoder outputs for the beams in place
+        seen.update(states=kwargs["encoder_outputs"].last_hidden_state.clone(), mask=kwargs["attention_mask"].clone())
+        return original_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    ids, mask, segment_ids = batch["input_ids"], batch["attention_mask"], batch["segment_ids"]
+    out = generator.generate(ids, mask, segment_ids, max_new_tokens=5, num_beams=2)
+
+    # the decoder attends over [h_1..h_S; c]: the input's own encoder states, then the code, unmasked
+    with torch.no_grad():
+        own = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    states, length = seen["states"], ids.shape[1]
+    assert states.shape == (ids.shape[0], length + code.shape[0], code.shape[1]) and "input_ids" not in seen
+    torch.testing.assert_close(states[:, :length], own)
+    torch.testing.assert_close(states[:, length:], code.expand(ids.shape[0], -1, -1))
+    assert torch.equal(seen["mask"][:, :length], mask) and seen["mask"][:, length:].eq(1).all()
+
+    # ... and generation is exactly that of the plain model on those states, the bias on the appended positions
+    control = builder.vocabulary.id_of("control")
+    segments = torch.cat([segment_ids, segment_ids.new_full((ids.shape[0], code.shape[0]), control)], dim=1)
+    monkeypatch.undo()
+    with AttentionBiasing(model, cross_attention=bias, segment_ids=segments, vocabulary=builder.vocabulary):
+        expected = model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=torch.cat([own, code.expand(ids.shape[0], -1, -1)], 1)),
+            attention_mask=seen["mask"],
+            max_new_tokens=5,
+            num_beams=2,
+        )
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_context_code_changes_the_decoders_predictions(arch, tokenizer, builder, batch):
+    model = tiny_model(arch, "sdpa", tokenizer, init=0.3)
+    labels = torch.tensor([[2000, 2001, 2002, tokenizer.sep_token_id]] * batch["input_ids"].shape[0])
+    args = (batch["input_ids"], batch["attention_mask"], labels, batch["segment_ids"])
+
+    def nll(settings: KnobSettings) -> torch.Tensor:
+        return KnobGenerator(model, tokenizer, settings, vocabulary=builder.vocabulary).reference_token_nll(*args)
+
+    plain = nll(KnobSettings())
+    augmented = nll(KnobSettings(control_phrases=QUESTIONS))
+    biased = nll(KnobSettings(control_phrases=QUESTIONS, cross_attention=CrossAttentionBias({"control": 5.0})))
+    # every reference token's likelihood moves once the decoder can attend to the code, more when it is biased to
+    assert torch.all((augmented - plain).abs() > 1e-6)
+    assert (biased - plain).abs().mean() > (augmented - plain).abs().mean() > 0
+    # a control bias without a context code has no control positions to act on: the plain model's result
+    torch.testing.assert_close(nll(KnobSettings(cross_attention=CrossAttentionBias({"control": 5.0}))), plain)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

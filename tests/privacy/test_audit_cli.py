@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import read_json, run_cli
@@ -104,6 +105,57 @@ def test_membership_audit_without_shadows_runs_the_loss_attack_only(
     assert set(result["attacks"]) == {"loss"} and result["checkpoint"] == "last"
 
 
+def recomputed_test_accuracy(run_dir: Path, checkpoint: str) -> float:
+    """The test accuracy of a run's ``checkpoint`` weights, computed here from its recorded config and checkpoint."""
+    data = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
+    data.setup("fit")
+    test = data.splits["test"]
+    model, _ = load_model_from_run(run_dir, checkpoint=checkpoint)
+    with torch.no_grad():
+        logits = model(model_inputs(model, test.inputs))
+    return float((logits.argmax(dim=1) == test.labels).float().mean())
+
+
+def test_membership_audit_reports_the_accuracy_of_the_attacked_checkpoint(
+    trained: dict[str, Path], tmp_path: Path, audit: Callable[..., Outcome], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A copy of the target whose last checkpoint is a worse model than its best: its output layer's bias
+    # favours one class, so the two checkpoints' accuracies differ by far more than rounding.
+    run = tmp_path / "target"
+    shutil.copytree(trained["target"], run)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    *_, bias = [k for k in last["state_dict"] if k.endswith(".bias")]
+    last["state_dict"][bias] = torch.zeros_like(last["state_dict"][bias])
+    last["state_dict"][bias][3] = 1e4
+    last["epoch"] = 2  # the run's last epoch (trainer.max_epochs=3)
+    torch.save(last, run / "checkpoints" / "last.ckpt")
+
+    reported = {}
+    for checkpoint in ("best", "last"):
+        out = audit("mia", str(run), "--out", str(tmp_path / checkpoint), "--checkpoint", checkpoint)
+        assert out.returncode == 0, out.stderr
+        result = read_json(tmp_path / checkpoint / "audit.json")
+        assert result["checkpoint"] == result["test_acc_checkpoint"] == checkpoint
+        assert result["test_acc"] == pytest.approx(recomputed_test_accuracy(run, checkpoint), abs=1e-9)
+        stored = torch.load(run / "checkpoints" / f"{checkpoint}.ckpt", map_location="cpu", weights_only=True)
+        position = (result["checkpoint_epoch"], result["checkpoint_global_step"])
+        assert position == (stored["epoch"], stored["global_step"])
+        assert result["run_last_epoch"] == 2
+        reported[checkpoint] = result["test_acc"]
+    assert "not the end of training" not in caplog.text
+
+    # a last.ckpt from before the run's last epoch (as Lightning >= 2.6 leaves it with save_top_k=1) is named
+    last["epoch"] = 0
+    torch.save(last, run / "checkpoints" / "last.ckpt")
+    out = audit("mia", str(run), "--out", str(tmp_path / "early"), "--checkpoint", "last")
+    assert out.returncode == 0, out.stderr
+    assert read_json(tmp_path / "early" / "audit.json")["checkpoint_epoch"] == 0
+    assert "holds epoch 0 but" in caplog.text and "trained to epoch 2" in caplog.text
+    # the best checkpoint's accuracy is what the run's own test measured; the sabotaged last one's is not
+    assert reported["best"] == pytest.approx(read_json(run / "results.json")["test/acc"], abs=1e-6)
+    assert reported["last"] < 0.2 < reported["best"]  # one class of ten vs a model that learned
+
+
 def test_audit_refuses_a_directory_that_is_not_a_run(tmp_path: Path, audit: Callable[..., Outcome]) -> None:
     out = audit("mia", str(tmp_path), "--out", str(tmp_path / "out"))
     assert out.returncode == 2
@@ -182,6 +234,14 @@ def test_canary_is_inserted_trained_on_and_ranked(tmp_path: Path, audit: Callabl
     assert result["num_candidates"] == 1000
     assert result["exposure"] == pytest.approx(math.log2(1000) - math.log2(result["rank"]))
     assert result["ranks_first"] == (result["rank"] == 1)
+    # the accuracy reported beside the rank is that of the ranked checkpoint (best, as results.json's)
+    assert result["checkpoint"] == result["test_acc_checkpoint"] == "best"
+    assert result["test_acc"] == pytest.approx(recomputed_test_accuracy(run_dir, "best"), abs=1e-9)
+    assert result["test_acc"] == pytest.approx(read_json(run_dir / "results.json")["test/acc"], abs=1e-6)
+    last = audit("canary", str(run_dir), "--spec", spec_path, "--out", str(tmp_path / "last"), "--checkpoint", "last")
+    assert last.returncode == 0, last.stderr
+    last_acc = read_json(tmp_path / "last" / "canary.json")["test_acc"]
+    assert last_acc == pytest.approx(recomputed_test_accuracy(run_dir, "last"), abs=1e-9)
 
     # The rank is the secret's place among all 1,000 candidates by the trained model's loss on the label.
     model, model_spec = load_model_from_run(run_dir)

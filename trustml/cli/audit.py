@@ -6,6 +6,11 @@
   canary sentence inserted K times (spec in ``DEST.canary.json``).
 - ``trustml-audit canary RUN --spec DEST.canary.json --out DIR``: the canary's rank and exposure under the
   run's model; writes ``canary.json``.
+
+``mia`` and ``canary`` also report ``test_acc``: the test accuracy of the checkpoint they attacked
+(``--checkpoint best|last``), recomputed on the run's test split, and ``checkpoint_epoch``: the epoch those
+weights are from (``run_last_epoch``: the run's last). A run's ``results.json`` holds the best checkpoint's
+accuracy, which is not the attacked model's when ``--checkpoint last`` is audited.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     mia.add_argument("target", help="the audited run directory (with run.json and .hydra/config.yaml)")
     mia.add_argument("--shadows", default=None, help="sweep directory of shadow runs (data.train_subset_fraction=0.5)")
     mia.add_argument("--out", required=True, help="output directory for audit.json and roc.png")
-    mia.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights to audit")
+    mia.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which weights to audit (their test accuracy is recomputed and reported as test_acc)",
+    )
     mia.add_argument(
         "--lira-variance",
         choices=("global", "per-example"),
@@ -56,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_argument("run", help="run directory trained on the file written by insert-canary")
     canary.add_argument("--spec", required=True, help="the DEST.canary.json written by insert-canary")
     canary.add_argument("--out", required=True, help="output directory for canary.json")
-    canary.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    canary.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="which weights to rank the canary under (their test accuracy is reported as test_acc)",
+    )
     canary.add_argument("--batch-size", type=int, default=512)
     return parser
 

@@ -29,8 +29,9 @@ from trustml.privacy.audit.canary import (
     random_secret,
     score_candidates,
 )
+from trustml.privacy.audit.runs import checkpoint_test_accuracy, load_audited_run
 from trustml.privacy.audit.scoring import model_inputs
-from trustml.run_record import load_model_from_run, write_json_atomic
+from trustml.run_record import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,12 @@ def canary_exposure(
 ) -> dict[str, Any]:
     """Rank the canary's secret among all candidates by the trained classifier's loss on the canary label.
 
-    Returns rank, number of candidates, exposure (bits) and whether the secret ranks first.
+    Returns rank, number of candidates, exposure (bits), whether the secret ranks first, and the test accuracy
+    of the ranked checkpoint (``test_acc``, recomputed on the run's test split: ``results.json`` holds the best
+    checkpoint's).
     """
-    model, model_spec = load_model_from_run(run_dir, checkpoint=checkpoint)
-    label_names = list(model_spec.get("label_names") or [])
+    run = load_audited_run(run_dir, checkpoint)
+    model, label_names = run.model, run.label_names
     if spec.label not in label_names:
         raise CheckpointError(f"run {run_dir} has no label '{spec.label}' (labels: {label_names}); wrong run or spec")
     label = label_names.index(spec.label)
@@ -142,4 +145,11 @@ def canary_exposure(
 
     losses = score_candidates(loss_on_label, sentences, batch_size)
     result = exposure(losses.numpy(), secrets.index(spec.secret))
-    return {"run": str(run_dir), "checkpoint": checkpoint, **asdict(spec), "sentence": spec.sentence, **asdict(result)}
+    return {
+        "run": str(run_dir),
+        "checkpoint": checkpoint,
+        **checkpoint_test_accuracy(run, batch_size),
+        **asdict(spec),
+        "sentence": spec.sentence,
+        **asdict(result),
+    }

@@ -23,6 +23,7 @@ from trustml.privacy.audit.runs import (
     AuditedRun,
     build_datamodule,
     check_same_data,
+    checkpoint_test_accuracy,
     load_audited_run,
     run_config,
     shadow_run_dirs,
@@ -86,8 +87,9 @@ def audit_membership(
 ) -> dict[str, Any]:
     """Run the LOSS attack (and offline LiRA when ``shadow_dir`` is given) on a finished run.
 
-    Writes ``audit.json`` (per attack: ROC AUC, TPR at 1% and 0.1% FPR, number of audited candidates) and
-    ``roc.png`` (log-scale ROC curves) into ``out_dir`` and returns the ``audit.json`` content.
+    Writes ``audit.json`` (per attack: ROC AUC, TPR at 1% and 0.1% FPR, number of audited candidates; the
+    attacked checkpoint's test accuracy ``test_acc``, recomputed here since ``results.json`` holds the best
+    checkpoint's) and ``roc.png`` (log-scale ROC curves) into ``out_dir`` and returns the ``audit.json`` content.
     """
     target_dir = Path(target_dir)
     record = read_run(target_dir)
@@ -104,6 +106,7 @@ def audit_membership(
     result: dict[str, Any] = {
         "target": str(target_dir),
         "checkpoint": checkpoint,
+        **checkpoint_test_accuracy(target, batch_size),
         "num_candidates": int(is_member.size),
         "num_members": int(is_member.sum()),
         "attacks": attacks,

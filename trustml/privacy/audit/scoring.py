@@ -39,3 +39,11 @@ def logits_on_splits(model: nn.Module, splits: Sequence[Split], batch_size: int 
 def per_example_losses(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy ``-log softmax(z)_y`` of every example: the LOSS attack's signal."""
     return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def accuracy_on_split(model: nn.Module, split: Split, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``split`` (eval mode, no gradients): what ``test/acc`` of a run measures."""
+    if len(split) == 0:
+        raise ValueError("accuracy of an empty split is undefined")
+    predictions = logits_on(model, split.inputs, batch_size).argmax(dim=1)
+    return float((predictions == split.labels.cpu()).float().mean())
