@@ -139,6 +139,21 @@ def test_insert_canary_source_in_latin1_is_refused_with_the_file_and_line(tmp_pa
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_insert_canary_cli_names_its_encoding_flag_and_decodes_with_it(tmp_path: Path) -> None:
+    source = _latin1_jsonl(tmp_path / "source.jsonl")
+    dest = tmp_path / "out.jsonl"
+    args = ["insert-canary", str(source), str(dest), "--label", LABELS[0], "--repetitions", "2"]
+    refused = run_cli(*args, cwd=tmp_path, tool="trustml-audit")
+    assert refused.returncode == 2 and "set --encoding=latin-1" in refused.stderr and "Traceback" not in refused.stderr
+    assert not dest.exists()
+    done = run_cli(*args, "--encoding", "latin-1", cwd=tmp_path, tool="trustml-audit")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in dest.read_text(encoding="utf-8").splitlines()]
+    # the latin-1 text arrives intact in the UTF-8 copy, beside the two canary copies
+    source_texts = {r["text"] for r in _latin1_rows()}
+    assert source_texts <= {r["text"] for r in rows} and len(rows) == len(source_texts) + 2
+
+
 # --- Topical-Chat: turn sentiment and knowledge-grounded responses ----------------------------------
 
 

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     insert.add_argument("--seed", type=int, default=0, help="seeds the secret and the insertion positions")
     insert.add_argument("--text-field", default="text")
     insert.add_argument("--label-field", default="label")
+    insert.add_argument(
+        "--encoding", default="utf-8", help="encoding of SOURCE: a codec name (latin-1, cp1252, ...) or auto"
+    )
 
     canary = commands.add_parser("canary", help="rank and exposure of a canary under a trained run")
     canary.add_argument("run", help="run directory trained on the file written by insert-canary")
@@ -102,6 +105,7 @@ def _run(args: argparse.Namespace) -> dict:
             seed=args.seed,
             text_field=args.text_field,
             label_field=args.label_field,
+            encoding=args.encoding,
         )
         return {"training_file": args.dest, "spec": str(canary_spec_path(args.dest)), "sentence": spec.sentence}
     from trustml.privacy.audit.canary_text import CanarySpec, canary_exposure

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trustml.data.text_classification import read_records
+from trustml.data.text_files import read_text
 from trustml.errors import CheckpointError, ConfigError
 from trustml.privacy.audit.canary import (
     DEFAULT_TEMPLATE,
@@ -61,7 +62,7 @@ class CanarySpec:
         if not path.is_file():
             raise ConfigError(f"canary spec not found: {path} (written by `trustml-audit insert-canary`)")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_text(path, "utf-8", option="the canary spec (written by insert-canary as UTF-8)"))
             return cls(
                 secret=tuple(data["secret"]),
                 label=str(data["label"]),
@@ -86,10 +87,13 @@ def write_canary_training_file(
     seed: int = 0,
     text_field: str = "text",
     label_field: str = "label",
+    encoding: str = "utf-8",
 ) -> CanarySpec:
     """Copy the records of ``source`` (JSONL/CSV) to the JSONL ``dest`` with the canary inserted ``repetitions`` times.
 
     The secret is drawn uniformly (seeded) from ``alphabet``; the spec is written to ``<dest>.canary.json``.
+    ``source`` is decoded by ``encoding`` (``--encoding``; ``auto`` detects, see :mod:`trustml.data.text_files`);
+    ``dest`` is written as UTF-8.
     """
     if "{secret}" not in template:
         raise ConfigError(f"canary template '{template}' has no {{secret}} placeholder")
@@ -97,7 +101,7 @@ def write_canary_training_file(
         raise ConfigError(f"canary repetitions must be >= 0, got {repetitions}")
     if secret_length < 1 or len(set(alphabet)) < 2:
         raise ConfigError("a canary secret needs length >= 1 and an alphabet of at least 2 symbols")
-    records = read_records(source, text_field, label_field)
+    records = read_records(source, text_field, label_field, encoding=encoding, encoding_option="--encoding")
     labels = sorted({r.label for r in records})
     if label not in labels:
         raise ConfigError(f"canary label '{label}' does not occur in {source} (labels: {labels})")
