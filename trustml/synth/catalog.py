@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from trustml.data.text_files import AUTO, read_text
 from trustml.errors import ConfigError, DataError
 from trustml.synth.annotation import Utterance
 from trustml.synth.grammar import Grammar
-from trustml.synth.textio import read_text
 
 Catalogs = dict[str, tuple[str, ...]]
 CATALOG_MATCHES = ("values", "name")
@@ -19,7 +19,7 @@ def read_catalog(path: str | Path) -> tuple[str, ...]:
     """The values in a catalog file: one per line, blank lines and ``#`` comments skipped, duplicates dropped."""
     path = Path(path)
     values: dict[str, None] = {}
-    for line in read_text(path).splitlines():
+    for line in read_text(path, AUTO, option="encoding").splitlines():
         value = line.strip()
         if value and not value.startswith("#"):
             values.setdefault(value, None)

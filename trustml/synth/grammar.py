@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trustml.data.text_files import read_text
 from trustml.errors import DataError
 
 
@@ -179,8 +180,8 @@ class Grammar:
     def load(cls, path: str | Path) -> Grammar:
         """Read a grammar written by :meth:`save`."""
         try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            obj = json.loads(read_text(path, "utf-8", option="the grammar file (written as UTF-8 by save)"))
+        except json.JSONDecodeError as exc:
             raise DataError(f"cannot read grammar {path}: {exc}") from exc
         return cls.from_json(obj, str(path))
 
