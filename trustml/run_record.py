@@ -1,17 +1,26 @@
 """The run record: ``run.json`` (provenance and status), ``results.json`` (final metrics), model loading.
 
 A run directory holds Hydra's ``.hydra/`` (config, overrides), ``run.json``, ``metrics.csv``,
-``results.json`` (only for completed runs) and ``checkpoints/``. :func:`load_model_from_run` rebuilds
-the trained network of a completed run, loading weights with ``torch.load(weights_only=True)``.
+``results.json`` (only for completed runs), ``checkpoints/`` and, while the run is alive, ``run.lock``
+(the owner's pid: :class:`RunLock` keeps a second run out). Every file is written atomically
+(temporary file, fsync, rename, fsync of the directory), so a reader never sees half a file under a final
+name. A run that ends for any reason other than success is recorded ``failed`` or ``interrupted`` with the
+reason in words (:func:`describe_failure`). :func:`load_model_from_run` rebuilds the trained network of a
+completed run, loading weights with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trustml.errors import CheckpointError
+from trustml.errors import CheckpointError, ConfigError, TrustMLError
 
 RECORDED_PACKAGES = (
     "trustml",
@@ -34,17 +43,58 @@ RECORDED_PACKAGES = (
     "scikit-learn",
 )
 
+#: errno values that mean "the disk (or quota) is full".
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file, so readers never see half a file."""
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry (a rename) to disk; a filesystem that cannot fsync directories is left as is."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via ``<path>.tmp``: write, fsync, rename, fsync the directory.
+
+    On any failure (disk full included) the temporary file is removed and the previous ``path``, if any, is
+    left untouched; the error propagates.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file: name the one being written
+        raise
+    fsync_directory(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`write_bytes_atomic`): readers never see half a file."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def git_state(directory: Path) -> dict[str, Any]:
@@ -52,7 +102,9 @@ def git_state(directory: Path) -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True)
+            # core.fsmonitor would run a command named by the repository's own config
+            command = ["git", "-c", "core.fsmonitor=false", *args]
+            out = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=10, check=True)
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip()
@@ -80,8 +132,150 @@ def device_description() -> dict[str, Any]:
     return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
+class RunInterrupted(BaseException):
+    """Raised in the main thread when the run receives SIGTERM or SIGINT (see :func:`install_signal_handlers`).
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` blocks do not swallow it.
+    ``exit_code`` is ``128 + signal number``, as shells report a process killed by that signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal number`` (143 for SIGTERM, 130 for SIGINT)."""
+        return 128 + self.signum
+
+
+class _SignalState:
+    """The signal bookkeeping of this process (see :func:`install_signal_handlers`)."""
+    received: int | None = None
+    owner_pid: int | None = None
+    deferred: bool = False
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGINT handler: remember the signal and, unless deferred, raise :class:`RunInterrupted`."""
+    if os.getpid() != _SignalState.owner_pid:
+        # a forked worker (data loading): die of the signal as usual, the main process records the run
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if _SignalState.received is None:
+        _SignalState.received = signum
+    if not _SignalState.deferred:
+        raise RunInterrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGINT raise :class:`RunInterrupted` in this (main) process.
+
+    Lightning's SIGTERM handler calls the handler installed before it, so this also works during ``fit``.
+    A signal the process was started with ignored stays ignored.
+    While :func:`finishing` is active a signal is remembered but not raised (the record is being written).
+    """
+    _SignalState.owner_pid = os.getpid()
+    _SignalState.received = None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # e.g. SIGINT of a background job started by a non-interactive shell: keep ignoring it
+        signal.signal(signum, _on_signal)
+
+
+def received_signal() -> int | None:
+    """The first SIGTERM/SIGINT this process received since :func:`install_signal_handlers`, if any."""
+    return _SignalState.received
+
+
+class finishing:  # noqa: N801 - used like a function: ``with finishing(): ...``
+    """Context in which SIGTERM/SIGINT do not interrupt (writing the final record, reporting)."""
+
+    def __enter__(self) -> None:
+        self._previous = _SignalState.deferred
+        _SignalState.deferred = True
+
+    def __exit__(self, *exc: object) -> None:
+        _SignalState.deferred = self._previous
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) is an ``OSError`` meaning no space left on the device or quota."""
+    return _disk_full_error(error) is not None
+
+
+def _disk_full_error(error: BaseException) -> OSError | None:
+    """The disk-full ``OSError`` in ``error``'s cause/context chain, if any."""
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The process exit code for a run that ended with ``error``.
+
+    ``128 + signal`` for SIGTERM/SIGINT, 2 for the user's input (:class:`TrustMLError`), 1 for anything else.
+    """
+    signum = _signal_of(error)
+    if signum is not None:
+        return 128 + signum
+    if isinstance(error, TrustMLError):
+        return 2
+    return 1
+
+
+def _signal_of(error: BaseException) -> int | None:
+    """The signal that ended the run (from the error or the signal state), if any."""
+    if isinstance(error, RunInterrupted):
+        return error.signum
+    if isinstance(error, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if type(error).__name__ == "SIGTERMException":  # Lightning's, raised at a batch boundary
+        return int(signal.SIGTERM)
+    return received_signal()
+
+
+def describe_failure(error: BaseException) -> tuple[str, str]:
+    """``(status, reason in words)`` for a run that ended with ``error``: ``interrupted`` or ``failed``."""
+    signum = _signal_of(error)
+    if signum is not None:
+        return "interrupted", f"interrupted by {signal.Signals(signum).name}"
+    full = _disk_full_error(error)
+    if full is not None:
+        where = f" while writing {full.filename}" if full.filename else ""
+        return "failed", (
+            f"disk full (no space left on the device or quota exceeded){where}: free space, or set hydra.run.dir "
+            f"(and paths.log_dir) to a disk with room, then run again"
+        )
+    if isinstance(error, MemoryError):
+        return "failed", (
+            f"out of memory (MemoryError{': ' + str(error) if str(error) else ''}): use a smaller data.batch_size "
+            f"or model, or a machine with more memory"
+        )
+    if isinstance(error, TrustMLError):
+        return "failed", str(error)
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return "failed", f"{error.strerror or error}{where}"
+    if isinstance(error, SystemExit):
+        return "failed", f"exited with code {error.code}"
+    message = str(error)
+    return "failed", f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class RecordWriteError(OSError):
+    """``run.json`` could not be written (e.g. the disk is full); the message names the file and the cause."""
+
+
 class RunRecord:
-    """Writes ``run.json`` at the start of a run, and again as ``completed`` or ``failed`` at its end."""
+    """Writes ``run.json`` at the start of a run, and again as ``completed``, ``failed`` or ``interrupted``."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -103,6 +297,7 @@ class RunRecord:
             "command": sys.argv,
             "start_time": _now(),
             "end_time": None,
+            "pid": os.getpid(),
             **extra,
         }
         write_json_atomic(self.path, self.data)
@@ -113,16 +308,32 @@ class RunRecord:
         write_json_atomic(self.path, self.data)
 
     def complete(self, results: dict[str, Any]) -> None:
-        """Write ``results.json`` and mark the run ``completed``."""
-        write_json_atomic(self.run_dir / "results.json", results)
-        self.data.update(status="completed", end_time=_now())
-        write_json_atomic(self.path, self.data)
+        """Write ``results.json`` and mark the run ``completed`` (both atomically).
+
+        If marking the run fails, ``results.json`` is removed again: results exist only for completed runs.
+        """
+        results_path = self.run_dir / "results.json"
+        write_json_atomic(results_path, results)
+        completed = {**self.data, "status": "completed", "end_time": _now()}
+        try:
+            write_json_atomic(self.path, completed)
+        except BaseException:
+            results_path.unlink(missing_ok=True)
+            raise
+        self.data = completed
 
     def fail(self, error: BaseException) -> None:
-        """Mark the run ``failed`` with the error; remove any ``results.json`` so nothing looks successful."""
+        """Mark the run ``failed`` or ``interrupted`` with the reason in words (:func:`describe_failure`).
+
+        Any ``results.json`` is removed so nothing looks successful. When the disk is too full for a new
+        ``run.json``, the record is rewritten in place (shortened, never longer than the file it replaces); when
+        even that fails, :class:`RecordWriteError` is raised and the previous complete ``run.json`` stays.
+        """
         (self.run_dir / "results.json").unlink(missing_ok=True)
+        status, reason = describe_failure(error)
         self.data.update(
-            status="failed",
+            status=status,
+            reason=reason,
             end_time=_now(),
             error={
                 "type": type(error).__name__,
@@ -130,7 +341,168 @@ class RunRecord:
                 "traceback": "".join(traceback.format_exception(error)),
             },
         )
-        write_json_atomic(self.path, self.data)
+        try:
+            write_json_atomic(self.path, self.data)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS or not self._overwrite_in_place():
+                raise RecordWriteError(
+                    exc.errno, f"cannot write the run record {self.path}: {exc.strerror or exc}"
+                ) from exc
+
+    def _overwrite_in_place(self) -> bool:
+        """Rewrite ``run.json`` in its existing blocks with a shortened record (no new space needed)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return False
+        keep = ("status", "reason", "seed", "seed_source", "overrides", "start_time", "end_time", "pid")
+        candidates = [
+            {**self.data, "error": {k: v for k, v in self.data.get("error", {}).items() if k != "traceback"}},
+            {k: self.data.get(k) for k in keep} | {"note": "shortened: the disk was full"},
+        ]
+        for candidate in candidates:
+            payload = json.dumps(candidate, indent=1, default=str).encode()
+            if len(payload) + 1 <= size:
+                payload = payload + b" " * (size - len(payload) - 1) + b"\n"
+                try:
+                    fd = os.open(self.path, os.O_WRONLY)
+                    try:
+                        os.pwrite(fd, payload, 0)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    return False
+                return True
+        return False
+
+
+LOCK_FILE = "run.lock"
+_HELD_LOCKS: dict[Path, RunLock] = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this host)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunDirectoryInUse(ConfigError):
+    """Another live run holds the run directory's ``run.lock``."""
+
+
+class RunLock:
+    """Exclusive use of a run directory: ``<dir>/run.lock`` holds the owner's pid and host.
+
+    :meth:`acquire` refuses (:class:`RunDirectoryInUse`) when the lock names a live process other than this one
+    (or one on another host); a lock left by a dead process is taken over. The lock file is also ``flock``-ed
+    while held, so two runs starting at the same instant cannot both take it. Re-acquiring a directory this
+    process already holds is a no-op that returns ``False``.
+    """
+
+    def __init__(self, run_dir: str | Path, option: str = "hydra.run.dir") -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.path = self.run_dir / LOCK_FILE
+        self.option = option
+        self._fd: int | None = None
+
+    def _unusable(self, exc: OSError) -> ConfigError:
+        """The error for a run directory that cannot be created or written."""
+        return ConfigError(
+            f"cannot use {self.run_dir} as the run directory ({self.option}): {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename and str(exc.filename) != str(self.run_dir) else ''}; "
+            f"set {self.option} to a writable directory"
+        )
+
+    def acquire(self) -> bool:
+        """Take the lock; ``True`` when newly taken, ``False`` when this process already held it."""
+        if self.run_dir in _HELD_LOCKS:
+            return False
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the pid check alone
+            fcntl = None  # type: ignore[assignment]
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    if fcntl is not None:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    owner = self._read_owner(fd)
+                    os.close(fd)
+                    raise self._in_use(owner) from None
+                if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+                os.close(fd)  # the file was removed and recreated meanwhile: lock the current one
+            owner = self._read_owner(fd)
+            if owner is not None and not self._stale(owner):
+                os.close(fd)
+                raise self._in_use(owner)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except RunDirectoryInUse:
+            raise
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        self._fd = fd
+        _HELD_LOCKS[self.run_dir] = self
+        return True
+
+    @staticmethod
+    def _read_owner(fd: int) -> tuple[int, str] | None:
+        """``(pid, host)`` from the lock file, or ``None`` when it is empty or unreadable."""
+        text = os.pread(fd, 256, 0).decode(errors="replace").split()
+        if not text or not text[0].isdigit():
+            return None
+        return int(text[0]), text[1] if len(text) > 1 else socket.gethostname()
+
+    @staticmethod
+    def _stale(owner: tuple[int, str]) -> bool:
+        """Whether a lock naming ``owner`` may be taken over (dead pid on this host, or this process)."""
+        pid, host = owner
+        if host != socket.gethostname():
+            return False  # cannot tell from here: treat as alive
+        return pid == os.getpid() or not _pid_alive(pid)
+
+    def _in_use(self, owner: tuple[int, str] | None) -> RunDirectoryInUse:
+        """The error for a run directory another live run holds."""
+        who = f"pid {owner[0]} on {owner[1]}" if owner else "another process"
+        return RunDirectoryInUse(
+            f"the run directory {self.run_dir} is in use by another trustml run ({who}; lock file {self.path}); "
+            f"choose another {self.option}, or wait for that run to end (delete the lock file only if that process "
+            f"is not a trustml run)"
+        )
+
+    def release(self) -> None:
+        """Remove the lock file (if it still names this process) and unlock."""
+        if self._fd is None:
+            return
+        try:
+            owner = self._read_owner(self._fd)
+            if owner is not None and owner[0] == os.getpid():
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+            _HELD_LOCKS.pop(self.run_dir, None)
+
+
+def release_all_locks() -> None:
+    """Release every run-directory lock this process holds."""
+    for lock in list(_HELD_LOCKS.values()):
+        lock.release()
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
@@ -161,11 +533,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
 
 
-def load_model_from_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+def load_model_from_run(
+    run_dir: str | Path, checkpoint: str = "best", trusted_target_prefixes: Iterable[str] = ()
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained network of a completed run and load its ``best`` (or ``last``) weights.
 
     Returns the model in eval mode and the run's ``model_spec`` (resolved model ``config``,
     ``num_classes``, ``input_dim``, ``label_names``), so callers can check that label maps match their data.
+    The recorded model config must pass :func:`~trustml.safety.check_targets` with the built-in trusted
+    prefixes plus the caller's ``trusted_target_prefixes``: prefixes recorded in the run directory are not
+    trusted by themselves (a run directory may come from someone else).
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -177,7 +554,16 @@ def load_model_from_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[
     spec = record.get("model_spec")
     if not spec or "config" not in spec:
         raise CheckpointError(f"run {run_dir} recorded no model_spec; re-run it with this trustml version")
-    check_targets(OmegaConf.create({"model": spec["config"]}), record.get("trusted_target_prefixes", []))
+    try:
+        check_targets(OmegaConf.create({"model": spec["config"]}), list(trusted_target_prefixes))
+    except ConfigError as exc:
+        recorded = record.get("trusted_target_prefixes") or []
+        hint = (
+            f"; that run was trained with trusted_target_prefixes={recorded}: pass them if you trust {run_dir}"
+            if recorded
+            else ""
+        )
+        raise CheckpointError(f"{run_dir}/run.json: {exc}{hint}") from None
     model = instantiate(
         spec["config"], num_classes=spec["num_classes"], input_dim=spec.get("input_dim"), _convert_="all"
     )

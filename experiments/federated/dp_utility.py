@@ -16,7 +16,7 @@ partition's training order; the partition itself is fixed). Runs go through the 
 sweeps under ``--log-dir``); the table is written into README.md between the ``dp-utility`` markers.
 
 Usage (from the repository root): ``python -m experiments.federated.dp_utility [--write-readme]``
-(``--summarize-only`` re-reads the runs).
+(``--summarize-only`` re-reads the runs; ``--arms client/dp client/none`` re-runs some arms).
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def run_arms(log_dir: Path) -> None:
+def run_arms(log_dir: Path, arms: list[str]) -> None:
     """One ``trustml -m`` sweep per arm."""
-    for arm, overrides in ARMS.items():
+    for arm in arms:
+        overrides = ARMS[arm]
         sweep = log_dir / arm
         command = [str(BIN / "trustml"), "-m", *COMMON, *overrides, f"hydra.sweep.dir={sweep}"]
         print(" ".join(command), flush=True)
@@ -114,10 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-dir", type=Path, default=HERE / "logs" / "dp_utility")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="arms to (re)run")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     if not args.summarize_only:
-        run_arms(args.log_dir)
+        run_arms(args.log_dir, args.arms)
     text = table(collect(args.log_dir))
     print(text)
     if args.write_readme:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 from statistics import median
@@ -10,6 +11,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from trustml.run_record import write_bytes_atomic
 
 
 class EpochMetricsCSV(pl.Callback):
@@ -38,14 +41,13 @@ class EpochMetricsCSV(pl.Callback):
             self._write()
 
     def _write(self) -> None:
+        """Rewrite the whole table atomically (tmp + fsync + rename): never a truncated ``metrics.csv``."""
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_bytes_atomic(self.path, buffer.getvalue().encode())
 
     def final_results(self) -> dict[str, float]:
         """Median and total training-epoch wall time in seconds, and the number of epochs run."""

@@ -20,6 +20,11 @@ Usage:
 Runs are written to logs/runs/<time>/ (sweeps to logs/multiruns/<time>/<n>/): .hydra/ (config, overrides),
 run.json (seed, git commit, versions, status), metrics.csv, results.json and checkpoints/.
 Hydra's own flags (--multirun, --cfg, --info, --config-dir, ...) work as usual: see `trustml --hydra-help`.
+A run directory in use by another run (its run.lock names a live pid) is refused.
+
+Exit codes: 0 completed; 2 bad input (config, data, checkpoint: one message naming the option and the fix);
+1 any other failure (e.g. disk full, out of memory); 130 / 143 interrupted by SIGINT / SIGTERM. A run that
+does not complete is recorded in run.json as failed or interrupted, with the reason, and has no results.json.
 """
 
 
