@@ -118,7 +118,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
 
     trainer = federation.run(method, datamodule, make_trainer)
     results: dict[str, float] = {}
-    checkpoint = next((cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint)), None)
+    checkpoint = next(
+        (cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.monitor is not None), None
+    )
     if checkpoint is not None and checkpoint.best_model_path:
         method.model.load_state_dict(load_state_dict(checkpoint.best_model_path))
         if checkpoint.best_model_score is not None:
