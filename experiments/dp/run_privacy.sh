@@ -11,13 +11,8 @@ export TRUSTML_LOG_DIR=$LOG OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 TRUSTML=(.venv/bin/trustml)
 AUDIT=(.venv/bin/trustml-audit)
 QUIET=(trainer.enable_progress_bar=false print_results=false logger=csv)
-# The audits attack the end of training (--checkpoint last). Lightning >= 2.6 writes the default ModelCheckpoint's
-# last.ckpt only when it saves a new best (save_top_k=1), which makes last.ckpt a copy of best.ckpt; a second
-# checkpoint callback (no monitor) rewrites last.ckpt after every epoch instead.
-LAST_CKPT=(callbacks.model_checkpoint.save_last=false
-           ++callbacks.last_checkpoint._target_=pytorch_lightning.callbacks.ModelCheckpoint
-           '++callbacks.last_checkpoint.dirpath=${paths.output_dir}/checkpoints' ++callbacks.last_checkpoint.filename=last
-           ++callbacks.last_checkpoint.enable_version_counter=false)
+# The audits attack the end of training (--checkpoint last): the default callbacks rewrite last.ckpt after every
+# epoch (conf/callbacks/default.yaml, callbacks.last_checkpoint).
 SEEDS=seed=0,1,2
 # learning rates tried for every privacy level; the best one on validation accuracy is reported
 LRS=optimizer.lr=0.05,0.2,0.5
@@ -44,8 +39,7 @@ for section in "${sections[@]}"; do
       # membership inference in an overfit setting: digits MLP on a random half of the training split,
       # 100 epochs, no dropout; 8 shadow runs on other random halves, trained exactly like their target (same
       # seed, so target and shadows differ only in their data)
-      HALF=(experiment=digits_erm model.dropout=0.0 trainer.max_epochs=100 data.train_subset_fraction=0.5
-            "${LAST_CKPT[@]}")
+      HALF=(experiment=digits_erm model.dropout=0.0 trainer.max_epochs=100 data.train_subset_fraction=0.5)
       for setting in nonprivate dp_eps8 dp_eps1; do
         case $setting in
           nonprivate) OPT=(optimizer=adam optimizer.lr=0.001) ;;
@@ -78,7 +72,7 @@ for section in "${sections[@]}"; do
           run="$LOG/canary/$setting/reps$reps"
           "${TRUSTML[@]}" data=text_classification "data.train_path=$LOG/canary/train_canary$reps.jsonl" \
             "data.val_path=$LOG/canary/val.jsonl" "data.test_path=$LOG/canary/test.jsonl" "${MODEL[@]}" \
-            trainer.max_epochs=8 "${QUIET[@]}" "${LAST_CKPT[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$run/train"
+            trainer.max_epochs=8 "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$run/train"
           "${AUDIT[@]}" canary "$run/train" --spec "$LOG/canary/train_canary$reps.jsonl.canary.json" \
             --checkpoint last --out "$run" > /dev/null
         done
