@@ -36,6 +36,7 @@ BUILTIN_PLUGIN_MODULES = (
     "trustml.methods.erm",
     "trustml.methods.pc",
     "trustml.methods.bct",
+    "trustml.methods.lqf",
     "trustml.methods.seq2seq",
     "trustml.knobs.grounded_data",
     "trustml.knobs.seq2seq_model",
@@ -65,8 +66,9 @@ _loaded = False
 
 
 def _summary(obj: Any) -> str:
+    """The first paragraph of ``obj``'s docstring as one line (a sentence cut by a line break stays whole)."""
     doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
 def _config_with_target(dc: type, target: str, partial: bool) -> type:

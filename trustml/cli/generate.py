@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from trustml.cli.app_help import print_app_help, wants_help
 from trustml.config_schema import register_config_support
 from trustml.errors import ConfigError, TrustMLError
 from trustml.knobs.evaluation import generate_and_score
@@ -168,6 +169,9 @@ def generate_app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point of ``trustml-generate``."""
+    if wants_help(sys.argv[1:]):
+        print_app_help("trustml-generate", sys.modules[__name__], CONFIG_NAME, [KnobSettings])
+        return
     register_config_support()
     ConfigStore.instance().store(name="generate_schema", node=GenerateSchema, provider="trustml")
     generate_app()

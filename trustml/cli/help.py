@@ -14,6 +14,7 @@ Usage:
   trustml [group=option ...] [key=value ...]       one run (e.g. trustml method=erm data=digits)
   trustml -m [group=a,b ...] [key=v1,v2 ...]       a sweep (e.g. trustml -m seed=1,2,3)
   trustml experiment=NAME                          a predefined experiment
+  trustml --help GROUP=NAME                        one plugin's options, types and defaults (e.g. method=pc)
   trustml --cfg job                                print the composed config and exit
   trustml-report DIR                               Markdown + PNG report of a run or sweep directory
 
@@ -29,11 +30,15 @@ does not complete is recorded in run.json as failed or interrupted, with the rea
 
 
 def _first_comment(text: str) -> str:
+    """The first block of ``#`` comment lines (the ``@package`` line skipped), joined into one line."""
+    block: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#") and "@package" not in stripped:
-            return stripped.lstrip("# ").strip()
-    return ""
+            block.append(stripped.lstrip("# ").strip())
+        elif block:
+            break
+    return " ".join(block)
 
 
 def yaml_options(group: str) -> dict[str, str]:
@@ -62,6 +67,23 @@ def help_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_help() -> None:
-    """Print :func:`help_text` to stdout."""
-    print(help_text(), end="")
+def print_help(topics: list[str] | None = None) -> int:
+    """Print :func:`help_text`, or for each ``GROUP=NAME`` in ``topics`` that plugin's options
+    (:func:`~trustml.cli.plugin_help.plugin_help`); return the exit code (2 for an unknown topic)."""
+    if not topics:
+        print(help_text(), end="")
+        return 0
+    from trustml.cli.plugin_help import plugin_help
+
+    code = 0
+    for topic in topics:
+        group, _, name = topic.partition("=")
+        if group not in (*PLUGIN_GROUPS, *YAML_GROUPS) or not name:
+            print(f"trustml --help takes GROUP=NAME (e.g. --help method=pc); groups: "
+                  f"{', '.join((*PLUGIN_GROUPS, *YAML_GROUPS))}")
+            code = 2
+            continue
+        text = plugin_help(group, name)
+        code = 2 if text.startswith("unknown plugin") else code
+        print(text)
+    return code

@@ -635,7 +635,9 @@ def _main(argv: list[str]) -> None:
     load_plugins()
     register_config_support()
     if "--help" in argv or "-h" in argv:
-        print_help()
+        code = print_help([arg for arg in argv if arg not in ("--help", "-h")])
+        if code:
+            sys.exit(code)
         return
     from hydra._internal.utils import get_args_parser
 

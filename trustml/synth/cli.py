@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from trustml.cli.app_help import print_app_help, wants_help
 from trustml.errors import ConfigError, TrustMLError
 from trustml.synth.catalog import load_catalogs
 from trustml.synth.formats import load_utterances, write_jsonl, write_rasa_yaml, write_snips_json
@@ -83,13 +84,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 @hydra.main(config_path="pkg://trustml.conf", config_name="synth", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``trustml-synth``."""
+def synth_app(cfg: DictConfig) -> None:
+    """The Hydra task of ``trustml-synth``."""
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except TrustMLError as exc:
         print(f"trustml-synth: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point of ``trustml-synth``: its own ``--help`` (options and input formats), else the app."""
+    if wants_help(sys.argv[1:]):
+        from trustml.synth import formats
+
+        print_app_help("trustml-synth", sys.modules[__name__], "synth", [formats])
+        return
+    synth_app()
 
 
 if __name__ == "__main__":
