@@ -80,7 +80,7 @@ def refusal(method: str, optimizer: str, federation: str) -> str | None:
     """For a combination that cannot work, a phrase of the reason it must be refused with at start-up."""
     if method == "seq2seq":  # a generation objective: refused on classification data (tests/knobs trains it)
         return r"method=seq2seq works on \['seq2seq'\] inputs but data=digits yields 'features'"
-    if optimizer.startswith("dp_") and method == "bct":
+    if optimizer.startswith("dp_") and method in ("bct", "lqf"):  # lqf: no per-sample gradients of its JVP model
         return "cannot run with a per-sample-gradient optimizer"
     if optimizer.startswith("dp_") and federation == "fedprox":
         return "computes its own per-sample gradients"
