@@ -206,7 +206,7 @@ if mode == "checkpoint":
     checkpoint.os = types.SimpleNamespace(**{**vars(os), "fsync": disk_full})
 elif mode in ("record", "record-in-place"):
     import builtins, os
-    from trustml import run_record
+    from trustml import atomic_files, run_record
     real_open = builtins.open
     class Full:
         def __init__(self, handle): self.handle = handle
@@ -221,7 +221,7 @@ elif mode in ("record", "record-in-place"):
         handle = real_open(path, mode, *args, **kwargs)
         state["full"] = state["full"] or str(path).endswith("results.json.tmp")
         return Full(handle) if state["full"] and "w" in mode else handle
-    run_record.open = open_
+    run_record.open = atomic_files.open = open_
     def pwrite(fd, data, offset):
         if state["full"]:
             disk_full()

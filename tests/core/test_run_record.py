@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from trustml import run_record
+from trustml import atomic_files, run_record
 from trustml.errors import CheckpointError, ConfigError, DataError
 from trustml.run_record import (
     RecordWriteError,
@@ -161,7 +161,8 @@ def _fail_new_files(monkeypatch, *, in_place_too: bool = False) -> None:
         handle = real_open(path, mode, *args, **kwargs)
         return HalfWritten(handle) if "w" in mode else handle
 
-    monkeypatch.setattr(run_record, "open", full_open, raising=False)
+    for module in (run_record, atomic_files):  # new files are written by atomic_files, in-place ones by run_record
+        monkeypatch.setattr(module, "open", full_open, raising=False)
     if in_place_too:
 
         def pwrite(fd: int, data: bytes, offset: int) -> int:

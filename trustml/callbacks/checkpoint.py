@@ -11,7 +11,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from trustml.run_record import fsync_directory
+from trustml.atomic_files import fsync_directory
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):

@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from trustml.run_record import write_bytes_atomic
+from trustml.atomic_files import write_bytes_atomic
 
 
 class EpochMetricsCSV(pl.Callback):

@@ -14,6 +14,7 @@ another model.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import zipfile
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from trustml.atomic_files import write_bytes_atomic
 from trustml.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -115,11 +117,11 @@ def state_dict_mismatch(saved: Mapping[str, Any], expected: Mapping[str, Any]) -
 
 
 def save_run_state(path: Path, state: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """Write ``state`` with its fingerprint atomically to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT_VERSION, "fingerprint": fingerprint, **state}, tmp)
-    tmp.replace(path)
+    """Write ``state`` with its fingerprint atomically to ``path`` (serialized in memory, then written, fsync-ed
+    and renamed: a full disk or a kill never leaves a truncated resume point)."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, "fingerprint": fingerprint, **state}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_run_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:

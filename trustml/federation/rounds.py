@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from trustml.atomic_files import write_bytes_atomic
 from trustml.errors import TrustMLError
 from trustml.federation.checkpoint import capture_process_rng, load_run_state, restore_process_rng, save_run_state
 from trustml.federation.client import ClientUpdate
@@ -159,9 +160,7 @@ class RoundLoop:
         }
         save_run_state(self.state_path, state, self.fingerprint)
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        tmp = self.state_dir / "rounds.jsonl.tmp"
-        tmp.write_text(lines)
-        tmp.replace(self.state_dir / "rounds.jsonl")
+        write_bytes_atomic(self.state_dir / "rounds.jsonl", lines.encode())
 
     def run_round(self, index: int) -> dict[str, Any]:
         """One round: select, obtain updates, aggregate; returns its record."""

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import pandas as pd  # noqa: E402
 
+from trustml.atomic_files import write_bytes_atomic  # noqa: E402
 from trustml.errors import TrustMLError  # noqa: E402
 from trustml.report.sweep import collect_runs, markdown_table, sweep_table, write_summary  # noqa: E402
 
@@ -172,5 +173,5 @@ def render_report(directory: str | Path, out: str | Path | None = None) -> Path:
     else:
         raise TrustMLError(f"{directory} holds no run.json and no job folders with one: not a trustml run or sweep")
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
     return path

@@ -12,6 +12,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from trustml.atomic_files import write_bytes_atomic
+
 
 def parse_override(override: str) -> tuple[str, str]:
     """``key=value`` (also ``+key=value``, ``group=option``) as ``(key, value)``."""
@@ -74,8 +76,8 @@ def write_summary(sweep_dir: str | Path) -> tuple[Path, Path]:
     sweep_dir = Path(sweep_dir)
     frame = sweep_table(collect_runs(sweep_dir))
     csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
-    frame.to_csv(csv_path, index=False)
-    md_path.write_text(f"# Sweep summary: {sweep_dir.name}\n\n" + markdown_table(frame))
+    write_bytes_atomic(csv_path, frame.to_csv(index=False).encode())
+    write_bytes_atomic(md_path, (f"# Sweep summary: {sweep_dir.name}\n\n" + markdown_table(frame)).encode())
     return csv_path, md_path
 
 
