@@ -15,6 +15,7 @@ from trustml.data.digits import DigitsDataModule
 from trustml.errors import ConfigError
 from trustml.federation.participation import inclusion_probabilities, planned_rounds
 from trustml.federation.strategies import FedAvg
+from trustml.methods.erm import ERM
 from trustml.optim.dp import DPSGD
 from trustml.privacy.callback import PrivacyAccountantCallback
 from trustml.privacy.sampling import PoissonBatchSampler
@@ -24,6 +25,16 @@ class DeviceAccountant(PrivacyAccountantCallback):
     """The DP-SGD accountant run inside every device's local fit."""
 
     federated_scope = "client"
+
+
+def dp_sgd_on_digits() -> tuple[DigitsDataModule, ERM]:
+    """Digits with seeded Poisson batches and ERM trained by DP-SGD for a budget of epsilon 4."""
+    datamodule = DigitsDataModule(batch_size=32)
+    datamodule.setup("fit")
+    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
+    method = make_method(datamodule)
+    dp_sgd = partial(DPSGD, lr=0.2, target_epsilon=4.0, max_grad_norm=1.0, noise_seed=0)
+    return datamodule, ERM(model=method.model, num_classes=10, optimizer=dp_sgd)
 
 
 def test_inclusion_probability_per_selection_scheme() -> None:
@@ -51,12 +62,7 @@ def test_planned_rounds_are_the_95_percent_quantile_of_participations() -> None:
 
 
 def test_devices_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp_path) -> None:
-    datamodule = DigitsDataModule(batch_size=32)
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
-    method = make_method(datamodule)
-    method = type(method)(model=method.model, num_classes=10, optimizer=partial(
-        DPSGD, lr=0.2, target_epsilon=4.0, max_grad_norm=1.0, noise_seed=0))
+    datamodule, method = dp_sgd_on_digits()
     # 4 devices, all selected every round for 6 rounds, but each plans its budget for 2 rounds only
     plugin = FedAvg(rounds=6, num_devices=4, clients_per_round=4, seed=0, dp_device_rounds=2)
     _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[DeviceAccountant()],
@@ -74,12 +80,7 @@ def test_devices_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp
 
 
 def test_a_spent_device_is_never_selected_again(tmp_path) -> None:
-    datamodule = DigitsDataModule(batch_size=32)
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
-    method = make_method(datamodule)
-    method = type(method)(model=method.model, num_classes=10, optimizer=partial(
-        DPSGD, lr=0.2, target_epsilon=4.0, max_grad_norm=1.0, noise_seed=0))
+    datamodule, method = dp_sgd_on_digits()
     plugin = FedAvg(rounds=8, num_devices=6, clients_per_round=2, seed=1, dp_device_rounds=1)
     _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[DeviceAccountant()],
                                          method=method)
