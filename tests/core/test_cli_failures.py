@@ -107,7 +107,7 @@ def test_a_missing_sweeper_extra_is_named(tmp_path: Path) -> None:
 def test_a_missing_logger_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """``logger=tensorboard`` without tensorboard: the check that names the extra (in-process; it is installed here)."""
     from tests.core.test_safety import _compose
-    from trustml.cli import main as cli
+    from trustml.cli import option_checks as cli
     from trustml.errors import ConfigError
 
     cfg = _compose(["logger=tensorboard"])

@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import inspect
 import logging
 import os
 import re
 import secrets
 import sys
-import types
-import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,12 +37,13 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trustml.cli.help import print_help
+from trustml.cli.option_checks import EXTRA_FOR_HYDRA_OPTION, check_extras, check_options, install_hint
 from trustml.config_schema import register_config_support
 from trustml.errors import ConfigError
-from trustml.registry import PLUGIN_GROUPS, load_plugins, plugins, resolve_target
+from trustml.registry import load_plugins, plugins
 from trustml.run_record import (
     RunInterrupted,
     RunLock,
@@ -66,27 +63,6 @@ log = logging.getLogger("trustml")
 CONFIG_MODULE = "trustml.conf"
 CONFIG_NAME = "train"
 
-#: Hydra config keys of Hydra's own (not the run's) that are set by the config loader: never "unknown".
-_SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-#: ``_target_`` prefix -> (modules of which one must be importable, the extra that installs them).
-EXTRA_FOR_TARGET: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("pytorch_lightning.loggers.TensorBoardLogger", ("tensorboard", "tensorboardX"), "loggers"),
-    ("pytorch_lightning.loggers.MLFlowLogger", ("mlflow",), "loggers"),
-    ("hydra_plugins.hydra_optuna_sweeper", ("hydra_plugins.hydra_optuna_sweeper",), "sweepers"),
-    ("optuna", ("optuna",), "sweepers"),
-    ("hydra_plugins.hydra_joblib_launcher", ("hydra_plugins.hydra_joblib_launcher",), "sweepers"),
-    ("hydra_plugins.hydra_submitit_launcher", ("hydra_plugins.hydra_submitit_launcher",), "slurm"),
-)
-
-#: ``hydra/<group>=<option>`` that exist only with an extra installed.
-EXTRA_FOR_HYDRA_OPTION = {
-    "hydra/sweeper/optuna": "sweepers",
-    "hydra/launcher/joblib": "sweepers",
-    "hydra/launcher/submitit_local": "slurm",
-    "hydra/launcher/submitit_slurm": "slurm",
-}
-
 #: The command line as typed (``sys.argv`` gets the pinned run directory appended); recorded in run.json.
 _TYPED_COMMAND: list[str] | None = None
 #: ``trusted_target_prefixes`` given on the command line (``None`` when trustml was not started by :func:`main`).
@@ -105,11 +81,6 @@ def format_results(results: dict[str, Any]) -> str:
 def _report_error(message: str) -> None:
     sys.stderr.write(f"trustml: error: {message}\n")
     sys.stderr.flush()
-
-
-def install_hint(extra: str) -> str:
-    """How to install one of trustml's optional extras."""
-    return f'pip install -e ".[{extra}]" (in a source checkout; else pip install "trustml[{extra}]")'
 
 
 # --------------------------------------------------------------------------------------------- the Hydra task
@@ -343,186 +314,6 @@ def _group_sweep_variants(app: Any, overrides: list[str]) -> list[list[str]]:
         others = [o for j, o in enumerate(first) if j != i and o is not None]
         variants += [[*others, f"{override.get_key_element()}={value}"] for value in override.sweep_string_iterator()]
     return variants
-
-
-def _node_choice(path: str, choices: dict[str, Any]) -> str:
-    """``group=option`` for a top-level plugin node, else the config path."""
-    group = path.split(".")[0]
-    return f"{group}={choices[group]}" if "." not in path and choices.get(group) else path
-
-
-def _simple_kinds(annotation: Any) -> set[type] | None:
-    """The set of {int, float, bool, NoneType} an annotation allows, or ``None`` when it allows more."""
-    origin = typing.get_origin(annotation)
-    members = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
-    kinds: set[type] = set()
-    for member in members:
-        if member is type(None) or member in (int, float, bool):
-            kinds.add(member)
-        else:
-            return None
-    return kinds
-
-
-def _fits(value: Any, kinds: set[type]) -> bool:
-    """Whether ``value`` is one of ``kinds`` (an int 0/1 passes for a bool, an int for a float)."""
-    if value is None:
-        return type(None) in kinds
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int):
-        return int in kinds or float in kinds or (bool in kinds and value in (0, 1))
-    if isinstance(value, float):
-        return float in kinds
-    return False
-
-
-def _describe_kinds(kinds: set[type]) -> str:
-    """``kinds`` in words ("an integer or null")."""
-    names = {int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
-    ordered = [names[k] for k in (int, float, bool, type(None)) if k in kinds]
-    return " or ".join(ordered)
-
-
-def _annotations(obj: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
-    """The signature of ``obj`` and its resolved type hints (``None, {}`` when it has no signature)."""
-    try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None, {}
-    try:
-        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    except Exception:  # noqa: BLE001 - unresolvable forward references: use what the signature holds
-        hints = {k: p.annotation for k, p in signature.parameters.items() if not isinstance(p.annotation, str)}
-    return signature, hints
-
-
-def check_options(cfg: DictConfig, choices: dict[str, Any]) -> None:
-    """Refuse options a plugin or class does not have, and wrong-typed values of simply typed options.
-
-    A registered plugin's options are its dataclass fields; any other ``_target_`` node is checked against
-    its callable's signature (skipped when it takes ``**kwargs``). Only int/float/bool/null annotations are
-    type-checked (the plugins' dataclasses are typed by OmegaConf already).
-    """
-    by_target: dict[str, list[Any]] = {}
-    for group in plugins().values():
-        for info in group.values():
-            by_target.setdefault(info.target, []).append(info)
-
-    def visit(node: DictConfig, path: str) -> None:
-        """Walk the config."""
-        if "_target_" in node:
-            _check_node(node, path)
-        for key in node.keys():
-            if path == "" and key == "hydra":
-                continue
-            try:
-                child = node[key]
-            except Exception:  # noqa: BLE001 - resolved later, at run time
-                continue
-            if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-                visit(child, f"{path}.{key}" if path else str(key))
-
-    def _check_node(node: DictConfig, path: str) -> None:
-        """Check the option names and simple types of one ``_target_`` node."""
-        try:
-            target = str(node._target_)
-        except Exception:  # noqa: BLE001 - an interpolated target resolves at run time
-            return
-        keys = [str(k) for k in node.keys() if str(k) not in _SPECIAL_KEYS]
-        group = path.split(".")[0]
-        info = plugins(group).get(str(choices.get(group))) if path in PLUGIN_GROUPS else None
-        if info is None or info.target != target:
-            candidates = by_target.get(target, [])
-            info = candidates[0] if len(candidates) == 1 else None
-        if info is not None and info.config_class is not None:
-            fields = sorted(f.name for f in dataclasses.fields(info.config_class))
-            unknown = [k for k in keys if k not in fields]
-            if unknown:
-                label = f"{info.group}={info.name}"
-                raise ConfigError(
-                    f"option '{unknown[0]}' is unknown for {label} ({path}.{unknown[0]}); valid options: "
-                    f"{', '.join(fields)} (trustml --help lists the plugins)"
-                )
-            return
-        try:
-            obj = resolve_target(target)
-        except Exception:  # noqa: BLE001 - reported when the run builds it (with the import error)
-            return
-        signature, hints = _annotations(obj)
-        if signature is None:
-            return
-        params = signature.parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-            unknown = [k for k in keys if k not in params]
-            if unknown:
-                raise ConfigError(
-                    f"option '{unknown[0]}' is unknown for {_node_choice(path, choices)} ({target}); valid options: "
-                    f"{', '.join(valid)}"
-                )
-        for key in keys:
-            kinds = _simple_kinds(hints.get(key)) if key in hints else None
-            if not kinds:
-                continue
-            try:
-                value = node[key]
-            except Exception:  # noqa: BLE001 - resolved at run time
-                continue
-            if not _fits(value, kinds):
-                shown = f"'{value}'" if isinstance(value, str) else value
-                raise ConfigError(
-                    f"{path}.{key}={shown} is not valid: {key} of {target} must be {_describe_kinds(kinds)} "
-                    f"(got {type(value).__name__}); e.g. {path}.{key}={_example(kinds)}"
-                )
-
-    visit(cfg, "")
-
-
-def _example(kinds: set[type]) -> str:
-    """A valid example value for ``kinds``."""
-    return "10" if int in kinds else "0.5" if float in kinds else "true" if bool in kinds else "null"
-
-
-def check_extras(cfg: DictConfig) -> None:
-    """Refuse a ``_target_`` whose optional extra is not installed, naming the extra and how to install it."""
-
-    def visit(node: Any, path: str) -> None:
-        """Walk the config."""
-        if isinstance(node, DictConfig):
-            if "_target_" in node:
-                try:
-                    target = str(node._target_)
-                except Exception:  # noqa: BLE001 - resolved at run time
-                    target = ""
-                for prefix, modules, extra in EXTRA_FOR_TARGET:
-                    if (target == prefix or target.startswith(prefix + ".")) and not any(map(_importable, modules)):
-                        where = path.replace(".", "=", 1) if path.count(".") == 1 else path
-                        raise ConfigError(
-                            f"{where} ({target}) needs the `{extra}` extra, which is not installed "
-                            f"({' / '.join(modules)} missing): {install_hint(extra)}"
-                        )
-            keys: Any = node.keys()
-        elif isinstance(node, ListConfig):
-            keys = range(len(node))
-        else:
-            return
-        for key in keys:
-            try:
-                child = node[key]
-            except Exception:  # noqa: BLE001 - resolved at run time
-                continue
-            visit(child, f"{path}.{key}" if path else str(key))
-
-    visit(cfg, "")
-
-
-def _importable(module: str) -> bool:
-    """Whether ``module`` can be imported (without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def check_composed(cfg: DictConfig, cli_prefixes: tuple[str, ...]) -> None:
