@@ -98,7 +98,7 @@ def test_a_wrong_option_is_one_clear_error_with_the_valid_ones(case: str, tmp_pa
 
 def test_a_missing_sweeper_extra_is_named(tmp_path: Path) -> None:
     if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
-        pytest.skip("the sweepers extra is installed here")
+        pytest.skip("needs an environment without the sweepers extra (hydra-optuna-sweeper is installed here)")
     out = run_cli("hparams_search=digits_optuna", cwd=tmp_path)
     _assert_one_clear_error(out, 2, 'hydra/sweeper=optuna (e.g. through hparams_search=...), which is not installed')
     assert 'pip install -e ".[sweepers]"' in out.stderr

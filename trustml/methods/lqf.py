@@ -68,7 +68,15 @@ SWAPPABLE = (nn.ReLU, nn.GELU)
 
 @dataclass
 class LQFConfig:
-    """Options of ``method=lqf``."""
+    """Options of ``method=lqf``.
+
+    ``linearize``: which layers are linearized around their weights ``w0`` (``head``, ``last_k_layers`` with
+    ``k``, or ``all``); every other parameter stays frozen at ``w0``. ``loss``: ``mse`` on one-hot targets times
+    ``target_scale``, or ``ce``. ``leaky_relu_slope``: ReLU/GELU modules after the first linearized layer become
+    LeakyReLU with this slope (0 keeps them). ``precondition``: ``kfac`` (damping ``kfac_damping``, factors from
+    up to ``kfac_samples`` training samples, recomputed every ``kfac_update_every`` steps; 0 = once at the start)
+    or ``none``. ``init_run_dir`` / ``init_checkpoint``: take ``w0`` from a completed run's checkpoint.
+    """
 
     linearize: str = "all"
     k: int = 1
