@@ -19,11 +19,10 @@ import torch
 from tests.conftest import compose_train
 from trustml import atomic_files, run_record
 from trustml.errors import CheckpointError, ConfigError, DataError
+from trustml.run_lock import RunDirectoryInUse, RunLock
 from trustml.run_record import (
     RecordWriteError,
-    RunDirectoryInUse,
     RunInterrupted,
-    RunLock,
     RunRecord,
     describe_failure,
     exit_code_for,

@@ -44,16 +44,15 @@ from trustml.cli.option_checks import EXTRA_FOR_HYDRA_OPTION, check_extras, chec
 from trustml.config_schema import register_config_support
 from trustml.errors import ConfigError
 from trustml.registry import load_plugins, plugins
+from trustml.run_lock import RunLock, release_all_locks
 from trustml.run_record import (
     RunInterrupted,
-    RunLock,
     RunRecord,
     describe_failure,
     exit_code_for,
     finishing,
     install_signal_handlers,
     received_signal,
-    release_all_locks,
 )
 from trustml.runner import run
 from trustml.safety import check_config, check_hydra_config
