@@ -11,20 +11,21 @@ import pytest
 import pytorch_lightning as pl
 
 from tests.conftest import only_run_dir, read_json, run_cli
-from tests.federation.conftest import make_method, trainer_factory
+from tests.federation.test_simulation import RaiseOnRow
+from tests.federation.test_simulation import run_federation as simulate
 from trustml.data.digits import DigitsDataModule
 from trustml.errors import ConfigError
 from trustml.federation.options import FederationConfig, parse_options
 from trustml.federation.rounds import ClientsKeepFailingError, round_failure, updated_in_some_round
-from trustml.federation.strategies import FedAvg, FederatedTraining, FederationResults
+from trustml.federation.strategies import FedAvg, FederatedTraining
 
 
 def run_federation(
     plugin: FederatedTraining, datamodule: DigitsDataModule, root: Path, callbacks: list[pl.Callback] = ()
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    results = FederationResults()
-    plugin.run(make_method(datamodule), datamodule, trainer_factory(root, [results, *callbacks]))
-    return history_of(root), results.final_results()
+    """The run's round history and results (the simulation tests' runner without the method)."""
+    _, history, results = simulate(plugin, datamodule, root, callbacks)
+    return history, results
 
 
 def history_of(root: Path) -> list[dict[str, Any]]:
@@ -45,20 +46,6 @@ class FailFirstFits(pl.Callback):
         type(self).fits += 1
         if self.n is None or type(self).fits <= self.n:
             raise ValueError("device storage is full")
-
-
-class RaiseOnDeviceWithRow(pl.Callback):
-    """The device that holds training row ``row`` (a position in the training split) always fails."""
-
-    federated_scope = "client"
-    client_loop_ready = True
-
-    def __init__(self, row: int) -> None:
-        self.row = row
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if self.row in set(trainer.datamodule.rows.tolist()):
-            raise RuntimeError("this device crashes")
 
 
 # --- what a failed round is ---------------------------------------------------------------------------
@@ -119,7 +106,7 @@ def test_rounds_below_min_clients_count_as_failed_rounds(digits, tmp_path: Path)
     plugin = FedAvg(rounds=5, num_devices=2, clients_per_round=2, min_clients=2, max_failed_rounds=2, seed=0)
     with pytest.raises(ClientsKeepFailingError, match=r"not updated in 2 rounds in a row \(last round: only 1 usable "
                                                       r"update\(s\), fewer than federation.min_clients=2\)"):
-        run_federation(plugin, digits, tmp_path, [RaiseOnDeviceWithRow(0)])
+        run_federation(plugin, digits, tmp_path, [RaiseOnRow(0)])
     assert len(history_of(tmp_path)) == 2
 
 
