@@ -155,11 +155,6 @@ class finishing:  # noqa: N801 - used like a function: ``with finishing(): ...``
         _SignalState.deferred = self._previous
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or what it wraps) is an ``OSError`` meaning no space left on the device or quota."""
-    return _disk_full_error(error) is not None
-
-
 def _disk_full_error(error: BaseException) -> OSError | None:
     """The disk-full ``OSError`` in ``error``'s cause/context chain, if any."""
     current: BaseException | None = error
