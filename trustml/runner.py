@@ -1,14 +1,11 @@
 """Builds one experiment from a composed config and runs it: data -> model -> method -> federation -> test.
 
-Before anything is built, the runner checks that every ``_target_`` is trusted and that the selected
-plugins can work together. Plugin classes take part through optional hooks:
-
-- ``validate_config(cfg)`` (classmethod): raise :class:`~trustml.errors.ConfigError` when the composed
-  config cannot work with this plugin;
-- ``runtime_callbacks(cfg, datamodule)`` (classmethod): extra Lightning callbacks the plugin needs;
-- ``accepted_input_kinds`` / ``supported_input_kinds`` (models / methods) against the data's
-  ``input_kind``.
-A callback with ``final_results()`` contributes to ``results.json``.
+Before anything is built, the runner checks that every ``_target_`` is trusted, makes each plugin's options
+dataclass (its ``__post_init__`` checks run then) and asks each selected plugin class whether the combination
+can work (:meth:`~trustml.plugin.Plugin.validate_config`, input kinds). Then every plugin is built from its
+config object (:mod:`trustml.plugin`), with the callbacks the plugins ask for
+(:meth:`~trustml.plugin.Plugin.runtime_callbacks`). The federation plugin's :class:`~trustml.plugin.FitResult`
+and each callback with ``final_results()`` contribute to ``results.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError, TrustMLError
-from trustml.registry import PLUGIN_GROUPS, resolve_target
+from trustml.plugin import FitResult, Plugin
+from trustml.registry import PLUGIN_GROUPS, plugin_class, plugin_config
 from trustml.run_record import load_state_dict
 from trustml.safety import check_targets
 
@@ -41,34 +39,34 @@ class RunOutcome:
     model_spec: dict[str, Any]
 
 
-def plugin_classes(cfg: DictConfig) -> dict[str, type]:
-    """The class selected in each plugin group (imported, not instantiated)."""
-    classes = {}
+def plugin_classes(cfg: DictConfig) -> dict[str, type[Plugin]]:
+    """The class selected in each plugin group (imported and checked against its group, not built)."""
+    return {group: plugin_class(group, cfg.get(group) or {}) for group in PLUGIN_GROUPS}
+
+
+def plugin_configs(cfg: DictConfig) -> dict[str, Any]:
+    """Each plugin group's options dataclass instance (the dataclasses' checks run here)."""
+    configs = {}
     for group in PLUGIN_GROUPS:
-        node = cfg.get(group)
-        if node is None or "_target_" not in node:
-            raise ConfigError(f"config group '{group}' is not selected; add {group}=<plugin> (see trustml --help)")
         try:
-            classes[group] = resolve_target(str(node._target_))
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{group}._target_='{node._target_}' cannot be imported: {exc}") from None
-    return classes
+            configs[group] = plugin_config(group, cfg[group])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{group}: {exc}") from None
+    return configs
 
 
-def check_compatibility(cfg: DictConfig, classes: Mapping[str, type], choices: Mapping[str, str]) -> None:
+def check_compatibility(cfg: DictConfig, classes: Mapping[str, type[Plugin]], choices: Mapping[str, str]) -> None:
     """Refuse plugin combinations that cannot work, with the reason and the fix."""
-    data_kind = getattr(classes["data"], "input_kind", "features")
+    data_kind = classes["data"].input_kind  # type: ignore[attr-defined]
     for group, attribute in (("model", "accepted_input_kinds"), ("method", "supported_input_kinds")):
-        kinds = getattr(classes[group], attribute, None)
+        kinds = getattr(classes[group], attribute)
         if kinds is not None and data_kind not in kinds:
             raise ConfigError(
                 f"{group}={choices.get(group)} works on {sorted(kinds)} inputs but data={choices.get('data')} yields "
                 f"'{data_kind}' inputs; choose a matching {group} or data plugin"
             )
     for cls in classes.values():
-        validate = getattr(cls, "validate_config", None)
-        if validate is not None:
-            validate(cfg)
+        cls.validate_config(cfg)
 
 
 def build(group: str, node: Any, **runtime: Any) -> Any:
@@ -84,40 +82,50 @@ def build(group: str, node: Any, **runtime: Any) -> Any:
         raise
 
 
+def construct(group: str, cls: type[Plugin], config: Any, **runtime: Any) -> Any:
+    """``cls(config, **runtime)``; a ``TypeError``/``ValueError`` raised while building it becomes a ConfigError."""
+    try:
+        return cls(config, **runtime)  # type: ignore[call-arg]
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, TrustMLError):
+            raise
+        raise ConfigError(f"{group}: {exc}") from None
+
+
 def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome:
     """Run the experiment ``cfg`` (its ``seed`` already set) and return its final metrics."""
     choices = dict(choices or {})
     check_targets(cfg, list(cfg.get("trusted_target_prefixes") or []))
     classes = plugin_classes(cfg)
+    configs = plugin_configs(cfg)
     check_compatibility(cfg, classes, choices)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    datamodule: TrustDataModule = build("data", cfg.data)
+    datamodule: TrustDataModule = construct("data", classes["data"], configs["data"])
     datamodule.setup("fit")
-    model = build("model", cfg.model, num_classes=datamodule.num_classes, input_dim=datamodule.input_dim)
+    model = construct(
+        "model", classes["model"], configs["model"], num_classes=datamodule.num_classes, input_dim=datamodule.input_dim
+    )
     if datamodule.input_kind == "text":
         datamodule.map_inputs(model.featurize)
-    method = build(
-        "method",
-        cfg.method,
-        model=model,
-        optimizer=build("optimizer", cfg.optimizer),
+    optimizer = construct("optimizer", classes["optimizer"], configs["optimizer"])
+    method = construct(
+        "method", classes["method"], configs["method"], model=model, optimizer=optimizer,
         num_classes=datamodule.num_classes,
     )
-    federation = build("federation", cfg.federation)
+    federation = construct("federation", classes["federation"], configs["federation"])
 
     callbacks = [build("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     for cls in classes.values():
-        runtime_callbacks = getattr(cls, "runtime_callbacks", None)
-        if runtime_callbacks is not None:
-            callbacks += runtime_callbacks(cfg, datamodule)
+        callbacks += cls.runtime_callbacks(cfg, datamodule)
     loggers = [build("logger", node) for node in (cfg.get("logger") or {}).values() if node is not None]
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
         return build("trainer", cfg.trainer, **{"callbacks": callbacks, "logger": loggers or False, **overrides})
 
-    trainer = federation.run(method, datamodule, make_trainer)
-    results: dict[str, float] = {}
+    fit: FitResult = federation.run(method, datamodule, make_trainer, ckpt_path=cfg.get("ckpt_path"))
+    trainer = fit.trainer
+    results: dict[str, Any] = dict(fit.results)
     checkpoint = next(
         (cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.monitor is not None), None
     )

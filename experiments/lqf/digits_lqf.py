@@ -36,7 +36,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
-from trustml.methods.lqf import LinearQuadraticFineTuning
+from trustml.methods.lqf import LinearQuadraticFineTuning, LQFConfig
 from trustml.models.mlp import MLP
 
 HIDDEN = [256, 128]
@@ -115,7 +115,8 @@ def finetune(arm: str, body: dict[str, Tensor], train: tuple[Tensor, Tensor], lr
         loss_fn = lambda logits, batch: F.cross_entropy(logits, batch["y"])  # noqa: E731
         prepare = lambda batch: batch  # noqa: E731
     else:
-        method = LinearQuadraticFineTuning(net, optimizer, len(TARGET), linearize="all", kfac_damping=1.0, **options)
+        config = LQFConfig(linearize="all", kfac_damping=1.0, **options)
+        method = LinearQuadraticFineTuning(config, model=net, optimizer=optimizer, num_classes=len(TARGET))
         if method.kfac is not None:
             method.kfac.update(x, method.model(x).detach() if options["loss"] == "ce" else None)
         model, opt = method.model, method.configure_optimizers()

@@ -22,7 +22,7 @@ from summarize import replace_block
 
 from trustml.callbacks.epoch_metrics import EpochMetricsCSV
 from trustml.data.digits import DigitsDataModule
-from trustml.methods.pc import PositiveCongruentTraining
+from trustml.methods.pc import PCConfig, PositiveCongruentTraining
 from trustml.models.mlp import MLP
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +41,10 @@ def median_epoch_time(old_run_dir: str, options: dict, epochs: int, seed: int) -
     data = DigitsDataModule(val_fraction=0.15, test_fraction=0.5)
     model = MLP(num_classes=10, input_dim=64, hidden_sizes=[256, 128], dropout=0.1)
     method = PositiveCongruentTraining(
-        model, partial(torch.optim.Adam, lr=1e-3), num_classes=10, old_run_dirs=[old_run_dir], **options
+        PCConfig(old_run_dirs=[old_run_dir], **options),
+        model=model,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        num_classes=10,
     )
     with tempfile.TemporaryDirectory() as tmp:
         timer = EpochMetricsCSV(str(Path(tmp) / "metrics.csv"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustml.methods.base import Batch, ClassificationMethod
-from trustml.methods.erm import ERM
+from trustml.methods.erm import ERM, ERMConfig
 
 
 class DoubledLoss(ClassificationMethod):
@@ -39,5 +39,5 @@ def test_batch_loss_is_the_mean_of_the_sample_losses_in_value_and_gradient() -> 
         torch.testing.assert_close(loss, reference.detach())
         for grad, param in zip(grads, method.model.parameters(), strict=True):
             torch.testing.assert_close(grad, param.grad)
-    erm = ERM(nn.Linear(5, 3), sgd, num_classes=3)
+    erm = ERM(ERMConfig(), model=nn.Linear(5, 3), optimizer=sgd, num_classes=3)
     assert erm.batch_loss(erm.model(batch["x"]), batch).grad_fn.name() != "MeanBackward0"  # one fused op

@@ -10,12 +10,12 @@ from torch.func import functional_call
 
 from trustml.errors import ConfigError
 from trustml.methods.lqf import LinearizedNetwork, select_layers, swap_activations
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 
 
 def tiny_mlp(seed: int = 0, activation: str = "tanh") -> MLP:
     torch.manual_seed(seed)
-    return MLP(num_classes=3, input_dim=4, hidden_sizes=[5, 6], dropout=0.0, activation=activation).double()
+    return MLP(MLPConfig(hidden_sizes=[5, 6], dropout=0.0, activation=activation), num_classes=3, input_dim=4).double()
 
 
 def linearized(net: nn.Module, linearize: str = "all", k: int = 1) -> LinearizedNetwork:

@@ -11,8 +11,8 @@ from torch import nn
 
 from tests.conftest import compose_train
 from trustml.errors import ConfigError
-from trustml.methods.lqf import LinearQuadraticFineTuning
-from trustml.models.mlp import MLP
+from trustml.methods.lqf import LinearQuadraticFineTuning, LQFConfig
+from trustml.models.mlp import MLP, MLPConfig
 from trustml.runner import run
 
 #: Measured: 0.96 test accuracy with these settings (seed 0, 3 epochs, Adam 0.01, defaults: all layers, MSE, K-FAC).
@@ -28,8 +28,8 @@ def test_lqf_trains_on_digits(tmp_path: Path) -> None:
 
 def method(optimizer: partial, **options: object) -> LinearQuadraticFineTuning:
     torch.manual_seed(0)
-    net = MLP(num_classes=3, input_dim=5, hidden_sizes=[8], dropout=0.0)
-    return LinearQuadraticFineTuning(net, optimizer, num_classes=3, **options)  # type: ignore[arg-type]
+    net = MLP(MLPConfig(hidden_sizes=[8], dropout=0.0), num_classes=3, input_dim=5)
+    return LinearQuadraticFineTuning(LQFConfig(**options), model=net, optimizer=optimizer, num_classes=3)  # type: ignore[arg-type]
 
 
 def test_kfac_preconditions_the_gradient_that_a_lightning_style_closure_step_applies() -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trustml.data.base import Split, TrustDataModule
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 
 INPUT_DIM = 8
 
@@ -58,7 +58,7 @@ def train_mlp(hidden_sizes: Sequence[int], num_classes: int, seed: int, steps: i
     data.setup()
     train = data.splits["train"]
     torch.manual_seed(seed)
-    model = MLP(num_classes=num_classes, input_dim=INPUT_DIM, hidden_sizes=list(hidden_sizes), dropout=0.0)
+    model = MLP(MLPConfig(hidden_sizes=list(hidden_sizes), dropout=0.0), num_classes=num_classes, input_dim=INPUT_DIM)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -91,7 +91,8 @@ def old_run(tmp_path: Path) -> Callable[..., Path]:
         if input_dim == INPUT_DIM:
             model = train_mlp(hidden_sizes, num_classes, seed)
         else:  # a model for other data: untrained, of that input width
-            model = MLP(num_classes=num_classes, input_dim=input_dim, hidden_sizes=list(hidden_sizes), dropout=0.0)
+            config = MLPConfig(hidden_sizes=list(hidden_sizes), dropout=0.0)
+            model = MLP(config, num_classes=num_classes, input_dim=input_dim)
         names = label_names if label_names is not None else [f"c{i}" for i in range(num_classes)]
         run_dir = tmp_path / f"old_run_{next(counter)}"
         return write_run(run_dir, model, mlp_config(hidden_sizes), num_classes, names, input_dim)

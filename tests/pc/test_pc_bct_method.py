@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -17,19 +18,18 @@ from trustml.errors import CheckpointError, ConfigError
 from trustml.losses import class_mean_embeddings, influence_loss
 from trustml.methods.bct import BackwardCompatibleTraining, BCTConfig
 from trustml.metrics import nearest_neighbor_accuracy
-from trustml.models.mlp import MLP
-from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.models.mlp import MLP, MLPConfig
+from trustml.plugin import OptimizerPlugin
 
 
 def make_method(run_dir: Path | str, num_classes: int = 3, hidden: tuple[int, ...] = (16, 8), **options):
     torch.manual_seed(2)
-    model = MLP(num_classes=num_classes, input_dim=8, hidden_sizes=list(hidden), dropout=0.0)
+    model = MLP(MLPConfig(hidden_sizes=list(hidden), dropout=0.0), num_classes=num_classes, input_dim=8)
     return BackwardCompatibleTraining(
+        BCTConfig(old_run_dir=str(run_dir), **options),
         model=model,
         optimizer=partial(torch.optim.Adam, lr=0.01),
         num_classes=num_classes,
-        old_run_dir=str(run_dir),
-        **options,
     )
 
 
@@ -103,11 +103,21 @@ class NoEmbedding(nn.Module):
         return x
 
 
-class FakePerSampleOptimizer(PerSampleGradientOptimizer):
-    def __init__(self, params):
-        super().__init__(params, {})
+@dataclass
+class FakePerSampleConfig:
+    lr: float = 0.1
 
-    def private_step(self, model, sample_losses, batch):
+
+class FakePerSampleOptimizer(OptimizerPlugin):
+    """An optimizer plugin that says it needs per-sample gradients."""
+
+    per_sample_gradients = True
+    config_class = FakePerSampleConfig
+
+    def __init__(self, config: FakePerSampleConfig | None = None) -> None:
+        self.config = config or FakePerSampleConfig()
+
+    def build(self, params):
         raise AssertionError("never called")
 
 
@@ -116,20 +126,25 @@ def test_bad_configurations(tmp_path, old_run) -> None:
     with pytest.raises(CheckpointError, match="needs method.old_run_dir=<run directory"):
         make_method("")
     with pytest.raises(ConfigError, match="needs the new model to expose embed"):
-        BackwardCompatibleTraining(NoEmbedding(), partial(torch.optim.Adam), 3, old_run_dir=str(run))
+        BackwardCompatibleTraining(
+            BCTConfig(old_run_dir=str(run)), model=NoEmbedding(), optimizer=partial(torch.optim.Adam), num_classes=3
+        )
     with pytest.raises(ConfigError, match="per-sample-gradient optimizer"):
         BackwardCompatibleTraining(
-            MLP(num_classes=3, input_dim=8, hidden_sizes=[8]), partial(FakePerSampleOptimizer), 3, old_run_dir=str(run)
+            BCTConfig(old_run_dir=str(run)),
+            model=MLP(MLPConfig(hidden_sizes=[8]), num_classes=3, input_dim=8),
+            optimizer=FakePerSampleOptimizer(),
+            num_classes=3,
         )
     cfg = OmegaConf.create(
         {
             "method": OmegaConf.structured(BCTConfig(old_run_dir=str(run))),
-            "optimizer": {"_target_": f"{__name__}.FakePerSampleOptimizer", "_partial_": True},
+            "optimizer": {"_target_": f"{__name__}.FakePerSampleOptimizer"},
         }
     )
     with pytest.raises(ConfigError, match="per-sample-gradient optimizer"):
         BackwardCompatibleTraining.validate_config(cfg)
-    cfg.optimizer = {"_target_": "torch.optim.Adam", "_partial_": True}
+    cfg.optimizer = {"_target_": "trustml.optim.torch_optimizers.Adam"}
     BackwardCompatibleTraining.validate_config(cfg)
     with pytest.raises(ConfigError, match="method.retrieval_metric must be one of"):
         make_method(run, retrieval_metric="hamming")

@@ -18,7 +18,7 @@ from trustml.losses import focal_distillation_loss, logit_distance, naive_congru
 from trustml.methods.old_model import LogitEnsemble, load_old_model
 from trustml.methods.pc import PCConfig, PositiveCongruentTraining
 from trustml.metrics import flip_counts
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 
 N_TRAIN, N_VAL, N_TEST = 150, 45, 45
 
@@ -42,13 +42,12 @@ class CountOldModelSamples(pl.Callback):
 
 def make_method(run_dirs: list[Path], **options) -> PositiveCongruentTraining:
     torch.manual_seed(1)
-    model = MLP(num_classes=3, input_dim=8, hidden_sizes=[32, 16], dropout=0.0)  # not the old architecture
+    model = MLP(MLPConfig(hidden_sizes=[32, 16], dropout=0.0), num_classes=3, input_dim=8)  # not the old architecture
     return PositiveCongruentTraining(
+        PCConfig(old_run_dirs=[str(d) for d in run_dirs], **options),
         model=model,
         optimizer=partial(torch.optim.Adam, lr=0.01),
         num_classes=3,
-        old_run_dirs=[str(d) for d in run_dirs],
-        **options,
     )
 
 

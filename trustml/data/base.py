@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trustml.errors import DataError
+from trustml.plugin import DataPlugin
 
 Inputs = Tensor | dict[str, Tensor] | list[str]
 SPLITS = ("train", "val", "test")
@@ -106,8 +107,10 @@ def _batch_as_is(batch: dict[str, Any]) -> dict[str, Any]:
 class DataOptions:
     """Options every data plugin has: batch sizes, the split seed, and an optional random training subset.
 
-    ``train_subset_fraction`` < 1 keeps each training sample independently with that probability (seeded
-    by ``train_subset_seed``); ids of the kept samples are unchanged.
+    Every data plugin's options dataclass extends this one (so these fields and their defaults are declared
+    once). ``eval_batch_size`` defaults to ``batch_size``. ``train_subset_fraction`` < 1 keeps each training
+    sample independently with that probability (seeded by ``train_subset_seed``); ids of the kept samples are
+    unchanged.
     """
 
     batch_size: int = 64
@@ -116,36 +119,38 @@ class DataOptions:
     train_subset_fraction: float = 1.0
     train_subset_seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise DataError(f"data.batch_size must be positive, got {self.batch_size}")
+        if not 0.0 < self.train_subset_fraction <= 1.0:
+            raise DataError(f"data.train_subset_fraction must be in (0, 1], got {self.train_subset_fraction}")
 
-class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
-    """Base of trustml data plugins: subclasses implement :meth:`load_splits` and set ``label_names``."""
 
-    #: What ``x`` holds: ``"features"`` (a float tensor [N, D]) or ``"text"`` (a list of strings that a
-    #: text model turns into tensors through :meth:`map_inputs`).
-    input_kind: ClassVar[str] = "features"
+class TrustDataModule(DataPlugin, pl.LightningDataModule, metaclass=ABCMeta):
+    """Base of trustml data plugins, built as ``Class(config)`` with ``config`` a :class:`DataOptions` (subclass).
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        split_seed: int = 0,
-        train_subset_fraction: float = 1.0,
-        train_subset_seed: int = 0,
-    ) -> None:
+    Subclasses implement :meth:`load_splits` (which also sets ``label_names``) and set ``input_kind``
+    (:class:`~trustml.plugin.DataPlugin`): ``"features"`` (a float tensor [N, D]) or ``"text"`` (a list of strings
+    that a text model turns into tensors through :meth:`map_inputs`).
+    """
+
+    def __init__(self, config: DataOptions) -> None:
         super().__init__()
-        if batch_size <= 0:
-            raise DataError(f"data.batch_size must be positive, got {batch_size}")
-        if not 0.0 < train_subset_fraction <= 1.0:
-            raise DataError(f"data.train_subset_fraction must be in (0, 1], got {train_subset_fraction}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.split_seed = split_seed
-        self.train_subset_fraction = train_subset_fraction
-        self.train_subset_seed = train_subset_seed
+        self.config = config
         self.splits: dict[str, Split] = {}
         self.label_names: list[str] = []
         #: Optional factory for the training batch sampler (e.g. Poisson sampling for DP-SGD).
         self.train_batch_sampler_factory: Callable[[int, int], Sampler[list[int]]] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Training batch size (``data.batch_size``)."""
+        return self.config.batch_size
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation/test batch size (``data.eval_batch_size``, else ``data.batch_size``)."""
+        return self.config.eval_batch_size or self.config.batch_size
 
     @abstractmethod
     def load_splits(self) -> dict[str, Split]:
@@ -158,10 +163,11 @@ class TrustDataModule(pl.LightningDataModule, metaclass=ABCMeta):
         missing = [s for s in SPLITS if s not in splits]
         if missing:
             raise DataError(f"{type(self).__name__} produced no {', '.join(missing)} split")
-        if self.train_subset_fraction < 1.0:
+        if self.config.train_subset_fraction < 1.0:
             # e.g. shadow models of a membership-inference audit, each trained on a random part of the data
             train = splits["train"]
-            keep = np.random.default_rng(self.train_subset_seed).random(len(train)) < self.train_subset_fraction
+            rng = np.random.default_rng(self.config.train_subset_seed)
+            keep = rng.random(len(train)) < self.config.train_subset_fraction
             splits["train"] = train.subset(np.flatnonzero(keep))
         empty = [s for s in SPLITS if len(splits[s]) == 0]
         if empty:

@@ -1,7 +1,7 @@
 """Per-round checkpoint of a federated run, so a killed run resumes from its last completed round.
 
 The file ``<run dir>/federation/server_state.pt`` holds the server state (global weights, server optimizer,
-RNGs, accountant), the simulated devices' own state, the round history and the process RNG states that
+RNGs, accountant), the simulated clients' own state, the round history and the process RNG states that
 local training draws from. It is written atomically (temporary file + rename) after every round and read
 with ``torch.load(weights_only=True)``. A fingerprint of the options that shape the run must match.
 

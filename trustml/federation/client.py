@@ -1,22 +1,22 @@
-"""The federated client: local training of the configured method on one device's data.
+"""The federated client: local training of the configured method on one client's data.
 
-All simulated devices share one method object (one model); a client loads the global weights into it,
+All simulated clients share one method object (one model); a client loads the global weights into it,
 trains it on its own rows for ``E`` local epochs or ``S`` local steps with the configured optimizer (DP-SGD
 included), and reports its update ``w_local - w_global``. The training runs in
 :class:`~trustml.federation.local_loop.ClientLoop`, which does a Lightning fit's work without building a
-Trainer per client (``federation.client_loop=auto``), or in a fresh Lightning Trainer per client when the
+Trainer per client (``federation.client.loop=auto``), or in a fresh Lightning Trainer per client when the
 loop cannot stand in for one (see :func:`~trustml.federation.local_loop.loop_refusal`; the reason is
-logged once) or ``federation.client_loop=lightning`` asks for it. A method with fit-preparation hooks (e.g.
+logged once) or ``federation.client.loop=lightning`` asks for it. A method with fit-preparation hooks (e.g.
 PC loading its old model) gets its first client fit through Lightning, so those hooks run once.
 
 Callbacks that must run inside every local fit (e.g. a DP-SGD privacy accountant, so that each client
 reports its own epsilon) declare the class attribute ``federated_scope = "client"``; the client runs a
 fresh copy of each per fit and reports its ``final_results()`` among the client metrics. A client callback
-with a ``planned_fits`` attribute (the accountant) is told how many fits its device plans for
+with a ``planned_fits`` attribute (the accountant) is told how many fits its client plans for
 (:mod:`trustml.federation.participation`). Other configured callbacks (checkpointing, metric tables) belong to
 the server-side run and are not run per client.
 
-A fit that takes no training step (e.g. its device's privacy budget is spent) raises
+A fit that takes no training step (e.g. its client's privacy budget is spent) raises
 :class:`ClientDidNotTrain`: its unchanged weights are no update, and the round counts it as a failed client
 instead of averaging it in.
 """
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class ClientTimeout(RuntimeError):
-    """A client did not finish its local training within ``federation.client_timeout_s``."""
+    """A client did not finish its local training within ``federation.client.timeout_s``."""
 
 
 class ClientDidNotTrain(RuntimeError):
@@ -64,23 +64,23 @@ class ClientUpdate:
     """What a client sends back: its update ``w_local - w_global``, sample count and metrics.
 
     ``callback_states`` is the client-side state of its ``federated_scope="client"`` callbacks (e.g. its
-    privacy accountant), carried to the device's next round. The in-process simulation keeps it beside the
-    devices; under Flower the server stores it as JSON between a device's rounds (and in its checkpoint) and
-    sends it back with the device's next task, never using it for aggregation.
+    privacy accountant), carried to the client's next round. The in-process simulation keeps it beside the
+    clients; under Flower the server stores it as JSON between a client's rounds (and in its checkpoint) and
+    sends it back with the client's next task, never using it for aggregation.
     """
 
-    device: int
+    client: int
     num_examples: int
     delta: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
     callback_states: list[dict[str, Any]] = field(default_factory=list)
 
 
-class DeviceDataModule(TrustDataModule):
-    """One device's data: the given rows of the source's training split (its val/test splits unchanged).
+class ClientDataModule(TrustDataModule):
+    """One client's data: the given rows of the source's training split (its val/test splits unchanged).
 
     Batch size and the training batch sampler (e.g. DP-SGD's Poisson sampling) follow the source, so
-    local training sees the device's data exactly as centralized training sees the whole split. A plain
+    local training sees the client's data exactly as centralized training sees the whole split. A plain
     shuffling training loader draws nothing of its own (each pass seeds from the global RNG), so it is built
     once and returned again; a loader with a batch sampler (a new Poisson sampler seed per fit) is built anew
     for every fit.
@@ -149,13 +149,13 @@ def client_callback_templates(callbacks: Sequence[pl.Callback]) -> list[pl.Callb
 
 
 class LocalTrainer:
-    """Trains the shared ``method`` on one device's rows from the given global weights (see module doc).
+    """Trains the shared ``method`` on one client's rows from the given global weights (see module doc).
 
     ``client_loop``: ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then
     set after the first client), ``lightning`` always fits with a fresh Lightning Trainer. ``planned_fits``
-    (per device) goes to every client callback that has a ``planned_fits`` attribute (the DP accountant).
+    (per client) goes to every client callback that has a ``planned_fits`` attribute (the DP accountant).
 
-    What does not change between client fits is built once: each device's :class:`DeviceDataModule` (rebuilt
+    What does not change between client fits is built once: each client's :class:`ClientDataModule` (rebuilt
     when its rows change, e.g. in a new continual period; the source's splits must not change during the
     run) and, for a CPU ``float32`` model, a :class:`FlatBinding` of the shared model, through which loading
     the global weights and reading the update are one vector operation each.
@@ -187,15 +187,15 @@ class LocalTrainer:
         self.loop: ClientLoop | None = None
         self.loop_decided = False
         self.prepared = not needs_preparation(method)
-        self.device_data: dict[int, DeviceDataModule] = {}
+        self.client_data: dict[int, ClientDataModule] = {}
         self.binding: FlatBinding | None = None
         self.bindable = True
 
-    def data_of(self, device: int, rows: np.ndarray) -> DeviceDataModule:
-        """``device``'s data module serving ``rows``: the one built before when its rows are the same."""
-        data = self.device_data.get(device)
+    def data_of(self, client: int, rows: np.ndarray) -> ClientDataModule:
+        """``client``'s data module serving ``rows``: the one built before when its rows are the same."""
+        data = self.client_data.get(client)
         if data is None or not data.holds(rows):
-            data = self.device_data[device] = DeviceDataModule(self.datamodule, rows)
+            data = self.client_data[client] = ClientDataModule(self.datamodule, rows)
         return data
 
     def load_global(self, weights: Tensor) -> None:
@@ -260,12 +260,12 @@ class LocalTrainer:
         }
 
     def train(
-        self, device: int, rows: np.ndarray, global_weights: Tensor, callback_states: Sequence[dict[str, Any]] = ()
+        self, client: int, rows: np.ndarray, global_weights: Tensor, callback_states: Sequence[dict[str, Any]] = ()
     ) -> ClientUpdate:
         """Fit on ``rows`` starting from ``global_weights``; raise :class:`ClientTimeout` past the deadline.
 
-        ``callback_states`` (from the device's previous :class:`ClientUpdate`) restores its client-side
-        callbacks, so e.g. a device's privacy loss composes over all the rounds it took part in.
+        ``callback_states`` (from the client's previous :class:`ClientUpdate`) restores its client-side
+        callbacks, so e.g. a client's privacy loss composes over all the rounds it took part in.
         """
         self.load_global(global_weights)
         client_callbacks = [copy.deepcopy(cb) for cb in self.callback_templates]
@@ -274,9 +274,9 @@ class LocalTrainer:
         if self.planned_fits is not None:
             for cb in client_callbacks:
                 if hasattr(cb, "planned_fits"):
-                    cb.planned_fits = int(self.planned_fits[device])
+                    cb.planned_fits = int(self.planned_fits[client])
         loop = self.choose_loop(client_callbacks)
-        data = self.data_of(device, rows)
+        data = self.data_of(client, rows)
         start = time.perf_counter()
         if loop is not None:
             with quiet_client_loop() if client_callbacks else nullcontext():
@@ -292,12 +292,12 @@ class LocalTrainer:
         if steps == 0:
             spent = [cb for cb in client_callbacks if getattr(cb, "budget_spent", False)]
             raise ClientDidNotTrain(
-                f"device {device} took no training step"
+                f"client {client} took no training step"
                 + (" because its privacy budget (optimizer.target_epsilon) is spent" if spent else "")
             )
         seconds = time.perf_counter() - start
         if self.timeout_s is not None and seconds > self.timeout_s:
-            raise ClientTimeout(f"device {device} took {seconds:.1f}s > federation.client_timeout_s={self.timeout_s}")
+            raise ClientTimeout(f"client {client} took {seconds:.1f}s > federation.client.timeout_s={self.timeout_s}")
         metrics: dict[str, float] = {"seconds": seconds}
         if loss is not None:
             metrics["train_loss"] = loss
@@ -306,5 +306,5 @@ class LocalTrainer:
             if final is not None:
                 metrics.update({k: float(v) for k, v in final().items() if isinstance(v, int | float | torch.Tensor)})
         delta = self.update_from(global_weights)
-        return ClientUpdate(device=device, num_examples=len(rows), delta=delta, metrics=metrics,
+        return ClientUpdate(client=client, num_examples=len(rows), delta=delta, metrics=metrics,
                             callback_states=[cb.state_dict() for cb in client_callbacks])

@@ -1,10 +1,10 @@
 """The continual setting (Dupuy et al., ICASSP 2022, "Learnings from federated learning in the real world").
 
-Each device's data arrives over ``T`` time periods: the ``j``-th of its ``n_k`` samples (in arrival order)
+Each client's data arrives over ``T`` time periods: the ``j``-th of its ``n_k`` samples (in arrival order)
 arrives in period ``floor(j T / n_k)``, so by the end of period ``t`` it holds
-``a_k(t) = ceil((t + 1) n_k / T)`` samples. A device stores at most ``cap`` samples and drops the oldest,
+``a_k(t) = ceil((t + 1) n_k / T)`` samples. A client stores at most ``cap`` samples and drops the oldest,
 so it trains on its window ``rows[max(0, a_k(t) - cap) : a_k(t)]``. Rounds are spread evenly over the
-periods. The static setting is ``T = 1`` with no cap: every device holds all its data from round 0.
+periods. The static setting is ``T = 1`` with no cap: every client holds all its data from round 0.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ ARRIVAL_ORDERS = ("data", "random")
 
 
 def arrival_order(partition: Partition, order: str, rng: np.random.Generator) -> Partition:
-    """Each device's rows in the order they arrive: as in the data (``data``) or shuffled (``random``)."""
+    """Each client's rows in the order they arrive: as in the data (``data``) or shuffled (``random``)."""
     if order == "data":
         return [np.asarray(rows) for rows in partition]
     if order == "random":
         return [rng.permutation(rows) for rows in partition]
-    raise ConfigError(f"federation.arrival_order must be one of {ARRIVAL_ORDERS}, got '{order}'")
+    raise ConfigError(f"federation.partition.arrival_order must be one of {ARRIVAL_ORDERS}, got '{order}'")
 
 
 def arrived_counts(sizes: np.ndarray, period: int, num_periods: int) -> np.ndarray:
-    """Samples each device has received by the end of ``period``: ``ceil((t + 1) n_k / T)``."""
+    """Samples each client has received by the end of ``period``: ``ceil((t + 1) n_k / T)``."""
     sizes = np.asarray(sizes, dtype=np.int64)
     return -((-(period + 1) * sizes) // num_periods)
 
@@ -37,8 +37,8 @@ def period_of_round(round_index: int, rounds: int, num_periods: int) -> int:
     return min(num_periods - 1, round_index * num_periods // max(rounds, 1))
 
 
-def device_windows(arrivals: Partition, period: int, num_periods: int, storage_cap: int | None) -> Partition:
-    """Rows each device holds at ``period``: the newest ``storage_cap`` of those that have arrived."""
+def client_windows(arrivals: Partition, period: int, num_periods: int, storage_cap: int | None) -> Partition:
+    """Rows each client holds at ``period``: the newest ``storage_cap`` of those that have arrived."""
     sizes = np.array([len(rows) for rows in arrivals], dtype=np.int64)
     ends = arrived_counts(sizes, period, num_periods)
     starts = np.zeros_like(ends) if storage_cap is None else np.maximum(0, ends - storage_cap)

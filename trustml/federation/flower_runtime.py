@@ -1,18 +1,18 @@
 """Flower runtime: a ClientApp and a ServerApp built from the same objects as the in-process simulation.
 
-The ClientApp answers two message types: ``query`` (which device am I, how many samples do I hold per
-period) and ``train`` (load the global weights and the device's client-side callback state, run
-:class:`~trustml.federation.client.LocalTrainer` on the device's current window, reply with the update, the
-metrics and the new callback state). Device ``k`` is the SuperNode whose ``node_config["partition-id"]`` is
+The ClientApp answers two message types: ``query`` (which client am I, how many samples do I hold per
+period) and ``train`` (load the global weights and the client's callback state, run
+:class:`~trustml.federation.client.LocalTrainer` on the client's current window, reply with the update, the
+metrics and the new callback state). Client ``k`` is the SuperNode whose ``node_config["partition-id"]`` is
 ``k``. The ServerApp drives :class:`~trustml.federation.rounds.RoundLoop` with a :class:`GridTransport`, which
-sends one ``train`` message per selected device through the Grid and collects the replies within
+sends one ``train`` message per selected client through the Grid and collects the replies within
 ``client_timeout_s``: error replies count as failed clients, missing ones as timed out.
 
-Per-device client state: a device's ``federated_scope="client"`` callbacks (e.g. its DP-SGD privacy
-accountant) keep state between the rounds it takes part in. The transport holds each device's last state
-(as JSON), sends it with the device's next ``train`` message and takes the new one from its reply, and the
+Per-client state: a client's ``federated_scope="client"`` callbacks (e.g. its DP-SGD privacy
+accountant) keep state between the rounds it takes part in. The transport holds each client's last state
+(as JSON), sends it with the client's next ``train`` message and takes the new one from its reply, and the
 round loop saves it in the per-round checkpoint in the same form as the in-process simulation
-(:class:`~trustml.federation.simulation.InProcessClients`). So a device's privacy loss composes over every
+(:class:`~trustml.federation.simulation.InProcessClients`). So a client's privacy loss composes over every
 round it trains in, also across a resumed run (a run can even resume under the other runtime). The server
 only stores and returns this state; it never enters aggregation. A state must be JSON (numbers, strings,
 lists, dicts): Flower records carry no Python objects, and the server never unpickles what a client sends.
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from trustml.errors import ConfigError
 from trustml.federation.client import ClientUpdate, LocalTrainer
-from trustml.federation.devices import DevicePopulation
+from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import ClientFailure, RoundLoop
 
 # Flower reports usage to its servers unless told not to; runs must stay offline.
@@ -43,8 +43,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 PARTITION_KEY = "partition-id"
-#: record (in ``train`` messages and their replies) that carries a device's client-side callback states
-STATE_RECORD = "device_state"
+#: record (in ``train`` messages and their replies) that carries a client's callback states
+STATE_RECORD = "client_state"
 
 CallbackStates = list[dict[str, Any]]
 
@@ -65,9 +65,9 @@ def encode_states(states: CallbackStates) -> str:
         return json.dumps(states, default=_json_scalar, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
-            f"federation.runtime=flower carries each device's client-callback state (federated_scope='client') "
+            f"federation.runtime.engine=flower carries each client's callback state (federated_scope='client') "
             f"between rounds as JSON, but a state_dict() holds something JSON cannot write ({exc}); make that "
-            f"callback's state_dict() numbers, strings, lists and dicts, or use federation.runtime=simulation"
+            f"callback's state_dict() numbers, strings, lists and dicts, or use federation.runtime.engine=simulation"
         ) from exc
 
 
@@ -75,7 +75,7 @@ def decode_states(text: str) -> CallbackStates:
     """The callback states that :func:`encode_states` wrote."""
     states = json.loads(text)
     if not isinstance(states, list) or not all(isinstance(state, dict) for state in states):
-        raise ValueError(f"a device's callback state must be a JSON list of objects, got {text[:80]!r}")
+        raise ValueError(f"a client's callback state must be a JSON list of objects, got {text[:80]!r}")
     return states
 
 
@@ -93,29 +93,29 @@ def states_of(content: Any) -> CallbackStates:
     return decode_states(str(content[STATE_RECORD]["callback_states"]))
 
 
-def build_client_app(trainer: LocalTrainer, population: DevicePopulation) -> Any:
-    """The ClientApp of device ``node_config["partition-id"]`` (see module doc)."""
+def build_client_app(trainer: LocalTrainer, population: ClientPopulation) -> Any:
+    """The ClientApp of client ``node_config["partition-id"]`` (see module doc)."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
-    def device_of(context: Context) -> int:
+    def client_of(context: Context) -> int:
         return int(context.node_config[PARTITION_KEY])
 
     @app.query()
     def describe(msg: Message, context: Context) -> Message:
-        device = device_of(context)
-        sizes = [int(population.sizes(t)[device]) for t in range(population.num_periods)]
-        return Message(RecordDict({"device": ConfigRecord({"device": device, "sizes": sizes})}), reply_to=msg)
+        client = client_of(context)
+        sizes = [int(population.sizes(t)[client]) for t in range(population.num_periods)]
+        return Message(RecordDict({"client": ConfigRecord({"client": client, "sizes": sizes})}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        device = device_of(context)
+        client = client_of(context)
         config = msg.content["config"]
         weights = torch.from_numpy(msg.content["global"].to_numpy_ndarrays()[0].copy())
-        rows = population.windows(int(config["period"]))[device]
-        update = trainer.train(device, rows, weights, states_of(msg.content))
+        rows = population.windows(int(config["period"]))[client]
+        update = trainer.train(client, rows, weights, states_of(msg.content))
         metrics = {"num_examples": update.num_examples, **update.metrics}
         return Message(
             RecordDict({
@@ -130,66 +130,66 @@ def build_client_app(trainer: LocalTrainer, population: DevicePopulation) -> Any
 
 
 class GridTransport:
-    """A :data:`~trustml.federation.rounds.Transport` over a Flower Grid (one ``train`` message per device).
+    """A :data:`~trustml.federation.rounds.Transport` over a Flower Grid (one ``train`` message per client).
 
-    ``device_states`` holds each device's client-side callback states (see module doc): sent with its next
+    ``client_states`` holds each client's callback states (see module doc): sent with its next
     ``train`` message, replaced by the states its successful reply carries, saved and restored with the run
     checkpoint through :meth:`state_dict` / :meth:`load_state_dict`. The updates of a round come back in the
-    order the devices were selected, whatever order the replies arrive in, so aggregation does not depend
+    order the clients were selected, whatever order the replies arrive in, so aggregation does not depend
     on arrival order.
     """
 
-    def __init__(self, grid: Any, node_of_device: dict[int, int], timeout_s: float | None) -> None:
-        self.grid, self.node_of_device, self.timeout_s = grid, node_of_device, timeout_s
-        self.device_states: dict[int, CallbackStates] = {}
+    def __init__(self, grid: Any, node_of_client: dict[int, int], timeout_s: float | None) -> None:
+        self.grid, self.node_of_client, self.timeout_s = grid, node_of_client, timeout_s
+        self.client_states: dict[int, CallbackStates] = {}
 
     def __call__(
-        self, round_index: int, period: int, devices: np.ndarray, global_weights: Tensor
+        self, round_index: int, period: int, clients: np.ndarray, global_weights: Tensor
     ) -> tuple[list[ClientUpdate], list[ClientFailure]]:
         from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-        device_of_node = {node: device for device, node in self.node_of_device.items()}
+        client_of_node = {node: client for client, node in self.node_of_client.items()}
         global_record = ArrayRecord([global_weights.numpy()])
         config = ConfigRecord({"round": round_index, "period": period})
         messages = [
             Message(
                 RecordDict({"global": global_record, "config": config,
-                            STATE_RECORD: state_record(self.device_states.get(d, []))}),
-                dst_node_id=self.node_of_device[d], message_type="train", group_id=str(round_index),
+                            STATE_RECORD: state_record(self.client_states.get(d, []))}),
+                dst_node_id=self.node_of_client[d], message_type="train", group_id=str(round_index),
             )
-            for d in devices.tolist()
+            for d in clients.tolist()
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        by_device: dict[int, ClientUpdate] = {}
+        by_client: dict[int, ClientUpdate] = {}
         failures: list[ClientFailure] = []
         answered: set[int] = set()
         for reply in replies:
-            device = device_of_node[reply.metadata.src_node_id]
-            answered.add(device)
+            client = client_of_node[reply.metadata.src_node_id]
+            answered.add(client)
             if reply.has_error():
-                failures.append(ClientFailure(device, f"client error: {reply.error.reason}"))
+                failures.append(ClientFailure(client, f"client error: {reply.error.reason}"))
                 continue
             metrics = dict(reply.content["metrics"])
             delta = torch.from_numpy(reply.content["update"].to_numpy_ndarrays()[0].copy())
             num_examples = int(metrics.pop("num_examples"))
             states = states_of(reply.content)
-            self.device_states[device] = states
-            by_device[device] = ClientUpdate(device, num_examples, delta, {k: float(v) for k, v in metrics.items()},
+            self.client_states[client] = states
+            by_client[client] = ClientUpdate(client, num_examples, delta, {k: float(v) for k, v in metrics.items()},
                                              states)
-        updates = [by_device[d] for d in devices.tolist() if d in by_device]
+        updates = [by_client[d] for d in clients.tolist() if d in by_client]
         failures += [
-            ClientFailure(d, f"no reply within federation.client_timeout_s={self.timeout_s}", timed_out=True)
-            for d in devices.tolist() if d not in answered
+            ClientFailure(d, f"no reply within federation.client.timeout_s={self.timeout_s}", timed_out=True)
+            for d in clients.tolist() if d not in answered
         ]
         return updates, failures
 
     def state_dict(self) -> dict[str, Any]:
-        """The devices' client-side callback states, for the run checkpoint (the in-process simulation's form)."""
-        return {"device_states": {str(k): v for k, v in self.device_states.items()}}
+        """The clients' client-side callback states, for the run checkpoint (the in-process simulation's form)."""
+        return {"client_states": {str(k): v for k, v in self.client_states.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (also one written by the in-process simulation)."""
-        self.device_states = {int(k): list(v) for k, v in state.get("device_states", {}).items()}
+        self.client_states = {int(k): list(v) for k, v in state.get("client_states", {}).items()}
 
 
 def wait_for_nodes(grid: Any, count: int, timeout_s: float) -> list[int]:
@@ -202,33 +202,33 @@ def wait_for_nodes(grid: Any, count: int, timeout_s: float) -> list[int]:
     return nodes
 
 
-def discover_devices(grid: Any, nodes: list[int], timeout_s: float) -> tuple[dict[int, int], np.ndarray]:
-    """Ask every node which device it is and its sample count per period: ``(node of device, sizes [M, T])``."""
+def discover_clients(grid: Any, nodes: list[int], timeout_s: float) -> tuple[dict[int, int], np.ndarray]:
+    """Ask every node which client it is and its sample count per period: ``(node of client, sizes [M, T])``."""
     from flwr.app import Message, RecordDict
 
     messages = [Message(RecordDict(), dst_node_id=node, message_type="query") for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=timeout_s))
     errors = [r.error.reason for r in replies if r.has_error()]
     if errors or len(replies) != len(nodes):
-        raise RuntimeError(f"{len(nodes) - len(replies)} node(s) did not describe their device; errors: {errors}")
-    node_of_device: dict[int, int] = {}
+        raise RuntimeError(f"{len(nodes) - len(replies)} node(s) did not describe their client; errors: {errors}")
+    node_of_client: dict[int, int] = {}
     sizes: dict[int, list[int]] = {}
     for reply in replies:
-        record = reply.content["device"]
-        device = int(record["device"])
-        node_of_device[device] = reply.metadata.src_node_id
-        sizes[device] = list(record["sizes"])
+        record = reply.content["client"]
+        client = int(record["client"])
+        node_of_client[client] = reply.metadata.src_node_id
+        sizes[client] = list(record["sizes"])
     ordered = np.array([sizes[d] for d in sorted(sizes)], dtype=np.int64)
-    return node_of_device, ordered
+    return node_of_client, ordered
 
 
-def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop], num_devices: int,
+def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop], num_clients: int,
                      timeout_s: float | None, *, resume: bool = True, startup_timeout_s: float = 120.0) -> Any:
-    """The ServerApp: connect to the devices, then run the round loop over the Grid.
+    """The ServerApp: connect to the clients, then run the round loop over the Grid.
 
     ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
-    checkpoint carries the :class:`GridTransport`'s per-device callback states. With ``resume`` it continues
-    from the run's last checkpoint, the devices' callback states included.
+    checkpoint carries the :class:`GridTransport`'s per-client callback states. With ``resume`` it continues
+    from the run's last checkpoint, the clients' callback states included.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -237,9 +237,9 @@ def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], Rou
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = wait_for_nodes(grid, num_devices, startup_timeout_s)
-        node_of_device, sizes = discover_devices(grid, nodes, startup_timeout_s)
-        transport = GridTransport(grid, node_of_device, timeout_s)
+        nodes = wait_for_nodes(grid, num_clients, startup_timeout_s)
+        node_of_client, sizes = discover_clients(grid, nodes, startup_timeout_s)
+        transport = GridTransport(grid, node_of_client, timeout_s)
         loop = make_loop(transport, lambda period: sizes[:, period])
         loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
         if resume:
@@ -249,13 +249,13 @@ def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], Rou
     return app
 
 
-def run_flower_simulation(server_app: Any, client_app: Any, num_devices: int, num_cpus: int) -> None:
-    """Run the apps on Flower's simulation engine with ``num_devices`` SuperNodes (Ray, ``num_cpus`` CPUs)."""
+def run_flower_simulation(server_app: Any, client_app: Any, num_clients: int, num_cpus: int) -> None:
+    """Run the apps on Flower's simulation engine with ``num_clients`` SuperNodes (Ray, ``num_cpus`` CPUs)."""
     from flwr.simulation import run_simulation
 
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": True},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_devices,
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                    backend_config=backend_config)

@@ -1,114 +1,28 @@
-"""Options of the federated strategies (``federation=fedavg|fedprox|fedadam|fedyogi``) and their checks."""
+"""Options of the federated strategies (``federation=fedavg|fedprox|fedadam|fedyogi``), one dataclass per part.
+
+:class:`FederationConfig` holds the number of ``rounds`` and one section per part of the federation, each given
+only to that part: ``partition`` (the client population), ``selection`` (which clients train in a round),
+``client`` (local training), ``server`` (aggregation and the server optimizer), ``privacy`` (DP-FedAvg) and
+``runtime`` (in-process simulation or Flower; resuming a killed run). Overrides name the section:
+``federation.client.local_epochs=2``, ``federation.privacy.target_epsilon=3``. Each section checks its own
+options in ``__post_init__``; :class:`FederationConfig` checks the combinations across sections. A section may
+also be given as a plain mapping (e.g. ``FederationConfig(client={"local_epochs": 2})``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from trustml.errors import ConfigError
 from trustml.federation.continual import ARRIVAL_ORDERS
 from trustml.federation.partition import PARTITIONERS
 from trustml.federation.selection import SELECTIONS, WEIGHTINGS
 
-RUNTIMES = ("simulation", "flower")
-CLIENT_LOOPS = ("auto", "lightning")
 SETTINGS = ("static", "continual")
-
-
-@dataclass
-class FederationConfig:
-    """Options shared by every federated strategy.
-
-    Devices come from ``partition``: ``iid``, ``dirichlet_label`` (``dirichlet_alpha``) or
-    ``dirichlet_quantity`` (``quantity_beta``) make ``num_devices`` devices; ``natural`` makes one device per
-    value of the training data's ``group_column``. ``partition_seed`` fixes the partition. Each of
-    ``rounds`` rounds selects ``clients_per_round`` devices (``selection``: uniform, activity with
-    ``activity_exponent``, poisson; ``weighting``: samples or unbiased), trains each for ``local_epochs``
-    (or ``local_steps``) and aggregates when at least ``min_clients`` answered within
-    ``client_timeout_s``. A round that leaves the global model unchanged (every selected device failed, every
-    update held NaN/inf, or fewer than ``min_clients`` usable updates) is a failed round: after
-    ``max_failed_rounds`` failed rounds in a row the run stops with an error (null: never), and a run whose
-    rounds all failed ends as failed too, never as a success with the untrained model.
-    ``setting=continual`` spreads each device's data over ``num_periods`` with at most ``storage_cap`` samples
-    kept (``arrival_order``: data or random).
-    Two kinds of DP: ``dp_clip_norm`` clips each update and ``dp_noise_multiplier > 0`` turns on DP-FedAvg
-    (client-level DP at the server: a device's whole data set is protected; needs ``selection=poisson``);
-    ``dp_target_epsilon`` instead calibrates that noise multiplier before the first round so that ``rounds``
-    rounds spend it at ``dp_delta``. A DP
-    optimizer (``optimizer=dp_sgd|dp_adam``) gives example-level DP on each device instead: each device
-    calibrates its noise so that its ``optimizer.target_epsilon`` lasts ``dp_device_rounds`` local fits (null:
-    the 95% quantile of the number of rounds it is selected in, see :mod:`trustml.federation.participation`)
-    and is selected no more once its budget is spent. ``seed`` (default: the run's seed) drives selection and
-    server noise. The server state is saved after every round under ``<run dir>/federation/`` and, with
-    ``resume``, picked up again.
-    Devices without data and rounds with fewer devices than ``clients_per_round``: a configuration that forces
-    them is refused before the run (``clients_per_round > num_devices``; ``num_devices`` above the number of
-    training samples for the ``iid`` and Dirichlet partitions). Where they follow from the data (Dirichlet skew,
-    a ``natural`` partition with fewer groups than ``clients_per_round``, continual periods in which few devices
-    hold data yet, devices retired by their DP budget) the run goes on, a warning is logged and the results
-    state them: ``federation/empty_devices`` (devices that hold no training data and are never selected) and
-    ``federation/clamped_rounds`` (rounds in which fewer than ``clients_per_round`` devices were eligible, so every
-    eligible one was taken; each round's ``eligible`` count is in ``rounds.jsonl``).
-    ``runtime``: ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus`` CPUs).
-    ``client_loop``: ``auto`` trains clients in a Trainer-free loop where it can stand in for a Lightning fit
-    (see :mod:`trustml.federation.local_loop`), ``lightning`` builds a Lightning Trainer for every client fit.
-    """
-
-    rounds: int = 20
-    runtime: str = "simulation"
-    partition: str = "iid"
-    num_devices: int = 100
-    dirichlet_alpha: float = 1.0
-    quantity_beta: float = 1.0
-    group_column: str = "device"
-    partition_seed: int = 0
-    clients_per_round: int = 10
-    selection: str = "uniform"
-    activity_exponent: float = 1.0
-    weighting: str = "samples"
-    local_epochs: int = 1
-    local_steps: int | None = None
-    min_clients: int = 1
-    client_timeout_s: float | None = None
-    max_failed_rounds: int | None = 3
-    setting: str = "static"
-    num_periods: int = 1
-    storage_cap: int | None = None
-    arrival_order: str = "data"
-    server_lr: float = 1.0
-    dp_clip_norm: float | None = None
-    dp_noise_multiplier: float = 0.0
-    dp_target_epsilon: float | None = None
-    dp_delta: float = 1e-5
-    dp_device_rounds: int | None = None
-    eval_every: int = 1
-    seed: int | None = None
-    resume: bool = True
-    flower_num_cpus: int = 2
-    client_loop: str = "auto"
-
-
-@dataclass
-class FedProxConfig(FederationConfig):
-    """FedAvg options plus FedProx's proximal weight ``proximal_mu`` (Li et al. 2020)."""
-
-    proximal_mu: float = 0.01
-
-
-@dataclass
-class FedAdamConfig(FederationConfig):
-    """FedAvg options plus the server optimizer's ``server_lr``, ``beta1``, ``beta2`` and adaptivity ``tau``."""
-
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-
-@dataclass
-class FedYogiConfig(FedAdamConfig):
-    """Options of FedYogi (same as FedAdam)."""
+ENGINES = ("simulation", "flower")
+CLIENT_LOOPS = ("auto", "lightning")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -124,79 +38,260 @@ def _at_least(name: str, value: float | None, low: float, *, optional: bool = Fa
         raise ConfigError(f"federation.{name} must be {bound}, got {value}")
 
 
-def check_options(options: FederationConfig) -> None:
-    """Raise :class:`ConfigError` naming the option and the fix when the federation options cannot work."""
-    _choice("runtime", options.runtime, RUNTIMES)
-    _choice("client_loop", options.client_loop, CLIENT_LOOPS)
-    _choice("partition", options.partition, PARTITIONERS)
-    _choice("selection", options.selection, SELECTIONS)
-    _choice("weighting", options.weighting, WEIGHTINGS)
-    _choice("setting", options.setting, SETTINGS)
-    _choice("arrival_order", options.arrival_order, ARRIVAL_ORDERS)
-    for name in ("rounds", "num_devices", "clients_per_round", "local_epochs", "num_periods", "eval_every"):
-        _at_least(name, getattr(options, name), 1)
-    _at_least("min_clients", options.min_clients, 0)
-    _at_least("flower_num_cpus", options.flower_num_cpus, 1)
-    _at_least("local_steps", options.local_steps, 1, optional=True)
-    _at_least("max_failed_rounds", options.max_failed_rounds, 1, optional=True)
-    _at_least("storage_cap", options.storage_cap, 1, optional=True)
-    _at_least("dp_device_rounds", options.dp_device_rounds, 1, optional=True)
-    for name in ("dirichlet_alpha", "quantity_beta", "server_lr"):
-        _at_least(name, getattr(options, name), 0, strict=True)
-    _at_least("client_timeout_s", options.client_timeout_s, 0, optional=True, strict=True)
-    _at_least("dp_clip_norm", options.dp_clip_norm, 0, optional=True, strict=True)
-    _at_least("dp_noise_multiplier", options.dp_noise_multiplier, 0)
-    _at_least("activity_exponent", options.activity_exponent, 0)
-    if options.partition != "natural" and options.clients_per_round > options.num_devices:
-        raise ConfigError(
-            f"federation.clients_per_round={options.clients_per_round} exceeds federation.num_devices="
-            f"{options.num_devices}: a round cannot select more devices than there are; lower clients_per_round to "
-            f"at most {options.num_devices} (or raise num_devices)"
-        )
-    if options.min_clients > options.clients_per_round:
-        raise ConfigError(
-            f"federation.min_clients={options.min_clients} exceeds federation.clients_per_round="
-            f"{options.clients_per_round}, so no round could ever be aggregated; lower min_clients"
-        )
-    if options.setting == "static" and (options.num_periods != 1 or options.storage_cap is not None):
-        raise ConfigError(
-            "federation.num_periods / federation.storage_cap apply to the continual setting only; set "
-            "federation.setting=continual or leave them at 1 / null"
-        )
-    _at_least("dp_target_epsilon", options.dp_target_epsilon, 0, optional=True, strict=True)
-    if options.dp_target_epsilon is not None and options.dp_noise_multiplier > 0:
-        raise ConfigError(
-            "federation.dp_target_epsilon calibrates DP-FedAvg's noise multiplier; set it or "
-            "federation.dp_noise_multiplier, not both"
-        )
-    if options.dp_noise_multiplier > 0 or options.dp_target_epsilon is not None:
-        if options.dp_clip_norm is None:
-            raise ConfigError("DP-FedAvg (federation.dp_noise_multiplier > 0 or dp_target_epsilon) needs "
-                              "federation.dp_clip_norm set")
-        if options.selection != "poisson":
+@dataclass
+class PartitionConfig:
+    """The client population: which training rows each client holds in each period.
+
+    ``kind``: ``iid``, ``dirichlet_label`` (``dirichlet_alpha``) or ``dirichlet_quantity`` (``quantity_beta``)
+    make ``num_clients`` clients; ``natural`` makes one client per value of the training data's ``group_column``.
+    ``seed`` fixes the partition. ``setting=continual`` spreads each client's data over ``num_periods`` with at
+    most ``storage_cap`` samples kept (``arrival_order``: data or random).
+    """
+
+    kind: str = "iid"
+    num_clients: int = 100
+    dirichlet_alpha: float = 1.0
+    quantity_beta: float = 1.0
+    group_column: str = "device"
+    seed: int = 0
+    setting: str = "static"
+    num_periods: int = 1
+    storage_cap: int | None = None
+    arrival_order: str = "data"
+
+    def __post_init__(self) -> None:
+        _choice("partition.kind", self.kind, PARTITIONERS)
+        _choice("partition.setting", self.setting, SETTINGS)
+        _choice("partition.arrival_order", self.arrival_order, ARRIVAL_ORDERS)
+        _at_least("partition.num_clients", self.num_clients, 1)
+        _at_least("partition.num_periods", self.num_periods, 1)
+        _at_least("partition.storage_cap", self.storage_cap, 1, optional=True)
+        _at_least("partition.dirichlet_alpha", self.dirichlet_alpha, 0, strict=True)
+        _at_least("partition.quantity_beta", self.quantity_beta, 0, strict=True)
+        if self.setting == "static" and (self.num_periods != 1 or self.storage_cap is not None):
             raise ConfigError(
-                f"DP-FedAvg (federation.dp_noise_multiplier > 0) needs federation.selection=poisson, got "
-                f"'{options.selection}': its accountant assumes each device joins a round independently with "
-                f"probability clients_per_round / num_devices"
+                "federation.partition.num_periods / federation.partition.storage_cap apply to the continual setting "
+                "only; set federation.partition.setting=continual or leave them at 1 / null"
             )
-        if not 0 < options.dp_delta < 1:
-            raise ConfigError(f"federation.dp_delta must be in (0, 1), got {options.dp_delta}")
-    if isinstance(options, FedAdamConfig):
+
+
+@dataclass
+class SelectionConfig:
+    """Which clients train in a round: ``clients_per_round`` of them drawn by ``scheme`` (uniform, activity with
+    ``activity_exponent``, poisson), their updates weighted by ``weighting`` (samples or unbiased); see
+    :mod:`trustml.federation.selection`."""
+
+    clients_per_round: int = 10
+    scheme: str = "uniform"
+    activity_exponent: float = 1.0
+    weighting: str = "samples"
+
+    def __post_init__(self) -> None:
+        _choice("selection.scheme", self.scheme, SELECTIONS)
+        _choice("selection.weighting", self.weighting, WEIGHTINGS)
+        _at_least("selection.clients_per_round", self.clients_per_round, 1)
+        _at_least("selection.activity_exponent", self.activity_exponent, 0)
+
+
+@dataclass
+class ClientConfig:
+    """A client's local training: ``local_epochs`` (or ``local_steps``) within ``timeout_s``.
+
+    ``loop``: ``auto`` trains clients in a Trainer-free loop where it can stand in for a Lightning fit (see
+    :mod:`trustml.federation.local_loop`), ``lightning`` builds a Lightning Trainer for every client fit. With a
+    DP optimizer (``optimizer=dp_sgd|dp_adam``, example-level DP) each client calibrates its noise so that its
+    ``optimizer.target_epsilon`` lasts ``dp_rounds`` local fits (null: the 95% quantile of the number of rounds
+    it is selected in, see :mod:`trustml.federation.participation`) and is selected no more once it is spent.
+    """
+
+    local_epochs: int = 1
+    local_steps: int | None = None
+    timeout_s: float | None = None
+    dp_rounds: int | None = None
+    loop: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("client.loop", self.loop, CLIENT_LOOPS)
+        _at_least("client.local_epochs", self.local_epochs, 1)
+        _at_least("client.local_steps", self.local_steps, 1, optional=True)
+        _at_least("client.dp_rounds", self.dp_rounds, 1, optional=True)
+        _at_least("client.timeout_s", self.timeout_s, 0, optional=True, strict=True)
+
+
+@dataclass
+class FedProxClientConfig(ClientConfig):
+    """A FedAvg client plus FedProx's proximal weight ``proximal_mu`` (Li et al. 2020)."""
+
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("client.proximal_mu", self.proximal_mu, 0)
+
+
+@dataclass
+class ServerConfig:
+    """Aggregation: a round steps the global model (server learning rate ``lr``) when at least ``min_clients``
+    usable updates came back; the global model is tested every ``eval_every`` rounds.
+
+    A round that leaves the global model unchanged (every selected client failed, every update held NaN/inf, or
+    fewer than ``min_clients`` usable updates) is a failed round: after ``max_failed_rounds`` failed rounds in a
+    row the run stops with an error (null: never), and a run whose rounds all failed ends as failed too. ``seed``
+    (default: the run's seed) drives the server's client selection and DP-FedAvg noise.
+    """
+
+    lr: float = 1.0
+    min_clients: int = 1
+    max_failed_rounds: int | None = 3
+    eval_every: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _at_least("server.lr", self.lr, 0, strict=True)
+        _at_least("server.min_clients", self.min_clients, 0)
+        _at_least("server.max_failed_rounds", self.max_failed_rounds, 1, optional=True)
+        _at_least("server.eval_every", self.eval_every, 1)
+
+
+@dataclass
+class AdaptiveServerConfig(ServerConfig):
+    """The server of FedAdam/FedYogi: learning rate ``lr``, moments ``beta1``/``beta2``, adaptivity ``tau``."""
+
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("beta1", "beta2"):
-            value = getattr(options, name)
+            value = getattr(self, name)
             if not 0 <= value < 1:
-                raise ConfigError(f"federation.{name} must be in [0, 1), got {value}")
-        _at_least("tau", options.tau, 0, strict=True)
-    if isinstance(options, FedProxConfig):
-        _at_least("proximal_mu", options.proximal_mu, 0)
+                raise ConfigError(f"federation.server.{name} must be in [0, 1), got {value}")
+        _at_least("server.tau", self.tau, 0, strict=True)
 
 
-def parse_options(config_class: type[FederationConfig], options: dict[str, Any]) -> FederationConfig:
-    """``config_class(**options)`` checked with :func:`check_options`; unknown names are a ConfigError."""
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(options) - known - {"_target_"})
-    if unknown:
-        raise ConfigError(f"unknown federation option(s) {unknown}; valid options: {sorted(known)}")
-    parsed = config_class(**{k: v for k, v in options.items() if k in known})
-    check_options(parsed)
-    return parsed
+@dataclass
+class PrivacyConfig:
+    """Client-level DP at the server (DP-FedAvg): a client's whole data set is protected.
+
+    ``clip_norm`` clips each update; ``noise_multiplier > 0`` adds Gaussian noise to their sum (DP-FedAvg, needs
+    ``selection.scheme=poisson``); ``target_epsilon`` instead calibrates that noise multiplier before the first
+    round so that ``rounds`` rounds spend it at ``delta``.
+    """
+
+    clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+
+    @property
+    def enabled(self) -> bool:
+        """Whether DP-FedAvg is on (a noise multiplier or a target epsilon)."""
+        return self.noise_multiplier > 0 or self.target_epsilon is not None
+
+    def __post_init__(self) -> None:
+        _at_least("privacy.clip_norm", self.clip_norm, 0, optional=True, strict=True)
+        _at_least("privacy.noise_multiplier", self.noise_multiplier, 0)
+        _at_least("privacy.target_epsilon", self.target_epsilon, 0, optional=True, strict=True)
+        if self.target_epsilon is not None and self.noise_multiplier > 0:
+            raise ConfigError(
+                "federation.privacy.target_epsilon calibrates DP-FedAvg's noise multiplier; set it or "
+                "federation.privacy.noise_multiplier, not both"
+            )
+        if self.enabled:
+            if self.clip_norm is None:
+                raise ConfigError("DP-FedAvg (federation.privacy.noise_multiplier > 0 or target_epsilon) needs "
+                                  "federation.privacy.clip_norm set")
+            if not 0 < self.delta < 1:
+                raise ConfigError(f"federation.privacy.delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass
+class RuntimeConfig:
+    """How rounds run: ``engine`` ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus``
+    CPUs). The server state is saved after every round under ``<run dir>/federation/``; with ``resume`` a run
+    started again in the same run directory (e.g. after it was killed) continues from its last round."""
+
+    engine: str = "simulation"
+    flower_num_cpus: int = 2
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("runtime.engine", self.engine, ENGINES)
+        _at_least("runtime.flower_num_cpus", self.flower_num_cpus, 1)
+
+
+def _section(value: object, section: type) -> object:
+    """``value`` as an instance of ``section`` (a mapping gives its keyword arguments)."""
+    if isinstance(value, section):
+        return value
+    if isinstance(value, Mapping):
+        return section(**value)
+    raise ConfigError(f"a federation section must be a {section.__name__} or a mapping, got {type(value).__name__}")
+
+
+@dataclass
+class FederationConfig:
+    """Options shared by every federated strategy: ``rounds`` and one section per part (see module doc).
+
+    Clients without data and rounds with fewer clients than ``selection.clients_per_round``: a configuration that
+    forces them is refused before the run (``clients_per_round > partition.num_clients``; ``num_clients`` above
+    the number of training samples for the ``iid`` and Dirichlet partitions). Where they follow from the data
+    (Dirichlet skew, a ``natural`` partition with fewer groups than ``clients_per_round``, continual periods in
+    which few clients hold data yet, clients retired by their DP budget) the run goes on, a warning is logged and
+    the results state them: ``federation/empty_clients`` (clients that hold no training data and are never
+    selected) and ``federation/clamped_rounds`` (rounds in which fewer than ``clients_per_round`` clients were
+    eligible, so every eligible one was taken; each round's ``eligible`` count is in ``rounds.jsonl``).
+    """
+
+    rounds: int = 20
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.default_factory is not dataclasses.MISSING:
+                setattr(self, f.name, _section(getattr(self, f.name), f.default_factory))
+        _at_least("rounds", self.rounds, 1)
+        partition, selection, server = self.partition, self.selection, self.server
+        if partition.kind != "natural" and selection.clients_per_round > partition.num_clients:
+            raise ConfigError(
+                f"federation.selection.clients_per_round={selection.clients_per_round} exceeds "
+                f"federation.partition.num_clients={partition.num_clients}: a round cannot select more clients than "
+                f"there are; lower clients_per_round to at most {partition.num_clients} (or raise num_clients)"
+            )
+        if server.min_clients > selection.clients_per_round:
+            raise ConfigError(
+                f"federation.server.min_clients={server.min_clients} exceeds federation.selection.clients_per_round="
+                f"{selection.clients_per_round}, so no round could ever be aggregated; lower min_clients"
+            )
+        if self.privacy.enabled and selection.scheme != "poisson":
+            raise ConfigError(
+                f"DP-FedAvg (federation.privacy.noise_multiplier > 0 or target_epsilon) needs "
+                f"federation.selection.scheme=poisson, got '{selection.scheme}': its accountant assumes each client "
+                f"joins a round independently with probability clients_per_round / num_clients"
+            )
+
+
+@dataclass
+class FedProxConfig(FederationConfig):
+    """FedAvg options; the client adds FedProx's proximal term (``client.proximal_mu``)."""
+
+    client: FedProxClientConfig = field(default_factory=FedProxClientConfig)
+
+
+@dataclass
+class FedAdamConfig(FederationConfig):
+    """FedAvg options; the server steps with Adam (``server.lr``, ``beta1``, ``beta2``, ``tau``)."""
+
+    server: AdaptiveServerConfig = field(default_factory=AdaptiveServerConfig)
+
+
+@dataclass
+class FedYogiConfig(FedAdamConfig):
+    """Options of FedYogi (same as FedAdam)."""

@@ -1,18 +1,18 @@
-"""How many rounds each device plans its example-level DP budget for.
+"""How many rounds each client plans its example-level DP budget for.
 
-A device that trains with a DP optimizer (``optimizer=dp_sgd|dp_adam`` under a federation) accounts its own
+A client that trains with a DP optimizer (``optimizer=dp_sgd|dp_adam`` under a federation) accounts its own
 epsilon over every local fit it makes, so it must calibrate its noise for the fits it will make before it
-knows how often it will be selected. The number of rounds a device takes part in over ``R`` rounds is
+knows how often it will be selected. The number of rounds a client takes part in over ``R`` rounds is
 ``Binomial(R, pi_k)`` with per-round inclusion probability
 
-- ``uniform`` and ``poisson`` selection: ``pi_k = min(K, M) / M`` (``K`` clients per round, ``M`` devices with data);
-- ``activity`` selection (``K`` draws with replacement, device ``k`` drawn with probability ``p_k``):
+- ``uniform`` and ``poisson`` selection: ``pi_k = min(K, M) / M`` (``K`` clients per round, ``M`` clients with data);
+- ``activity`` selection (``K`` draws with replacement, client ``k`` drawn with probability ``p_k``):
   ``pi_k = 1 - (1 - p_k)^K``.
 
-Each device plans for the ``quantile`` (default 95%) of that distribution, at least one round: with the
-default, about one device in twenty spends its budget before the last round and is then selected no more
-(:class:`~trustml.federation.rounds.RoundLoop` retires it). ``federation.dp_device_rounds`` fixes the number
-for every device instead.
+Each client plans for the ``quantile`` (default 95%) of that distribution, at least one round: with the
+default, about one client in twenty spends its budget before the last round and is then selected no more
+(:class:`~trustml.federation.rounds.RoundLoop` retires it). ``federation.client.dp_rounds`` fixes the number
+for every client instead.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from scipy.stats import binom
 
 from trustml.errors import ConfigError
 
-#: Default quantile of a device's participation count that its budget is planned for.
+#: Default quantile of a client's participation count that its budget is planned for.
 PARTICIPATION_QUANTILE = 0.95
 
 
 def inclusion_probabilities(
     sizes: np.ndarray, clients_per_round: int, selection: str, activity_exponent: float = 1.0
 ) -> np.ndarray:
-    """Per device, the probability ``pi_k`` of taking part in one round (0 for devices without data)."""
+    """Per client, the probability ``pi_k`` of taking part in one round (0 for clients without data)."""
     sizes = np.asarray(sizes, dtype=np.float64)
     eligible = sizes > 0
     count = int(eligible.sum())
@@ -55,11 +55,11 @@ def planned_rounds(
     fixed: int | None = None,
     quantile: float = PARTICIPATION_QUANTILE,
 ) -> np.ndarray:
-    """Per device, the number of rounds its DP budget is planned for: ``fixed`` for every device when given,
+    """Per client, the number of rounds its DP budget is planned for: ``fixed`` for every client when given,
     else the ``quantile`` of ``Binomial(rounds, pi_k)``, at least 1 and at most ``rounds`` (int64)."""
     if fixed is not None:
         if fixed < 1:
-            raise ConfigError(f"federation.dp_device_rounds must be >= 1 (or null), got {fixed}")
+            raise ConfigError(f"federation.client.dp_rounds must be >= 1 (or null), got {fixed}")
         return np.full(len(sizes), min(int(fixed), rounds), dtype=np.int64)
     probability = inclusion_probabilities(sizes, clients_per_round, selection, activity_exponent)
     planned = binom.ppf(quantile, rounds, probability)

@@ -1,9 +1,9 @@
-"""Partitioners: which training samples live on which device, as pure functions of labels or group columns.
+"""Partitioners: which training samples live on which client, as pure functions of labels or group columns.
 
 Each partitioner returns ``list[np.ndarray]``: entry ``k`` holds the positions (into the training split)
-of device ``k``'s samples, in ascending order. Every position is assigned to exactly one device. Random
+of client ``k``'s samples, in ascending order. Every position is assigned to exactly one client. Random
 partitioners draw only from the ``numpy.random.Generator`` they are given, so a seed fixes the partition.
-Devices may be empty under strong skew; the statistics report them and device selection skips them.
+Clients may be empty under strong skew; the statistics report them and client selection skips them.
 """
 
 from __future__ import annotations
@@ -19,67 +19,67 @@ Partition = list[np.ndarray]
 PARTITIONERS = ("iid", "dirichlet_label", "dirichlet_quantity", "natural")
 
 
-def _check_num_devices(num_devices: int) -> None:
-    if num_devices < 1:
-        raise ConfigError(f"federation.num_devices must be at least 1, got {num_devices}")
+def _check_num_clients(num_clients: int) -> None:
+    if num_clients < 1:
+        raise ConfigError(f"federation.partition.num_clients must be at least 1, got {num_clients}")
 
 
-def _split_by_owner(owner: np.ndarray, num_devices: int) -> Partition:
-    """Positions grouped by ``owner[position]`` (device id), each group in ascending position order."""
+def _split_by_owner(owner: np.ndarray, num_clients: int) -> Partition:
+    """Positions grouped by ``owner[position]`` (client id), each group in ascending position order."""
     order = np.argsort(owner, kind="stable")
-    counts = np.bincount(owner, minlength=num_devices)
+    counts = np.bincount(owner, minlength=num_clients)
     return np.split(order, np.cumsum(counts)[:-1])
 
 
-def iid_partition(num_samples: int, num_devices: int, rng: np.random.Generator) -> Partition:
-    """Shuffle the samples and deal them into ``num_devices`` parts whose sizes differ by at most one."""
-    _check_num_devices(num_devices)
+def iid_partition(num_samples: int, num_clients: int, rng: np.random.Generator) -> Partition:
+    """Shuffle the samples and deal them into ``num_clients`` parts whose sizes differ by at most one."""
+    _check_num_clients(num_clients)
     owner = np.empty(num_samples, dtype=np.int64)
-    owner[rng.permutation(num_samples)] = np.arange(num_samples) % num_devices
-    return _split_by_owner(owner, num_devices)
+    owner[rng.permutation(num_samples)] = np.arange(num_samples) % num_clients
+    return _split_by_owner(owner, num_clients)
 
 
 def dirichlet_label_partition(
-    labels: np.ndarray, num_devices: int, alpha: float, rng: np.random.Generator
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
 ) -> Partition:
-    """Label skew (Hsu et al. 2019): for each class ``c`` draw ``p_c ~ Dir(alpha * 1_M)`` and give device ``k``
-    a fraction ``p_c[k]`` of class ``c``'s samples. Small ``alpha`` gives devices few classes; large ``alpha``
+    """Label skew (Hsu et al. 2019): for each class ``c`` draw ``p_c ~ Dir(alpha * 1_M)`` and give client ``k``
+    a fraction ``p_c[k]`` of class ``c``'s samples. Small ``alpha`` gives clients few classes; large ``alpha``
     approaches the IID split."""
-    _check_num_devices(num_devices)
+    _check_num_clients(num_clients)
     if alpha <= 0:
-        raise ConfigError(f"federation.dirichlet_alpha must be positive, got {alpha}")
+        raise ConfigError(f"federation.partition.dirichlet_alpha must be positive, got {alpha}")
     labels = np.asarray(labels)
     owner = np.empty(len(labels), dtype=np.int64)
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        shares = rng.dirichlet(np.full(num_devices, alpha))
+        shares = rng.dirichlet(np.full(num_clients, alpha))
         cuts = np.round(np.cumsum(shares)[:-1] * len(members)).astype(np.int64)
         counts = np.diff(np.concatenate(([0], cuts, [len(members)])))
-        owner[members] = np.repeat(np.arange(num_devices), counts)
-    return _split_by_owner(owner, num_devices)
+        owner[members] = np.repeat(np.arange(num_clients), counts)
+    return _split_by_owner(owner, num_clients)
 
 
 def dirichlet_quantity_partition(
-    num_samples: int, num_devices: int, beta: float, rng: np.random.Generator
+    num_samples: int, num_clients: int, beta: float, rng: np.random.Generator
 ) -> Partition:
-    """Quantity skew: device sizes proportional to ``q ~ Dir(beta * 1_M)``, samples dealt at random (labels
-    IID). Small ``beta`` gives a few heavy devices and many light ones."""
-    _check_num_devices(num_devices)
+    """Quantity skew: client sizes proportional to ``q ~ Dir(beta * 1_M)``, samples dealt at random (labels
+    IID). Small ``beta`` gives a few heavy clients and many light ones."""
+    _check_num_clients(num_clients)
     if beta <= 0:
-        raise ConfigError(f"federation.quantity_beta must be positive, got {beta}")
-    shares = rng.dirichlet(np.full(num_devices, beta))
+        raise ConfigError(f"federation.partition.quantity_beta must be positive, got {beta}")
+    shares = rng.dirichlet(np.full(num_clients, beta))
     cuts = np.round(np.cumsum(shares)[:-1] * num_samples).astype(np.int64)
     counts = np.diff(np.concatenate(([0], cuts, [num_samples])))
     owner = np.empty(num_samples, dtype=np.int64)
-    owner[rng.permutation(num_samples)] = np.repeat(np.arange(num_devices), counts)
-    return _split_by_owner(owner, num_devices)
+    owner[rng.permutation(num_samples)] = np.repeat(np.arange(num_clients), counts)
+    return _split_by_owner(owner, num_clients)
 
 
 def natural_partition(groups: np.ndarray) -> tuple[Partition, list[str]]:
-    """One device per distinct value of a data column (e.g. a Topical-Chat conversation or agent).
+    """One client per distinct value of a data column (e.g. a Topical-Chat conversation or agent).
 
-    Returns the partition and each device's group value (as a string), devices ordered by the group's
-    first appearance in the data so that device ids are stable under relabeling.
+    Returns the partition and each client's group value (as a string), clients ordered by the group's
+    first appearance in the data so that client ids are stable under relabeling.
     """
     groups = np.asarray(groups)
     _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
@@ -91,8 +91,8 @@ def natural_partition(groups: np.ndarray) -> tuple[Partition, list[str]]:
 
 
 def label_entropy_bits(counts: np.ndarray) -> np.ndarray:
-    """Shannon entropy ``H = -sum_c p_c log2 p_c`` of each row of a ``[devices, classes]`` count matrix
-    (0 for an empty device)."""
+    """Shannon entropy ``H = -sum_c p_c log2 p_c`` of each row of a ``[clients, classes]`` count matrix
+    (0 for an empty client)."""
     counts = np.asarray(counts, dtype=np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     p = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
@@ -101,9 +101,9 @@ def label_entropy_bits(counts: np.ndarray) -> np.ndarray:
 
 
 def partition_statistics(
-    labels: np.ndarray, partition: Partition, num_classes: int, device_names: list[str] | None = None
+    labels: np.ndarray, partition: Partition, num_classes: int, client_names: list[str] | None = None
 ) -> dict[str, Any]:
-    """Samples per device, per-device label counts and label entropy (bits), and their summaries, as JSON."""
+    """Samples per client, per-client label counts and label entropy (bits), and their summaries, as JSON."""
     labels = np.asarray(labels)
     sizes = np.array([len(rows) for rows in partition], dtype=np.int64)
     owner = np.repeat(np.arange(len(partition)), sizes)
@@ -113,10 +113,10 @@ def partition_statistics(
     entropy = label_entropy_bits(counts)
     nonempty = sizes > 0
     return {
-        "num_devices": len(partition),
+        "num_clients": len(partition),
         "num_samples": int(sizes.sum()),
-        "empty_devices": int((~nonempty).sum()),
-        "samples_per_device": {
+        "empty_clients": int((~nonempty).sum()),
+        "samples_per_client": {
             "min": int(sizes.min(initial=0)),
             "median": float(np.median(sizes)) if len(sizes) else 0.0,
             "mean": float(sizes.mean()) if len(sizes) else 0.0,
@@ -126,9 +126,9 @@ def partition_statistics(
             "mean": float(entropy[nonempty].mean()) if nonempty.any() else 0.0,
             "max_possible": float(np.log2(num_classes)),
         },
-        "devices": [
+        "clients": [
             {
-                "device": k if device_names is None else device_names[k],
+                "client": k if client_names is None else client_names[k],
                 "samples": int(sizes[k]),
                 "label_entropy_bits": round(float(entropy[k]), 6),
                 "label_counts": counts[k].tolist(),
@@ -143,24 +143,24 @@ def make_partition(
     labels: np.ndarray,
     groups: dict[str, np.ndarray],
     *,
-    num_devices: int,
+    num_clients: int,
     dirichlet_alpha: float,
     quantity_beta: float,
     group_column: str,
     rng: np.random.Generator,
 ) -> tuple[Partition, list[str] | None]:
-    """The partition named by ``federation.partition`` (and device names for the natural partition)."""
+    """The partition named by ``federation.partition.kind`` (and client names for the natural partition)."""
     if kind == "iid":
-        return iid_partition(len(labels), num_devices, rng), None
+        return iid_partition(len(labels), num_clients, rng), None
     if kind == "dirichlet_label":
-        return dirichlet_label_partition(labels, num_devices, dirichlet_alpha, rng), None
+        return dirichlet_label_partition(labels, num_clients, dirichlet_alpha, rng), None
     if kind == "dirichlet_quantity":
-        return dirichlet_quantity_partition(len(labels), num_devices, quantity_beta, rng), None
+        return dirichlet_quantity_partition(len(labels), num_clients, quantity_beta, rng), None
     if kind == "natural":
         if group_column not in groups:
             raise ConfigError(
-                f"federation.group_column='{group_column}' is not a group column of the training data "
-                f"(it has {sorted(groups) or 'none'}); pick one of those or another federation.partition"
+                f"federation.partition.group_column='{group_column}' is not a group column of the training data "
+                f"(it has {sorted(groups) or 'none'}); pick one of those or another federation.partition.kind"
             )
         return natural_partition(groups[group_column])
-    raise ConfigError(f"federation.partition must be one of {PARTITIONERS}, got '{kind}'")
+    raise ConfigError(f"federation.partition.kind must be one of {PARTITIONERS}, got '{kind}'")

@@ -1,14 +1,14 @@
 """The round loop shared by every runtime: select, train remotely, aggregate, evaluate, checkpoint.
 
-How client updates are obtained is a :data:`Transport`: the in-process simulation trains the devices one
+How client updates are obtained is a :data:`Transport`: the in-process simulation trains the clients one
 after another on the shared model; the Flower runtime sends messages to SuperNodes. Each completed round
 appends one record (selection, faults, timing, test accuracy, privacy) to the history, which is written
 to ``rounds.jsonl`` and saved with the checkpoint.
 
 A round that did not update the global model is a *failed round* (:func:`round_failure` says why: every selected
-device failed, every update held NaN/inf, fewer usable updates than ``federation.min_clients``, or no device was
-selected). ``federation.max_failed_rounds`` failed rounds in a row (rounds that selected nobody do not count) stop
-the run with :class:`ClientsKeepFailingError`, and so does a run in which no selected device trained in any round:
+client failed, every update held NaN/inf, fewer usable updates than ``federation.server.min_clients``, or no client was
+selected). ``federation.server.max_failed_rounds`` failed rounds in a row (rounds that selected nobody do not count) stop
+the run with :class:`ClientsKeepFailingError`, and so does a run in which no selected client trained in any round:
 it never reports success for an untrained model.
 """
 
@@ -40,19 +40,19 @@ log = logging.getLogger(__name__)
 
 
 class ClientsKeepFailingError(TrustMLError):
-    """Rounds keep failing (several in a row, or all of a run): a systematic fault, not a flaky device."""
+    """Rounds keep failing (several in a row, or all of a run): a systematic fault, not a flaky client."""
 
 
 @dataclass
 class ClientFailure:
-    """A selected device that produced no update: it raised, or missed the deadline."""
+    """A selected client that produced no update: it raised, or missed the deadline."""
 
-    device: int
+    client: int
     reason: str
     timed_out: bool = False
 
 
-#: ``(round, period, devices, global_weights) -> (updates, failures)``
+#: ``(round, period, clients, global_weights) -> (updates, failures)``
 Transport = Callable[[int, int, np.ndarray, Tensor], tuple[list[ClientUpdate], list[ClientFailure]]]
 
 
@@ -62,13 +62,13 @@ def round_failure(record: dict[str, Any], min_clients: int) -> str | None:
         return None
     selected, answered, rejected = record["selected"], record["answered"], record["rejected"]
     if selected == 0:
-        return "no device was selected (none held data or was eligible, or Poisson selection drew none)"
+        return "no client was selected (none held data or was eligible, or Poisson selection drew none)"
     if answered == 0:
         last = f" (last: {record['last_error']})" if record.get("last_error") else ""
-        return f"all {selected} selected device(s) failed{last}"
+        return f"all {selected} selected client(s) failed{last}"
     if answered == rejected:
         return f"all {answered} update(s) held NaN/inf and were rejected"
-    return f"only {answered - rejected} usable update(s), fewer than federation.min_clients={min_clients}"
+    return f"only {answered - rejected} usable update(s), fewer than federation.server.min_clients={min_clients}"
 
 
 def updated_in_some_round(history: list[dict[str, Any]]) -> bool:
@@ -105,14 +105,14 @@ def _client_metric_summary(updates: list[ClientUpdate]) -> dict[str, float]:
 class RoundLoop:
     """Runs rounds ``server.round .. rounds - 1`` and checkpoints after each one.
 
-    ``sizes_at(period)`` gives every device's sample count; ``evaluate(weights)`` the test metrics of a
+    ``sizes_at(period)`` gives every client's sample count; ``evaluate(weights)`` the test metrics of a
     global model. After ``max_failed_rounds`` consecutive failed rounds (:func:`round_failure`; rounds that
-    selected no device do not count) the loop raises :class:`ClientsKeepFailingError` with the reason, and so does
-    :meth:`require_training` at the end of a run in which no device ever trained. A device whose update
+    selected no client do not count) the loop raises :class:`ClientsKeepFailingError` with the reason, and so does
+    :meth:`require_training` at the end of a run in which no client ever trained. A client whose update
     reports ``budget_spent`` (its example-level DP budget is used up) is retired: never selected again, and
-    counted in every later round record (``retired``); when every device with data is retired, the run ends
+    counted in every later round record (``retired``); when every client with data is retired, the run ends
     after that round. ``client_state`` /
-    ``restore_client_state`` carry the devices' own state (client-side callback states) through checkpoints.
+    ``restore_client_state`` carry the clients' own state (client-side callback states) through checkpoints.
     """
 
     server: FederatedServer
@@ -144,7 +144,7 @@ class RoundLoop:
         self.server.load_state_dict(state["server"])
         self.restore_client_state(state["clients"])
         self.history = list(state["history"])
-        self.retired = {int(device) for device in state.get("retired", ())}
+        self.retired = {int(client) for client in state.get("retired", ())}
         restore_process_rng(state["process_rng"])
         log.info("resuming the federated run from %s after round %d", self.state_path, self.server.round)
         return True
@@ -171,21 +171,21 @@ class RoundLoop:
             sizes = sizes.copy()
             sizes[sorted(self.retired)] = 0
         selection = self.server.select(sizes)
-        updates, failures = self.transport(index, period, selection.devices, self.server.weights)
+        updates, failures = self.transport(index, period, selection.clients, self.server.weights)
         for failure in failures:
-            log.warning("round %d: device %d skipped (%s)", index + 1, failure.device, failure.reason)
+            log.warning("round %d: client %d skipped (%s)", index + 1, failure.client, failure.reason)
         for update in updates:
             if update.metrics.get("budget_spent"):
-                self.retired.add(update.device)
-                log.info("round %d: device %d spent its privacy budget and is selected no more", index + 1,
-                         update.device)
+                self.retired.add(update.client)
+                log.info("round %d: client %d spent its privacy budget and is selected no more", index + 1,
+                         update.client)
         self.last_failure = failures[-1].reason if failures else "the updates held NaN/inf"
         outcome = self.server.aggregate(selection, updates)
         self.server.round = index + 1
         record: dict[str, Any] = {
             "round": index + 1,
             "period": period,
-            "selected": len(selection.devices),
+            "selected": len(selection.clients),
             "eligible": int(selection.num_eligible),
             "answered": len(updates),
             "failed": sum(not f.timed_out for f in failures),
@@ -213,7 +213,7 @@ class RoundLoop:
 
     @property
     def min_clients(self) -> int:
-        """The fewest usable updates a round aggregates (``federation.min_clients``, at least 1)."""
+        """The fewest usable updates a round aggregates (``federation.server.min_clients``, at least 1)."""
         return max(int(self.server.options.min_clients), 1)
 
     def require_training(self) -> None:
@@ -226,7 +226,7 @@ class RoundLoop:
             f"no round of {len(self.history)} updated the global model, so it is untrained: "
             f"{'; '.join(reasons[-3:])}. Fix the cause (the client errors are logged as warnings and in "
             f"federation/rounds.jsonl 'last_error'), then run again in a new run directory (or with "
-            f"federation.resume=false)"
+            f"federation.runtime.resume=false)"
         )
 
     def run(self) -> list[dict[str, Any]]:
@@ -241,12 +241,12 @@ class RoundLoop:
             if self.max_failed_rounds is not None and failed_in_a_row >= self.max_failed_rounds:
                 raise ClientsKeepFailingError(
                     f"the global model was not updated in {failed_in_a_row} rounds in a row (last round: {failure}); "
-                    f"fix the cause, or raise federation.max_failed_rounds"
+                    f"fix the cause, or raise federation.server.max_failed_rounds"
                 )
             log.info("round %d/%d: %s", index + 1, self.rounds,
                      {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record})
             if record.get("all_retired"):
-                log.warning("every device with data has spent its privacy budget; the run ends after round %d",
+                log.warning("every client with data has spent its privacy budget; the run ends after round %d",
                             index + 1)
                 break
         self.require_training()

@@ -1,4 +1,4 @@
-"""The server side of a round, independent of how updates travel: select devices, aggregate, account.
+"""The server side of a round, independent of how updates travel: select clients, aggregate, account.
 
 ``FederatedServer`` holds the global weights (a flat vector), the server optimizer, the selection RNG,
 DP-FedAvg's noise generator and accountant, and the round counter; its :meth:`state_dict` is everything
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from trustml.federation.client import ClientUpdate
 from trustml.federation.options import FederationConfig
-from trustml.federation.selection import RoundSelection, select_devices
+from trustml.federation.selection import RoundSelection, select_clients
 from trustml.federation.server_optim import ServerOptimizer, finite_rows, weighted_update
 from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
 
@@ -50,8 +50,8 @@ class FederatedServer:
         )
 
     def select(self, sizes: np.ndarray) -> RoundSelection:
-        """This round's devices and aggregation weights, given every device's current sample count."""
-        return select_devices(
+        """This round's clients and aggregation weights, given every client's current sample count."""
+        return select_clients(
             sizes, self.options.clients_per_round, self.options.selection, self.rng,
             activity_exponent=self.options.activity_exponent, weighting=self.options.weighting,
         )
@@ -65,13 +65,13 @@ class FederatedServer:
         for update, usable in zip(updates, finite, strict=True):
             if usable:
                 kept.append(update)
-                outcome.accepted.append(update.device)
+                outcome.accepted.append(update.client)
             else:
-                outcome.rejected.append(update.device)
-                log.warning("round %d: update of device %d holds NaN/inf and is rejected", self.round, update.device)
+                outcome.rejected.append(update.client)
+                log.warning("round %d: update of client %d holds NaN/inf and is rejected", self.round, update.client)
         if len(kept) < max(self.options.min_clients, 1):
             log.warning(
-                "round %d: %d usable update(s) < federation.min_clients=%d; the global model is unchanged",
+                "round %d: %d usable update(s) < federation.server.min_clients=%d; the global model is unchanged",
                 self.round, len(kept), self.options.min_clients,
             )
             return outcome
@@ -87,7 +87,7 @@ class FederatedServer:
                 deltas = clip_updates(deltas, self.options.dp_clip_norm)
             weights = self.weights_of(selection, kept)
             if self.options.weighting == "samples":
-                weights = weights / weights.sum()  # FedAvg over the devices that answered
+                weights = weights / weights.sum()  # FedAvg over the clients that answered
             pseudo_gradient = weighted_update(deltas, weights)
         self.weights = self.optimizer.step(self.weights, pseudo_gradient)
         outcome.aggregated = True
@@ -97,11 +97,11 @@ class FederatedServer:
     @staticmethod
     def weights_of(selection: RoundSelection, kept: list[ClientUpdate]) -> Tensor:
         """The selection's aggregation weight of each kept update, in the order of ``kept`` (``float64``)."""
-        devices = [u.device for u in kept]
-        if devices == selection.devices.tolist():  # every selected device answered, in order
+        clients = [u.client for u in kept]
+        if clients == selection.clients.tolist():  # every selected client answered, in order
             return torch.from_numpy(np.asarray(selection.weights, dtype=np.float64))
-        weight_of = dict(zip(selection.devices.tolist(), selection.weights.tolist(), strict=True))
-        return torch.tensor([weight_of[device] for device in devices], dtype=torch.float64)
+        weight_of = dict(zip(selection.clients.tolist(), selection.weights.tolist(), strict=True))
+        return torch.tensor([weight_of[client] for client in clients], dtype=torch.float64)
 
     def epsilon(self) -> float | None:
         """User-level epsilon of DP-FedAvg so far (``None`` without server-side DP)."""

@@ -1,7 +1,7 @@
 """Server-side aggregation and server optimizers on flat parameter vectors.
 
 One round turns client updates ``Delta_k = w_k^local - w^global`` (rows of a ``[K, P]`` matrix) into a
-pseudo-gradient ``Delta = sum_k a_k Delta_k`` (weights ``a_k`` from device selection) and applies a
+pseudo-gradient ``Delta = sum_k a_k Delta_k`` (weights ``a_k`` from client selection) and applies a
 server optimizer to it, following Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2:
 
 - FedAvg (and FedProx, whose difference is on the client): ``w <- w + eta * Delta``.

@@ -1,7 +1,7 @@
-"""In-process simulation transport: the selected devices train one after another on the shared model.
+"""In-process simulation transport: the selected clients train one after another on the shared model.
 
-Only the model *state* is swapped between devices (one model object for all of them), so thousands of
-simulated devices cost no more memory than one. Each device keeps its own client-side callback state
+Only the model *state* is swapped between clients (one model object for all of them), so thousands of
+simulated clients cost no more memory than one. Each client keeps its own client-side callback state
 (e.g. its DP-SGD accountant) between the rounds it takes part in; that state is checkpointed with the run.
 """
 
@@ -14,44 +14,44 @@ import numpy as np
 from torch import Tensor
 
 from trustml.federation.client import ClientTimeout, ClientUpdate, LocalTrainer
-from trustml.federation.devices import DevicePopulation
+from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import ClientFailure
 
 log = logging.getLogger(__name__)
 
 
 class InProcessClients:
-    """A :data:`~trustml.federation.rounds.Transport` that runs each selected device's local training here."""
+    """A :data:`~trustml.federation.rounds.Transport` that runs each selected client's local training here."""
 
-    def __init__(self, trainer: LocalTrainer, population: DevicePopulation) -> None:
+    def __init__(self, trainer: LocalTrainer, population: ClientPopulation) -> None:
         self.trainer = trainer
         self.population = population
-        self.device_states: dict[int, list[dict[str, Any]]] = {}
+        self.client_states: dict[int, list[dict[str, Any]]] = {}
 
     def __call__(
-        self, round_index: int, period: int, devices: np.ndarray, global_weights: Tensor
+        self, round_index: int, period: int, clients: np.ndarray, global_weights: Tensor
     ) -> tuple[list[ClientUpdate], list[ClientFailure]]:
         windows = self.population.windows(period)
         updates: list[ClientUpdate] = []
         failures: list[ClientFailure] = []
-        for device in devices.tolist():
+        for client in clients.tolist():
             try:
-                update = self.trainer.train(device, windows[device], global_weights, self.device_states.get(device, ()))
+                update = self.trainer.train(client, windows[client], global_weights, self.client_states.get(client, ()))
             except ClientTimeout as exc:
-                failures.append(ClientFailure(device, str(exc), timed_out=True))
+                failures.append(ClientFailure(client, str(exc), timed_out=True))
                 continue
             except Exception as exc:  # noqa: BLE001 - a failing client is skipped, the round goes on
-                log.debug("device %d raised", device, exc_info=True)
-                failures.append(ClientFailure(device, f"{type(exc).__name__}: {exc}"))
+                log.debug("client %d raised", client, exc_info=True)
+                failures.append(ClientFailure(client, f"{type(exc).__name__}: {exc}"))
                 continue
-            self.device_states[device] = update.callback_states
+            self.client_states[client] = update.callback_states
             updates.append(update)
         return updates, failures
 
     def state_dict(self) -> dict[str, Any]:
-        """The devices' own state (client-side callback states), for the run checkpoint."""
-        return {"device_states": {str(k): v for k, v in self.device_states.items()}}
+        """The clients' own state (client-side callback states), for the run checkpoint."""
+        return {"client_states": {str(k): v for k, v in self.client_states.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.device_states = {int(k): list(v) for k, v in state.get("device_states", {}).items()}
+        self.client_states = {int(k): list(v) for k, v in state.get("client_states", {}).items()}

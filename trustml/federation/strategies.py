@@ -1,10 +1,10 @@
 """``federation=fedavg | fedprox | fedadam | fedyogi``: federated training of the configured method.
 
-Each plugin partitions the training split into devices, then runs rounds: select devices, let each train
+Each plugin partitions the training split into clients, then runs rounds: select clients, let each train
 the configured method with the configured optimizer on its own data (the client), aggregate the updates
 into the global model (the server strategy), evaluate it on the test split, checkpoint. The runtime is the
 in-process simulation (``runtime=simulation``, default) or Flower (``runtime=flower``). Written to
-``<run dir>/federation/``: ``partition.json`` (device statistics), ``rounds.jsonl`` (one record per
+``<run dir>/federation/``: ``partition.json`` (client statistics), ``rounds.jsonl`` (one record per
 round), ``server_state.pt`` (resume point); the final global model goes to ``checkpoints/last.ckpt``.
 
 A run never reports success for nothing: a model that a DP optimizer cannot train (a layer that mixes the
@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
 from trustml.federation.client import LocalTrainer, client_callback_templates
-from trustml.federation.devices import DevicePopulation
+from trustml.federation.population import ClientPopulation
 from trustml.federation.flat_state import FlatLayout, get_flat, set_flat
 from trustml.federation.options import (
     FedAdamConfig,
@@ -65,12 +65,12 @@ class FederationResults(pl.Callback):
 
 
 def summarize(
-    history: list[dict[str, Any]], *, clients_per_round: int | None = None, empty_devices: int | None = None
+    history: list[dict[str, Any]], *, clients_per_round: int | None = None, empty_clients: int | None = None
 ) -> dict[str, float]:
     """Run-level numbers from the per-round records.
 
-    With ``clients_per_round``, ``federation/clamped_rounds`` counts the rounds in which fewer devices than that
-    were eligible; ``empty_devices`` (devices without data) is reported as ``federation/empty_devices``.
+    With ``clients_per_round``, ``federation/clamped_rounds`` counts the rounds in which fewer clients than that
+    were eligible; ``empty_clients`` (clients without data) is reported as ``federation/empty_clients``.
     """
     evaluated = [r for r in history if "test_acc" in r]
     summary: dict[str, float] = {
@@ -84,13 +84,13 @@ def summarize(
     if clients_per_round is not None:
         clamped = sum(r.get("eligible", clients_per_round) < clients_per_round for r in history)
         summary["federation/clamped_rounds"] = float(clamped)
-    if empty_devices is not None:
-        summary["federation/empty_devices"] = float(empty_devices)
+    if empty_clients is not None:
+        summary["federation/empty_clients"] = float(empty_clients)
     if evaluated:
         summary["federation/final_test_acc"] = float(evaluated[-1]["test_acc"])
         summary["federation/best_test_acc"] = float(max(r["test_acc"] for r in evaluated))
     if history and "retired" in history[-1]:
-        summary["federation/devices_budget_spent"] = float(history[-1]["retired"])
+        summary["federation/clients_budget_spent"] = float(history[-1]["retired"])
     if history and "dp_epsilon" in history[-1]:
         summary["federation/dp_epsilon"] = float(history[-1]["dp_epsilon"])
     client_eps = [r["client_epsilon_max"] for r in history if "client_epsilon_max" in r]
@@ -99,16 +99,16 @@ def summarize(
     return summary
 
 
-def warn_about_population(population: DevicePopulation, options: FederationConfig) -> None:
-    """Log what the results will state: devices without data, and fewer devices with data than
-    ``clients_per_round`` (each round then takes every eligible device)."""
-    empty = population.empty_devices
+def warn_about_population(population: ClientPopulation, options: FederationConfig) -> None:
+    """Log what the results will state: clients without data, and fewer clients with data than
+    ``clients_per_round`` (each round then takes every eligible client)."""
+    empty = population.empty_clients
     if empty:
-        log.warning("federation: %d of %d devices hold no training data (partition skew) and are never selected; "
-                    "reported as federation/empty_devices", empty, len(population))
+        log.warning("federation: %d of %d clients hold no training data (partition skew) and are never selected; "
+                    "reported as federation/empty_clients", empty, len(population))
     holders = len(population) - empty
     if holders < options.clients_per_round:
-        log.warning("federation: only %d devices hold data, fewer than federation.clients_per_round=%d, so each "
+        log.warning("federation: only %d clients hold data, fewer than federation.clients_per_round=%d, so each "
                     "round takes at most %d; reported as federation/clamped_rounds", holders,
                     options.clients_per_round, holders)
 
@@ -171,9 +171,9 @@ class FederatedTraining:
         state_dir.mkdir(parents=True, exist_ok=True)
         if getattr(method, "uses_per_sample_gradients", False):
             check_per_sample_compatible(method.model)  # else every client fails on its first step
-        population = DevicePopulation.from_datamodule(datamodule, options)
+        population = ClientPopulation.from_datamodule(datamodule, options)
         (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
-        log.info("federation: %d devices, %d rounds of %d clients (%s selection, %s setting)", len(population),
+        log.info("federation: %d clients, %d rounds of %d clients (%s selection, %s setting)", len(population),
                  options.rounds, options.clients_per_round, options.selection, options.setting)
         warn_about_population(population, options)
 
@@ -183,7 +183,7 @@ class FederatedTraining:
             callback_templates=client_callback_templates(trainer.callbacks), client_loop=options.client_loop,
             planned_fits=planned_rounds(
                 population.sizes(population.num_periods - 1), options.rounds, options.clients_per_round,
-                options.selection, activity_exponent=options.activity_exponent, fixed=options.dp_device_rounds,
+                options.selection, activity_exponent=options.activity_exponent, fixed=options.dp_client_rounds,
             ),
         )
         if options.dp_target_epsilon is not None:
@@ -194,7 +194,7 @@ class FederatedTraining:
         fingerprint = {
             "strategy": type(self).__name__,
             "num_parameters": layout.size,
-            "num_devices": len(population),
+            "num_clients": len(population),
             "partition": options.partition,
             "selection": options.selection,
             "setting": options.setting,
@@ -243,16 +243,16 @@ class FederatedTraining:
         for callback in trainer.callbacks:
             if isinstance(callback, FederationResults):
                 callback.results = summarize(history, clients_per_round=options.clients_per_round,
-                                             empty_devices=population.empty_devices)
+                                             empty_clients=population.empty_clients)
         return trainer
 
     @staticmethod
-    def _calibrated_user_level_noise(options: FederationConfig, population: DevicePopulation) -> FederationConfig:
+    def _calibrated_user_level_noise(options: FederationConfig, population: ClientPopulation) -> FederationConfig:
         """``options`` with DP-FedAvg's noise multiplier calibrated for ``dp_target_epsilon`` over all rounds."""
         eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
         rate = min(options.clients_per_round, eligible) / max(eligible, 1)
         sigma = calibrate_user_level_noise(options.dp_target_epsilon, options.dp_delta, rate, options.rounds)
-        log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at device rate %.4g",
+        log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at client rate %.4g",
                  sigma, options.dp_target_epsilon, options.rounds, rate)
         return dataclasses.replace(options, dp_noise_multiplier=sigma, dp_target_epsilon=None)
 
@@ -268,7 +268,7 @@ class FederatedTraining:
 class FedAvg(FederatedTraining):
     """FedAvg (McMahan et al. 2017); with federation.dp_clip_norm + dp_target_epsilon: DP-FedAvg (client-level DP).
 
-    Local training on sampled devices, updates averaged by sample count.
+    Local training on sampled clients, updates averaged by sample count.
     """
 
 

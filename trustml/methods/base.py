@@ -4,42 +4,53 @@ A method owns the objective only: the network comes from the ``model`` group, th
 ``optimizer`` group, the data from the ``data`` group. A batch is a dict ``{"x": inputs, "y": labels,
 "index": sample ids}`` (plus anything a method adds, e.g. cached old-model logits). Subclasses implement
 :meth:`ClassificationMethod.sample_losses`, the per-sample loss as a pure function of the model's logits
-and the batch; the mean is the training loss. Optimizers that need per-sample gradients (DP-SGD) get that
-function and compute the gradients themselves (see :class:`trustml.optim.base.PerSampleGradientOptimizer`).
+and the batch; the mean is the training loss. Optimizers that need per-sample gradients (DP-SGD; their plugin
+says ``per_sample_gradients``) get that function and compute the gradients themselves.
+:meth:`ClassificationMethod.training_loss` is the one training step both the Lightning fit and the federation's
+client loop run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.plugin import MethodPlugin
 
 Batch = dict[str, Any]
+#: What a method gets as ``optimizer``: an :class:`~trustml.plugin.OptimizerPlugin` (or any callable of the
+#: parameters; a plugin's ``per_sample_gradients`` says whether it does its own backward pass).
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-class ClassificationMethod(pl.LightningModule):
-    """Trains ``model`` (inputs -> class logits) on ``sample_losses``; logs loss and accuracy per split."""
+def selects_per_sample_optimizer(cfg: DictConfig) -> bool:
+    """Whether the optimizer plugin ``cfg`` selects needs per-sample gradients (its ``per_sample_gradients``)."""
+    from trustml.registry import plugin_class
 
-    #: Input kinds of the data this method can train on (see ``TrustDataModule.input_kind``).
-    supported_input_kinds: ClassVar[frozenset[str]] = frozenset({"features", "text"})
+    return bool(plugin_class("optimizer", cfg.optimizer).per_sample_gradients)
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
+
+class ClassificationMethod(MethodPlugin, pl.LightningModule):
+    """Trains ``model`` (inputs -> class logits) on ``sample_losses``; logs loss and accuracy per split.
+
+    Built as ``Method(config, model=..., optimizer=..., num_classes=...)`` (``config``: the method's options
+    dataclass instance, kept as ``self.config``).
+    """
+
+    def __init__(self, config: Any, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
         super().__init__()
+        self.config = config
         self.model = model
         self.optimizer_factory = optimizer
         self.num_classes = num_classes
-        optimizer_cls = getattr(optimizer, "func", optimizer)
-        self.uses_per_sample_gradients = isinstance(optimizer_cls, type) and issubclass(
-            optimizer_cls, PerSampleGradientOptimizer
-        )
+        self.uses_per_sample_gradients = bool(getattr(optimizer, "per_sample_gradients", False))
         self.automatic_optimization = not self.uses_per_sample_gradients
         self.save_hyperparameters({"num_classes": num_classes})
         self.metrics = nn.ModuleDict(
@@ -73,16 +84,27 @@ class ClassificationMethod(pl.LightningModule):
         """Class logits of the wrapped model."""
         return self.model(x)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+    def training_loss(self, batch: Batch, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+        """One training step's ``(logits, loss)`` on ``batch`` (after :meth:`prepare_batch`).
+
+        With a per-sample-gradient optimizer the gradients are already in ``.grad`` (the optimizer computed them
+        from :meth:`sample_losses`) and both outputs are detached; otherwise ``loss`` is :meth:`batch_loss` with
+        its graph, for the caller's ``backward``. The Lightning fit and the federation's client loop both call it.
+        """
         batch = self.prepare_batch(batch)
         if self.uses_per_sample_gradients:
+            return optimizer.private_gradients(self.model, self.sample_losses, batch)  # type: ignore[attr-defined]
+        logits = self.model(batch["x"])
+        return logits, self.batch_loss(logits, batch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        if self.uses_per_sample_gradients:
             optimizer = self.optimizers()
-            logits, loss = optimizer.optimizer.private_gradients(self.model, self.sample_losses, batch)
+            logits, loss = self.training_loss(batch, optimizer.optimizer)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
-            logits = self.model(batch["x"])
-            loss = self.batch_loss(logits, batch)
+            logits, loss = self.training_loss(batch, None)  # type: ignore[arg-type]
         self._log_split("train", loss, logits, batch["y"])
         return None if self.uses_per_sample_gradients else loss
 

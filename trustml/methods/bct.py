@@ -26,12 +26,11 @@ from torch import Tensor, nn
 
 from trustml.errors import CheckpointError, ConfigError
 from trustml.losses import extend_classifier, influence_loss
-from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory
+from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory, selects_per_sample_optimizer
 from trustml.methods.old_model import check_inputs, check_run_dirs, embed_split
 from trustml.metrics import CompatibilityReport, compatibility_report
 from trustml.metrics.compatibility import METRICS
-from trustml.optim.base import PerSampleGradientOptimizer
-from trustml.registry import register, resolve_target
+from trustml.registry import register
 from trustml.run_record import load_model_from_run
 
 SPLITS = ("train", "val", "test")
@@ -53,15 +52,14 @@ class BCTConfig:
     gallery_split: str = "train"
     embed_batch_size: int = 1024
 
-
-def _check_options(influence_weight: float, retrieval_metric: str, query_split: str, gallery_split: str) -> None:
-    if influence_weight < 0:
-        raise ConfigError(f"method.influence_weight must be >= 0, got {influence_weight}")
-    if retrieval_metric not in METRICS:
-        raise ConfigError(f"method.retrieval_metric must be one of {METRICS}, got '{retrieval_metric}'")
-    for option, split in (("query_split", query_split), ("gallery_split", gallery_split)):
-        if split not in SPLITS:
-            raise ConfigError(f"method.{option} must be one of {SPLITS}, got '{split}'")
+    def __post_init__(self) -> None:
+        if self.influence_weight < 0:
+            raise ConfigError(f"method.influence_weight must be >= 0, got {self.influence_weight}")
+        if self.retrieval_metric not in METRICS:
+            raise ConfigError(f"method.retrieval_metric must be one of {METRICS}, got '{self.retrieval_metric}'")
+        for option, split in (("query_split", self.query_split), ("gallery_split", self.gallery_split)):
+            if split not in SPLITS:
+                raise ConfigError(f"method.{option} must be one of {SPLITS}, got '{split}'")
 
 
 def _check_embedding_model(model: nn.Module, who: str) -> None:
@@ -82,44 +80,27 @@ def _check_old_run(old_run_dir: str, old_checkpoint: str) -> None:
 class BackwardCompatibleTraining(ClassificationMethod):
     """Trains an embedding model whose features stay compatible with an old model's classifier and gallery."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: OptimizerFactory,
-        num_classes: int,
-        old_run_dir: str = "",
-        old_checkpoint: str = "best",
-        influence_weight: float = 1.0,
-        retrieval_metric: str = "cosine",
-        query_split: str = "test",
-        gallery_split: str = "train",
-        embed_batch_size: int = 1024,
-    ) -> None:
-        super().__init__(model, optimizer, num_classes)
-        _check_options(influence_weight, retrieval_metric, query_split, gallery_split)
-        _check_old_run(old_run_dir, old_checkpoint)
+    def __init__(self, config: BCTConfig, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
+        super().__init__(config, model=model, optimizer=optimizer, num_classes=num_classes)
+        _check_old_run(config.old_run_dir, config.old_checkpoint)
         _check_embedding_model(model, "the new model")
         if self.uses_per_sample_gradients:
             raise ConfigError(_PER_SAMPLE_REFUSAL)
-        self.old_run_dir, self.old_checkpoint = old_run_dir, old_checkpoint
-        self.influence_weight = influence_weight
-        self.retrieval_metric = retrieval_metric
-        self.query_split, self.gallery_split = query_split, gallery_split
-        self.embed_batch_size = embed_batch_size
+        self.old_run_dir, self.old_checkpoint = config.old_run_dir, config.old_checkpoint
+        self.influence_weight = config.influence_weight
+        self.retrieval_metric = config.retrieval_metric
+        self.query_split, self.gallery_split = config.query_split, config.gallery_split
+        self.embed_batch_size = config.embed_batch_size
         self.old_head: tuple[Tensor, Tensor] | None = None
         self.compatibility: CompatibilityReport | None = None
         object.__setattr__(self, "old_model", None)  # frozen, outside the module tree (see method=pc)
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Before anything is built: valid options and a completed old run with its checkpoint."""
+        """Before anything is built: no per-sample-gradient optimizer, a completed old run with its checkpoint."""
         method = cfg.method
-        _check_options(method.influence_weight, method.retrieval_metric, method.query_split, method.gallery_split)
-        optimizer = cfg.get("optimizer")
-        if optimizer is not None and "_target_" in optimizer:
-            optimizer_cls = resolve_target(str(optimizer._target_))
-            if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, PerSampleGradientOptimizer):
-                raise ConfigError(_PER_SAMPLE_REFUSAL)
+        if selects_per_sample_optimizer(cfg):
+            raise ConfigError(_PER_SAMPLE_REFUSAL)
         _check_old_run(str(method.old_run_dir or ""), str(method.old_checkpoint))
 
     # --- the old model -------------------------------------------------------------------------------

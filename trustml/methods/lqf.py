@@ -53,9 +53,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from trustml.errors import CheckpointError, ConfigError
-from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory
+from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory, selects_per_sample_optimizer
 from trustml.optim.kfac import KFAC, check_covered, precondition_before_step
-from trustml.registry import register, resolve_target
+from trustml.registry import register
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +90,27 @@ class LQFConfig:
     init_run_dir: str | None = None
     init_checkpoint: str = "best"
 
-
-def _check_options(linearize: str, k: int, loss: str, precondition: str, slope: float, scale: float,
-                   damping: float, update_every: int) -> None:
-    if linearize not in LINEARIZE:
-        raise ConfigError(f"method.linearize must be one of {LINEARIZE}, got '{linearize}'")
-    if linearize == "last_k_layers" and k < 1:
-        raise ConfigError(f"method.k must be >= 1 with method.linearize=last_k_layers, got {k}")
-    if loss not in LOSSES:
-        raise ConfigError(f"method.loss must be one of {LOSSES}, got '{loss}'")
-    if precondition not in PRECONDITIONERS:
-        raise ConfigError(f"method.precondition must be one of {PRECONDITIONERS}, got '{precondition}'")
-    if not 0.0 <= slope < 1.0:
-        raise ConfigError(f"method.leaky_relu_slope must be in [0, 1) (0 keeps ReLU/GELU), got {slope}")
-    if scale <= 0:
-        raise ConfigError(f"method.target_scale must be > 0, got {scale}")
-    if precondition == "kfac" and damping <= 0:
-        raise ConfigError(f"method.kfac_damping must be > 0, got {damping}")
-    if update_every < 0:
-        raise ConfigError(f"method.kfac_update_every must be >= 0 (0 = once at the start), got {update_every}")
+    def __post_init__(self) -> None:
+        if self.linearize not in LINEARIZE:
+            raise ConfigError(f"method.linearize must be one of {LINEARIZE}, got '{self.linearize}'")
+        if self.linearize == "last_k_layers" and self.k < 1:
+            raise ConfigError(f"method.k must be >= 1 with method.linearize=last_k_layers, got {self.k}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"method.loss must be one of {LOSSES}, got '{self.loss}'")
+        if self.precondition not in PRECONDITIONERS:
+            raise ConfigError(f"method.precondition must be one of {PRECONDITIONERS}, got '{self.precondition}'")
+        if not 0.0 <= self.leaky_relu_slope < 1.0:
+            raise ConfigError(
+                f"method.leaky_relu_slope must be in [0, 1) (0 keeps ReLU/GELU), got {self.leaky_relu_slope}"
+            )
+        if self.target_scale <= 0:
+            raise ConfigError(f"method.target_scale must be > 0, got {self.target_scale}")
+        if self.precondition == "kfac" and self.kfac_damping <= 0:
+            raise ConfigError(f"method.kfac_damping must be > 0, got {self.kfac_damping}")
+        if self.kfac_update_every < 0:
+            raise ConfigError(
+                f"method.kfac_update_every must be >= 0 (0 = once at the start), got {self.kfac_update_every}"
+            )
 
 
 def parameter_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -227,57 +229,32 @@ def _load_w0(model: nn.Module, run_dir: str, checkpoint: str, num_classes: int) 
 class LinearQuadraticFineTuning(ClassificationMethod):
     """Fine-tunes the linearization of the network around ``w0`` (LQF): leaky-ReLU, MSE, K-FAC."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: OptimizerFactory,
-        num_classes: int,
-        linearize: str = "all",
-        k: int = 1,
-        loss: str = "mse",
-        target_scale: float = 1.0,
-        leaky_relu_slope: float = 0.1,
-        precondition: str = "kfac",
-        kfac_damping: float = 1.0,
-        kfac_update_every: int = 0,
-        kfac_samples: int = 2048,
-        init_run_dir: str | None = None,
-        init_checkpoint: str = "best",
-    ) -> None:
-        _check_options(linearize, k, loss, precondition, leaky_relu_slope, target_scale, kfac_damping,
-                       kfac_update_every)
-        if init_run_dir:
-            _load_w0(model, init_run_dir, init_checkpoint, num_classes)
-        layers = select_layers(model, linearize, k)
-        if precondition == "kfac":
+    def __init__(self, config: LQFConfig, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
+        if config.init_run_dir:
+            _load_w0(model, config.init_run_dir, config.init_checkpoint, num_classes)
+        layers = select_layers(model, config.linearize, config.k)
+        if config.precondition == "kfac":
             modules = dict(model.named_modules())
             check_covered({name: modules[name] for name in layers})
-        swapped = swap_activations(model, layers[0], leaky_relu_slope)
-        log.info("lqf: linearized layers %s; activations swapped to LeakyReLU(%s): %s", layers, leaky_relu_slope,
-                 swapped or "none")
+        swapped = swap_activations(model, layers[0], config.leaky_relu_slope)
+        log.info("lqf: linearized layers %s; activations swapped to LeakyReLU(%s): %s", layers,
+                 config.leaky_relu_slope, swapped or "none")
         names = [f"{layer}.{p}" if layer else p for layer in layers
                  for p, _ in model.get_submodule(layer).named_parameters(recurse=False)]
-        super().__init__(LinearizedNetwork(model, names), optimizer, num_classes)
+        super().__init__(config, model=LinearizedNetwork(model, names), optimizer=optimizer, num_classes=num_classes)
         self.linearized, self.swapped = layers, swapped
-        self.loss_kind, self.target_scale = loss, target_scale
-        self.kfac_update_every, self.kfac_samples = kfac_update_every, kfac_samples
-        self.kfac = KFAC(self.model.network, layers, loss, kfac_damping) if precondition == "kfac" else None
+        self.loss_kind, self.target_scale = config.loss, config.target_scale
+        self.kfac_update_every, self.kfac_samples = config.kfac_update_every, config.kfac_samples
+        kfac = config.precondition == "kfac"
+        self.kfac = KFAC(self.model.network, layers, config.loss, config.kfac_damping) if kfac else None
         self.last_x: Any = None
         self.steps = 0
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Before anything is built: valid options, no DP optimizer, a complete ``init_run_dir``."""
+        """Before anything is built: no DP optimizer, a complete ``init_run_dir``."""
         m = cfg.method
-        _check_options(str(m.linearize), int(m.k), str(m.loss), str(m.precondition), float(m.leaky_relu_slope),
-                       float(m.target_scale), float(m.kfac_damping), int(m.kfac_update_every))
-        from trustml.optim.base import PerSampleGradientOptimizer
-
-        try:
-            opt_cls = resolve_target(str(cfg.optimizer._target_))
-        except (ImportError, AttributeError):
-            opt_cls = None
-        if isinstance(opt_cls, type) and issubclass(opt_cls, PerSampleGradientOptimizer):
+        if selects_per_sample_optimizer(cfg):
             raise ConfigError(
                 "method=lqf cannot run with a per-sample-gradient optimizer (DP): per-sample gradients of the JVP "
                 "(linearized) model are not supported; use optimizer=adam|adamw|sgd"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ OBJECTIVES = ("untreated", "naive", "focal_distillation")
 
 @dataclass
 class PCConfig:
-    """Options of ``method=pc``."""
+    """Options of ``method=pc`` (see the module doc); ``old_run_dirs`` are checked before anything is built."""
 
     old_run_dirs: list[str] = field(default_factory=list)
     old_checkpoint: str = "best"
@@ -59,51 +58,32 @@ class PCConfig:
     online_old_logits: bool = False
     old_batch_size: int = 1024
 
-
-def _check_options(objective: str, distance: str, weight: float, alpha: float, beta: float) -> None:
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"method.objective must be one of {OBJECTIVES}, got '{objective}'")
-    if distance not in DISTANCES:
-        raise ConfigError(f"method.distance must be one of {DISTANCES}, got '{distance}'")
-    if weight < 0 or alpha < 0 or beta < 0:
-        raise ConfigError(f"method.weight/alpha/beta must be >= 0, got {weight}/{alpha}/{beta}")
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"method.objective must be one of {OBJECTIVES}, got '{self.objective}'")
+        if self.distance not in DISTANCES:
+            raise ConfigError(f"method.distance must be one of {DISTANCES}, got '{self.distance}'")
+        if self.weight < 0 or self.alpha < 0 or self.beta < 0:
+            raise ConfigError(f"method.weight/alpha/beta must be >= 0, got {self.weight}/{self.alpha}/{self.beta}")
 
 
 @register("method", "pc", dataclass=PCConfig)
 class PositiveCongruentTraining(ClassificationMethod):
     """Trains the new model with a positive-congruent objective against a frozen old model; logs flip metrics."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: OptimizerFactory,
-        num_classes: int,
-        old_run_dirs: Sequence[str] = (),
-        old_checkpoint: str = "best",
-        objective: str = "focal_distillation",
-        distance: str = "kl",
-        weight: float = 1.0,
-        alpha: float = 1.0,
-        beta: float = 5.0,
-        temperature: float = 100.0,
-        ldi_top_k: int = 10,
-        ldi_margin: float = 0.0,
-        ldi_power: float = 2.0,
-        online_old_logits: bool = False,
-        old_batch_size: int = 1024,
-    ) -> None:
-        super().__init__(model, optimizer, num_classes)
-        _check_options(objective, distance, weight, alpha, beta)
-        check_run_dirs(old_run_dirs, "method.old_run_dirs", old_checkpoint)
-        self.old_run_dirs = [str(d) for d in old_run_dirs]
-        self.old_checkpoint = old_checkpoint
-        self.objective = objective
+    def __init__(self, config: PCConfig, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
+        super().__init__(config, model=model, optimizer=optimizer, num_classes=num_classes)
+        check_run_dirs(config.old_run_dirs, "method.old_run_dirs", config.old_checkpoint)
+        self.old_run_dirs = [str(d) for d in config.old_run_dirs]
+        self.old_checkpoint = config.old_checkpoint
+        self.objective = config.objective
         self.distance = logit_distance(
-            distance, temperature=temperature, top_k=ldi_top_k, margin=ldi_margin, power=ldi_power
+            config.distance, temperature=config.temperature, top_k=config.ldi_top_k, margin=config.ldi_margin,
+            power=config.ldi_power,
         )
-        self.weight, self.alpha, self.beta = weight, alpha, beta
-        self.online_old_logits = online_old_logits
-        self.old_batch_size = old_batch_size
+        self.weight, self.alpha, self.beta = config.weight, config.alpha, config.beta
+        self.online_old_logits = config.online_old_logits
+        self.old_batch_size = config.old_batch_size
         self.flip_metrics = nn.ModuleDict({split: FlipMetrics(num_classes) for split in ("val", "test")})
         self.label_names: list[str] | None = None
         self.old_logits = OutputCache(self._old_forward)
@@ -113,9 +93,8 @@ class PositiveCongruentTraining(ClassificationMethod):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Before anything is built: valid options, and every old run directory complete with its checkpoint."""
+        """Before anything is built: every old run directory complete with its checkpoint."""
         method = cfg.method
-        _check_options(str(method.objective), str(method.distance), method.weight, method.alpha, method.beta)
         check_run_dirs(list(method.old_run_dirs), "method.old_run_dirs", str(method.old_checkpoint))
 
     # --- the objective -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ validation and test log it with token accuracy (``val/acc``, what the default ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,10 +22,9 @@ from torchmetrics.text import Perplexity
 from trustml.errors import ConfigError
 from trustml.knobs.grounded_data import SEQ2SEQ_INPUT_KIND
 from trustml.knobs.seq2seq_model import IGNORE_INDEX
-from trustml.optim.base import PerSampleGradientOptimizer
-from trustml.registry import register, resolve_target
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+from trustml.methods.base import OptimizerFactory, selects_per_sample_optimizer
+from trustml.plugin import MethodPlugin
+from trustml.registry import plugin_class, register
 
 
 def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
@@ -47,13 +45,16 @@ class Seq2SeqConfig:
 
 
 @register("method", "seq2seq", dataclass=Seq2SeqConfig)
-class Seq2SeqMethod(pl.LightningModule):
+class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
     """Teacher-forced token cross-entropy on an :class:`~trustml.knobs.seq2seq_model.HFSeq2SeqModel`."""
 
     supported_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerFactory, num_classes: int = 0) -> None:
+    def __init__(
+        self, config: Seq2SeqConfig, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int = 0
+    ) -> None:
         super().__init__()
+        self.config = config
         self.model = model
         self.optimizer_factory = optimizer
         self.perplexity = nn.ModuleDict({split: Perplexity(ignore_index=IGNORE_INDEX) for split in ("val", "test")})
@@ -61,14 +62,13 @@ class Seq2SeqMethod(pl.LightningModule):
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
         """Refuse models that are not encoder-decoders and optimizers that need per-sample gradients."""
-        model_cls = resolve_target(str(cfg.model._target_))
-        if SEQ2SEQ_INPUT_KIND not in (getattr(model_cls, "accepted_input_kinds", None) or ()):
+        model_cls = plugin_class("model", cfg.model)
+        if SEQ2SEQ_INPUT_KIND not in (model_cls.accepted_input_kinds or ()):
             raise ConfigError(
                 f"method=seq2seq trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
                 "use model=hf_seq2seq"
             )
-        optimizer_cls = resolve_target(str(cfg.optimizer._target_))
-        if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, PerSampleGradientOptimizer):
+        if selects_per_sample_optimizer(cfg):
             raise ConfigError(
                 f"method=seq2seq does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
                 "use optimizer=adam or another torch optimizer"

@@ -1,4 +1,4 @@
-"""The simulated device population: which training rows each device holds in each time period."""
+"""The simulated client population: which training rows each client holds in each time period."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import numpy as np
 
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
-from trustml.federation.continual import arrival_order, device_windows
+from trustml.federation.continual import arrival_order, client_windows
 from trustml.federation.options import FederationConfig
 from trustml.federation.partition import Partition, make_partition, partition_statistics
 
 
-class DevicePopulation:
-    """Devices built from the training split by the configured partitioner and arrival schedule.
+class ClientPopulation:
+    """Clients built from the training split by the configured partitioner and arrival schedule.
 
-    ``windows(t)`` gives the rows each device holds in period ``t`` (all of them in the static setting);
-    ``sizes(t)`` their counts, which is all the server learns about a device's data.
+    ``windows(t)`` gives the rows each client holds in period ``t`` (all of them in the static setting);
+    ``sizes(t)`` their counts, which is all the server learns about a client's data.
     """
 
     def __init__(self, partition: Partition, arrivals: Partition, names: list[str] | None, options: FederationConfig,
@@ -29,23 +29,23 @@ class DevicePopulation:
         self._cached: tuple[int, Partition, np.ndarray] | None = None
 
     @classmethod
-    def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> DevicePopulation:
+    def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> ClientPopulation:
         """Partition ``datamodule``'s training split as ``options`` say (seeded by ``partition_seed``).
 
-        ``num_devices`` above the number of training samples is refused (:class:`ConfigError`): that many devices
-        cannot all hold data. Empty devices that skew leaves are allowed (see :attr:`empty_devices`).
+        ``num_clients`` above the number of training samples is refused (:class:`ConfigError`): that many clients
+        cannot all hold data. Empty clients that skew leaves are allowed (see :attr:`empty_clients`).
         """
         train = datamodule.splits["train"]
         labels = train.labels.numpy()
-        if options.partition != "natural" and options.num_devices > len(labels):
+        if options.partition != "natural" and options.num_clients > len(labels):
             raise ConfigError(
-                f"federation.num_devices={options.num_devices} exceeds the {len(labels)} training samples, so at "
-                f"least {options.num_devices - len(labels)} devices would hold no data; lower federation.num_devices "
+                f"federation.num_clients={options.num_clients} exceeds the {len(labels)} training samples, so at "
+                f"least {options.num_clients - len(labels)} clients would hold no data; lower federation.num_clients "
                 f"to at most {len(labels)}"
             )
         rng = np.random.default_rng(options.partition_seed)
         partition, names = make_partition(
-            options.partition, labels, train.groups, num_devices=options.num_devices,
+            options.partition, labels, train.groups, num_clients=options.num_clients,
             dirichlet_alpha=options.dirichlet_alpha, quantity_beta=options.quantity_beta,
             group_column=options.group_column, rng=rng,
         )
@@ -56,27 +56,27 @@ class DevicePopulation:
         return len(self.partition)
 
     @property
-    def empty_devices(self) -> int:
-        """Number of devices that hold no training sample in any period (never selected)."""
+    def empty_clients(self) -> int:
+        """Number of clients that hold no training sample in any period (never selected)."""
         return sum(len(rows) == 0 for rows in self.partition)
 
     def _period(self, period: int) -> tuple[int, Partition, np.ndarray]:
         """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round)."""
         if self._cached is None or self._cached[0] != period:
-            windows = device_windows(self.arrivals, period, self.num_periods, self.storage_cap)
+            windows = client_windows(self.arrivals, period, self.num_periods, self.storage_cap)
             self._cached = (period, windows, np.array([len(rows) for rows in windows], dtype=np.int64))
         return self._cached
 
     def windows(self, period: int) -> Partition:
-        """Rows held by every device in ``period``."""
+        """Rows held by every client in ``period``."""
         return self._period(period)[1]
 
     def sizes(self, period: int) -> np.ndarray:
-        """Number of samples every device holds in ``period`` (a copy)."""
+        """Number of samples every client holds in ``period`` (a copy)."""
         return self._period(period)[2].copy()
 
     def statistics(self) -> dict[str, Any]:
-        """Partition statistics (samples and label entropy per device) plus the arrival schedule."""
+        """Partition statistics (samples and label entropy per client) plus the arrival schedule."""
         stats = partition_statistics(self.labels, self.partition, self.num_classes, self.names)
         stats["num_periods"] = self.num_periods
         stats["storage_cap"] = self.storage_cap
