@@ -12,7 +12,11 @@ from omegaconf import OmegaConf
 
 @dataclass
 class TrainSchema:
-    """Top-level options; the groups (data, model, ...) are filled by the defaults list."""
+    """Top-level options; the groups (data, model, ...) are filled by the defaults list.
+
+    ``ckpt_path``: a checkpoint of an earlier run of the same configuration (``RUN/checkpoints/last.ckpt``) to resume
+    training from, whatever the ``federation`` plugin (as ``Trainer.fit(ckpt_path=...)``).
+    """
 
     task_name: str = "train"
     seed: int | None = None
@@ -20,6 +24,7 @@ class TrainSchema:
     trusted_target_prefixes: list[str] = field(default_factory=list)
     print_results: bool = True
     optimized_metric: str | None = None
+    ckpt_path: str | None = None
     data: Any = None
     model: Any = None
     method: Any = None

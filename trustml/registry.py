@@ -122,10 +122,7 @@ def register(group: str, name: str, dataclass: type) -> Callable[[T], T]:  # noq
 def _package_modules() -> Iterator[tuple[str, Path]]:
     """``(module name, source file)`` of every module in :data:`PLUGIN_PACKAGES` (found without importing)."""
     for package in PLUGIN_PACKAGES:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for location in spec.submodule_search_locations:
+        for location in importlib.import_module(package).__path__:  # the packages' __init__ modules are empty
             for info in pkgutil.iter_modules([location]):
                 path = Path(location) / (f"{info.name}/__init__.py" if info.ispkg else f"{info.name}.py")
                 if path.is_file():

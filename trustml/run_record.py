@@ -23,13 +23,14 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from trustml.atomic_files import write_json_atomic
 from trustml.errors import CheckpointError, ConfigError, TrustMLError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 RECORDED_PACKAGES = (
     "trustml",
@@ -80,10 +81,13 @@ def package_versions() -> dict[str, str | None]:
 
 
 def device_description() -> dict[str, Any]:
-    """The compute device: CUDA device name when available, else CPU with its thread count."""
-    if torch.cuda.is_available():
+    """The compute device: the CUDA device when the task uses torch and one is available, else the CPU with its
+    thread count."""
+    torch = sys.modules.get("torch")  # a task that does not use torch (trustml-synth) runs on the CPU
+    if torch is not None and torch.cuda.is_available():
         return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    threads = torch.get_num_threads() if torch is not None else os.cpu_count()
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": threads}
 
 
 class RunInterrupted(BaseException):
@@ -340,6 +344,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Model weights from a Lightning checkpoint (keys of the method's ``model.`` submodule), loaded safely."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -365,9 +371,9 @@ def load_model_from_run(
     prefixes plus the caller's ``trusted_target_prefixes``: prefixes recorded in the run directory are not
     trusted by themselves (a run directory may come from someone else).
     """
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from trustml.registry import build_plugin
     from trustml.safety import check_targets
 
     run_dir = Path(run_dir)
@@ -385,9 +391,7 @@ def load_model_from_run(
             else ""
         )
         raise CheckpointError(f"{run_dir}/run.json: {exc}{hint}") from None
-    model = instantiate(
-        spec["config"], num_classes=spec["num_classes"], input_dim=spec.get("input_dim"), _convert_="all"
-    )
+    model = build_plugin("model", spec["config"], num_classes=spec["num_classes"], input_dim=spec.get("input_dim"))
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     state = load_state_dict(ckpt)
     try:

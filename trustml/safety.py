@@ -104,10 +104,13 @@ def _is_trusted(target: str, prefixes: Iterable[str]) -> bool:
 
 
 def _registered_targets() -> set[str]:
-    """The exact ``_target_`` of every registered plugin (installed code the user chose)."""
-    from trustml.registry import plugins
+    """The exact ``_target_`` of every plugin (installed code the user chose): registered ones and those the source
+    index lists (a run imports only the plugins it selects)."""
+    from trustml.registry import plugin_index, plugins
 
-    return {info.target for group in plugins().values() for info in group.values()}
+    registered = {info.target for group in plugins().values() for info in group.values()}
+    indexed = {f"{e.module}.{e.qualname}" for group in plugin_index().values() for e in group.values()}
+    return registered | indexed
 
 
 def _refusal(target: str) -> str | None:

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from trustml.optim.dp import DPSGD
+from trustml.privacy.engine import NoisePlan
+from trustml.privacy.optimizers import DPSGDOptimizer
+from trustml.privacy.options import DPSGDConfig
 
 HERE = Path(__file__).resolve().parent
 TOPICAL_CHAT = HERE.parents[1].parent / "shared" / "data" / "topical_chat" / "conversations_valid_freq.json"
@@ -49,12 +51,12 @@ def digits_case(device: torch.device) -> tuple[nn.Module, Batch]:
     """MLP on a batch of 256 scikit-learn digits."""
     from sklearn.datasets import load_digits
 
-    from trustml.models.mlp import MLP
+    from trustml.models.mlp import MLP, MLPConfig
 
     digits = load_digits()
     x = torch.tensor(digits.data[:256], dtype=torch.float32) / 16.0
     y = torch.tensor(digits.target[:256])
-    model = MLP(num_classes=10, input_dim=64, hidden_sizes=[256, 128], dropout=0.1)
+    model = MLP(MLPConfig(hidden_sizes=[256, 128], dropout=0.1), num_classes=10, input_dim=64)
     return model.to(device), {"x": x.to(device), "y": y.to(device), "index": torch.arange(256, device=device)}
 
 
@@ -67,9 +69,10 @@ def _topical_chat_turns(count: int) -> tuple[list[str], list[int]]:
 
 def minilm_case(device: torch.device) -> tuple[nn.Module, Batch]:
     """MiniLM classifier fine-tuning its last two layers on 32 Topical-Chat turns (64 tokens at most)."""
-    from trustml.models.hf_encoder import HFEncoderClassifier
+    from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
 
-    model = HFEncoderClassifier(num_classes=8, trainable_last_layers=2, cache_embeddings=False, max_length=64)
+    config = HFEncoderConfig(trainable_last_layers=2, cache_embeddings=False, max_length=64)
+    model = HFEncoderClassifier(config, num_classes=8)
     texts, labels = _topical_chat_turns(32)
     x = model.featurize(texts)
     batch = {"x": {k: v.to(device) for k, v in x.items()}, "y": torch.tensor(labels, device=device) % 8}
@@ -103,8 +106,8 @@ def make_step(variant: str, model: nn.Module, batch: Batch) -> Step:
 
         return step
     if variant == "trustml DP":
-        dp = DPSGD(_trainable(model), lr=0.01, noise_multiplier=NOISE, max_grad_norm=CLIP)
-        dp.configure_noise(NOISE, expected_batch_size=size)
+        config = DPSGDConfig(lr=0.01, noise_multiplier=NOISE, max_grad_norm=CLIP)
+        dp = DPSGDOptimizer(_trainable(model), config, NoisePlan(NOISE, expected_batch_size=size))
         return lambda: dp.private_step(model, _cross_entropy, batch)
     from opacus import PrivacyEngine
 

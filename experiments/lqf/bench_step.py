@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from trustml.methods.lqf import LinearizedNetwork, lqf_sample_losses, select_layers, swap_activations
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 from trustml.optim.kfac import KFAC
 
 SETTINGS = {  # name: (input_dim, hidden_sizes, classes, batch)
@@ -50,7 +50,7 @@ def bench(setting: str, linearize: str, repeats: int, kfac_samples: int) -> dict
     input_dim, hidden, classes, batch = SETTINGS[setting]
     torch.manual_seed(0)
     x, y = torch.randn(batch, input_dim), torch.randint(0, classes, (batch,))
-    net = MLP(classes, input_dim, hidden, dropout=0.0).eval()
+    net = MLP(MLPConfig(hidden_sizes=hidden, dropout=0.0), num_classes=classes, input_dim=input_dim).eval()
     layers = select_layers(net, linearize)
     names = [f"{layer}.{p}" for layer in layers for p, _ in net.get_submodule(layer).named_parameters(recurse=False)]
 
@@ -66,7 +66,7 @@ def bench(setting: str, linearize: str, repeats: int, kfac_samples: int) -> dict
 
     plain_ms = median_ms(plain, repeats)
 
-    lin_net = MLP(classes, input_dim, hidden, dropout=0.0)
+    lin_net = MLP(MLPConfig(hidden_sizes=hidden, dropout=0.0), num_classes=classes, input_dim=input_dim)
     lin_net.load_state_dict(net.state_dict())
     swap_activations(lin_net, layers[0], 0.1)
     lin = LinearizedNetwork(lin_net, names)

@@ -37,7 +37,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from trustml.methods.lqf import LinearQuadraticFineTuning, LQFConfig
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 
 HIDDEN = [256, 128]
 SOURCE, TARGET = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
@@ -78,7 +78,7 @@ def splits() -> dict[str, tuple[Tensor, Tensor]]:
 
 def pretrain(data: dict[str, tuple[Tensor, Tensor]]) -> tuple[dict[str, Tensor], float]:
     torch.manual_seed(0)
-    net = MLP(len(SOURCE), 64, HIDDEN, dropout=0.0)
+    net = MLP(MLPConfig(hidden_sizes=HIDDEN, dropout=0.0), num_classes=len(SOURCE), input_dim=64)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = data["source"]
     for _ in range(40):
@@ -104,7 +104,8 @@ def draw(pool: tuple[Tensor, Tensor], shots: int | None, seed: int) -> tuple[Ten
 
 def finetune(arm: str, body: dict[str, Tensor], train: tuple[Tensor, Tensor], lr: float, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = MLP(len(TARGET), 64, HIDDEN, dropout=0.0)  # fresh head (seeded), pretrained body
+    # fresh head (seeded), pretrained body
+    net = MLP(MLPConfig(hidden_sizes=HIDDEN, dropout=0.0), num_classes=len(TARGET), input_dim=64)
     net.load_state_dict(body, strict=False)
     x, y = train
     optimizer = partial(torch.optim.SGD, lr=lr, momentum=0.9)

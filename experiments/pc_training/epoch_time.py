@@ -21,9 +21,9 @@ import torch
 from summarize import replace_block
 
 from trustml.callbacks.epoch_metrics import EpochMetricsCSV
-from trustml.data.digits import DigitsDataModule
+from trustml.data.digits import DigitsConfig, DigitsDataModule
 from trustml.methods.pc import PCConfig, PositiveCongruentTraining
-from trustml.models.mlp import MLP
+from trustml.models.mlp import MLP, MLPConfig
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {
@@ -38,8 +38,8 @@ VARIANTS = {
 def median_epoch_time(old_run_dir: str, options: dict, epochs: int, seed: int) -> float:
     """Median training-epoch seconds of one fit of the new digits model with ``options``."""
     pl.seed_everything(seed, verbose=False)
-    data = DigitsDataModule(val_fraction=0.15, test_fraction=0.5)
-    model = MLP(num_classes=10, input_dim=64, hidden_sizes=[256, 128], dropout=0.1)
+    data = DigitsDataModule(DigitsConfig(val_fraction=0.15, test_fraction=0.5))
+    model = MLP(MLPConfig(hidden_sizes=[256, 128], dropout=0.1), num_classes=10, input_dim=64)
     method = PositiveCongruentTraining(
         PCConfig(old_run_dirs=[old_run_dir], **options),
         model=model,

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import SHARED_DATA, requires_shared_data
-from trustml.data.digits import DigitsDataModule
-from trustml.data.text_classification import TextClassificationDataModule, read_records
-from trustml.data.topical_chat import SENTIMENTS, TopicalChatSentimentDataModule
+from trustml.data.digits import DigitsConfig, DigitsDataModule
+from trustml.data.text_classification import TextClassificationConfig, TextClassificationDataModule, read_records
+from trustml.data.topical_chat import TopicalChatSentimentConfig, TopicalChatSentimentDataModule
+from trustml.data.topical_chat_files import SENTIMENTS
 from trustml.errors import DataError
 
 
 def test_digits_splits_are_disjoint_standardized_and_stable() -> None:
-    a, b = DigitsDataModule(), DigitsDataModule()
+    a, b = DigitsDataModule(DigitsConfig()), DigitsDataModule(DigitsConfig())
     a.setup()
     b.setup()
     ids = [set(a.splits[s].index.tolist()) for s in ("train", "val", "test")]
@@ -39,7 +40,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_text_classification_jsonl_with_custom_columns(tmp_path: Path) -> None:
     rows = [{"utt": f"sample {i}", "intent": "ab"[i % 2], "spk": f"s{i % 5}"} for i in range(40)]
     path = _write_jsonl(tmp_path / "d.jsonl", rows)
-    dm = TextClassificationDataModule(path=str(path), text_field="utt", label_field="intent", group_field="spk")
+    dm = TextClassificationDataModule(
+        TextClassificationConfig(path=str(path), text_field="utt", label_field="intent", group_field="spk")
+    )
     dm.setup()
     assert dm.label_names == ["a", "b"] and dm.input_kind == "text"
     groups = {s: set(dm.splits[s].groups["group"].tolist()) for s in ("train", "val", "test")}
@@ -51,7 +54,11 @@ def test_text_classification_csv_per_split_files(tmp_path: Path) -> None:
     for split in ("train", "val", "test"):
         (tmp_path / f"{split}.csv").write_text("text,label\n" + "".join(f'"x, {i}",{"pn"[i % 2]}\n' for i in range(6)))
     dm = TextClassificationDataModule(
-        train_path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"), test_path=str(tmp_path / "test.csv")
+        TextClassificationConfig(
+            train_path=str(tmp_path / "train.csv"),
+            val_path=str(tmp_path / "val.csv"),
+            test_path=str(tmp_path / "test.csv"),
+        )
     )
     dm.setup()
     assert dm.splits["train"].inputs[1] == "x, 1" and len(dm.splits["test"]) == 6
@@ -78,14 +85,18 @@ def test_unknown_label_in_eval_split_is_an_error(tmp_path: Path) -> None:
     _write_jsonl(tmp_path / "tr.jsonl", [{"text": "a", "label": "x"}])
     _write_jsonl(tmp_path / "te.jsonl", [{"text": "b", "label": "x"}, {"text": "c", "label": "zzz"}])
     dm = TextClassificationDataModule(
-        train_path=str(tmp_path / "tr.jsonl"), val_path=str(tmp_path / "tr.jsonl"), test_path=str(tmp_path / "te.jsonl")
+        TextClassificationConfig(
+            train_path=str(tmp_path / "tr.jsonl"),
+            val_path=str(tmp_path / "tr.jsonl"),
+            test_path=str(tmp_path / "te.jsonl"),
+        )
     )
     with pytest.raises(DataError, match="te.jsonl:2: label 'zzz' does not occur"):
         dm.setup()
 
 
 def test_missing_file_names_the_option(tmp_path: Path) -> None:
-    dm = TextClassificationDataModule(path=str(tmp_path / "nope.jsonl"))
+    dm = TextClassificationDataModule(TextClassificationConfig(path=str(tmp_path / "nope.jsonl")))
     with pytest.raises(DataError, match="nope.jsonl.*data.\\*path"):
         dm.setup()
 
@@ -118,10 +129,12 @@ def _toy_topical_chat(folder: Path) -> None:
 def test_topical_chat_splits_by_conversation(tmp_path: Path) -> None:
     _toy_topical_chat(tmp_path / "tc")
     dm = TopicalChatSentimentDataModule(
-        data_dir=str(tmp_path / "tc"),
-        train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
-        test_files=["conversations_test_freq.json"],
-        val_fraction=0.2,
+        TopicalChatSentimentConfig(
+            data_dir=str(tmp_path / "tc"),
+            train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
+            test_files=["conversations_test_freq.json"],
+            val_fraction=0.2,
+        )
     )
     dm.setup()
     conv = {s: set(dm.splits[s].groups["conversation"].tolist()) for s in ("train", "val", "test")}
@@ -134,7 +147,9 @@ def test_topical_chat_bad_sentiment_is_reported(tmp_path: Path) -> None:
     (tmp_path / "tc").mkdir()
     bad = {"c1": {"content": [{"message": "hi", "agent": "agent_1", "sentiment": "Bored"}]}}
     (tmp_path / "tc" / "x.json").write_text(json.dumps(bad))
-    dm = TopicalChatSentimentDataModule(data_dir=str(tmp_path / "tc"), train_files=["x.json"], test_files=["x.json"])
+    dm = TopicalChatSentimentDataModule(
+        TopicalChatSentimentConfig(data_dir=str(tmp_path / "tc"), train_files=["x.json"], test_files=["x.json"])
+    )
     with pytest.raises(DataError, match="x.json: conversation c1 turn 0 has sentiment 'Bored'"):
         dm.setup()
 
@@ -142,9 +157,11 @@ def test_topical_chat_bad_sentiment_is_reported(tmp_path: Path) -> None:
 @requires_shared_data("topical_chat")
 def test_real_topical_chat_sentiment() -> None:
     dm = TopicalChatSentimentDataModule(
-        data_dir=str(SHARED_DATA / "topical_chat"),
-        train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
-        test_files=["conversations_test_freq.json"],
+        TopicalChatSentimentConfig(
+            data_dir=str(SHARED_DATA / "topical_chat"),
+            train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
+            test_files=["conversations_test_freq.json"],
+        )
     )
     dm.setup()
     assert len(dm.splits["test"]) > 10_000
@@ -153,9 +170,9 @@ def test_real_topical_chat_sentiment() -> None:
 
 
 def test_train_subset_keeps_a_seeded_random_part_with_original_ids() -> None:
-    full = DigitsDataModule()
-    half = DigitsDataModule(train_subset_fraction=0.5, train_subset_seed=3)
-    other = DigitsDataModule(train_subset_fraction=0.5, train_subset_seed=4)
+    full = DigitsDataModule(DigitsConfig())
+    half = DigitsDataModule(DigitsConfig(train_subset_fraction=0.5, train_subset_seed=3))
+    other = DigitsDataModule(DigitsConfig(train_subset_fraction=0.5, train_subset_seed=4))
     for dm in (full, half, other):
         dm.setup()
     ids = {n: set(dm.splits["train"].index.tolist()) for n, dm in (("full", full), ("half", half), ("other", other))}
@@ -163,4 +180,4 @@ def test_train_subset_keeps_a_seeded_random_part_with_original_ids() -> None:
     assert ids["half"] != ids["other"]
     assert half.splits["test"].index.tolist() == full.splits["test"].index.tolist()
     with pytest.raises(DataError, match="train_subset_fraction"):
-        DigitsDataModule(train_subset_fraction=0.0)
+        DigitsDataModule(DigitsConfig(train_subset_fraction=0.0))

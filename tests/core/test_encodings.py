@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import only_run_dir, read_json, run_cli
-from trustml.data.text_classification import TextClassificationDataModule, read_records
+from trustml.data.text_classification import TextClassificationConfig, TextClassificationDataModule, read_records
 from trustml.data.text_files import decode_text, read_text
-from trustml.data.topical_chat import TopicalChatSentimentDataModule
+from trustml.data.topical_chat import TopicalChatSentimentConfig, TopicalChatSentimentDataModule
+from trustml.data.topical_chat_files import read_grounded_turns
+from trustml.data.topical_chat_grounded import TopicalChatGrounded, TopicalChatGroundedConfig
 from trustml.errors import DataError
-from trustml.knobs.grounded_data import TopicalChatGrounded
-from trustml.knobs.topical_chat import read_grounded_turns
 
 LABELS = ("café", "naïve")
 
@@ -86,9 +86,9 @@ def test_text_classification_refuses_latin1_by_default_and_reads_it_when_declare
     suffix = ".jsonl" if writer is _latin1_jsonl else ".csv"
     path = writer(tmp_path / f"d{suffix}")
     with pytest.raises(DataError, match=_refusal(path, 1 if suffix == ".jsonl" else 2)):
-        TextClassificationDataModule(path=str(path)).setup()
+        TextClassificationDataModule(TextClassificationConfig(path=str(path))).setup()
     for encoding in ("latin-1", "auto"):
-        dm = TextClassificationDataModule(path=str(path), encoding=encoding)
+        dm = TextClassificationDataModule(TextClassificationConfig(path=str(path), encoding=encoding))
         dm.setup()
         assert dm.label_names == sorted(LABELS)
         assert all(text.startswith("crème brûlée") for text in dm.splits["train"].inputs)
@@ -96,14 +96,16 @@ def test_text_classification_refuses_latin1_by_default_and_reads_it_when_declare
 
 def test_text_classification_checks_the_encoding_name_up_front(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.encoding='utf8x' is not a known text encoding"):
-        TextClassificationDataModule(path=str(tmp_path / "d.jsonl"), encoding="utf8x")
+        TextClassificationDataModule(TextClassificationConfig(path=str(tmp_path / "d.jsonl"), encoding="utf8x"))
 
 
 def test_per_split_files_name_the_file_that_does_not_decode(tmp_path: Path) -> None:
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in _latin1_rows()), encoding="utf-8")
     bad = _latin1_jsonl(tmp_path / "bad.jsonl")
-    dm = TextClassificationDataModule(train_path=str(good), val_path=str(good), test_path=str(bad))
+    dm = TextClassificationDataModule(
+        TextClassificationConfig(train_path=str(good), val_path=str(good), test_path=str(bad))
+    )
     with pytest.raises(DataError, match=_refusal(bad, 1)):
         dm.setup()
 
@@ -183,8 +185,8 @@ def test_topical_chat_sentiment_reads_a_declared_encoding_or_names_file_line_and
     options = {"data_dir": str(folder), "train_files": ["conversations_valid_freq.json"],
                "test_files": ["conversations_test_freq.json"], "val_fraction": 0.2}
     with pytest.raises(DataError, match=_refusal(folder / "conversations_valid_freq.json", 5)):
-        TopicalChatSentimentDataModule(**options).setup()
-    dm = TopicalChatSentimentDataModule(**options, encoding="latin-1")
+        TopicalChatSentimentDataModule(TopicalChatSentimentConfig(**options)).setup()
+    dm = TopicalChatSentimentDataModule(TopicalChatSentimentConfig(**options, encoding="latin-1"))
     dm.setup()
     assert "do you like Beyoncé?" in dm.splits["train"].inputs
 
@@ -195,10 +197,9 @@ def test_topical_chat_grounded_reads_a_declared_encoding_or_names_file_line_and_
         read_grounded_turns(folder, "valid_freq")
     turns = read_grounded_turns(folder, "valid_freq", encoding="latin-1")
     assert turns[0].knowledge == "Beyoncé is a singer from Houston" and turns[0].response == "yes, her café song"
-    data = TopicalChatGrounded(data_dir=str(folder), train_splits=["valid_freq"], test_split="test_freq",
-                               val_fraction=0.2, encoding="latin-1")
+    options = {"data_dir": str(folder), "train_splits": ["valid_freq"], "test_split": "test_freq", "val_fraction": 0.2}
+    data = TopicalChatGrounded(TopicalChatGroundedConfig(**options, encoding="latin-1"))
     data.setup()
     assert len(data.splits["test"]) == 20
     with pytest.raises(DataError, match=_refusal(folder / "wiki.json", 1)):
-        TopicalChatGrounded(data_dir=str(folder), train_splits=["valid_freq"], test_split="test_freq",
-                            val_fraction=0.2).setup()
+        TopicalChatGrounded(TopicalChatGroundedConfig(**options)).setup()

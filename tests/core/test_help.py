@@ -45,7 +45,7 @@ def test_summaries_are_whole_sentences_not_cut_at_a_line_break() -> None:
 
 def test_cli_help_of_one_plugin_and_of_an_unknown_one(tmp_path: Path) -> None:
     shown = run_cli("--help", "federation=fedavg", cwd=tmp_path)
-    assert shown.returncode == 0 and "dp_target_epsilon" in shown.stdout and "float | None = None" in shown.stdout
+    assert shown.returncode == 0 and "privacy.target_epsilon" in shown.stdout and "float | None = None" in shown.stdout
     unknown = run_cli("--help", "method=nope", cwd=tmp_path)
     assert unknown.returncode == 2 and "method options: " in unknown.stdout and "pc" in unknown.stdout
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trustml.errors import ConfigError
-from trustml.models.hf_encoder import HFEncoderClassifier, mean_pool
-from trustml.models.mlp import MLP
+from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig, mean_pool
+from trustml.models.mlp import MLP, MLPConfig
 
 TINY = {
     "model_type": "bert",
@@ -23,7 +23,7 @@ TINY = {
 
 
 def test_mlp_embed_and_head() -> None:
-    model = MLP(num_classes=3, input_dim=5, hidden_sizes=[8, 4], norm="layer").eval()
+    model = MLP(MLPConfig(hidden_sizes=[8, 4], norm="layer"), num_classes=3, input_dim=5).eval()
     x = torch.randn(7, 5)
     assert model.embed(x).shape == (7, 4) and model(x).shape == (7, 3)
     assert torch.allclose(model(x), model.head(model.embed(x)))
@@ -31,9 +31,9 @@ def test_mlp_embed_and_head() -> None:
 
 def test_mlp_rejects_text_and_bad_options() -> None:
     with pytest.raises(ConfigError, match="model=hf_encoder"):
-        MLP(num_classes=2, input_dim=None)
+        MLP(MLPConfig(), num_classes=2, input_dim=None)
     with pytest.raises(ConfigError, match="model.norm"):
-        MLP(num_classes=2, input_dim=3, norm="weird")
+        MLP(MLPConfig(norm="weird"), num_classes=2, input_dim=3)
 
 
 def test_mean_pool_ignores_padding() -> None:
@@ -44,7 +44,7 @@ def test_mean_pool_ignores_padding() -> None:
 
 def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
     texts = ["hello world", "a longer sentence with more tokens", "short"]
-    model = HFEncoderClassifier(num_classes=2, random_init_config=TINY, cache_dir=str(tmp_path))
+    model = HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, cache_dir=str(tmp_path)), num_classes=2)
     first = model.featurize(texts)
     assert first.shape == (3, 16) and len(list(tmp_path.glob("*.pt"))) == 1
     assert model(first).shape == (3, 2)
@@ -55,7 +55,7 @@ def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
 
 def test_padding_in_a_batch_does_not_change_a_texts_embedding(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = HFEncoderClassifier(num_classes=2, random_init_config=TINY, cache_dir=str(tmp_path)).eval()
+    model = HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, cache_dir=str(tmp_path)), num_classes=2).eval()
     texts = ["short", "a much longer sentence with many more tokens than the first one"]
 
     def pooled(batch: list[str], **padding: object) -> torch.Tensor:
@@ -76,7 +76,7 @@ def test_padding_in_a_batch_does_not_change_a_texts_embedding(tmp_path: Path) ->
 
 def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
     model = HFEncoderClassifier(
-        num_classes=2, random_init_config=TINY, trainable_last_layers=1, cache_dir=str(tmp_path)
+        HFEncoderConfig(random_init_config=TINY, trainable_last_layers=1, cache_dir=str(tmp_path)), num_classes=2
     )
     tokens = model.featurize(["one text", "another text here"])
     assert set(tokens) == {"input_ids", "attention_mask"}
@@ -86,11 +86,11 @@ def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
     model(tokens).sum().backward()
     assert model.encoder.encoder.layer[1].output.dense.weight.grad is not None
     with pytest.raises(ConfigError, match="has 2 layers"):
-        HFEncoderClassifier(num_classes=2, random_init_config=TINY, trainable_last_layers=5)
+        HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, trainable_last_layers=5), num_classes=2)
 
 
 def test_offline_minilm_loads_from_its_package(tmp_path: Path) -> None:
-    model = HFEncoderClassifier(num_classes=2, cache_dir=str(tmp_path))
+    model = HFEncoderClassifier(HFEncoderConfig(cache_dir=str(tmp_path)), num_classes=2)
     emb = model.featurize(["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock prices fell sharply."])
     sim = torch.nn.functional.cosine_similarity
     assert emb.shape == (3, 384)
@@ -99,4 +99,4 @@ def test_offline_minilm_loads_from_its_package(tmp_path: Path) -> None:
 
 def test_unloadable_pretrained_name_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="could not be loaded offline"):
-        HFEncoderClassifier(num_classes=2, pretrained="/no/such/model/dir")
+        HFEncoderClassifier(HFEncoderConfig(pretrained="/no/such/model/dir"), num_classes=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import make_method, trainer_factory
-from trustml.data.digits import DigitsDataModule
+from tests.federation.conftest import federation, make_method, trainer_factory
+from trustml.data.digits import DigitsConfig, DigitsDataModule
 from trustml.federation.strategies import FedAvg
 
 
@@ -30,14 +30,15 @@ class SlowClient(pl.Callback):
 def main(root: Path, delay: float) -> None:
     """Run (or resume, when ``root`` holds a checkpoint) the federation into ``root``; save the final model.
 
-    5 rounds of 3 of 10 label-skewed devices; each client fit lasts ``delay`` seconds longer. The final global
+    5 rounds of 3 of 10 label-skewed clients; each client fit lasts ``delay`` seconds longer. The final global
     model goes to ``root/final.pt``. Called in-process too (the test's uninterrupted reference run).
     """
     torch.set_num_threads(1)
-    datamodule = DigitsDataModule(batch_size=16)
+    datamodule = DigitsDataModule(DigitsConfig(batch_size=16))
     datamodule.setup("fit")
     method = make_method(datamodule)
-    plugin = FedAvg(rounds=5, num_devices=10, clients_per_round=3, partition="dirichlet_label", seed=0)
+    plugin = federation(FedAvg, rounds=5, partition={"num_clients": 10, "kind": "dirichlet_label"},
+                        selection={"clients_per_round": 3}, server={"seed": 0})
     plugin.run(method, datamodule, trainer_factory(root, [SlowClient(delay)]))
     torch.save(method.model.state_dict(), root / "final.pt")
 

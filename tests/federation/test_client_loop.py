@@ -18,16 +18,18 @@ import torch
 from tests.federation.conftest import make_method, trainer_factory
 from tests.pc.conftest import BlobsDataModule, mlp_config, train_mlp, write_run
 from trustml.data.base import TrustDataModule
-from trustml.data.digits import DigitsDataModule
-from trustml.federation.client import ClientDidNotTrain, ClientTimeout, ClientUpdate, LocalTrainer
+from trustml.data.digits import DigitsConfig, DigitsDataModule
+from trustml.federation.client import ClientDidNotTrain, ClientTimeout, ClientTrainer, ClientUpdate
 from trustml.federation.flat_state import FlatLayout, get_flat
 from trustml.federation.local_loop import loop_refusal
+from trustml.federation.options import ClientConfig
 from trustml.methods.base import ClassificationMethod
-from trustml.methods.erm import ERM
-from trustml.methods.pc import PositiveCongruentTraining
-from trustml.models.mlp import MLP
-from trustml.optim.dp import DPSGD
+from trustml.methods.erm import ERM, ERMConfig
+from trustml.methods.pc import PCConfig, PositiveCongruentTraining
+from trustml.models.mlp import MLP, MLPConfig
 from trustml.privacy.callback import PrivacyAccountantCallback
+from trustml.privacy.options import DPSGDConfig
+from trustml.privacy.plugins import DPSGD
 from trustml.privacy.sampling import PoissonBatchSampler
 
 ROWS = np.arange(3, 123, 3)  # 40 rows: 3 batches of 16 per epoch
@@ -42,17 +44,18 @@ class ClientPrivacyAccountant(PrivacyAccountantCallback):
 def two_rounds(
     datamodule: TrustDataModule, new_method: Callable[[], pl.LightningModule], client_loop: str, root: Path,
     rows: Sequence[np.ndarray] = (ROWS, ROWS), callbacks: Sequence[pl.Callback] = (), **options: Any,
-) -> tuple[LocalTrainer, list[ClientUpdate]]:
-    """One device's updates in two consecutive rounds (the second from the first's weights and callback state)."""
+) -> tuple[ClientTrainer, list[ClientUpdate]]:
+    """One client's updates in two consecutive rounds (the second from the first's weights and callback state)."""
     method = new_method()
     layout = FlatLayout.of(method.model)
     weights = get_flat(method.model, layout)
-    local = LocalTrainer(method, datamodule, trainer_factory(root), callback_templates=list(callbacks),
-                         client_loop=client_loop, **options)
+    proximal_mu, planned_fits = options.pop("proximal_mu", 0.0), options.pop("planned_fits", None)
+    local = ClientTrainer(method, datamodule, trainer_factory(root), ClientConfig(loop=client_loop, **options),
+                          proximal_mu=proximal_mu, callback_templates=list(callbacks), planned_fits=planned_fits)
     torch.manual_seed(5)
     updates: list[ClientUpdate] = []
-    for device_rows in rows:
-        update = local.train(0, device_rows, weights, updates[-1].callback_states if updates else ())
+    for client_rows in rows:
+        update = local.train(0, client_rows, weights, updates[-1].callback_states if updates else ())
         updates.append(update)
         weights = weights + update.delta
     return local, updates
@@ -74,7 +77,7 @@ def sgd(datamodule: TrustDataModule, momentum: float = 0.0, optimizer: Callable[
     def new_method() -> ERM:
         method = make_method(datamodule)
         factory = optimizer or partial(torch.optim.SGD, lr=0.1, momentum=momentum)
-        return ERM(model=method.model, optimizer=factory, num_classes=10)
+        return ERM(ERMConfig(), model=method.model, optimizer=factory, num_classes=10)
 
     return new_method
 
@@ -109,23 +112,23 @@ def test_the_client_loop_gives_the_update_of_a_lightning_fit(digits, tmp_path, m
     ids=["fixed_sigma", "calibrated_for_target_epsilon"],
 )
 def test_dp_sgd_in_the_client_loop_gives_the_lightning_update_and_privacy_accounting(tmp_path, dp_options) -> None:
-    datamodule = DigitsDataModule(batch_size=16)
+    datamodule = DigitsDataModule(DigitsConfig(batch_size=16))
     datamodule.setup("fit")
     datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
 
     def new_method() -> ERM:
         method = make_method(datamodule)
-        optimizer = partial(DPSGD, lr=0.1, max_grad_norm=1.0, noise_seed=0, **dp_options)
-        return ERM(model=method.model, optimizer=optimizer, num_classes=10)
+        optimizer = DPSGD(DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_seed=0, **dp_options))
+        return ERM(ERMConfig(), model=method.model, optimizer=optimizer, num_classes=10)
 
-    # the device plans its budget for its two fits (the federation's planned_rounds give this per device)
+    # the client plans its budget for its two fits (the federation's planned_rounds give this per client)
     options = {"local_epochs": 2, "callbacks": [ClientPrivacyAccountant()], "planned_fits": np.array([2])}
     local, loop = two_rounds(datamodule, new_method, "auto", tmp_path, **options)
     assert local.loop is not None
     _, lightning = two_rounds(datamodule, new_method, "lightning", tmp_path, **options)
     assert_same_updates(loop, lightning)
     first, second = (update.metrics for update in loop)
-    # the device's epsilon composes over its rounds; both rounds train
+    # the client's epsilon composes over its rounds; both rounds train
     assert second["dp_steps"] == 2 * first["dp_steps"] > 0 and second["epsilon"] > first["epsilon"] > 0
     assert loop[1].delta.abs().sum() > 0
     if dp_options["target_epsilon"] is not None:  # sigma calibrated so that the two planned fits spend epsilon 3
@@ -143,17 +146,18 @@ def test_pc_prepares_in_a_first_lightning_fit_then_trains_in_the_loop_on_cached_
 
     def new_method() -> PositiveCongruentTraining:
         torch.manual_seed(1)
-        model = MLP(num_classes=3, input_dim=8, hidden_sizes=[16], dropout=0.0)
+        model = MLP(MLPConfig(hidden_sizes=[16], dropout=0.0), num_classes=3, input_dim=8)
         # lr 0.01: the focal-distillation loss (KL at temperature 100, times 100^2) is large, and at lr 0.1 the
         # second round diverges (train loss ~2e14), where the comparison would test float rounding, not logic
-        return PositiveCongruentTraining(model=model, optimizer=partial(torch.optim.SGD, lr=0.01), num_classes=3,
-                                         old_run_dirs=[str(old_dir)], objective="focal_distillation")
+        config = PCConfig(old_run_dirs=[str(old_dir)], objective="focal_distillation")
+        return PositiveCongruentTraining(config, model=model, optimizer=partial(torch.optim.SGD, lr=0.01),
+                                         num_classes=3)
 
-    devices = [np.arange(0, 40), np.arange(40, 90)]  # the second device's rows are not cached by the first fit
-    local, loop = two_rounds(blobs, new_method, "auto", tmp_path / "a", rows=devices, local_epochs=2)
+    clients = [np.arange(0, 40), np.arange(40, 90)]  # the second client's rows are not cached by the first fit
+    local, loop = two_rounds(blobs, new_method, "auto", tmp_path / "a", rows=clients, local_epochs=2)
     assert local.prepared and local.loop is not None
     assert local.method.old_logits.known[40:90].all()  # filled on the fly by the loop's prepare_batch
-    _, lightning = two_rounds(blobs, new_method, "lightning", tmp_path / "b", rows=devices, local_epochs=2)
+    _, lightning = two_rounds(blobs, new_method, "lightning", tmp_path / "b", rows=clients, local_epochs=2)
     assert_same_updates(loop, lightning)
     # a sane, learning run: finite updates, and the second round's loss below the first's
     first, second = (update.metrics["train_loss"] for update in loop)
@@ -187,14 +191,15 @@ def test_a_fit_the_loop_cannot_stand_in_for_runs_in_lightning_and_says_why(digit
                                                                            caplog) -> None:
     base = make_method(digits)
     method: ClassificationMethod = (
-        OwnStep(model=base.model, optimizer=base.optimizer_factory, num_classes=10) if change == "method" else base
+        OwnStep(ERMConfig(), model=base.model, optimizer=base.optimizer_factory, num_classes=10) if change == "method"
+        else base
     )
     configured = {"accumulate": {"accumulate_grad_batches": 2}, "clip": {"gradient_clip_val": 1.0}}.get(change, {})
     factory = trainer_factory(tmp_path)
     callbacks = [NeedsTrainer()] if change == "callback" else []
     with caplog.at_level("INFO", logger="trustml.federation.client"):
-        local = LocalTrainer(method, digits, lambda **overrides: factory(**overrides, **configured),
-                             callback_templates=callbacks)
+        local = ClientTrainer(method, digits, lambda **overrides: factory(**overrides, **configured),
+                              callback_templates=callbacks)
         update = local.train(0, ROWS, get_flat(method.model, local.layout))
     assert local.loop is None and update.delta.abs().sum() > 0
     assert "each client fit builds a Lightning Trainer" in caplog.text
@@ -203,7 +208,7 @@ def test_a_fit_the_loop_cannot_stand_in_for_runs_in_lightning_and_says_why(digit
 
 def test_the_plain_case_needs_no_lightning(digits, tmp_path) -> None:
     method = make_method(digits)
-    client_fit = LocalTrainer(method, digits, trainer_factory(tmp_path)).trainer_overrides([])
+    client_fit = ClientTrainer(method, digits, trainer_factory(tmp_path)).trainer_overrides([])
     assert loop_refusal(method, trainer_factory(tmp_path)(**client_fit), []) is None
 
 
@@ -241,8 +246,8 @@ def test_a_slow_client_in_the_loop_stops_and_times_out(digits, tmp_path) -> None
             time.sleep(0.3)
 
     method = make_method(digits)
-    local = LocalTrainer(method, digits, trainer_factory(tmp_path), callback_templates=[Slow()], timeout_s=0.2,
-                         local_epochs=50)
-    with pytest.raises(ClientTimeout, match="federation.client_timeout_s=0.2"):
+    local = ClientTrainer(method, digits, trainer_factory(tmp_path), ClientConfig(timeout_s=0.2, local_epochs=50),
+                          callback_templates=[Slow()])
+    with pytest.raises(ClientTimeout, match="federation.client.timeout_s=0.2"):
         local.train(3, ROWS, get_flat(method.model, local.layout))
     assert local.loop is not None

@@ -1,6 +1,6 @@
 """What a simulation builds once and reuses across client fits gives what building it per fit gives.
 
-The shortcut batch path draws a plain shuffling loader's batches as iterating the loader does; a device's data
+The shortcut batch path draws a plain shuffling loader's batches as iterating the loader does; a client's data
 module is reused while its rows stay the same; the shared model's flat binding loads weights and reads updates
 as ``set_flat`` / ``get_flat`` do, and gives way to them when something replaced an entry's storage.
 """
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from tests.federation.conftest import make_method, trainer_factory
 from trustml.data.base import Split, SplitDataset
-from trustml.federation.client import LocalTrainer
+from trustml.federation.client import ClientTrainer
 from trustml.federation.flat_state import FlatBinding, FlatLayout, get_flat, set_flat
 from trustml.federation.local_loop import loader_batches, plain_shuffling, stateless
 from trustml.privacy.sampling import PoissonBatchSampler, PoissonSamplerFactory
@@ -86,9 +86,9 @@ def test_only_plain_shuffling_loaders_without_generators_are_stateless() -> None
     assert {kind for kind, loader in loaders.items() if stateless(loader)} == {"shuffle"}
 
 
-def test_a_device_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_sampler_per_fit(digits,
+def test_a_client_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_sampler_per_fit(digits,
                                                                                               tmp_path) -> None:
-    local = LocalTrainer(make_method(digits), digits, trainer_factory(tmp_path))
+    local = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path))
     first = local.data_of(4, np.arange(10, 30))
     assert local.data_of(4, np.arange(10, 30)) is first  # an equal array, not the same object
     first.setup("fit")
@@ -98,7 +98,7 @@ def test_a_device_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_
 
     digits.train_batch_sampler_factory = PoissonSamplerFactory(seed=0)
     try:
-        private = LocalTrainer(make_method(digits), digits, trainer_factory(tmp_path)).data_of(4, np.arange(10, 30))
+        private = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path)).data_of(4, np.arange(10, 30))
         private.setup("fit")
         loaders = [private.train_dataloader() for _ in range(2)]
     finally:
@@ -157,7 +157,7 @@ def test_a_model_not_float32_is_not_bound_and_tied_weights_are_bound_once() -> N
 
 def test_the_client_update_is_read_from_the_model_when_its_binding_broke(digits, tmp_path) -> None:
     method = make_method(digits)
-    local = LocalTrainer(method, digits, trainer_factory(tmp_path))
+    local = ClientTrainer(method, digits, trainer_factory(tmp_path))
     weights = get_flat(method.model, local.layout)
     rows = np.arange(0, 40)
     torch.manual_seed(0)

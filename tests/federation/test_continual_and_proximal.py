@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trustml.errors import ConfigError
-from trustml.federation.continual import arrival_order, arrived_counts, device_windows, period_of_round
+from trustml.federation.continual import arrival_order, arrived_counts, client_windows, period_of_round
 from trustml.federation.proximal import ProximalTerm, proximal_term
 
 
@@ -22,12 +22,12 @@ def test_arrivals_are_spread_over_periods_and_all_data_is_there_at_the_end() -> 
 
 def test_windows_grow_over_time_and_the_storage_cap_drops_the_oldest() -> None:
     arrivals = [np.arange(100, 110), np.array([7, 3, 5])]
-    uncapped = device_windows(arrivals, 1, 2, None)
+    uncapped = client_windows(arrivals, 1, 2, None)
     assert uncapped[0].tolist() == list(range(100, 110)) and uncapped[1].tolist() == [7, 3, 5]
-    capped = device_windows(arrivals, 1, 2, storage_cap=2)
+    capped = client_windows(arrivals, 1, 2, storage_cap=2)
     assert capped[0].tolist() == [108, 109]
     assert capped[1].tolist() == [3, 5]
-    first = device_windows(arrivals, 0, 2, storage_cap=2)
+    first = client_windows(arrivals, 0, 2, storage_cap=2)
     assert first[0].tolist() == [103, 104] and first[1].tolist() == [7, 3]
 
 
@@ -37,7 +37,7 @@ def test_rounds_are_spread_evenly_over_periods() -> None:
     assert [period_of_round(r, 4, 8) for r in range(4)] == [0, 2, 4, 6]
 
 
-def test_arrival_order_keeps_data_order_or_shuffles_within_each_device() -> None:
+def test_arrival_order_keeps_data_order_or_shuffles_within_each_client() -> None:
     partition = [np.array([1, 4, 9]), np.array([0, 2])]
     assert [a.tolist() for a in arrival_order(partition, "data", np.random.default_rng(0))] == [[1, 4, 9], [0, 2]]
     shuffled = arrival_order([np.arange(50)], "random", np.random.default_rng(0))[0]

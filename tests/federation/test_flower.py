@@ -1,8 +1,8 @@
 """A real Flower federation: ServerApp and ClientApps on Flower's simulation engine (Ray), no mocks.
 
 Messages travel through Flower's in-memory SuperLink state and Ray actors (separate processes on
-127.0.0.1), exactly as ``runtime=flower`` runs them. Starting Ray and the actors costs most of the time, so
-one Flower run serves every check here: a DP-SGD federation of 4 devices (one of which always crashes) runs
+127.0.0.1), exactly as ``runtime.engine=flower`` runs them. Starting Ray and the actors costs most of the time, so
+one Flower run serves every check here: a DP-SGD federation of 4 clients (one of which always crashes) runs
 its first 2 rounds in-process, is resumed from its checkpoint under Flower for rounds 3-4, and is compared
 with the same federation run in-process for 4 rounds uninterrupted. DP-SGD with fixed seeds (Poisson
 sampler and noise) makes each client fit deterministic, so the two runs must agree (to float rounding).
@@ -24,17 +24,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import make_method, trainer_factory
-from trustml.data.digits import DigitsDataModule
+from tests.federation.conftest import federation, make_method, trainer_factory
+from trustml.data.digits import DigitsConfig, DigitsDataModule
 from trustml.errors import ConfigError
 from trustml.federation.partition import iid_partition
-from trustml.federation.strategies import FedAvg, FederationResults
-from trustml.optim.dp import DPSGD
+from trustml.federation.strategies import FedAvg
+from trustml.methods.erm import ERMConfig
 from trustml.privacy.callback import PrivacyAccountantCallback
+from trustml.privacy.options import DPSGDConfig
+from trustml.privacy.plugins import DPSGD
 from trustml.privacy.sampling import PoissonBatchSampler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEVICES, FIRST_ROUNDS, ROUNDS = 4, 2, 4
+CLIENTS, FIRST_ROUNDS, ROUNDS = 4, 2, 4
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("flwr", "ray")),
@@ -43,7 +45,7 @@ pytestmark = pytest.mark.skipif(
 
 
 class CrashOnRow(pl.Callback):
-    """Client-side fault for the device holding ``row`` (runs inside the Ray actor)."""
+    """Client-side fault for the client holding ``row`` (runs inside the Ray actor)."""
 
     federated_scope = "client"
     client_loop_ready = True
@@ -53,12 +55,12 @@ class CrashOnRow(pl.Callback):
 
     def on_fit_start(self, trainer: Any, pl_module: pl.LightningModule) -> None:
         if self.row in set(trainer.datamodule.rows.tolist()):
-            raise RuntimeError("simulated device crash")
+            raise RuntimeError("simulated client crash")
 
 
 def dp_digits() -> DigitsDataModule:
     """Digits, Poisson-sampled with a fixed seed (reproducible batches: a test, not a private run)."""
-    datamodule = DigitsDataModule(batch_size=32)
+    datamodule = DigitsDataModule(DigitsConfig(batch_size=32))
     datamodule.setup("fit")
     datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
     return datamodule
@@ -67,20 +69,20 @@ def dp_digits() -> DigitsDataModule:
 def dp_method(datamodule: DigitsDataModule) -> pl.LightningModule:
     """The conftest MLP trained by DP-SGD with a fixed noise multiplier and noise seed, and no budget stop."""
     base = make_method(datamodule)
-    optimizer = partial(DPSGD, lr=1.0, noise_multiplier=0.7, target_epsilon=None, max_grad_norm=1.0, noise_seed=0)
-    return type(base)(model=base.model, num_classes=datamodule.num_classes, optimizer=optimizer)
+    optimizer = DPSGD(DPSGDConfig(lr=1.0, noise_multiplier=0.7, target_epsilon=None, max_grad_norm=1.0, noise_seed=0))
+    return type(base)(ERMConfig(), model=base.model, num_classes=datamodule.num_classes, optimizer=optimizer)
 
 
 def federate(root: Path, runtime: str, rounds: int, crashing_row: int) -> tuple[pl.LightningModule, dict[str, float]]:
     """Run (or resume, when ``root`` holds a checkpoint) the DP federation; return the final model and summary."""
     datamodule = dp_digits()
     method = dp_method(datamodule)
-    plugin = FedAvg(runtime=runtime, rounds=rounds, num_devices=DEVICES, clients_per_round=DEVICES, min_clients=2,
-                    local_epochs=2, seed=0, client_timeout_s=120.0, flower_num_cpus=1)
-    results = FederationResults()
-    callbacks = [results, PrivacyAccountantCallback(), CrashOnRow(crashing_row)]
-    plugin.run(method, datamodule, trainer_factory(root, callbacks))
-    return method, results.final_results()
+    plugin = federation(FedAvg, rounds=rounds, partition={"num_clients": CLIENTS},
+                        selection={"clients_per_round": CLIENTS}, client={"local_epochs": 2, "timeout_s": 120.0},
+                        server={"min_clients": 2, "seed": 0}, runtime={"engine": runtime, "flower_num_cpus": 1})
+    callbacks = [PrivacyAccountantCallback(), CrashOnRow(crashing_row)]
+    fit = plugin.run(method, datamodule, trainer_factory(root, callbacks))
+    return method, fit.results
 
 
 def history_of(root: Path) -> list[dict[str, Any]]:
@@ -88,10 +90,10 @@ def history_of(root: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (root / "federation" / "rounds.jsonl").read_text().splitlines()]
 
 
-def device_states(root: Path) -> dict[str, Any]:
-    """The devices' client-callback states in the run's checkpoint, as JSON would carry them."""
+def client_states(root: Path) -> dict[str, Any]:
+    """The clients' client-callback states in the run's checkpoint, as JSON would carry them."""
     saved = torch.load(root / "federation" / "server_state.pt", weights_only=True)
-    return json.loads(json.dumps(saved["clients"]["device_states"]))
+    return json.loads(json.dumps(saved["clients"]["client_states"]))
 
 
 class Messages(logging.Handler):
@@ -108,11 +110,11 @@ class Messages(logging.Handler):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The in-process reference (4 rounds) and the run resumed under Flower after 2 in-process rounds."""
-    crashing_row = int(iid_partition(len(dp_digits().splits["train"]), DEVICES, np.random.default_rng(0))[0][0])
+    crashing_row = int(iid_partition(len(dp_digits().splits["train"]), CLIENTS, np.random.default_rng(0))[0][0])
     reference_root, resumed_root = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("resumed")
     reference, reference_results = federate(reference_root, "simulation", ROUNDS, crashing_row)
     federate(resumed_root, "simulation", FIRST_ROUNDS, crashing_row)
-    first_states = device_states(resumed_root)
+    first_states = client_states(resumed_root)
 
     messages, logger = Messages(), logging.getLogger("trustml")
     level = logger.level
@@ -143,11 +145,11 @@ def test_a_resumed_flower_federation_trains_as_the_simulation_does_and_skips_a_c
     history, expected = history_of(resumed_root), history_of(reference_root)
     assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
     for record in history:
-        assert (record["selected"], record["answered"], record["failed"]) == (DEVICES, DEVICES - 1, 1)
+        assert (record["selected"], record["answered"], record["failed"]) == (CLIENTS, CLIENTS - 1, 1)
         assert record["aggregated"]
     assert any("resuming the federated run" in line and f"after round {FIRST_ROUNDS}" in line
                for line in runs["messages"])
-    assert any("client error" in line and "simulated device crash" in line for line in runs["messages"])
+    assert any("client error" in line and "simulated client crash" in line for line in runs["messages"])
     assert resumed_results["federation/failed_clients"] == ROUNDS
 
     # Flower's rounds 3-4 are the simulation's rounds 3-4: same updates, same global model, and it learned.
@@ -162,13 +164,13 @@ def test_a_resumed_flower_federation_trains_as_the_simulation_does_and_skips_a_c
     assert resumed_results["federation/final_test_acc"] == pytest.approx(reference_results["federation/final_test_acc"])
 
 
-def test_flower_devices_keep_their_privacy_accountant_state_across_rounds_and_a_resume(runs) -> None:
+def test_flower_clients_keep_their_privacy_accountant_state_across_rounds_and_a_resume(runs) -> None:
     reference_root, _, reference_results = runs["reference"]
     resumed_root, _, resumed_results = runs["resumed"]
     history = history_of(resumed_root)
     steps = [r["client_dp_steps_mean"] for r in history]
     epsilon = [r["client_epsilon_max"] for r in history]
-    # every answering device trains in every round: its steps and epsilon compose over all its rounds,
+    # every answering client trains in every round: its steps and epsilon compose over all its rounds,
     # the two in-process ones before the resume included (a lost state would restart at round 1's values)
     assert steps == pytest.approx([steps[0] * (r + 1) for r in range(ROUNDS)])
     assert all(a < b for a, b in zip(epsilon, epsilon[1:], strict=False)), epsilon
@@ -177,13 +179,13 @@ def test_flower_devices_keep_their_privacy_accountant_state_across_rounds_and_a_
     assert resumed_results["federation/client_epsilon_max"] == pytest.approx(
         reference_results["federation/client_epsilon_max"])
 
-    # the checkpoint Flower wrote holds each device's state after its last round, as the simulation's does
-    states = device_states(resumed_root)
-    assert states == device_states(reference_root)
-    assert sorted(states) == sorted(runs["first_states"]) and len(states) == DEVICES - 1  # the crashing one: none
-    for device, (accountant, _crash) in states.items():
+    # the checkpoint Flower wrote holds each client's state after its last round, as the simulation's does
+    states = client_states(resumed_root)
+    assert states == client_states(reference_root)
+    assert sorted(states) == sorted(runs["first_states"]) and len(states) == CLIENTS - 1  # the crashing one: none
+    for client, (accountant, _crash) in states.items():
         fits_steps = sum(entry[-1] for entry in accountant["history"])
-        before = sum(entry[-1] for entry in runs["first_states"][device][0]["history"])
+        before = sum(entry[-1] for entry in runs["first_states"][client][0]["history"])
         assert fits_steps == 2 * before == ROUNDS * steps[0]
 
 
@@ -192,5 +194,5 @@ def test_a_client_callback_state_that_json_cannot_carry_is_refused_naming_the_ru
 
     states = [{"history": [[0.7, np.float64(0.12), np.int64(16)]], "sigma": torch.tensor(0.5)}]
     assert decode_states(encode_states(states)) == [{"history": [[0.7, 0.12, 16]], "sigma": 0.5}]
-    with pytest.raises(ConfigError, match="federation.runtime=simulation"):
+    with pytest.raises(ConfigError, match="federation.runtime.engine=simulation"):
         encode_states([{"weights": torch.zeros(3)}])

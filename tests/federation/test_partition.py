@@ -61,7 +61,7 @@ def test_label_skew_grows_as_alpha_shrinks() -> None:
     entropies = [mean_entropy(alpha) for alpha in (100.0, 1.0, 0.1, 0.01)]
     assert all(a > b for a, b in zip(entropies, entropies[1:], strict=False)), entropies
     assert entropies[0] > 3.2  # near log2(10) = 3.32: almost IID
-    assert entropies[-1] < 0.7  # most devices hold one class
+    assert entropies[-1] < 0.7  # most clients hold one class
 
 
 def test_quantity_skew_grows_as_beta_shrinks_and_keeps_labels_iid() -> None:
@@ -76,7 +76,7 @@ def test_quantity_skew_grows_as_beta_shrinks_and_keeps_labels_iid() -> None:
     assert partition_statistics(LABELS, partition, 10)["label_entropy_bits"]["mean"] > 3.2
 
 
-def test_natural_partition_makes_one_device_per_group_in_first_appearance_order() -> None:
+def test_natural_partition_makes_one_client_per_group_in_first_appearance_order() -> None:
     groups = np.array(["c7", "c2", "c7", "c9", "c2", "c2"], dtype=object)
     partition, names = natural_partition(groups)
     assert names == ["c7", "c2", "c9"]
@@ -88,13 +88,13 @@ def test_label_entropy_of_count_rows() -> None:
     np.testing.assert_allclose(entropy, [1.0, 0.0, 2.0, 0.0])
 
 
-def test_statistics_report_sizes_entropy_and_empty_devices() -> None:
+def test_statistics_report_sizes_entropy_and_empty_clients() -> None:
     labels = np.array([0, 0, 1, 1, 2])
     stats = partition_statistics(labels, [np.array([0, 1]), np.array([2, 3, 4]), np.array([], dtype=int)], 3,
                                  ["a", "b", "c"])
-    assert stats["num_devices"] == 3 and stats["num_samples"] == 5 and stats["empty_devices"] == 1
-    assert stats["samples_per_device"] == {"min": 0, "median": 2.0, "mean": 5 / 3, "max": 3}
-    assert stats["devices"][1] == {"device": "b", "samples": 3, "label_entropy_bits": pytest.approx(0.918296, abs=1e-6),
+    assert stats["num_clients"] == 3 and stats["num_samples"] == 5 and stats["empty_clients"] == 1
+    assert stats["samples_per_client"] == {"min": 0, "median": 2.0, "mean": 5 / 3, "max": 3}
+    assert stats["clients"][1] == {"client": "b", "samples": 3, "label_entropy_bits": pytest.approx(0.918296, abs=1e-6),
                                    "label_counts": [0, 2, 1]}
     assert stats["label_entropy_bits"]["max_possible"] == pytest.approx(np.log2(3))
 
@@ -104,13 +104,13 @@ def test_statistics_report_sizes_entropy_and_empty_devices() -> None:
     [
         ({"kind": "dirichlet_label", "dirichlet_alpha": 0.0}, "dirichlet_alpha must be positive"),
         ({"kind": "dirichlet_quantity", "quantity_beta": -1.0}, "quantity_beta must be positive"),
-        ({"kind": "iid", "num_devices": 0}, "num_devices must be at least 1"),
+        ({"kind": "iid", "num_clients": 0}, "num_clients must be at least 1"),
         ({"kind": "natural", "group_column": "speaker"}, "group_column='speaker' is not a group column"),
-        ({"kind": "shards"}, "federation.partition must be one of"),
+        ({"kind": "shards"}, "federation.partition.kind must be one of"),
     ],
 )
 def test_bad_partition_options_name_the_option(kwargs: dict, message: str) -> None:
-    options = {"num_devices": 4, "dirichlet_alpha": 1.0, "quantity_beta": 1.0, "group_column": "device", **kwargs}
+    options = {"num_clients": 4, "dirichlet_alpha": 1.0, "quantity_beta": 1.0, "group_column": "device", **kwargs}
     kind = options.pop("kind")
     with pytest.raises(ConfigError, match=message):
         make_partition(kind, LABELS[:20], {"conversation": np.arange(20)}, rng=np.random.default_rng(0), **options)

@@ -15,8 +15,9 @@ from trustml.runner import run
 
 def test_runner_trains_fedavg_and_reports_federation_results(tmp_path: Path) -> None:
     cfg = compose_train(
-        ["federation=fedavg", "federation.rounds=3", "federation.num_devices=8", "federation.clients_per_round=4",
-         "federation.partition=dirichlet_label", "optimizer=sgd", "trainer.max_epochs=1", "logger=none"],
+        ["federation=fedavg", "federation.rounds=3", "federation.partition.num_clients=8",
+         "federation.selection.clients_per_round=4", "federation.partition.kind=dirichlet_label", "optimizer=sgd",
+         "trainer.max_epochs=1", "logger=none"],
         tmp_path,
     )
     outcome = run(cfg, {"federation": "fedavg"})
@@ -30,16 +31,17 @@ def test_runner_trains_fedavg_and_reports_federation_results(tmp_path: Path) -> 
 
 
 def test_runner_refuses_an_impossible_federation_config_before_building_anything(tmp_path: Path) -> None:
-    cfg = compose_train(["federation=fedavg", "federation.dp_noise_multiplier=1.0", "federation.dp_clip_norm=1.0"],
-                        tmp_path)
-    with pytest.raises(ConfigError, match="needs federation.selection=poisson"):
+    cfg = compose_train(
+        ["federation=fedavg", "federation.privacy.noise_multiplier=1.0", "federation.privacy.clip_norm=1.0"], tmp_path
+    )
+    with pytest.raises(ConfigError, match="needs federation.selection.scheme=poisson"):
         run(cfg, {"federation": "fedavg"})
 
 
 #: The README's DP x federation composition example (its command line, minus the program name).
 README_DP_FEDERATION = (
-    "method=erm optimizer=dp_sgd federation=fedavg data=digits federation.num_devices=10 "
-    "federation.clients_per_round=5 data.batch_size=32 optimizer.lr=0.5"
+    "method=erm optimizer=dp_sgd federation=fedavg data=digits federation.partition.num_clients=10 "
+    "federation.selection.clients_per_round=5 data.batch_size=32 optimizer.lr=0.5"
 )
 
 
@@ -51,7 +53,7 @@ def test_the_readme_dp_federation_example_learns(tmp_path: Path) -> None:
     results = run(cfg, {"federation": "fedavg"}).results
     assert results["test/acc"] >= 0.70, results
     history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
-    # every aggregated update trained: no round averages in a device whose budget was already spent
+    # every aggregated update trained: no round averages in a client whose budget was already spent
     assert all(r["failed"] == 0 and r["aggregated"] for r in history)
     assert results["federation/aggregated_rounds"] == len(history) == 20
     assert 7.9 <= results["federation/client_epsilon_max"] <= 8.0

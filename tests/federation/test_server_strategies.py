@@ -15,10 +15,12 @@ from trustml.federation.server_optim import (
     FedAdamServer,
     FedAvgServer,
     FedYogiServer,
+    ServerOptimizer,
     finite_rows,
     weighted_update,
 )
-from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
+from trustml.privacy.accounting import GaussianAccountant
+from trustml.privacy.dp_fedavg import clip_updates, noisy_mean_of_clipped
 
 
 def test_weighted_update_is_the_weighted_sum_of_rows() -> None:
@@ -79,46 +81,53 @@ def test_finite_rows_sees_every_non_finite_value_and_no_overflow_of_large_finite
     assert finite_rows(updates[[0, 2]].half().clamp(-6e4, 6e4)) == [True, True]
 
 
-def selection(devices: list[int], weights: list[float]) -> RoundSelection:
-    return RoundSelection(np.array(devices), np.array(weights), len(devices) / 10, 10)
+def selection(clients: list[int], weights: list[float]) -> RoundSelection:
+    return RoundSelection(np.array(clients), np.array(weights), len(clients) / 10, 10)
 
 
-def update(device: int, values: list[float], n: int = 1) -> ClientUpdate:
-    return ClientUpdate(device=device, num_examples=n, delta=torch.tensor(values))
+def make_server(weights: torch.Tensor, optimizer: ServerOptimizer, config: FederationConfig, seed: int = 0
+                ) -> FederatedServer:
+    """The server of ``config``'s ``selection``, ``server`` and ``privacy`` sections."""
+    return FederatedServer(weights, optimizer, selection=config.selection, server=config.server,
+                           privacy=config.privacy, seed=seed)
+
+
+def update(client: int, values: list[float], n: int = 1) -> ClientUpdate:
+    return ClientUpdate(client=client, num_examples=n, delta=torch.tensor(values))
 
 
 def test_server_rejects_non_finite_updates_and_renormalizes_fedavg_weights(caplog) -> None:
-    server = FederatedServer(torch.zeros(2), FedAvgServer(), FederationConfig(min_clients=1), seed=0)
+    server = make_server(torch.zeros(2), FedAvgServer(), FederationConfig(server={"min_clients": 1}))
     outcome = server.aggregate(
         selection([0, 1, 2], [0.5, 0.25, 0.25]),
         [update(0, [float("nan"), 0.0]), update(1, [1.0, 0.0]), update(2, [0.0, 1.0])],
     )
     assert outcome.rejected == [0] and outcome.accepted == [1, 2] and outcome.aggregated
     torch.testing.assert_close(server.weights, torch.tensor([0.5, 0.5]))
-    assert "device 0 holds NaN/inf and is rejected" in caplog.text
+    assert "client 0 holds NaN/inf and is rejected" in caplog.text
 
 
 def test_server_keeps_the_model_when_fewer_than_min_clients_answered(caplog) -> None:
-    server = FederatedServer(torch.ones(2), FedAvgServer(), FederationConfig(min_clients=2), seed=0)
+    server = make_server(torch.ones(2), FedAvgServer(), FederationConfig(server={"min_clients": 2}))
     outcome = server.aggregate(selection([0, 1], [0.5, 0.5]), [update(1, [1.0, 1.0])])
     assert not outcome.aggregated
     torch.testing.assert_close(server.weights, torch.ones(2))
-    assert "1 usable update(s) < federation.min_clients=2" in caplog.text
+    assert "1 usable update(s) < federation.server.min_clients=2" in caplog.text
 
 
 def test_unbiased_weights_are_used_as_given() -> None:
-    server = FederatedServer(torch.zeros(1), FedAvgServer(), FederationConfig(weighting="unbiased"), seed=0)
+    server = make_server(torch.zeros(1), FedAvgServer(), FederationConfig(selection={"weighting": "unbiased"}))
     server.aggregate(selection([0, 1], [2.0, 0.5]), [update(0, [1.0]), update(1, [2.0])])
     torch.testing.assert_close(server.weights, torch.tensor([3.0]))
 
 
-def test_each_update_gets_its_own_devices_weight_whatever_the_order_of_answers() -> None:
+def test_each_update_gets_its_own_clients_weight_whatever_the_order_of_answers() -> None:
     chosen = selection([3, 5, 7], [0.5, 0.3, 0.2])
     kept = [update(7, [0.0]), update(3, [0.0])]  # 5 did not answer; the others answered out of order
     assert FederatedServer.weights_of(chosen, kept).tolist() == [0.2, 0.5]
     in_order = FederatedServer.weights_of(chosen, [update(3, [0.0]), update(5, [0.0]), update(7, [0.0])])
     assert in_order.dtype == torch.float64 and in_order.tolist() == [0.5, 0.3, 0.2]
-    server = FederatedServer(torch.zeros(1), FedAvgServer(), FederationConfig(), seed=0)
+    server = make_server(torch.zeros(1), FedAvgServer(), FederationConfig())
     server.aggregate(chosen, [update(3, [1.0]), update(5, [2.0]), update(7, [3.0])])
     assert chosen.weights.tolist() == [0.5, 0.3, 0.2]  # the selection is not changed by the normalisation
     torch.testing.assert_close(server.weights, torch.tensor([1.7]))
@@ -142,21 +151,22 @@ def test_noisy_mean_has_the_gaussian_mechanism_noise_scale() -> None:
 
 
 def test_user_level_accountant_matches_opacus_and_round_trips() -> None:
-    ours = UserLevelAccountant(noise_multiplier=1.1, delta=1e-5)
+    ours = GaussianAccountant(noise_multiplier=1.1, delta=1e-5)
     reference = RDPAccountant()
     assert ours.epsilon() == 0.0
     for rate in (0.01, 0.01, 0.02):
         ours.step(rate)
         reference.step(noise_multiplier=1.1, sample_rate=rate)
     assert ours.epsilon() == pytest.approx(reference.get_epsilon(delta=1e-5))
-    copy = UserLevelAccountant(1.1, 1e-5)
+    copy = GaussianAccountant(1.1, 1e-5)
     copy.load_state_dict(ours.state_dict())
     assert copy.epsilon() == pytest.approx(ours.epsilon())
 
 
 def test_dp_fedavg_server_clips_adds_noise_divides_by_expected_count_and_accounts() -> None:
-    options = FederationConfig(selection="poisson", dp_clip_norm=1.0, dp_noise_multiplier=0.0001, clients_per_round=2)
-    server = FederatedServer(torch.zeros(2), FedAvgServer(), options, seed=0)
+    options = FederationConfig(selection={"scheme": "poisson", "clients_per_round": 2},
+                               privacy={"clip_norm": 1.0, "noise_multiplier": 0.0001})
+    server = make_server(torch.zeros(2), FedAvgServer(), options)
     outcome = server.aggregate(selection([0, 1], [0.5, 0.5]), [update(0, [30.0, 40.0]), update(1, [0.0, 0.5])])
     assert outcome.aggregated
     # clipped sum (0.6, 0.8 + 0.5) over the expected count q * M = 0.2 * 10 = 2
@@ -165,14 +175,14 @@ def test_dp_fedavg_server_clips_adds_noise_divides_by_expected_count_and_account
 
 
 def test_server_state_round_trip_continues_identically() -> None:
-    options = FedAdamConfig(selection="poisson", dp_clip_norm=1.0, dp_noise_multiplier=1.0)
-    a = FederatedServer(torch.zeros(3), FedAdamServer(0.1), options, seed=4)
+    options = FedAdamConfig(selection={"scheme": "poisson"}, privacy={"clip_norm": 1.0, "noise_multiplier": 1.0})
+    a = make_server(torch.zeros(3), FedAdamServer(0.1), options, seed=4)
     a.aggregate(a.select(np.array([5, 5, 5, 5])), [update(0, [1.0, 0.0, 0.0]), update(1, [0.0, 1.0, 0.0])])
-    b = FederatedServer(torch.zeros(3), FedAdamServer(0.1), options, seed=99)
+    b = make_server(torch.zeros(3), FedAdamServer(0.1), options, seed=99)
     b.load_state_dict(a.state_dict())
     sel_a, sel_b = a.select(np.array([5, 5, 5, 5])), b.select(np.array([5, 5, 5, 5]))
-    assert sel_a.devices.tolist() == sel_b.devices.tolist()
-    ups = [update(int(d), [0.1, 0.2, 0.3]) for d in sel_a.devices]
+    assert sel_a.clients.tolist() == sel_b.clients.tolist()
+    ups = [update(int(d), [0.1, 0.2, 0.3]) for d in sel_a.clients]
     a.aggregate(sel_a, ups)
     b.aggregate(sel_b, ups)
     torch.testing.assert_close(a.weights, b.weights)

@@ -13,25 +13,24 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import make_method, trainer_factory
-from trustml.data.digits import DigitsDataModule
+from tests.federation.conftest import dp_sgd, federation, make_method, trainer_factory
+from trustml.data.digits import DigitsConfig, DigitsDataModule
 from trustml.errors import CheckpointError
 from trustml.federation.flat_state import FlatLayout, get_flat
-from trustml.federation.strategies import FedAdam, FedAvg, FederatedTraining, FederationResults, FedProx, FedYogi
-from trustml.optim.dp import DPSGD
+from trustml.federation.strategies import FedAdam, FedAvg, FederatedTraining, FedProx, FedYogi
+from trustml.methods.erm import ERMConfig
 from trustml.privacy.callback import PrivacyAccountantCallback
 from trustml.privacy.sampling import PoissonBatchSampler
 
 
 def run_federation(
     plugin: FederatedTraining, datamodule: DigitsDataModule, root: Path, callbacks: list[pl.Callback] = (),
-    method: pl.LightningModule | None = None,
+    method: pl.LightningModule | None = None, ckpt_path: Path | None = None,
 ) -> tuple[pl.LightningModule, list[dict[str, Any]], dict[str, float]]:
     method = method if method is not None else make_method(datamodule)
-    results = FederationResults()
-    plugin.run(method, datamodule, trainer_factory(root, [results, *callbacks]))
+    fit = plugin.run(method, datamodule, trainer_factory(root, list(callbacks)), ckpt_path=ckpt_path)
     history = [json.loads(line) for line in (root / "federation" / "rounds.jsonl").read_text().splitlines()]
-    return method, history, results.final_results()
+    return method, history, fit.results
 
 
 def holds_row(trainer: pl.Trainer, row: int) -> bool:
@@ -39,7 +38,7 @@ def holds_row(trainer: pl.Trainer, row: int) -> bool:
 
 
 class RaiseOnRow(pl.Callback):
-    """Client-side fault: the device holding ``row`` crashes during local training (in a loop or Lightning fit)."""
+    """Client-side fault: the client holding ``row`` crashes during local training (in a loop or Lightning fit)."""
 
     federated_scope = "client"
     client_loop_ready = True
@@ -49,11 +48,11 @@ class RaiseOnRow(pl.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if holds_row(trainer, self.row):
-            raise RuntimeError("simulated device crash")
+            raise RuntimeError("simulated client crash")
 
 
 class NaNOnRow(RaiseOnRow):
-    """Client-side fault: the device holding ``row`` sends back NaN weights."""
+    """Client-side fault: the client holding ``row`` sends back NaN weights."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pass
@@ -65,7 +64,7 @@ class NaNOnRow(RaiseOnRow):
 
 
 class SlowOnRow(RaiseOnRow):
-    """Client-side fault: the device holding ``row`` is a straggler."""
+    """Client-side fault: the client holding ``row`` is a straggler."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pass
@@ -76,9 +75,9 @@ class SlowOnRow(RaiseOnRow):
 
 
 def test_fedavg_learns_digits_under_label_skew_and_writes_its_records(digits, tmp_path) -> None:
-    plugin = FedAvg(rounds=6, num_devices=20, clients_per_round=10, partition="dirichlet_label", dirichlet_alpha=1.0,
-                    local_epochs=3,
-                    seed=0)
+    plugin = federation(FedAvg, rounds=6,
+                        partition={"num_clients": 20, "kind": "dirichlet_label", "dirichlet_alpha": 1.0},
+                        selection={"clients_per_round": 10}, client={"local_epochs": 3}, server={"seed": 0})
     method, history, results = run_federation(plugin, digits, tmp_path)
     assert [r["round"] for r in history] == list(range(1, 7))
     assert all(r["answered"] == 10 and r["aggregated"] for r in history)
@@ -86,32 +85,33 @@ def test_fedavg_learns_digits_under_label_skew_and_writes_its_records(digits, tm
     assert results["federation/final_test_acc"] == pytest.approx(history[-1]["test_acc"])
     assert results["federation/rounds"] == 6.0 and results["federation/failed_clients"] == 0.0
     stats = json.loads((tmp_path / "federation" / "partition.json").read_text())
-    assert stats["num_devices"] == 20 and stats["num_samples"] == len(digits.splits["train"])
-    assert len(stats["devices"]) == 20 and "label_entropy_bits" in stats["devices"][0]
+    assert stats["num_clients"] == 20 and stats["num_samples"] == len(digits.splits["train"])
+    assert len(stats["clients"]) == 20 and "label_entropy_bits" in stats["clients"][0]
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     torch.testing.assert_close(saved["model.head.weight"], method.model.head.weight.detach())
 
 
-def test_a_thousand_devices_train_on_one_shared_model(digits, tmp_path) -> None:
+def test_a_thousand_clients_train_on_one_shared_model(digits, tmp_path) -> None:
     method = make_method(digits)
     params_before = [id(p) for p in method.model.parameters()]
-    plugin = FedAvg(rounds=3, num_devices=1000, clients_per_round=10, partition="iid", seed=1, eval_every=3)
+    plugin = federation(FedAvg, rounds=3, partition={"num_clients": 1000, "kind": "iid"},
+                        selection={"clients_per_round": 10}, server={"seed": 1, "eval_every": 3})
     _, history, _ = run_federation(plugin, digits, tmp_path, method=method)
     assert all(r["selected"] == 10 and r["answered"] == 10 for r in history)
     assert [id(p) for p in method.model.parameters()] == params_before
     assert "test_acc" not in history[0] and "test_acc" in history[-1]
     stats = json.loads((tmp_path / "federation" / "partition.json").read_text())
-    assert stats["num_devices"] == 1000 and stats["samples_per_device"]["max"] <= 2
+    assert stats["num_clients"] == 1000 and stats["samples_per_client"]["max"] <= 2
 
 
 @pytest.mark.parametrize("client_loop", ["auto", "lightning"])
 def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_path, caplog, client_loop) -> None:
-    plugin = FedAvg(rounds=2, num_devices=4, clients_per_round=4, min_clients=1, client_timeout_s=1.5, seed=0,
-                    client_loop=client_loop)
+    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4},
+                        client={"timeout_s": 1.5, "loop": client_loop}, server={"min_clients": 1, "seed": 0})
     train_rows = np.arange(len(digits.splits["train"]))
     from trustml.federation.partition import iid_partition
 
-    parts = iid_partition(len(train_rows), 4, np.random.default_rng(plugin.options.partition_seed))
+    parts = iid_partition(len(train_rows), 4, np.random.default_rng(plugin.config.partition.seed))
     faults = [RaiseOnRow(int(parts[0][0])), NaNOnRow(int(parts[1][0])), SlowOnRow(int(parts[2][0]))]
     _, history, results = run_federation(plugin, digits, tmp_path, callbacks=faults)
     for record in history:
@@ -119,22 +119,23 @@ def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_
         assert record["aggregated"]
     assert results["federation/failed_clients"] == 2.0 and results["federation/rejected_updates"] == 2.0
     assert results["federation/timed_out_clients"] == 2.0
-    assert "simulated device crash" in caplog.text
+    assert "simulated client crash" in caplog.text
     assert "holds NaN/inf and is rejected" in caplog.text
-    assert "federation.client_timeout_s=1.5" in caplog.text
+    assert "federation.client.timeout_s=1.5" in caplog.text
 
 
 def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, tmp_path) -> None:
     method = make_method(digits)
     layout = FlatLayout.of(method.model)
     start = get_flat(method.model, layout)
-    plugin = FedAvg(rounds=1, num_devices=2, clients_per_round=2, min_clients=2, seed=0)
+    plugin = federation(FedAvg, rounds=1, partition={"num_clients": 2}, selection={"clients_per_round": 2},
+                        server={"min_clients": 2, "seed": 0})
     from trustml.federation.partition import iid_partition
     from trustml.federation.rounds import ClientsKeepFailingError
 
     parts = iid_partition(len(digits.splits["train"]), 2, np.random.default_rng(0))
     # the only round failed, so the run's model is the untrained one: the run fails rather than completes
-    with pytest.raises(ClientsKeepFailingError, match="fewer than federation.min_clients=2"):
+    with pytest.raises(ClientsKeepFailingError, match="fewer than federation.server.min_clients=2"):
         run_federation(plugin, digits, tmp_path, callbacks=[RaiseOnRow(int(parts[0][0]))], method=method)
     history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
     assert history[0]["answered"] == 1 and not history[0]["aggregated"]
@@ -142,56 +143,85 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(digits, tmp_path) -> None:
-    options = {"num_devices": 30, "clients_per_round": 5, "partition": "dirichlet_label", "dirichlet_alpha": 0.5,
-               "seed": 3, "selection": "activity"}
+    options = {"partition": {"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.5},
+               "selection": {"clients_per_round": 5, "scheme": "activity"}, "server": {"seed": 3}}
     torch.manual_seed(123)
-    full, full_history, _ = run_federation(FedAdam(rounds=4, **options), digits, tmp_path / "full")
+    full, full_history, _ = run_federation(federation(FedAdam, rounds=4, **options), digits, tmp_path / "full")
     torch.manual_seed(123)
-    run_federation(FedAdam(rounds=2, **options), digits, tmp_path / "split")
+    run_federation(federation(FedAdam, rounds=2, **options), digits, tmp_path / "split")
     torch.manual_seed(999)  # the resumed process starts from another RNG state; the checkpoint restores it
-    resumed, resumed_history, _ = run_federation(FedAdam(rounds=4, **options), digits, tmp_path / "split")
+    resumed, resumed_history, _ = run_federation(federation(FedAdam, rounds=4, **options), digits, tmp_path / "split")
     layout = FlatLayout.of(full.model)
     torch.testing.assert_close(get_flat(resumed.model, layout), get_flat(full.model, layout))
     assert [r["test_acc"] for r in resumed_history] == [r["test_acc"] for r in full_history]
 
 
+def test_ckpt_path_continues_another_runs_round_checkpoint_in_a_new_run_directory(digits, tmp_path) -> None:
+    options = {"partition": {"num_clients": 8}, "selection": {"clients_per_round": 3}, "server": {"seed": 2}}
+    torch.manual_seed(5)
+    full, full_history, _ = run_federation(federation(FedAvg, rounds=3, **options), digits, tmp_path / "full")
+    torch.manual_seed(5)
+    run_federation(federation(FedAvg, rounds=2, **options), digits, tmp_path / "first")
+    torch.manual_seed(77)
+    continued, history, results = run_federation(federation(FedAvg, rounds=3, **options), digits, tmp_path / "second",
+                                                 ckpt_path=tmp_path / "first")
+    layout = FlatLayout.of(full.model)
+    torch.testing.assert_close(get_flat(continued.model, layout), get_flat(full.model, layout))
+    assert [r["test_acc"] for r in history] == [r["test_acc"] for r in full_history]
+    assert results["federation/rounds"] == 3.0
+    with pytest.raises(CheckpointError, match=r"num_clients: saved 8 vs now 9\); resume with the same options, or "
+                                              r"give ckpt_path"):
+        other = {**options, "partition": {"num_clients": 9}}
+        run_federation(federation(FedAvg, rounds=3, **other), digits, tmp_path / "third", ckpt_path=tmp_path / "first")
+
+
 def test_resuming_with_other_options_is_refused_and_resume_false_starts_over(digits, tmp_path) -> None:
-    run_federation(FedAvg(rounds=1, num_devices=5, clients_per_round=2, seed=0), digits, tmp_path)
-    with pytest.raises(CheckpointError, match=r"num_devices: saved 5 vs now 6"):
-        run_federation(FedAvg(rounds=2, num_devices=6, clients_per_round=2, seed=0), digits, tmp_path)
-    _, history, _ = run_federation(FedAvg(rounds=2, num_devices=6, clients_per_round=2, seed=0, resume=False),
+    run_federation(federation(FedAvg, rounds=1, partition={"num_clients": 5}, selection={"clients_per_round": 2},
+                              server={"seed": 0}), digits, tmp_path)
+    with pytest.raises(CheckpointError, match=r"num_clients: saved 5 vs now 6"):
+        run_federation(federation(FedAvg, rounds=2, partition={"num_clients": 6}, selection={"clients_per_round": 2},
+                                  server={"seed": 0}), digits, tmp_path)
+    _, history, _ = run_federation(federation(FedAvg, rounds=2, partition={"num_clients": 6},
+                                              selection={"clients_per_round": 2}, server={"seed": 0},
+                                              runtime={"resume": False}),
                                    digits, tmp_path)
     assert [r["round"] for r in history] == [1, 2]
 
 
 def test_fedprox_keeps_client_updates_closer_to_the_global_model(digits, tmp_path) -> None:
-    options = {"rounds": 1, "num_devices": 5, "clients_per_round": 5, "local_epochs": 3, "seed": 0}
-    _, plain, _ = run_federation(FedAvg(**options), digits, tmp_path / "avg")
-    _, prox, _ = run_federation(FedProx(proximal_mu=1.0, **options), digits, tmp_path / "prox")
+    options = {"rounds": 1, "partition": {"num_clients": 5}, "selection": {"clients_per_round": 5},
+               "server": {"seed": 0}}
+    _, plain, _ = run_federation(federation(FedAvg, client={"local_epochs": 3}, **options), digits, tmp_path / "avg")
+    _, prox, _ = run_federation(federation(FedProx, client={"local_epochs": 3, "proximal_mu": 1.0}, **options), digits,
+                                tmp_path / "prox")
     assert prox[0]["update_norm"] < 0.8 * plain[0]["update_norm"]
 
 
 @pytest.mark.parametrize("plugin_cls", [FedAdam, FedYogi])
 def test_adaptive_server_optimizers_learn(plugin_cls, digits, tmp_path) -> None:
-    plugin = plugin_cls(rounds=5, num_devices=10, clients_per_round=5, server_lr=0.03, seed=0)
+    plugin = federation(plugin_cls, rounds=5, partition={"num_clients": 10}, selection={"clients_per_round": 5},
+                        server={"lr": 0.03, "seed": 0})
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[-1]["test_acc"] > 0.7
 
 
 def test_local_steps_bound_the_work_per_client(digits, tmp_path) -> None:
-    plugin = FedAvg(rounds=1, num_devices=2, clients_per_round=2, local_steps=2, seed=0)
+    plugin = federation(FedAvg, rounds=1, partition={"num_clients": 2}, selection={"clients_per_round": 2},
+                        client={"local_steps": 2}, server={"seed": 0})
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[0]["answered"] == 2
 
 
-def test_continual_setting_grows_each_device_window_up_to_the_storage_cap(digits, tmp_path) -> None:
-    plugin = FedAvg(rounds=4, num_devices=10, clients_per_round=10, setting="continual", num_periods=4, seed=0)
+def test_continual_setting_grows_each_client_window_up_to_the_storage_cap(digits, tmp_path) -> None:
+    plugin = federation(FedAvg, rounds=4, partition={"num_clients": 10, "setting": "continual", "num_periods": 4},
+                        selection={"clients_per_round": 10}, server={"seed": 0})
     _, history, _ = run_federation(plugin, digits, tmp_path / "uncapped")
     samples = [r["samples"] for r in history]
     assert samples == sorted(samples) and samples[-1] == len(digits.splits["train"])
     assert samples[0] == pytest.approx(samples[-1] / 4, rel=0.05)
-    capped = FedAvg(rounds=4, num_devices=10, clients_per_round=10, setting="continual", num_periods=4,
-                    storage_cap=40, seed=0)
+    capped = federation(FedAvg, rounds=4,
+                        partition={"num_clients": 10, "setting": "continual", "num_periods": 4, "storage_cap": 40},
+                        selection={"clients_per_round": 10}, server={"seed": 0})
     _, history, _ = run_federation(capped, digits, tmp_path / "capped")
     assert all(r["samples"] <= 400 for r in history) and history[-1]["samples"] == 400
     stats = json.loads((tmp_path / "capped" / "federation" / "partition.json").read_text())
@@ -199,8 +229,9 @@ def test_continual_setting_grows_each_device_window_up_to_the_storage_cap(digits
 
 
 def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> None:
-    plugin = FedAvg(rounds=3, num_devices=20, clients_per_round=5, selection="poisson", dp_clip_norm=1.0,
-                    dp_noise_multiplier=1.0, seed=0)
+    plugin = federation(FedAvg, rounds=3, partition={"num_clients": 20},
+                        selection={"clients_per_round": 5, "scheme": "poisson"}, server={"seed": 0},
+                        privacy={"clip_norm": 1.0, "noise_multiplier": 1.0})
     _, history, results = run_federation(plugin, digits, tmp_path)
     eps = [r["dp_epsilon"] for r in history]
     assert 0 < eps[0] < eps[1] < eps[2]
@@ -214,8 +245,9 @@ def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> 
 
 
 def test_dp_fedavg_calibrated_for_a_target_epsilon_spends_it_over_the_planned_rounds(digits, tmp_path) -> None:
-    plugin = FedAvg(rounds=4, num_devices=20, clients_per_round=5, selection="poisson", dp_clip_norm=1.0,
-                    dp_target_epsilon=2.0, seed=0)
+    plugin = federation(FedAvg, rounds=4, partition={"num_clients": 20},
+                        selection={"clients_per_round": 5, "scheme": "poisson"}, server={"seed": 0},
+                        privacy={"clip_norm": 1.0, "target_epsilon": 2.0})
     _, history, results = run_federation(plugin, digits, tmp_path)
     assert len(history) == 4 and all(r["aggregated"] for r in history)
     assert 2.0 - 0.05 <= results["federation/dp_epsilon"] <= 2.0  # calibrated to Opacus' tolerance, from below
@@ -228,15 +260,16 @@ class ClientPrivacyAccountant(PrivacyAccountantCallback):
     federated_scope = "client"
 
 
-def test_example_level_dp_sgd_reports_each_device_epsilon_composed_over_its_rounds(tmp_path) -> None:
-    datamodule = DigitsDataModule(batch_size=32)
+def test_example_level_dp_sgd_reports_each_client_epsilon_composed_over_its_rounds(tmp_path) -> None:
+    datamodule = DigitsDataModule(DigitsConfig(batch_size=32))
     datamodule.setup("fit")
     datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
     torch.manual_seed(0)
     method = make_method(datamodule)
-    method = type(method)(model=method.model, num_classes=10,
-                          optimizer=partial(DPSGD, lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0))
-    plugin = FedAvg(rounds=2, num_devices=4, clients_per_round=4, seed=0)
+    method = type(method)(ERMConfig(), model=method.model, num_classes=10,
+                          optimizer=dp_sgd(lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0))
+    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4},
+                        server={"seed": 0})
     _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientPrivacyAccountant()],
                                          method=method)
     first, second = history
@@ -292,18 +325,19 @@ def test_a_killed_run_resumes_from_its_last_completed_round(tmp_path) -> None:
 
 
 class AlwaysRaise(pl.Callback):
-    """A systematic client fault (every device fails the same way)."""
+    """A systematic client fault (every client fails the same way)."""
 
     federated_scope = "client"
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        raise ValueError("data.batch_size does not fit the device")
+        raise ValueError("data.batch_size does not fit the client")
 
 
 def test_a_systematic_client_failure_stops_the_run_with_its_reason(digits, tmp_path) -> None:
     from trustml.federation.rounds import ClientsKeepFailingError
 
-    plugin = FedAvg(rounds=10, num_devices=4, clients_per_round=2, max_failed_rounds=2, seed=0)
+    plugin = federation(FedAvg, rounds=10, partition={"num_clients": 4}, selection={"clients_per_round": 2},
+                        server={"max_failed_rounds": 2, "seed": 0})
     with pytest.raises(ClientsKeepFailingError, match="in 2 rounds in a row .*data.batch_size does not fit"):
         run_federation(plugin, digits, tmp_path, callbacks=[AlwaysRaise()])
     assert len((tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()) == 2

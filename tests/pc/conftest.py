@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from trustml.data.base import Split, TrustDataModule
+from trustml.data.base import DataOptions, Split, TrustDataModule
 from trustml.models.mlp import MLP, MLPConfig
 
 INPUT_DIM = 8
@@ -21,7 +21,7 @@ class BlobsDataModule(TrustDataModule):
     """Overlapping Gaussian blobs: ``num_classes`` classes in 8 dimensions; 150/45/45 samples, global ids."""
 
     def __init__(self, num_classes: int = 3, label_names: Sequence[str] | None = None, batch_size: int = 32) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(DataOptions(batch_size=batch_size))
         self.classes = num_classes
         self.names = list(label_names) if label_names is not None else [f"c{i}" for i in range(num_classes)]
 

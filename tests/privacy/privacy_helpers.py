@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustml.data.base import Split, TrustDataModule
+from trustml.data.base import DataOptions, Split, TrustDataModule
 
 Batch = dict[str, object]
 
@@ -87,7 +87,7 @@ class BlobsDataModule(TrustDataModule):
     """Gaussian blobs in 5 dimensions, 3 classes: ``n_train``/30/30 samples."""
 
     def __init__(self, n_train: int = 120, batch_size: int = 24) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(DataOptions(batch_size=batch_size))
         self.n_train = n_train
 
     def load_splits(self) -> dict[str, Split]:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import read_json, run_cli
@@ -23,6 +22,7 @@ from trustml.privacy.audit.membership_audit import candidate_samples
 from trustml.privacy.audit.metrics import attack_metrics
 from trustml.privacy.audit.runs import load_audited_run
 from trustml.privacy.audit.scoring import logits_on_splits, model_inputs, per_example_losses
+from trustml.registry import build_plugin
 from trustml.run_record import load_model_from_run
 
 FAST = ["data=digits_tiny", "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=none"]
@@ -107,7 +107,7 @@ def test_membership_audit_without_shadows_runs_the_loss_attack_only(
 
 def recomputed_test_accuracy(run_dir: Path, checkpoint: str) -> float:
     """The test accuracy of a run's ``checkpoint`` weights, computed here from its recorded config and checkpoint."""
-    data = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
+    data = build_plugin("data", OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
     data.setup("fit")
     test = data.splits["test"]
     model, _ = load_model_from_run(run_dir, checkpoint=checkpoint)

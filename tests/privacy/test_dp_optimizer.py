@@ -6,13 +6,16 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from tests.privacy.privacy_helpers import SequenceClassifier, cross_entropy, feature_batch, mlp, sequence_batch, take
 from trustml.errors import ConfigError
-from trustml.optim.dp import DPSGD, DPAdam, DPSGDConfig, PrivacyBudgetSpent
+from trustml.privacy.engine import NoisePlan
+from trustml.privacy.optimizers import DPAdamOptimizer, DPSGDOptimizer, PrivacyBudgetSpent
+from trustml.privacy.options import DPAdamConfig, DPSGDConfig
+from trustml.privacy.plugins import DPSGD, DPAdam
+from trustml.registry import build_plugin, plugin_config
 
 
 def _reference_update(
@@ -49,11 +52,11 @@ def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> No
     with torch.no_grad():
         loss_before = cross_entropy(model(batch["x"]), batch).mean()
     expected = _reference_update(model, batch, sigma=0.8, bound=0.5, seed=11, denominator=10.0, mode=mode)
-    optimizer = DPSGD(
-        model.parameters(), lr=0.3, noise_multiplier=0.8, max_grad_norm=0.5, clipping=mode,
-        per_sample_gradients=engine, noise_seed=11,
+    optimizer = DPSGDOptimizer(
+        model.parameters(), DPSGDConfig(lr=0.3, noise_multiplier=0.8, max_grad_norm=0.5, clipping=mode,
+                                        per_sample_gradients=engine, noise_seed=11),
+        NoisePlan(0.8, expected_batch_size=10.0),
     )
-    optimizer.configure_noise(0.8, expected_batch_size=10.0)
 
     logits, loss = optimizer.private_step(model, cross_entropy, batch)
 
@@ -76,8 +79,8 @@ def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:
         p.grad = expected[name]
     reference.step()
 
-    optimizer = DPAdam(model.parameters(), lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2, noise_seed=5)
-    optimizer.configure_noise(1.2, expected_batch_size=6.0)
+    optimizer = DPAdamOptimizer(model.parameters(), DPAdamConfig(lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2,
+                                                                 noise_seed=5), NoisePlan(1.2, expected_batch_size=6.0))
     optimizer.private_step(model, cross_entropy, batch)
 
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
@@ -91,9 +94,9 @@ def test_virtual_batches_give_the_same_update_as_one_physical_batch(engine: str)
     chunked.load_state_dict(whole.state_dict())
     batch = feature_batch(10)
     common = {"lr": 0.1, "noise_multiplier": 1.0, "noise_seed": 3, "per_sample_gradients": engine, "momentum": 0.9}
-    one, many = DPSGD(whole.parameters(), **common), DPSGD(chunked.parameters(), max_physical_batch_size=3, **common)
-    for optimizer in (one, many):
-        optimizer.configure_noise(1.0, expected_batch_size=10.0)
+    plan = NoisePlan(1.0, expected_batch_size=10.0)
+    one = DPSGDOptimizer(whole.parameters(), DPSGDConfig(**common), plan)
+    many = DPSGDOptimizer(chunked.parameters(), DPSGDConfig(max_physical_batch_size=3, **common), plan)
     for _ in range(2):
         logits_one, loss_one = one.private_step(whole, cross_entropy, batch)
         logits_many, loss_many = many.private_step(chunked, cross_entropy, batch)
@@ -107,8 +110,8 @@ def test_noise_std_is_sigma_c_over_the_expected_batch_size() -> None:
     model = nn.Linear(100, 100, bias=False)
     nn.init.zeros_(model.weight)
     batch = {"x": torch.zeros(4, 100), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
-    optimizer = DPSGD(model.parameters(), lr=1.0, noise_multiplier=2.0, max_grad_norm=0.5, noise_seed=0)
-    optimizer.configure_noise(2.0, expected_batch_size=8.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=1.0, noise_multiplier=2.0, max_grad_norm=0.5,
+                                                               noise_seed=0), NoisePlan(2.0, expected_batch_size=8.0))
 
     optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)  # zero gradients: noise only
 
@@ -118,8 +121,8 @@ def test_noise_std_is_sigma_c_over_the_expected_batch_size() -> None:
 def test_an_empty_poisson_batch_still_takes_a_noise_only_step() -> None:
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = DPSGD(model.parameters(), lr=0.1, noise_multiplier=1.0, noise_seed=0)
-    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=0.1, noise_multiplier=1.0, noise_seed=0),
+                               NoisePlan(1.0, expected_batch_size=4.0))
     empty = {"x": torch.zeros(0, 5), "y": torch.zeros(0, dtype=torch.long), "index": torch.zeros(0, dtype=torch.long)}
 
     logits, _ = optimizer.private_step(model, cross_entropy, empty)
@@ -148,21 +151,23 @@ def test_an_empty_poisson_batch_still_takes_a_noise_only_step() -> None:
 )
 def test_bad_options_are_refused_with_the_option_name(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        DPSGD(mlp().parameters(), **options)
+        plugin_config("optimizer", {"_target_": "trustml.privacy.plugins.DPSGD", **options})
 
 
-def test_validate_config_checks_the_composed_optimizer_options() -> None:
-    cfg = OmegaConf.create({"optimizer": OmegaConf.structured(DPSGDConfig(noise_multiplier=-1.0))})
+def test_the_composed_optimizer_options_are_checked_when_the_config_object_is_made() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    node = OmegaConf.structured(ConfigStore.instance().repo["optimizer"]["dp_sgd.yaml"].node)
+    node.noise_multiplier = -1.0
     with pytest.raises(ConfigError, match="noise_multiplier must be positive"):
-        DPSGD.validate_config(cfg)
-    cfg.optimizer.noise_multiplier = 1.0
-    DPSGD.validate_config(cfg)
+        plugin_config("optimizer", node)
+    node.noise_multiplier = 1.0
+    assert plugin_config("optimizer", node).noise_multiplier == 1.0
 
 
 def test_batchnorm_models_are_refused_with_the_replacement() -> None:
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
-    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0)
-    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0), NoisePlan(1.0, 4.0))
     with pytest.raises(ConfigError, match=r"'1' \(BatchNorm1d\).*GroupNorm or LayerNorm"):
         optimizer.private_step(model, cross_entropy, feature_batch(4))
 
@@ -170,14 +175,15 @@ def test_batchnorm_models_are_refused_with_the_replacement() -> None:
 def test_a_step_without_an_expected_batch_size_is_refused_not_divided_by_the_realised_size() -> None:
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
-    with pytest.raises(ConfigError, match=r"no expected batch size.*configure_noise\(noise_multiplier, expected_batch"):
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, noise_seed=0))
+    message = r"without a noise plan.*expected batch size L = qN.*NoisePlan\(noise_multiplier, expected_batch_size\)"
+    with pytest.raises(ConfigError, match=message):
         optimizer.private_step(model, cross_entropy, feature_batch(4))
     assert optimizer.noisy_steps == 0
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     for bad in (0.0, -3.0):
         with pytest.raises(ConfigError, match="expected batch size must be positive"):
-            optimizer.configure_noise(1.0, expected_batch_size=bad)
+            NoisePlan(1.0, expected_batch_size=bad)
 
 
 def _noise_of_one_step(seed: int, **options: object) -> torch.Tensor:
@@ -185,8 +191,8 @@ def _noise_of_one_step(seed: int, **options: object) -> torch.Tensor:
     torch.manual_seed(seed)
     model = nn.Linear(20, 20, bias=False)
     nn.init.zeros_(model.weight)
-    optimizer = DPSGD(model.parameters(), lr=1.0, noise_multiplier=1.0, **options)
-    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=1.0, noise_multiplier=1.0, **options),
+                               NoisePlan(1.0, expected_batch_size=4.0))
     batch = {"x": torch.zeros(4, 20), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
     optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)
     return model.weight.detach().clone()
@@ -217,8 +223,7 @@ def test_the_model_is_checked_on_the_first_non_empty_batch() -> None:
             return self.proj(x.transpose(0, 1)).mean(0)
 
     model = SequenceFirst()
-    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
-    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, noise_seed=0), NoisePlan(1.0, 4.0))
     no_labels = torch.zeros(0, dtype=torch.long)
     empty = {"x": torch.zeros(0, 4, 5), "y": no_labels, "index": no_labels}
     optimizer.private_step(model, cross_entropy, empty)  # nothing to check the attribution on
@@ -228,36 +233,37 @@ def test_the_model_is_checked_on_the_first_non_empty_batch() -> None:
 
 
 def test_target_epsilon_without_calibration_cannot_step() -> None:
-    optimizer = DPSGD(mlp().parameters(), target_epsilon=3.0)
-    with pytest.raises(ConfigError, match="calibrated by PrivacyAccountantCallback"):
+    optimizer = DPSGD(DPSGDConfig(target_epsilon=3.0)).build(mlp().parameters())
+    with pytest.raises(ConfigError, match="PrivacyAccountantCallback .* plans it before the optimizer is built"):
         optimizer.private_step(mlp(), cross_entropy, feature_batch(4))
 
 
 def test_no_step_after_the_budget_is_spent() -> None:
     model = mlp()
-    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, target_epsilon=1.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, target_epsilon=1.0),
+                               NoisePlan(1.0, 4.0))
     optimizer.budget_spent = True
     with pytest.raises(PrivacyBudgetSpent, match="target_epsilon=1.0 is spent"):
         optimizer.private_step(model, cross_entropy, feature_batch(4))
 
 
 def test_optimizer_parameters_must_belong_to_the_model() -> None:
-    optimizer = DPSGD(mlp().parameters(), noise_multiplier=1.0)
-    optimizer.configure_noise(1.0, expected_batch_size=4.0)
+    optimizer = DPSGDOptimizer(mlp().parameters(), DPSGDConfig(noise_multiplier=1.0), NoisePlan(1.0, 4.0))
     with pytest.raises(ConfigError, match="build the optimizer from the trainable parameters"):
         optimizer.private_step(mlp(), cross_entropy, feature_batch(4))
 
 
-def test_registered_configs_build_partial_optimizers() -> None:
+def test_registered_configs_build_optimizer_plugins() -> None:
     from hydra.core.config_store import ConfigStore
 
     from trustml.registry import plugins
 
     assert {"dp_sgd", "dp_adam"} <= set(plugins("optimizer"))
     repo = ConfigStore.instance().repo["optimizer"]
-    for name, cls in (("dp_sgd", DPSGD), ("dp_adam", DPAdam)):
+    for name, plugin_cls, cls in (("dp_sgd", DPSGD, DPSGDOptimizer), ("dp_adam", DPAdam, DPAdamOptimizer)):
         node = OmegaConf.structured(repo[f"{name}.yaml"].node)
         node.noise_multiplier = 1.5
-        factory = instantiate(node, _convert_="all")
+        factory = build_plugin("optimizer", node)
+        assert isinstance(factory, plugin_cls) and factory.per_sample_gradients
         optimizer = factory(mlp().parameters())
         assert isinstance(optimizer, cls) and optimizer.noise_multiplier == 1.5

@@ -13,10 +13,11 @@ from opacus.accountants import RDPAccountant
 
 from tests.privacy.privacy_helpers import BlobsDataModule
 from trustml.errors import CheckpointError, ConfigError
-from trustml.methods.erm import ERM
-from trustml.models.mlp import MLP
-from trustml.optim.dp import DPSGD, DPSGDConfig
+from trustml.methods.erm import ERM, ERMConfig
+from trustml.models.mlp import MLP, MLPConfig
 from trustml.privacy.callback import PrivacyAccountantCallback
+from trustml.privacy.options import DPSGDConfig
+from trustml.privacy.plugins import DPSGD
 from trustml.privacy.sampling import PoissonBatchSampler
 
 STEPS_PER_EPOCH = 5  # 120 training samples, expected batch size 24: rate 0.2
@@ -29,15 +30,15 @@ def _fit(
     torch.manual_seed(0)
     datamodule = BlobsDataModule(n_train=120, batch_size=24)
     datamodule.setup("fit")
-    model = MLP(num_classes=3, input_dim=5, hidden_sizes=[16], dropout=0.0, norm=norm)
+    model = MLP(MLPConfig(hidden_sizes=[16], dropout=0.0, norm=norm), num_classes=3, input_dim=5)
     if private:
-        cfg = OmegaConf.create({"seed": 0, "optimizer": OmegaConf.structured(DPSGDConfig(**options))})
-        DPSGD.validate_config(cfg)
+        config = DPSGDConfig(**options)
+        cfg = OmegaConf.create({"seed": 0, "optimizer": OmegaConf.structured(config)})
         callbacks = DPSGD.runtime_callbacks(cfg, datamodule)
-        factory = partial(DPSGD, **options)
+        factory = DPSGD(config)
     else:
         callbacks, factory = [], partial(torch.optim.SGD, lr=0.1)
-    method = ERM(model=model, optimizer=factory, num_classes=3)
+    method = ERM(ERMConfig(), model=model, optimizer=factory, num_classes=3)
     trainer = pl.Trainer(
         max_epochs=max_epochs, callbacks=[*callbacks, *(extra_callbacks or [])], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
@@ -178,7 +179,7 @@ def test_min_epochs_beyond_the_budget_is_refused() -> None:
 @pytest.mark.parametrize("optimizer", ["dp_sgd", "dp_adam"])
 def test_the_composed_deterministic_option_decides_where_the_sampler_seeds_come_from(optimizer, tmp_path) -> None:
     from tests.conftest import compose_train
-    from trustml.optim.dp import DPAdam
+    from trustml.privacy.plugins import DPAdam
 
     cls = {"dp_sgd": DPSGD, "dp_adam": DPAdam}[optimizer]
     for overrides, expected_seed in (([], None), (["optimizer.deterministic=true", "seed=17"], 17)):

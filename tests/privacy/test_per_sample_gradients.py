@@ -265,14 +265,16 @@ def test_batch_first_models_pass_the_attribution_check_with_the_right_norms(case
 
 
 def test_the_attribution_probe_runs_a_few_samples_once_per_model() -> None:
-    from trustml.optim.dp import DPSGD
+    from trustml.privacy.engine import NoisePlan
+    from trustml.privacy.optimizers import DPSGDOptimizer
+    from trustml.privacy.options import DPSGDConfig
     from trustml.privacy.per_sample_layerwise import PROBE_SAMPLES
 
     model = mlp()
     calls: list[int] = []
     model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    optimizer = DPSGD(model.parameters(), noise_multiplier=1.0, noise_seed=0)
-    optimizer.configure_noise(1.0, expected_batch_size=10.0)
+    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, noise_seed=0),
+                               NoisePlan(1.0, expected_batch_size=10.0))
     optimizer.private_step(model, cross_entropy, feature_batch(10))
     # the check: a layerwise pass and a batch pass over the 10 samples, then PROBE_SAMPLES samples alone;
     # then the step's own layerwise pass

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from trustml.errors import ConfigError
-from trustml.synth.cli import run
+from trustml.cli.synth import run
 from trustml.synth.formats import load_utterances
 from trustml.synth.synthesis import SynthesisConfig, select_golden, synthesize
 
@@ -85,7 +85,7 @@ def test_synthesize_without_golden_is_an_error() -> None:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trustml.synth.cli", f"--config-path={CONF}", f"hydra.run.dir={tmp_path / 'run'}",
+    cmd = [sys.executable, "-m", "trustml.cli.synth", f"--config-path={CONF}", f"hydra.run.dir={tmp_path / 'run'}",
            *args]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
@@ -95,9 +95,13 @@ def test_command_line_app(tmp_path: Path, toy_yaml: Path) -> None:
     done = _cli(tmp_path, f"golden={toy_yaml}", "budget_per_intent=5")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "dataset.jsonl").exists()
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "completed" and record["task"] == "trustml-synth" and record["seed"] == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["generated"] == 10
     bad = tmp_path / "bad.txt"
     bad.write_text("## PlayMusic\nplay [pop(genre)\n", encoding="utf-8")
     failed = _cli(tmp_path, f"golden={bad}")
     assert failed.returncode == 2
-    assert f"trustml-synth: {bad}:2:6: unbalanced '['" in failed.stderr
+    assert f"trustml-synth: error: {bad}:2:6: unbalanced '['" in failed.stderr
     assert "Traceback" not in failed.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"

@@ -27,11 +27,6 @@ def app_help(program: str, module: ModuleType, config_name: str, formats: Sequen
     return "\n\n".join(parts)
 
 
-def wants_help(argv: Sequence[str]) -> bool:
-    """Whether the command line asks for ``--help`` / ``-h`` (Hydra's ``--hydra-help`` is left to Hydra)."""
-    return "--help" in argv or "-h" in argv
-
-
 def print_app_help(program: str, module: ModuleType, config_name: str, formats: Sequence[object] = ()) -> None:
     """Print :func:`app_help` to stdout."""
     sys.stdout.write(app_help(program, module, config_name, formats))

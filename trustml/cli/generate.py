@@ -3,39 +3,35 @@
 Loads a trained encoder-decoder (``model.run_dir`` of a ``method=seq2seq`` run, ``model.pretrained`` a name or
 ``save_pretrained`` folder, or ``model.random_init_config`` for tests), generates for Topical-Chat turns with the
 knobs of ``knobs`` (:class:`~trustml.knobs.KnobSettings`; presets in ``generate/knobs``), and writes
-``generations.jsonl`` and ``results.json`` (metrics) into its run directory. Sweeps: ``-m knobs.mixing_weight=0,0.5``.
+``generations.jsonl``, ``results.json`` (metrics) and ``run.json`` (the run record) into its run directory under
+``paths.log_dir`` (:mod:`trustml.cli.task`: exit codes as ``trustml --help`` lists them). Sweeps:
+``-m knobs.mixing_weight=0,0.5``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trustml.cli.app_help import print_app_help, wants_help
+from trustml.cli.app_help import print_app_help
+from trustml.cli.task import Job, TaskApp, TaskResult, run_app
 from trustml.config_schema import register_config_support
-from trustml.errors import ConfigError, TrustMLError
+from trustml.data.topical_chat_files import read_grounded_turns
+from trustml.data.topical_chat_grounded import grounded_examples
+from trustml.errors import ConfigError
 from trustml.knobs.evaluation import generate_and_score
 from trustml.knobs.generator import KnobGenerator, KnobSettings
-from trustml.knobs.grounded_data import grounded_examples
-from trustml.knobs.seq2seq_model import HFSeq2SeqConfig, HFSeq2SeqModel
-from trustml.knobs.topical_chat import read_grounded_turns
-from trustml.run_record import RunRecord, load_model_from_run
+from trustml.models.hf_seq2seq import HFSeq2SeqConfig, HFSeq2SeqModel
+from trustml.run_record import load_model_from_run
 
-log = logging.getLogger("trustml.generate")
-
-CONFIG_MODULE = "trustml.conf"
 CONFIG_NAME = "generate"
 
 
@@ -46,6 +42,10 @@ class ModelSource(HFSeq2SeqConfig):
 
     run_dir: str | None = None
     checkpoint: str = "best"
+
+    def __post_init__(self) -> None:
+        """No checks here (a source may be unset or a run): :func:`load_seq2seq` checks the ``hf_seq2seq`` options
+        when it builds a model from them."""
 
     @property
     def is_set(self) -> bool:
@@ -99,7 +99,7 @@ def load_seq2seq(source: ModelSource, what: str) -> HFSeq2SeqModel:
             f"save_pretrained folder) or {what}.random_init_config"
         )
     options = {f.name: getattr(source, f.name) for f in dataclasses.fields(HFSeq2SeqConfig)}
-    return HFSeq2SeqModel(**options).eval()
+    return HFSeq2SeqModel(HFSeq2SeqConfig(**options)).eval()
 
 
 def generate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -137,44 +137,36 @@ def generate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
-def generate_app(cfg: DictConfig) -> None:
-    """Hydra task: record provenance, generate with knobs, write generations and metrics."""
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    record = RunRecord(run_dir)
-    record.start(
-        seed=int(cfg.seed),
-        seed_source="config",
-        overrides=list(hydra_cfg.overrides.task),
-        source_dir=Path(hydra_cfg.runtime.cwd),
-        choices={k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},
-        trusted_target_prefixes=list(cfg.trusted_target_prefixes),
-    )
-    try:
-        metrics = generate(cfg, run_dir)
-    except TrustMLError as exc:
-        record.fail(exc)
-        sys.stderr.write(f"trustml-generate: error: {exc}\n(run recorded as failed in {run_dir})\n")
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            sys.exit(2)
-        return
-    except BaseException as exc:
-        record.fail(exc)
-        raise
-    record.complete(metrics)
-    if cfg.print_results:
-        print(f"\nResults of {run_dir}:\n" + "\n".join(f"{k:<16} {v:.4f}" for k, v in metrics.items()), flush=True)
+def generate_task(cfg: DictConfig, job: Job) -> TaskResult:
+    """The body of ``trustml-generate``: generations into the job's directory, their metrics as the results."""
+    return TaskResult(generate(cfg, job.run_dir))
+
+
+def _prepare() -> None:
+    """Register the ``generate`` schema and the ``cwd`` resolver."""
+    register_config_support()
+    ConfigStore.instance().store(name="generate_schema", node=GenerateSchema, provider="trustml")
+
+
+def _print_help(topics: list[str]) -> int:
+    """``trustml-generate --help``: what it does, the knobs and every option (:mod:`trustml.cli.app_help`)."""
+    print_app_help("trustml-generate", sys.modules[__name__], CONFIG_NAME, [KnobSettings])
+    return 0
+
+
+APP = TaskApp(
+    program="trustml-generate",
+    config_name=CONFIG_NAME,
+    job_name="generate",
+    body=generate_task,
+    print_help=_print_help,
+    prepare=_prepare,
+)
 
 
 def main() -> None:
     """Console entry point of ``trustml-generate``."""
-    if wants_help(sys.argv[1:]):
-        print_app_help("trustml-generate", sys.modules[__name__], CONFIG_NAME, [KnobSettings])
-        return
-    register_config_support()
-    ConfigStore.instance().store(name="generate_schema", node=GenerateSchema, provider="trustml")
-    generate_app()
+    run_app(APP)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""``trustml --help``: every config group with its plugins/options and a one-line description each."""
+"""``trustml --help``: every config group with its plugins/options and a one-line description each.
+
+Plugins are listed from their modules' sources (:func:`trustml.registry.plugin_index`), without importing them:
+the help needs neither torch nor Lightning. ``trustml --help GROUP=NAME`` imports that one plugin's module.
+"""
 
 from __future__ import annotations
 
 from importlib.resources import files
 
-from trustml.registry import PLUGIN_GROUPS, plugins
+from trustml.registry import PLUGIN_GROUPS, plugin_index
 
 YAML_GROUPS = ("trainer", "logger", "callbacks", "paths", "experiment", "hparams_search", "debug")
 
@@ -56,8 +60,9 @@ def yaml_options(group: str) -> dict[str, str]:
 def help_text() -> str:
     """The full help: usage, then each group with its options."""
     lines = [USAGE, "Config groups (select with group=option):"]
+    index = plugin_index()
     for group in (*PLUGIN_GROUPS, *YAML_GROUPS):
-        options = {name: info.summary for name, info in sorted(plugins(group).items())}
+        options = {name: entry.summary for name, entry in sorted(index.get(group, {}).items())}
         options.update(yaml_options(group))
         lines.append(f"\n  {group}:")
         if not options:
@@ -79,8 +84,8 @@ def print_help(topics: list[str] | None = None) -> int:
     for topic in topics:
         group, _, name = topic.partition("=")
         if group not in (*PLUGIN_GROUPS, *YAML_GROUPS) or not name:
-            print(f"trustml --help takes GROUP=NAME (e.g. --help method=pc); groups: "
-                  f"{', '.join((*PLUGIN_GROUPS, *YAML_GROUPS))}")
+            groups = ", ".join((*PLUGIN_GROUPS, *YAML_GROUPS))
+            print(f"trustml --help takes GROUP=NAME (e.g. --help method=pc); groups: {groups}")
             code = 2
             continue
         text = plugin_help(group, name)

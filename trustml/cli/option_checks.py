@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from trustml.errors import ConfigError
-from trustml.registry import PLUGIN_GROUPS, plugins, resolve_target
+from trustml.registry import plugins, resolve_target
 
 #: Hydra config keys of Hydra's own (not the run's) that are set by the config loader: never "unknown".
 _SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -97,17 +97,29 @@ def _annotations(obj: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
     return signature, hints
 
 
+def _registered(cls: Any, preferred: str | None) -> tuple[str, type] | None:
+    """``("group=name", options dataclass)`` when ``cls`` is a registered plugin class (the ``preferred``
+    ``group=name`` when ``cls`` is registered under several names), else ``None``."""
+    if not inspect.isclass(cls):
+        return None
+    target = f"{cls.__module__}.{cls.__qualname__}"
+    found = [
+        (f"{group}={info.name}", info.config_class)
+        for group, named in plugins().items()
+        for info in named.values()
+        if info.target == target and dataclasses.is_dataclass(info.config_class)
+    ]
+    return next((item for item in found if item[0] == preferred), found[0] if found else None)
+
+
 def check_options(cfg: DictConfig, choices: dict[str, Any]) -> None:
     """Refuse options a plugin or class does not have, and wrong-typed values of simply typed options.
 
     A registered plugin's options are its dataclass fields; any other ``_target_`` node is checked against
     its callable's signature (skipped when it takes ``**kwargs``). Only int/float/bool/null annotations are
-    type-checked (the plugins' dataclasses are typed by OmegaConf already).
+    type-checked (the plugins' dataclasses are typed by OmegaConf already). Each target is imported to be
+    checked (the run imports it anyway).
     """
-    by_target: dict[str, list[Any]] = {}
-    for group in plugins().values():
-        for info in group.values():
-            by_target.setdefault(info.target, []).append(info)
 
     def visit(node: DictConfig, path: str) -> None:
         """Walk the config."""
@@ -130,24 +142,21 @@ def check_options(cfg: DictConfig, choices: dict[str, Any]) -> None:
         except Exception:  # noqa: BLE001 - an interpolated target resolves at run time
             return
         keys = [str(k) for k in node.keys() if str(k) not in _SPECIAL_KEYS]
+        try:
+            obj = resolve_target(target)
+        except Exception:  # noqa: BLE001 - reported when the run builds it (with the import error)
+            return
         group = path.split(".")[0]
-        info = plugins(group).get(str(choices.get(group))) if path in PLUGIN_GROUPS else None
-        if info is None or info.target != target:
-            candidates = by_target.get(target, [])
-            info = candidates[0] if len(candidates) == 1 else None
-        if info is not None and info.config_class is not None:
-            fields = sorted(f.name for f in dataclasses.fields(info.config_class))
+        registered = _registered(obj, f"{group}={choices.get(group)}" if "." not in path else None)
+        if registered is not None:
+            label, config_class = registered
+            fields = sorted(f.name for f in dataclasses.fields(config_class))
             unknown = [k for k in keys if k not in fields]
             if unknown:
-                label = f"{info.group}={info.name}"
                 raise ConfigError(
                     f"option '{unknown[0]}' is unknown for {label} ({path}.{unknown[0]}); valid options: "
                     f"{', '.join(fields)} (trustml --help lists the plugins)"
                 )
-            return
-        try:
-            obj = resolve_target(target)
-        except Exception:  # noqa: BLE001 - reported when the run builds it (with the import error)
             return
         signature, hints = _annotations(obj)
         if signature is None:

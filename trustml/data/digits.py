@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from trustml.registry import register
 
 @dataclass
 class DigitsConfig(DataOptions):
-    """Options of ``data=digits``."""
+    """Options of ``data=digits``: the fractions of the images held out for validation and test."""
 
     val_fraction: float = 0.15
     test_fraction: float = 0.25
@@ -25,10 +24,7 @@ class DigitsDataModule(TrustDataModule):
     """8x8 digits as 64 pixel features standardized with train-split statistics; stratified splits."""
 
     input_kind = "features"
-
-    def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.25, **options: Any) -> None:
-        super().__init__(**options)
-        self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+    config: DigitsConfig
 
     def load_splits(self) -> dict[str, Split]:
         from sklearn.datasets import load_digits
@@ -37,7 +33,8 @@ class DigitsDataModule(TrustDataModule):
         x = bunch.data.astype(np.float32)
         y = bunch.target.astype(np.int64)
         self.label_names = [str(c) for c in range(10)]
-        parts = stratified_split(y, self.fractions, self.split_seed)
+        val, test = self.config.val_fraction, self.config.test_fraction
+        parts = stratified_split(y, (1.0 - val - test, val, test), self.config.split_seed)
         mean = x[parts[0]].mean(axis=0)
         std = x[parts[0]].std(axis=0)
         std[std < 1e-6] = 1.0  # pixels that are constant in the training split are only centred

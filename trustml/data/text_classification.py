@@ -7,7 +7,6 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -123,7 +122,12 @@ class TextClassificationConfig(DataOptions):
     group_field: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.path is None and self.train_path is None:
+            raise DataError("data=text_classification needs data.path (one file) or data.train_path")
+        check_encoding(self.encoding, "data.encoding")
 
 
 @register("data", "text_classification", dataclass=TextClassificationConfig)
@@ -131,43 +135,23 @@ class TextClassificationDataModule(TrustDataModule):
     """Labelled texts from JSONL/CSV; label names sorted from the training split; optional grouped split."""
 
     input_kind = "text"
-
-    def __init__(
-        self,
-        path: str | None = None,
-        train_path: str | None = None,
-        val_path: str | None = None,
-        test_path: str | None = None,
-        format: str = "auto",  # noqa: A002 - the config option's name
-        encoding: str = "utf-8",
-        text_field: str = "text",
-        label_field: str = "label",
-        group_field: str | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        **options: Any,
-    ) -> None:
-        super().__init__(**options)
-        if path is None and train_path is None:
-            raise DataError("data=text_classification needs data.path (one file) or data.train_path")
-        self.path, self.train_path, self.val_path, self.test_path = path, train_path, val_path, test_path
-        self.format, self.text_field, self.label_field, self.group_field = format, text_field, label_field, group_field
-        self.encoding = check_encoding(encoding, "data.encoding")
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+    config: TextClassificationConfig
 
     def _read(self, path: str) -> list[TextRecord]:
-        return read_records(path, self.text_field, self.label_field, self.group_field, self.format, self.encoding)
+        c = self.config
+        return read_records(path, c.text_field, c.label_field, c.group_field, c.format, c.encoding)
 
     def load_splits(self) -> dict[str, Split]:
-        if self.path is not None:
-            records = self._read(self.path)
+        c = self.config
+        if c.path is not None:
+            records = self._read(c.path)
             parts = self._split_positions(records)
             by_split = {
                 name: [records[i] for i in rows] for name, rows in zip(("train", "val", "test"), parts, strict=True)
             }
-            sources = dict.fromkeys(by_split, self.path)
+            sources = dict.fromkeys(by_split, c.path)
         else:
-            paths = {"train": self.train_path, "val": self.val_path, "test": self.test_path}
+            paths = {"train": c.train_path, "val": c.val_path, "test": c.test_path}
             absent = [f"data.{k}_path" for k, v in paths.items() if v is None]
             if absent:
                 raise DataError(f"with data.train_path set, also set {', '.join(absent)} (or use data.path)")
@@ -183,7 +167,7 @@ class TextClassificationDataModule(TrustDataModule):
                     f"{sources[name]}:{unknown[0].line}: label '{unknown[0].label}' does not occur in the training "
                     f"split (known: {self.label_names})"
                 )
-            groups = {"group": np.array([r.group for r in records], dtype=object)} if self.group_field else {}
+            groups = {"group": np.array([r.group for r in records], dtype=object)} if c.group_field else {}
             splits[name] = Split(
                 inputs=[r.text for r in records],
                 labels=np.array([label_id[r.label] for r in records]),
@@ -194,13 +178,12 @@ class TextClassificationDataModule(TrustDataModule):
         return splits
 
     def _split_positions(self, records: list[TextRecord]) -> list[np.ndarray]:
-        fractions = (1.0 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
-        if self.group_field:
-            return grouped_split(np.array([r.group for r in records], dtype=object), fractions, self.split_seed)
+        c = self.config
+        fractions = (1.0 - c.val_fraction - c.test_fraction, c.val_fraction, c.test_fraction)
+        if c.group_field:
+            return grouped_split(np.array([r.group for r in records], dtype=object), fractions, c.split_seed)
         labels = np.array([r.label for r in records])
         try:
-            return stratified_split(labels, fractions, self.split_seed)
+            return stratified_split(labels, fractions, c.split_seed)
         except ValueError as exc:
-            raise DataError(
-                f"{self.path}: cannot split {len(records)} records by label ({exc}); add more data"
-            ) from None
+            raise DataError(f"{c.path}: cannot split {len(records)} records by label ({exc}); add more data") from None

@@ -1,12 +1,15 @@
 """Per-round checkpoint of a federated run, so a killed run resumes from its last completed round.
 
+A run started again in its run directory continues from it (``federation.runtime.resume``, default); a run in
+another directory continues from it when the top-level ``ckpt_path`` names it (or that run's directory).
+
 The file ``<run dir>/federation/server_state.pt`` holds the server state (global weights, server optimizer,
 RNGs, accountant), the simulated clients' own state, the round history and the process RNG states that
 local training draws from. It is written atomically (temporary file + rename) after every round and read
 with ``torch.load(weights_only=True)``. A fingerprint of the options that shape the run must match.
 
 :func:`read_checkpoint` is how every resume point is read (this state, and the Lightning checkpoint of
-``federation=none``'s ``resume_from``): a file that cannot be loaded is one :class:`CheckpointError` saying
+a centralized run's ``ckpt_path``): a file that cannot be loaded is one :class:`CheckpointError` saying
 why in words (empty, truncated, not a PyTorch file, holds code-bearing objects, corrupt), never torch's own
 advice to load it with ``weights_only=False``; :func:`state_dict_mismatch` describes a checkpoint written for
 another model.
@@ -28,6 +31,19 @@ from trustml.atomic_files import write_bytes_atomic
 from trustml.errors import CheckpointError
 
 FORMAT_VERSION = 1
+#: The round checkpoint's file name, in ``<run dir>/federation/``.
+STATE_FILE = "server_state.pt"
+
+
+def run_state_path(ckpt_path: str | Path) -> Path:
+    """The round checkpoint that ``ckpt_path`` names: the file itself, or the ``federation/server_state.pt`` of
+    the run directory (or ``federation`` folder) it names."""
+    path = Path(ckpt_path)
+    if path.is_dir():
+        for candidate in (path / "federation" / STATE_FILE, path / STATE_FILE):
+            if candidate.is_file():
+                return candidate
+    return path
 
 
 def capture_process_rng() -> dict[str, Any]:
@@ -124,9 +140,13 @@ def save_run_state(path: Path, state: dict[str, Any], fingerprint: dict[str, Any
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_run_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """Read a state written by :func:`save_run_state`; refuse it when unsafe, corrupt or from another setup."""
-    fix = "delete it or set federation.resume=false to start over"
+#: What to do instead of resuming a run from its own round checkpoint that cannot be resumed from.
+OWN_STATE_FIX = "set federation.runtime.resume=false (or delete it) to start over"
+
+
+def load_run_state(path: Path, fingerprint: dict[str, Any], fix: str = OWN_STATE_FIX) -> dict[str, Any]:
+    """Read a state written by :func:`save_run_state`; refuse it (saying ``fix``) when unsafe, corrupt, not a
+    federated-run state or from another setup."""
     state = read_checkpoint(path, fix)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a trustml federated-run state (format {FORMAT_VERSION}); {fix}")
@@ -136,6 +156,6 @@ def load_run_state(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {fingerprint.get(k)!r}" for k in differing)
         raise CheckpointError(
             f"{path} was written by a different federated setup ({detail}); resume with the same options, or "
-            f"set federation.resume=false to start over"
+            f"{fix}"
         )
     return state

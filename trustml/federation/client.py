@@ -41,9 +41,10 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from trustml.data.base import Split, TrustDataModule
+from trustml.data.base import DataOptions, Split, TrustDataModule
 from trustml.federation.flat_state import FlatBinding, FlatLayout, get_flat, set_flat
 from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation, stateless
+from trustml.federation.options import ClientConfig
 from trustml.federation.proximal import ProximalTerm
 
 TrainerFactory = Callable[..., pl.Trainer]
@@ -87,8 +88,8 @@ class ClientDataModule(TrustDataModule):
     """
 
     def __init__(self, source: TrustDataModule, rows: np.ndarray) -> None:
-        super().__init__(batch_size=source.batch_size, eval_batch_size=source.eval_batch_size,
-                         split_seed=source.split_seed)
+        super().__init__(DataOptions(batch_size=source.batch_size, eval_batch_size=source.eval_batch_size,
+                                     split_seed=source.config.split_seed))
         self.source_splits = source.splits
         self.rows = np.asarray(rows, dtype=np.int64)
         self.label_names = list(source.label_names)
@@ -148,12 +149,14 @@ def client_callback_templates(callbacks: Sequence[pl.Callback]) -> list[pl.Callb
     return [cb for cb in callbacks if getattr(cb, "federated_scope", "server") == "client"]
 
 
-class LocalTrainer:
+class ClientTrainer:
     """Trains the shared ``method`` on one client's rows from the given global weights (see module doc).
 
-    ``client_loop``: ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then
-    set after the first client), ``lightning`` always fits with a fresh Lightning Trainer. ``planned_fits``
-    (per client) goes to every client callback that has a ``planned_fits`` attribute (the DP accountant).
+    ``config`` is the ``federation.client`` section (:class:`~trustml.federation.options.ClientConfig`): its
+    ``loop`` ``auto`` uses :class:`ClientLoop` where :func:`loop_refusal` allows it (``loop`` is then set after
+    the first client), ``lightning`` always fits with a fresh Lightning Trainer. ``proximal_mu`` is FedProx's
+    weight (0: FedAvg). ``planned_fits`` (per client) goes to every client callback that has a ``planned_fits``
+    attribute (the DP accountant).
 
     What does not change between client fits is built once: each client's :class:`ClientDataModule` (rebuilt
     when its rows change, e.g. in a new continual period; the source's splits must not change during the
@@ -166,24 +169,20 @@ class LocalTrainer:
         method: pl.LightningModule,
         datamodule: TrustDataModule,
         make_trainer: TrainerFactory,
+        config: ClientConfig | None = None,
         *,
-        local_epochs: int = 1,
-        local_steps: int | None = None,
         proximal_mu: float = 0.0,
-        timeout_s: float | None = None,
         callback_templates: Sequence[pl.Callback] = (),
-        client_loop: str = "auto",
         planned_fits: np.ndarray | None = None,
     ) -> None:
         self.method = method
         self.datamodule = datamodule
         self.make_trainer = make_trainer
-        self.local_epochs, self.local_steps = local_epochs, local_steps
-        self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
+        self.config = config if config is not None else ClientConfig()
+        self.proximal_mu, self.timeout_s = proximal_mu, self.config.timeout_s
         self.callback_templates = list(callback_templates)
         self.planned_fits = planned_fits
         self.layout = FlatLayout.of(method.model)
-        self.client_loop = client_loop
         self.loop: ClientLoop | None = None
         self.loop_decided = False
         self.prepared = not needs_preparation(method)
@@ -231,24 +230,22 @@ class LocalTrainer:
         """
         if not self.loop_decided:
             self.loop_decided = True
-            if self.client_loop == "auto":
+            if self.config.loop == "auto":
                 with quiet_lightning():
                     probe = self.make_trainer(**self.trainer_overrides(self.lightning_callbacks(client_callbacks)))
                 reason = loop_refusal(self.method, probe, client_callbacks)
                 if reason is None:
-                    self.loop = ClientLoop(probe.strategy.root_device, local_epochs=self.local_epochs,
-                                           local_steps=self.local_steps, proximal_mu=self.proximal_mu,
-                                           timeout_s=self.timeout_s)
+                    self.loop = ClientLoop(probe.strategy.root_device, self.config, proximal_mu=self.proximal_mu)
                 else:
                     log.info("federation: each client fit builds a Lightning Trainer: %s", reason)
         return self.loop if self.prepared else None
 
     def trainer_overrides(self, callbacks: list[pl.Callback]) -> dict[str, Any]:
         """Trainer arguments of one local fit: its length, its callbacks, no validation/logging/checkpoints."""
-        steps = self.local_steps is not None
+        steps = self.config.local_steps is not None
         return {
-            "max_epochs": -1 if steps else self.local_epochs,
-            "max_steps": self.local_steps if steps else -1,
+            "max_epochs": -1 if steps else self.config.local_epochs,
+            "max_steps": self.config.local_steps if steps else -1,
             "min_epochs": 0,
             "callbacks": callbacks,
             "logger": False,

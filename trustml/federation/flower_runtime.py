@@ -2,7 +2,7 @@
 
 The ClientApp answers two message types: ``query`` (which client am I, how many samples do I hold per
 period) and ``train`` (load the global weights and the client's callback state, run
-:class:`~trustml.federation.client.LocalTrainer` on the client's current window, reply with the update, the
+:class:`~trustml.federation.client.ClientTrainer` on the client's current window, reply with the update, the
 metrics and the new callback state). Client ``k`` is the SuperNode whose ``node_config["partition-id"]`` is
 ``k``. The ServerApp drives :class:`~trustml.federation.rounds.RoundLoop` with a :class:`GridTransport`, which
 sends one ``train`` message per selected client through the Grid and collects the replies within
@@ -27,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from trustml.errors import ConfigError
-from trustml.federation.client import ClientUpdate, LocalTrainer
+from trustml.federation.client import ClientTrainer, ClientUpdate
 from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import ClientFailure, RoundLoop
 
@@ -93,7 +94,7 @@ def states_of(content: Any) -> CallbackStates:
     return decode_states(str(content[STATE_RECORD]["callback_states"]))
 
 
-def build_client_app(trainer: LocalTrainer, population: ClientPopulation) -> Any:
+def build_client_app(trainer: ClientTrainer, population: ClientPopulation) -> Any:
     """The ClientApp of client ``node_config["partition-id"]`` (see module doc)."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -223,12 +224,14 @@ def discover_clients(grid: Any, nodes: list[int], timeout_s: float) -> tuple[dic
 
 
 def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop], num_clients: int,
-                     timeout_s: float | None, *, resume: bool = True, startup_timeout_s: float = 120.0) -> Any:
+                     timeout_s: float | None, *, resume: bool = True, source: Path | None = None,
+                     startup_timeout_s: float = 120.0) -> Any:
     """The ServerApp: connect to the clients, then run the round loop over the Grid.
 
     ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
     checkpoint carries the :class:`GridTransport`'s per-client callback states. With ``resume`` it continues
-    from the run's last checkpoint, the clients' callback states included.
+    from the run's last checkpoint (else from ``source``, another run's checkpoint, when given), the clients'
+    callback states included (:meth:`RoundLoop.resume`).
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -242,8 +245,7 @@ def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], Rou
         transport = GridTransport(grid, node_of_client, timeout_s)
         loop = make_loop(transport, lambda period: sizes[:, period])
         loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
-        if resume:
-            loop.resume()
+        loop.resume(own=resume, source=source)
         loop.run()
 
     return app

@@ -1,27 +1,29 @@
 """A Trainer-free local-training loop for simulated clients: one Lightning fit's work without the Trainer.
 
 Building and running a Lightning Trainer costs about 100 ms per fit (most of it constructing the Trainer),
-while a small model's local epoch on one device's rows costs a few milliseconds, so with thousands of
+while a small model's local epoch on one client's rows costs a few milliseconds, so with thousands of
 client fits the Trainer would be the simulation's cost. :class:`ClientLoop` does what a Lightning fit of a
 :class:`~trustml.methods.base.ClassificationMethod` does, in the same order and with the same random draws
 (so it gives the same client update), and nothing else:
 
 .. code-block:: text
 
-    configure_optimizers()                        # an SGD/Adam/AdamW is built once and reset per fit
+    callbacks' setup(); configure_optimizers()   # an SGD/Adam/AdamW is built once and reset per fit
     for epoch e until local_epochs (or until local_steps steps):
         sampler.set_epoch(e)                      # as Lightning: the loader's sampler and batch_sampler.sampler
         for batch in train loader:                # a plain shuffling loader: one permutation, as its sampler draws
-            batch = method.prepare_batch(batch)   # e.g. PC's cached old logits
-            DP optimizer:  optimizer.private_step(model, method.sample_losses, batch)
-            otherwise:     zero_grad; method.batch_loss(model(x), batch).backward();
-                           FedProx: ((mu / 2) ||w - w_global||^2).backward(); step
+            zero_grad (not with a DP optimizer)
+            logits, loss = method.training_loss(batch, optimizer)   # the method's own step (as training_step):
+                                                   # prepare_batch (e.g. PC's cached old logits), then the loss, or
+                                                   # a DP optimizer's per-sample gradients in .grad
+            DP optimizer:  step; zero_grad
+            otherwise:     loss.backward(); FedProx: ((mu / 2) ||w - w_global||^2).backward(); step
 
 Client callbacks that can run here (:func:`runs_in_client_loop`: those that declare
 ``client_loop_ready = True``, e.g. the DP accountant) get their training hooks called with a :class:`ClientFitView` in
 place of the Trainer. :func:`loop_refusal` says why a method, trainer configuration or callback needs a
 real Lightning fit instead (e.g. a method with its own ``training_step``, gradient accumulation or clipping,
-mixed precision); :class:`~trustml.federation.client.LocalTrainer` then uses one.
+mixed precision); :class:`~trustml.federation.client.ClientTrainer` then uses one.
 
 What a fit would rebuild but does not change between fits is kept: one optimizer object
 (:meth:`ClientLoop.optimizer_for`) and one scratch generator for the loader's permutations
@@ -46,9 +48,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from trustml.data.base import SplitDataset, TrustDataModule
 from trustml.errors import ConfigError
+from trustml.federation.options import ClientConfig
 from trustml.federation.proximal import ProximalTerm, proximal_term
 from trustml.methods.base import ClassificationMethod
-from trustml.optim.base import PerSampleGradientOptimizer
 
 #: LightningModule hooks that change what one training step does; a method overriding one needs Lightning.
 STEP_HOOKS = (
@@ -172,7 +174,7 @@ def plain_shuffling(loader: DataLoader) -> bool:
     cutting one ``RandomSampler`` permutation (without replacement) into consecutive batches.
 
     Decided once per loader (a loader's sampler, batch sampler and workers are fixed when it is built), as a
-    device's loader is iterated in every round it takes part in.
+    client's loader is iterated in every round it takes part in.
     """
     known = _PLAIN_SHUFFLING.get(loader)
     if known is None:
@@ -241,15 +243,15 @@ def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
 class ClientLoop:
     """Runs one client's local training of a :class:`ClassificationMethod` without a Trainer (see module doc).
 
-    ``device`` is where training runs (the probe trainer's root device); the method is moved there for the
-    fit and back afterwards, as Lightning's single-device strategy does.
+    ``device`` (a ``torch.device``) is where training runs (the probe trainer's root device); the method is moved
+    there for the fit and back afterwards, as Lightning's single-device strategy does. ``config`` is the
+    ``federation.client`` section (local epochs or steps, timeout); ``proximal_mu`` is FedProx's weight.
     """
 
-    def __init__(self, device: torch.device, *, local_epochs: int = 1, local_steps: int | None = None,
-                 proximal_mu: float = 0.0, timeout_s: float | None = None) -> None:
+    def __init__(self, device: torch.device, config: ClientConfig, *, proximal_mu: float = 0.0) -> None:
         self.device = device
-        self.local_epochs, self.local_steps = local_epochs, local_steps
-        self.proximal_mu, self.timeout_s = proximal_mu, timeout_s
+        self.local_epochs, self.local_steps = config.local_epochs, config.local_steps
+        self.proximal_mu, self.timeout_s = proximal_mu, config.timeout_s
         self.reusable: tuple[ClassificationMethod, torch.optim.Optimizer, list[dict[str, Any]]] | None = None
         self.scratch = torch.Generator()
 
@@ -284,18 +286,19 @@ class ClientLoop:
         if home != self.device:
             method.to(self.device)
         try:
-            optimizer = self.optimizer_for(method)
-            if isinstance(optimizer, PerSampleGradientOptimizer) and self.proximal_mu > 0:
+            if method.uses_per_sample_gradients and self.proximal_mu > 0:
                 raise ConfigError(
                     "federation=fedprox adds its proximal term to the loss gradient, but a DP optimizer computes its "
                     "own per-sample gradients; use federation=fedavg with it, or a non-DP optimizer with fedprox"
                 )
             steps = self.local_steps is not None
-            view = ClientFitView(data, loader, [optimizer], max_epochs=-1 if steps else self.local_epochs,
+            view = ClientFitView(data, loader, [], max_epochs=-1 if steps else self.local_epochs,
                                  max_steps=self.local_steps if steps else -1, num_training_batches=len(loader))
-            step = _Step(method, optimizer, self.proximal_mu)
             hooks = _Hooks(callbacks, view, method)
-            hooks("setup", stage="fit")
+            hooks("setup", stage="fit")  # as in a Lightning fit: setup, then configure_optimizers, then on_fit_start
+            optimizer = self.optimizer_for(method)
+            view.optimizers.append(optimizer)
+            step = _Step(method, optimizer, self.proximal_mu)
             hooks("on_fit_start")
             hooks("on_train_start")
             train_loss: float | None = None
@@ -355,25 +358,29 @@ def _detach_trainer(method: pl.LightningModule) -> None:
 class _Step:
     """One optimizer step of a method on a batch, as its ``training_step`` and Lightning's optimization do it.
 
-    Returns the detached mean training loss and what ``training_step`` would have returned (the loss as
-    Lightning's ``{"loss": ...}``; ``None`` for a DP optimizer, which steps itself).
+    The loss (or, with a per-sample-gradient optimizer, the gradients) comes from the method's own
+    :meth:`~trustml.methods.base.ClassificationMethod.training_loss`; this adds what Lightning's optimization adds
+    around it (``zero_grad``, ``backward``, FedProx's term as :class:`ProximalTerm` adds it, ``step``). Returns the
+    detached mean training loss and what ``training_step`` would have returned (the loss as Lightning's
+    ``{"loss": ...}``; ``None`` for a per-sample-gradient optimizer, which the method steps itself).
     """
 
     def __init__(self, method: ClassificationMethod, optimizer: torch.optim.Optimizer, proximal_mu: float) -> None:
         self.method, self.optimizer, self.mu = method, optimizer, proximal_mu
-        self.private = isinstance(optimizer, PerSampleGradientOptimizer)
+        self.per_sample = method.uses_per_sample_gradients
         # FedProx anchors at the weights the fit starts from (the global model the client received)
         self.params = [p for p in method.parameters() if p.requires_grad] if proximal_mu > 0 else []
         self.anchors = [p.detach().clone() for p in self.params]
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         method, optimizer = self.method, self.optimizer
-        batch = method.prepare_batch(batch)
-        if self.private:
-            _, loss = optimizer.private_step(method.model, method.sample_losses, batch)
+        if self.per_sample:
+            _, loss = method.training_loss(batch, optimizer)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             return loss.detach(), None
         optimizer.zero_grad()
-        loss = method.batch_loss(method.model(batch["x"]), batch)
+        _, loss = method.training_loss(batch, optimizer)
         loss.backward()
         if self.params:
             proximal_term(self.params, self.anchors, self.mu).backward()

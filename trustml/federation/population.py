@@ -9,7 +9,7 @@ import numpy as np
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
 from trustml.federation.continual import arrival_order, client_windows
-from trustml.federation.options import FederationConfig
+from trustml.federation.options import PartitionConfig
 from trustml.federation.partition import Partition, make_partition, partition_statistics
 
 
@@ -20,7 +20,7 @@ class ClientPopulation:
     ``sizes(t)`` their counts, which is all the server learns about a client's data.
     """
 
-    def __init__(self, partition: Partition, arrivals: Partition, names: list[str] | None, options: FederationConfig,
+    def __init__(self, partition: Partition, arrivals: Partition, names: list[str] | None, options: PartitionConfig,
                  labels: np.ndarray, num_classes: int) -> None:
         self.partition, self.arrivals, self.names = partition, arrivals, names
         self.num_periods = options.num_periods if options.setting == "continual" else 1
@@ -29,23 +29,24 @@ class ClientPopulation:
         self._cached: tuple[int, Partition, np.ndarray] | None = None
 
     @classmethod
-    def from_datamodule(cls, datamodule: TrustDataModule, options: FederationConfig) -> ClientPopulation:
-        """Partition ``datamodule``'s training split as ``options`` say (seeded by ``partition_seed``).
+    def from_datamodule(cls, datamodule: TrustDataModule, options: PartitionConfig) -> ClientPopulation:
+        """Partition ``datamodule``'s training split as the ``federation.partition`` section says (seeded by its
+        ``seed``).
 
         ``num_clients`` above the number of training samples is refused (:class:`ConfigError`): that many clients
         cannot all hold data. Empty clients that skew leaves are allowed (see :attr:`empty_clients`).
         """
         train = datamodule.splits["train"]
         labels = train.labels.numpy()
-        if options.partition != "natural" and options.num_clients > len(labels):
+        if options.kind != "natural" and options.num_clients > len(labels):
             raise ConfigError(
-                f"federation.num_clients={options.num_clients} exceeds the {len(labels)} training samples, so at "
-                f"least {options.num_clients - len(labels)} clients would hold no data; lower federation.num_clients "
-                f"to at most {len(labels)}"
+                f"federation.partition.num_clients={options.num_clients} exceeds the {len(labels)} training samples, "
+                f"so at least {options.num_clients - len(labels)} clients would hold no data; lower "
+                f"federation.partition.num_clients to at most {len(labels)}"
             )
-        rng = np.random.default_rng(options.partition_seed)
+        rng = np.random.default_rng(options.seed)
         partition, names = make_partition(
-            options.partition, labels, train.groups, num_clients=options.num_clients,
+            options.kind, labels, train.groups, num_clients=options.num_clients,
             dirichlet_alpha=options.dirichlet_alpha, quantity_beta=options.quantity_beta,
             group_column=options.group_column, rng=rng,
         )

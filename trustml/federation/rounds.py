@@ -6,10 +6,10 @@ appends one record (selection, faults, timing, test accuracy, privacy) to the hi
 to ``rounds.jsonl`` and saved with the checkpoint.
 
 A round that did not update the global model is a *failed round* (:func:`round_failure` says why: every selected
-client failed, every update held NaN/inf, fewer usable updates than ``federation.server.min_clients``, or no client was
-selected). ``federation.server.max_failed_rounds`` failed rounds in a row (rounds that selected nobody do not count) stop
-the run with :class:`ClientsKeepFailingError`, and so does a run in which no selected client trained in any round:
-it never reports success for an untrained model.
+client failed, every update held NaN/inf, fewer usable updates than ``federation.server.min_clients``, or no client
+was selected). ``federation.server.max_failed_rounds`` failed rounds in a row (rounds that selected nobody do not
+count) stop the run with :class:`ClientsKeepFailingError`, and so does a run in which no selected client trained in
+any round: it never reports success for an untrained model.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ from torch.utils.data import DataLoader
 
 from trustml.atomic_files import write_bytes_atomic
 from trustml.errors import TrustMLError
-from trustml.federation.checkpoint import capture_process_rng, load_run_state, restore_process_rng, save_run_state
+from trustml.federation.checkpoint import (
+    OWN_STATE_FIX,
+    STATE_FILE,
+    capture_process_rng,
+    load_run_state,
+    restore_process_rng,
+    save_run_state,
+)
 from trustml.federation.client import ClientUpdate
 from trustml.federation.continual import period_of_round
 from trustml.federation.server import FederatedServer
@@ -134,19 +141,28 @@ class RoundLoop:
     @property
     def state_path(self) -> Path:
         """Where the per-round checkpoint lives."""
-        return self.state_dir / "server_state.pt"
+        return self.state_dir / STATE_FILE
 
-    def resume(self) -> bool:
-        """Load the last checkpoint when there is one; return whether the run continues from it."""
-        if not self.state_path.is_file():
+    def resume(self, *, own: bool = True, source: Path | None = None) -> bool:
+        """Continue from a round checkpoint; return whether the run continues from one.
+
+        With ``own``, this run's own checkpoint (a killed run started again in its run directory) when there is
+        one; else ``source`` when given (``ckpt_path``: the round checkpoint of another run of the same setup).
+        """
+        own_state = own and self.state_path.is_file()
+        path = self.state_path if own_state else source
+        if path is None:
             return False
-        state = load_run_state(self.state_path, self.fingerprint)
+        fix = (OWN_STATE_FIX if own_state else
+               "give ckpt_path the federation/server_state.pt (or the run directory) of a federated run of this same "
+               "configuration, or start over without ckpt_path")
+        state = load_run_state(path, self.fingerprint, fix)
         self.server.load_state_dict(state["server"])
         self.restore_client_state(state["clients"])
         self.history = list(state["history"])
         self.retired = {int(client) for client in state.get("retired", ())}
         restore_process_rng(state["process_rng"])
-        log.info("resuming the federated run from %s after round %d", self.state_path, self.server.round)
+        log.info("resuming the federated run from %s after round %d", path, self.server.round)
         return True
 
     def checkpoint(self) -> None:
@@ -214,7 +230,7 @@ class RoundLoop:
     @property
     def min_clients(self) -> int:
         """The fewest usable updates a round aggregates (``federation.server.min_clients``, at least 1)."""
-        return max(int(self.server.options.min_clients), 1)
+        return max(int(self.server.config.min_clients), 1)
 
     def require_training(self) -> None:
         """Raise :class:`ClientsKeepFailingError` when every round of the run failed (none aggregated a usable

@@ -2,7 +2,9 @@
 
 ``FederatedServer`` holds the global weights (a flat vector), the server optimizer, the selection RNG,
 DP-FedAvg's noise generator and accountant, and the round counter; its :meth:`state_dict` is everything
-needed to resume a killed run at the last completed round.
+needed to resume a killed run at the last completed round. It is given the ``federation.selection``,
+``federation.server`` and ``federation.privacy`` sections (the latter with DP-FedAvg's noise multiplier
+already calibrated).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import torch
 from torch import Tensor
 
 from trustml.federation.client import ClientUpdate
-from trustml.federation.options import FederationConfig
+from trustml.federation.options import PrivacyConfig, SelectionConfig, ServerConfig
 from trustml.federation.selection import RoundSelection, select_clients
 from trustml.federation.server_optim import ServerOptimizer, finite_rows, weighted_update
-from trustml.federation.server_privacy import UserLevelAccountant, clip_updates, noisy_mean_of_clipped
+from trustml.privacy.accounting import GaussianAccountant
+from trustml.privacy.dp_fedavg import clip_updates, noisy_mean_of_clipped
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +40,23 @@ class RoundOutcome:
 class FederatedServer:
     """Global model and server strategy: FedAvg/FedAdam/FedYogi steps on aggregated client updates."""
 
-    def __init__(self, weights: Tensor, optimizer: ServerOptimizer, options: FederationConfig, seed: int) -> None:
+    def __init__(self, weights: Tensor, optimizer: ServerOptimizer, *, selection: SelectionConfig,
+                 server: ServerConfig, privacy: PrivacyConfig, seed: int) -> None:
         self.weights = weights.clone()
         self.optimizer = optimizer
-        self.options = options
+        self.selection, self.config, self.privacy = selection, server, privacy
         self.round = 0
         self.rng = np.random.default_rng(seed)
         self.noise = torch.Generator().manual_seed(seed)
         self.accountant = (
-            UserLevelAccountant(options.dp_noise_multiplier, options.dp_delta) if options.dp_noise_multiplier > 0
-            else None
+            GaussianAccountant(privacy.noise_multiplier, privacy.delta) if privacy.noise_multiplier > 0 else None
         )
 
     def select(self, sizes: np.ndarray) -> RoundSelection:
         """This round's clients and aggregation weights, given every client's current sample count."""
         return select_clients(
-            sizes, self.options.clients_per_round, self.options.selection, self.rng,
-            activity_exponent=self.options.activity_exponent, weighting=self.options.weighting,
+            sizes, self.selection.clients_per_round, self.selection.scheme, self.rng,
+            activity_exponent=self.selection.activity_exponent, weighting=self.selection.weighting,
         )
 
     def aggregate(self, selection: RoundSelection, updates: list[ClientUpdate]) -> RoundOutcome:
@@ -69,24 +72,24 @@ class FederatedServer:
             else:
                 outcome.rejected.append(update.client)
                 log.warning("round %d: update of client %d holds NaN/inf and is rejected", self.round, update.client)
-        if len(kept) < max(self.options.min_clients, 1):
+        if len(kept) < max(self.config.min_clients, 1):
             log.warning(
                 "round %d: %d usable update(s) < federation.server.min_clients=%d; the global model is unchanged",
-                self.round, len(kept), self.options.min_clients,
+                self.round, len(kept), self.config.min_clients,
             )
             return outcome
         deltas = stacked if len(kept) == len(updates) else stacked[torch.tensor(finite)]
         if self.accountant is not None:
             expected = max(selection.sample_rate * selection.num_eligible, 1.0)
             pseudo_gradient = noisy_mean_of_clipped(
-                deltas, self.options.dp_clip_norm, self.options.dp_noise_multiplier, expected, self.noise
+                deltas, self.privacy.clip_norm, self.privacy.noise_multiplier, expected, self.noise
             )
             self.accountant.step(selection.sample_rate)
         else:
-            if self.options.dp_clip_norm is not None:
-                deltas = clip_updates(deltas, self.options.dp_clip_norm)
+            if self.privacy.clip_norm is not None:
+                deltas = clip_updates(deltas, self.privacy.clip_norm)
             weights = self.weights_of(selection, kept)
-            if self.options.weighting == "samples":
+            if self.selection.weighting == "samples":
                 weights = weights / weights.sum()  # FedAvg over the clients that answered
             pseudo_gradient = weighted_update(deltas, weights)
         self.weights = self.optimizer.step(self.weights, pseudo_gradient)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from trustml.federation.client import ClientTimeout, ClientUpdate, LocalTrainer
+from trustml.federation.client import ClientTimeout, ClientTrainer, ClientUpdate
 from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import ClientFailure
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class InProcessClients:
     """A :data:`~trustml.federation.rounds.Transport` that runs each selected client's local training here."""
 
-    def __init__(self, trainer: LocalTrainer, population: ClientPopulation) -> None:
+    def __init__(self, trainer: ClientTrainer, population: ClientPopulation) -> None:
         self.trainer = trainer
         self.population = population
         self.client_states: dict[int, list[dict[str, Any]]] = {}
@@ -36,7 +36,8 @@ class InProcessClients:
         failures: list[ClientFailure] = []
         for client in clients.tolist():
             try:
-                update = self.trainer.train(client, windows[client], global_weights, self.client_states.get(client, ()))
+                update = self.trainer.train(client, windows[client], global_weights,
+                                            self.client_states.get(client, ()))
             except ClientTimeout as exc:
                 failures.append(ClientFailure(client, str(exc), timed_out=True))
                 continue

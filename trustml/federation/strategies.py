@@ -3,9 +3,11 @@
 Each plugin partitions the training split into clients, then runs rounds: select clients, let each train
 the configured method with the configured optimizer on its own data (the client), aggregate the updates
 into the global model (the server strategy), evaluate it on the test split, checkpoint. The runtime is the
-in-process simulation (``runtime=simulation``, default) or Flower (``runtime=flower``). Written to
-``<run dir>/federation/``: ``partition.json`` (client statistics), ``rounds.jsonl`` (one record per
-round), ``server_state.pt`` (resume point); the final global model goes to ``checkpoints/last.ckpt``.
+in-process simulation (``runtime.engine=simulation``, default) or Flower (``runtime.engine=flower``). Each part
+gets its own section of :class:`~trustml.federation.options.FederationConfig`. Written to
+``<run dir>/federation/``: ``partition.json`` (client statistics), ``rounds.jsonl`` (one record per round),
+``server_state.pt`` (resume point); the final global model goes to ``checkpoints/last.ckpt``; the run's summary
+(:func:`summarize`) is the :class:`~trustml.plugin.FitResult`'s ``results``.
 
 A run never reports success for nothing: a model that a DP optimizer cannot train (a layer that mixes the
 samples of a batch, e.g. BatchNorm) is refused before the first round, and a run whose rounds all failed (none
@@ -21,47 +23,38 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
-from trustml.federation.client import LocalTrainer, client_callback_templates
-from trustml.federation.population import ClientPopulation
+from trustml.federation.checkpoint import STATE_FILE, run_state_path
+from trustml.federation.client import ClientTrainer, client_callback_templates
 from trustml.federation.flat_state import FlatLayout, get_flat, set_flat
 from trustml.federation.options import (
     FedAdamConfig,
     FederationConfig,
     FedProxConfig,
     FedYogiConfig,
-    parse_options,
+    PrivacyConfig,
+    SelectionConfig,
 )
 from trustml.federation.participation import planned_rounds
+from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import RoundLoop, Transport, evaluate_model
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAdamServer, FedAvgServer, FedYogiServer, ServerOptimizer
-from trustml.federation.server_privacy import calibrate_user_level_noise
 from trustml.federation.simulation import InProcessClients
-from trustml.optim.base import PerSampleGradientOptimizer
+from trustml.plugin import FederationPlugin, FitResult
 from trustml.privacy.compat import check_per_sample_compatible
-from trustml.registry import register, resolve_target
+from trustml.privacy.dp_fedavg import calibrate_user_level_noise
+from trustml.registry import plugin_class, register
 
 log = logging.getLogger(__name__)
-
-
-class FederationResults(pl.Callback):
-    """Carries a federated run's summary (final/best test accuracy, faults, DP epsilon) into results.json."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, float] = {}
-
-    def final_results(self) -> dict[str, float]:
-        """The summary the federated runtime filled in."""
-        return dict(self.results)
 
 
 def summarize(
@@ -99,7 +92,7 @@ def summarize(
     return summary
 
 
-def warn_about_population(population: ClientPopulation, options: FederationConfig) -> None:
+def warn_about_population(population: ClientPopulation, selection: SelectionConfig) -> None:
     """Log what the results will state: clients without data, and fewer clients with data than
     ``clients_per_round`` (each round then takes every eligible client)."""
     empty = population.empty_clients
@@ -107,24 +100,46 @@ def warn_about_population(population: ClientPopulation, options: FederationConfi
         log.warning("federation: %d of %d clients hold no training data (partition skew) and are never selected; "
                     "reported as federation/empty_clients", empty, len(population))
     holders = len(population) - empty
-    if holders < options.clients_per_round:
-        log.warning("federation: only %d clients hold data, fewer than federation.clients_per_round=%d, so each "
-                    "round takes at most %d; reported as federation/clamped_rounds", holders,
-                    options.clients_per_round, holders)
+    if holders < selection.clients_per_round:
+        log.warning("federation: only %d clients hold data, fewer than federation.selection.clients_per_round=%d, so "
+                    "each round takes at most %d; reported as federation/clamped_rounds", holders,
+                    selection.clients_per_round, holders)
 
 
-class FederatedTraining:
-    """Base of the federated plugins: FedAvg's client and server unless a subclass changes one of them."""
+def calibrated_privacy(privacy: PrivacyConfig, rounds: int, clients_per_round: int,
+                       population: ClientPopulation) -> PrivacyConfig:
+    """``privacy`` with DP-FedAvg's noise multiplier calibrated for its ``target_epsilon`` over ``rounds`` rounds
+    (unchanged without a target)."""
+    if privacy.target_epsilon is None:
+        return privacy
+    eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
+    rate = min(clients_per_round, eligible) / max(eligible, 1)
+    sigma = calibrate_user_level_noise(privacy.target_epsilon, privacy.delta, rate, rounds)
+    log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at client rate %.4g",
+             sigma, privacy.target_epsilon, rounds, rate)
+    return dataclasses.replace(privacy, noise_multiplier=sigma, target_epsilon=None)
 
-    config_class: ClassVar[type[FederationConfig]] = FederationConfig
 
-    def __init__(self, **options: Any) -> None:
-        self.options = parse_options(self.config_class, options)
+def save_final_model(method: pl.LightningModule, path: Path) -> None:
+    """The global model as a Lightning-style checkpoint (``state_dict`` with ``model.`` keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"model.{k}": v.detach().cpu() for k, v in method.model.state_dict().items()}
+    torch.save({"state_dict": state}, path)
+
+
+class FederatedTraining(FederationPlugin):
+    """Base of the federated plugins: FedAvg's client and server unless a subclass changes one of them.
+
+    Built as ``Strategy(config)`` with ``config`` a :class:`FederationConfig` (or the strategy's subclass of it).
+    """
+
+    def __init__(self, config: FederationConfig) -> None:
+        self.config = config
 
     # --- what the strategies differ in ---------------------------------------------------------------
     def make_server_optimizer(self) -> ServerOptimizer:
         """The server step applied to the aggregated update (FedAvg: ``w + eta Delta``)."""
-        return FedAvgServer(self.options.server_lr)
+        return FedAvgServer(self.config.server.lr)
 
     @property
     def proximal_mu(self) -> float:
@@ -134,72 +149,67 @@ class FederatedTraining:
     # --- runner hooks --------------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Check the federation options and their combination with the optimizer before anything is built."""
-        node = OmegaConf.to_container(cfg.federation, resolve=True)
-        options = parse_options(cls.config_class, dict(node))  # type: ignore[arg-type]
-        optimizer_target = (cfg.get("optimizer") or {}).get("_target_")
-        if isinstance(options, FedProxConfig) and options.proximal_mu > 0 and optimizer_target:
-            optimizer_cls = resolve_target(str(optimizer_target))
-            if isinstance(optimizer_cls, type) and issubclass(optimizer_cls, PerSampleGradientOptimizer):
-                raise ConfigError(
-                    "federation=fedprox adds its proximal term to the loss gradient, but optimizer="
-                    f"{optimizer_cls.__name__} computes its own per-sample gradients; use federation=fedavg with "
-                    "this optimizer, or a non-DP optimizer with fedprox"
-                )
-        if options.runtime == "flower":
+        """Before anything is built: Flower installed for ``runtime.engine=flower``; ``ckpt_path`` (when set) names
+        a federated run's round checkpoint (its ``federation/server_state.pt`` or its run directory)."""
+        federation = cfg.federation
+        if federation.runtime.engine == "flower":
             missing = [m for m in ("flwr", "ray") if importlib.util.find_spec(m) is None]
             if missing:
                 raise ConfigError(
-                    f"federation.runtime=flower needs {missing}; install 'flwr[simulation]' or use "
-                    f"federation.runtime=simulation"
+                    f"federation.runtime.engine=flower needs {missing}; install 'flwr[simulation]' or use "
+                    f"federation.runtime.engine=simulation"
                 )
-
-    @classmethod
-    def runtime_callbacks(cls, cfg: DictConfig, datamodule: Any) -> list[pl.Callback]:
-        """A :class:`FederationResults` that the run fills in, so its summary reaches results.json."""
-        return [FederationResults()]
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path is not None and not run_state_path(ckpt_path).is_file():
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: no federated round checkpoint there; give a federated run's directory or its "
+                f"federation/{STATE_FILE} (or leave ckpt_path unset to train from scratch)"
+            )
 
     # --- the run -------------------------------------------------------------------------------------
     def run(
-        self, method: pl.LightningModule, datamodule: TrustDataModule, make_trainer: Callable[..., pl.Trainer]
-    ) -> pl.Trainer:
-        """Train ``method`` federatedly; leave the final global model in it; return a Trainer for testing."""
-        options = self.options
+        self, method: pl.LightningModule, datamodule: TrustDataModule, make_trainer: Callable[..., pl.Trainer],
+        ckpt_path: str | Path | None = None,
+    ) -> FitResult:
+        """Train ``method`` federatedly (continuing the round checkpoint of ``ckpt_path`` when given); leave the
+        final global model in it; return a Trainer for testing and the run's summary."""
+        config = self.config
+        partition, selection, client, runtime = config.partition, config.selection, config.client, config.runtime
         trainer = make_trainer()
         run_dir = Path(trainer.default_root_dir)
         state_dir = run_dir / "federation"
         state_dir.mkdir(parents=True, exist_ok=True)
         if getattr(method, "uses_per_sample_gradients", False):
             check_per_sample_compatible(method.model)  # else every client fails on its first step
-        population = ClientPopulation.from_datamodule(datamodule, options)
+        population = ClientPopulation.from_datamodule(datamodule, partition)
         (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
         log.info("federation: %d clients, %d rounds of %d clients (%s selection, %s setting)", len(population),
-                 options.rounds, options.clients_per_round, options.selection, options.setting)
-        warn_about_population(population, options)
+                 config.rounds, selection.clients_per_round, selection.scheme, partition.setting)
+        warn_about_population(population, selection)
 
-        local = LocalTrainer(
-            method, datamodule, make_trainer, local_epochs=options.local_epochs, local_steps=options.local_steps,
-            proximal_mu=self.proximal_mu, timeout_s=options.client_timeout_s,
-            callback_templates=client_callback_templates(trainer.callbacks), client_loop=options.client_loop,
+        clients = ClientTrainer(
+            method, datamodule, make_trainer, client, proximal_mu=self.proximal_mu,
+            callback_templates=client_callback_templates(trainer.callbacks),
             planned_fits=planned_rounds(
-                population.sizes(population.num_periods - 1), options.rounds, options.clients_per_round,
-                options.selection, activity_exponent=options.activity_exponent, fixed=options.dp_client_rounds,
+                population.sizes(population.num_periods - 1), config.rounds, selection.clients_per_round,
+                selection.scheme, activity_exponent=selection.activity_exponent, fixed=client.dp_rounds,
             ),
         )
-        if options.dp_target_epsilon is not None:
-            options = self._calibrated_user_level_noise(options, population)
+        privacy = calibrated_privacy(config.privacy, config.rounds, selection.clients_per_round, population)
         layout = FlatLayout.of(method.model)
-        seed = options.seed if options.seed is not None else torch.initial_seed()
-        server = FederatedServer(get_flat(method.model, layout), self.make_server_optimizer(), options, seed)
+        seed = config.server.seed if config.server.seed is not None else torch.initial_seed()
+        server = FederatedServer(get_flat(method.model, layout), self.make_server_optimizer(), selection=selection,
+                                 server=config.server, privacy=privacy, seed=seed)
         fingerprint = {
             "strategy": type(self).__name__,
             "num_parameters": layout.size,
             "num_clients": len(population),
-            "partition": options.partition,
-            "selection": options.selection,
-            "setting": options.setting,
+            "partition": partition.kind,
+            "selection": selection.scheme,
+            "setting": partition.setting,
             "seed": seed,
         }
+        source = None if ckpt_path is None else run_state_path(ckpt_path)
         test_loader = datamodule.test_dataloader()
 
         def evaluate(weights: torch.Tensor) -> dict[str, float]:
@@ -208,12 +218,12 @@ class FederatedTraining:
 
         def make_loop(transport: Transport, sizes_at: Callable[[int], np.ndarray]) -> RoundLoop:
             return RoundLoop(
-                server=server, rounds=options.rounds, num_periods=population.num_periods, sizes_at=sizes_at,
-                transport=transport, evaluate=evaluate, eval_every=options.eval_every, state_dir=state_dir,
-                fingerprint=fingerprint, max_failed_rounds=options.max_failed_rounds,
+                server=server, rounds=config.rounds, num_periods=population.num_periods, sizes_at=sizes_at,
+                transport=transport, evaluate=evaluate, eval_every=config.server.eval_every, state_dir=state_dir,
+                fingerprint=fingerprint, max_failed_rounds=config.server.max_failed_rounds,
             )
 
-        if options.runtime == "flower":
+        if runtime.engine == "flower":
             from trustml.federation.flower_runtime import build_client_app, build_server_app, run_flower_simulation
 
             loops: list[RoundLoop] = []
@@ -222,51 +232,31 @@ class FederatedTraining:
                 loops.append(make_loop(transport, sizes_at))
                 return loops[-1]
 
-            server_app = build_server_app(make_flower_loop, len(population), options.client_timeout_s,
-                                          resume=options.resume)
-            run_flower_simulation(server_app, build_client_app(local, population), len(population),
-                                  options.flower_num_cpus)
+            server_app = build_server_app(make_flower_loop, len(population), client.timeout_s,
+                                          resume=runtime.resume, source=source)
+            run_flower_simulation(server_app, build_client_app(clients, population), len(population),
+                                  runtime.flower_num_cpus)
             if not loops:
                 raise RuntimeError("the Flower ServerApp ended before its first round")
             loops[-1].require_training()  # the ServerApp may have swallowed the loop's own refusal
             history = loops[-1].history
         else:
-            clients = InProcessClients(local, population)
-            loop = make_loop(clients, population.sizes)
-            loop.client_state, loop.restore_client_state = clients.state_dict, clients.load_state_dict
-            if options.resume:
-                loop.resume()
+            transport = InProcessClients(clients, population)
+            loop = make_loop(transport, population.sizes)
+            loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
+            loop.resume(own=runtime.resume, source=source)
             history = loop.run()
 
         set_flat(method.model, layout, server.weights)
-        self._save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
-        for callback in trainer.callbacks:
-            if isinstance(callback, FederationResults):
-                callback.results = summarize(history, clients_per_round=options.clients_per_round,
-                                             empty_clients=population.empty_clients)
-        return trainer
-
-    @staticmethod
-    def _calibrated_user_level_noise(options: FederationConfig, population: ClientPopulation) -> FederationConfig:
-        """``options`` with DP-FedAvg's noise multiplier calibrated for ``dp_target_epsilon`` over all rounds."""
-        eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
-        rate = min(options.clients_per_round, eligible) / max(eligible, 1)
-        sigma = calibrate_user_level_noise(options.dp_target_epsilon, options.dp_delta, rate, options.rounds)
-        log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at client rate %.4g",
-                 sigma, options.dp_target_epsilon, options.rounds, rate)
-        return dataclasses.replace(options, dp_noise_multiplier=sigma, dp_target_epsilon=None)
-
-    @staticmethod
-    def _save_final_model(method: pl.LightningModule, path: Path) -> None:
-        """The global model as a Lightning-style checkpoint (``state_dict`` with ``model.`` keys)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {f"model.{k}": v.detach().cpu() for k, v in method.model.state_dict().items()}
-        torch.save({"state_dict": state}, path)
+        save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
+        summary = summarize(history, clients_per_round=selection.clients_per_round,
+                            empty_clients=population.empty_clients)
+        return FitResult(trainer, summary)
 
 
 @register("federation", "fedavg", dataclass=FederationConfig)
 class FedAvg(FederatedTraining):
-    """FedAvg (McMahan et al. 2017); with federation.dp_clip_norm + dp_target_epsilon: DP-FedAvg (client-level DP).
+    """FedAvg (McMahan et al. 2017); with federation.privacy.clip_norm + target_epsilon: DP-FedAvg (client-level DP).
 
     Local training on sampled clients, updates averaged by sample count.
     """
@@ -276,31 +266,45 @@ class FedAvg(FederatedTraining):
 class FedProx(FederatedTraining):
     """FedProx (Li et al. 2020): FedAvg whose clients add ``(mu/2) ||w - w_global||^2`` to their loss."""
 
-    config_class = FedProxConfig
+    config: FedProxConfig
 
     @property
     def proximal_mu(self) -> float:
-        """``federation.proximal_mu``."""
-        return float(self.options.proximal_mu)  # type: ignore[attr-defined]
+        """``federation.client.proximal_mu``."""
+        return float(self.config.client.proximal_mu)
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Also refuse a proximal term with an optimizer that computes its own per-sample gradients (DP-SGD)."""
+        super().validate_config(cfg)
+        optimizer = cfg.get("optimizer")
+        if cfg.federation.client.proximal_mu > 0 and optimizer is not None:
+            optimizer_cls = plugin_class("optimizer", optimizer)
+            if optimizer_cls.per_sample_gradients:  # type: ignore[attr-defined]
+                raise ConfigError(
+                    "federation=fedprox adds its proximal term to the loss gradient, but optimizer="
+                    f"{optimizer_cls.__name__} computes its own per-sample gradients; use federation=fedavg with "
+                    "this optimizer, or a non-DP optimizer with fedprox"
+                )
 
 
 @register("federation", "fedadam", dataclass=FedAdamConfig)
 class FedAdam(FederatedTraining):
     """FedAdam (Reddi et al. 2021): Adam on the averaged client update at the server."""
 
-    config_class = FedAdamConfig
+    config: FedAdamConfig
 
     def make_server_optimizer(self) -> ServerOptimizer:
-        o = self.options
-        return FedAdamServer(o.server_lr, o.beta1, o.beta2, o.tau)  # type: ignore[attr-defined]
+        s = self.config.server
+        return FedAdamServer(s.lr, s.beta1, s.beta2, s.tau)
 
 
 @register("federation", "fedyogi", dataclass=FedYogiConfig)
 class FedYogi(FederatedTraining):
     """FedYogi (Reddi et al. 2021): Yogi on the averaged client update at the server."""
 
-    config_class = FedYogiConfig
+    config: FedYogiConfig
 
     def make_server_optimizer(self) -> ServerOptimizer:
-        o = self.options
-        return FedYogiServer(o.server_lr, o.beta1, o.beta2, o.tau)  # type: ignore[attr-defined]
+        s = self.config.server
+        return FedYogiServer(s.lr, s.beta1, s.beta2, s.tau)

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from trustml.data.topical_chat_grounded import Seq2SeqExample
 from trustml.errors import ConfigError
 from trustml.knobs.generator import KnobGenerator
-from trustml.knobs.grounded_data import Seq2SeqExample
 from trustml.knobs.metrics import response_metrics
-from trustml.knobs.seq2seq_model import IGNORE_INDEX, HFSeq2SeqModel
+from trustml.models.hf_seq2seq import IGNORE_INDEX, HFSeq2SeqModel
 
 
 @dataclass

@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND
 from trustml.errors import ConfigError
-from trustml.knobs.grounded_data import SEQ2SEQ_INPUT_KIND
-from trustml.knobs.seq2seq_model import IGNORE_INDEX
 from trustml.methods.base import OptimizerFactory, selects_per_sample_optimizer
+from trustml.models.hf_seq2seq import IGNORE_INDEX
 from trustml.plugin import MethodPlugin
 from trustml.registry import plugin_class, register
 
@@ -46,7 +46,7 @@ class Seq2SeqConfig:
 
 @register("method", "seq2seq", dataclass=Seq2SeqConfig)
 class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
-    """Teacher-forced token cross-entropy on an :class:`~trustml.knobs.seq2seq_model.HFSeq2SeqModel`."""
+    """Teacher-forced token cross-entropy on an :class:`~trustml.models.hf_seq2seq.HFSeq2SeqModel`."""
 
     supported_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
 

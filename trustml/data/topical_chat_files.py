@@ -1,9 +1,13 @@
-"""Topical-Chat knowledge-grounded responses: each turn with its wiki knowledge and the preceding turns.
+"""The one reader of Topical-Chat's files: conversations with turn sentiments, reading sets and wiki sections.
 
-Knowledge of a turn = the wiki lead sections of the turn's factual sources (``FS1``..``FS3`` in its
-``knowledge_source``) from the responding agent's reading set, looked up in ``wiki.json``; history = the last
-``history_turns`` messages before it. :func:`topical_chat_input_builder` writes both as marked segments
-(``knowledge:``, ``history:``) so knob A can address them.
+:func:`read_conversations` gives the turns of a ``conversations_*.json`` file with their sentiment
+(``data=topical_chat_sentiment``); :func:`read_grounded_turns` gives each turn with its wiki knowledge and the
+preceding turns (``data=topical_chat_grounded``, ``trustml-generate``). Knowledge of a turn = the wiki lead
+sections of the turn's factual sources (``FS1``..``FS3`` in its ``knowledge_source``) from the responding agent's
+reading set, looked up in ``wiki.json``; history = the last ``history_turns`` messages before it.
+
+Every file is decoded by a declared ``encoding`` (see :mod:`trustml.data.text_files`); a missing or malformed file
+is a :class:`~trustml.errors.DataError` naming the file (and line) and the fix.
 """
 
 from __future__ import annotations
@@ -16,11 +20,61 @@ from typing import Any
 
 from trustml.data.text_files import read_text
 from trustml.errors import ConfigError, DataError
-from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec
 
+SENTIMENTS = (
+    "Curious to dive deeper",
+    "Neutral",
+    "Surprised",
+    "Happy",
+    "Sad",
+    "Disgusted",
+    "Angry",
+    "Fearful",
+)
 WIKI_KINDS = ("shortened_wiki_lead_section", "summarized_wiki_lead_section")
 
 
+def read_json(path: str | Path, encoding: str = "utf-8", encoding_option: str = "data.encoding") -> Any:
+    """The JSON of a Topical-Chat file decoded by ``encoding``; errors name the file (and line) and the fix.
+
+    Bytes that do not decode are a :class:`DataError` naming the line and ``encoding_option``, the setting to change.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Topical-Chat file not found: {path} (set data.data_dir to the topical_chat folder)")
+    try:
+        return json.loads(read_text(path, encoding, encoding_option))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+
+# --- turns with their sentiment --------------------------------------------------------------------------------
+@dataclass
+class Turn:
+    """One conversation turn with its sentiment label and where it comes from."""
+
+    message: str
+    sentiment: str
+    conversation_id: str
+    agent: str
+
+
+def read_conversations(path: str | Path, encoding: str = "utf-8", encoding_option: str = "data.encoding") -> list[Turn]:
+    """All turns of a Topical-Chat ``conversations_*.json`` file, in file order, with their sentiment."""
+    turns = []
+    for conv_id, conv in read_json(path, encoding, encoding_option).items():
+        for turn_no, turn in enumerate(conv.get("content", [])):
+            sentiment = turn.get("sentiment")
+            if sentiment not in SENTIMENTS:
+                raise DataError(
+                    f"{path}: conversation {conv_id} turn {turn_no} has sentiment {sentiment!r}; expected one of "
+                    f"{list(SENTIMENTS)}"
+                )
+            turns.append(Turn(turn["message"], sentiment, str(conv_id), str(turn["agent"])))
+    return turns
+
+
+# --- turns with their knowledge and history ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class GroundedTurn:
     """One response of a Topical-Chat conversation with its knowledge and dialogue history."""
@@ -38,20 +92,9 @@ class GroundedTurn:
         return {"knowledge": self.knowledge, "history": turn_separator.join(self.history)}
 
 
-def _read_json(path: Path, encoding: str = "utf-8") -> Any:
-    """The JSON of a Topical-Chat file decoded by ``encoding``; errors name the file (and line) and the fix."""
-    if not path.is_file():
-        raise DataError(f"Topical-Chat file not found: {path} (point data_dir at the topical_chat folder)")
-    try:
-        return json.loads(read_text(path, encoding, "data.encoding"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-
-
 def read_wiki_sections(path: str | Path, encoding: str = "utf-8") -> dict[int, str]:
     """``wiki.json`` inverted: wiki lead-section id -> text (both the shortened and the summarized kinds)."""
-    path = Path(path)
-    data = _read_json(path, encoding)
+    data = read_json(path, encoding)
     sections: dict[int, str] = {}
     for kind in WIKI_KINDS:
         if kind not in data:
@@ -105,7 +148,6 @@ def read_grounded_turns(
 
     Turns with fewer than ``min_history_turns`` earlier turns are skipped, and so are turns without a factual
     source when ``require_knowledge``. ``wiki`` (from :func:`read_wiki_sections`) is read from ``data_dir`` if None.
-    The files are decoded by ``encoding`` (see :mod:`trustml.data.text_files`).
     """
     if history_turns < 0 or min_history_turns < 0 or min_history_turns > max(history_turns, 0):
         raise ConfigError(
@@ -115,7 +157,7 @@ def read_grounded_turns(
     data_dir = Path(data_dir)
     conversations_path = data_dir / f"conversations_{split}.json"
     reading_path = data_dir / f"reading_sets_{split}.json"
-    conversations, reading_sets = _read_json(conversations_path, encoding), _read_json(reading_path, encoding)
+    conversations, reading_sets = read_json(conversations_path, encoding), read_json(reading_path, encoding)
     wiki = read_wiki_sections(data_dir / "wiki.json", encoding) if wiki is None else wiki
     turns = []
     for conversation_id, conversation in conversations.items():
@@ -147,18 +189,3 @@ def read_grounded_turns(
                 )
             )
     return turns
-
-
-def topical_chat_input_builder(
-    tokenizer, knowledge_tokens: int = 256, history_tokens: int = 128, max_length: int = 512
-) -> SegmentedInputBuilder:
-    """Encoder inputs ``knowledge: ... history: ...`` with segment ids; knowledge keeps its first
-    ``knowledge_tokens`` tokens, history its last ``history_tokens`` (the most recent turns)."""
-    return SegmentedInputBuilder(
-        tokenizer,
-        [
-            SegmentSpec("knowledge", "knowledge:", max_tokens=knowledge_tokens, keep="first"),
-            SegmentSpec("history", "history:", max_tokens=history_tokens, keep="last"),
-        ],
-        max_length=max_length,
-    )

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split
 from trustml.data.text_files import check_encoding
+from trustml.data.topical_chat_files import GroundedTurn, read_grounded_turns, read_wiki_sections
 from trustml.errors import ConfigError
-from trustml.knobs.topical_chat import GroundedTurn, read_grounded_turns, read_wiki_sections
 from trustml.registry import register
 
 TASKS = ("response", "autoencoder")
@@ -71,7 +71,16 @@ class TopicalChatGroundedConfig(DataOptions):
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     encoding: str = "utf-8"
-    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task not in TASKS:
+            raise ConfigError(f"data.task={self.task!r} is unknown; use one of {list(TASKS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
+        if not self.train_splits:
+            raise ConfigError("data.train_splits is empty; name at least one Topical-Chat split (e.g. valid_freq)")
+        check_encoding(self.encoding, "data.encoding")
 
 
 @register("data", "topical_chat_grounded", dataclass=TopicalChatGroundedConfig)
@@ -82,38 +91,12 @@ class TopicalChatGrounded(TrustDataModule):
     """
 
     input_kind: ClassVar[str] = SEQ2SEQ_INPUT_KIND
-
-    def __init__(
-        self,
-        data_dir: str,
-        task: str = "response",
-        train_splits: Sequence[str] = ("valid_freq", "valid_rare"),
-        test_split: str = "test_freq",
-        val_fraction: float = 0.05,
-        history_turns: int = 3,
-        turn_separator: str = " ",
-        max_train_examples: int | None = None,
-        max_eval_examples: int | None = None,
-        encoding: str = "utf-8",
-        **options: Any,
-    ) -> None:
-        super().__init__(**options)
-        if task not in TASKS:
-            raise ConfigError(f"data.task={task!r} is unknown; use one of {list(TASKS)}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={val_fraction} must lie in (0, 1)")
-        if not train_splits:
-            raise ConfigError("data.train_splits is empty; name at least one Topical-Chat split (e.g. valid_freq)")
-        self.data_dir, self.task, self.test_split = data_dir, task, test_split
-        self.train_splits = list(train_splits)
-        self.val_fraction, self.history_turns, self.turn_separator = val_fraction, history_turns, turn_separator
-        self.max_train_examples, self.max_eval_examples = max_train_examples, max_eval_examples
-        self.encoding = check_encoding(encoding, "data.encoding")
+    config: TopicalChatGroundedConfig
 
     def _examples(self, split: str, wiki: dict[int, str]) -> list[Seq2SeqExample]:
-        turns = read_grounded_turns(self.data_dir, split, history_turns=self.history_turns, wiki=wiki,
-                                    encoding=self.encoding)
-        return grounded_examples(turns, self.task, self.turn_separator)
+        c = self.config
+        turns = read_grounded_turns(c.data_dir, split, history_turns=c.history_turns, wiki=wiki, encoding=c.encoding)
+        return grounded_examples(turns, c.task, c.turn_separator)
 
     @staticmethod
     def _split(examples: list[Seq2SeqExample], ids: np.ndarray, limit: int | None) -> Split:
@@ -126,13 +109,13 @@ class TopicalChatGrounded(TrustDataModule):
         )
 
     def load_splits(self) -> dict[str, Split]:
-        wiki = read_wiki_sections(f"{self.data_dir}/wiki.json", self.encoding)
-        pool = [e for split in self.train_splits for e in self._examples(split, wiki)]
+        c = self.config
+        wiki = read_wiki_sections(f"{c.data_dir}/wiki.json", c.encoding)
+        pool = [e for split in c.train_splits for e in self._examples(split, wiki)]
         conversations = np.array([e.conversation_id for e in pool], dtype=object)
-        fractions = [1.0 - self.val_fraction, self.val_fraction]
-        train_rows, val_rows = grouped_split(conversations, fractions, self.split_seed)
-        train = self._split([pool[i] for i in train_rows], train_rows, self.max_train_examples)
-        val = self._split([pool[i] for i in val_rows], val_rows, self.max_eval_examples)
-        test_examples = self._examples(self.test_split, wiki)
-        test = self._split(test_examples, len(pool) + np.arange(len(test_examples)), self.max_eval_examples)
+        train_rows, val_rows = grouped_split(conversations, [1.0 - c.val_fraction, c.val_fraction], c.split_seed)
+        train = self._split([pool[i] for i in train_rows], train_rows, c.max_train_examples)
+        val = self._split([pool[i] for i in val_rows], val_rows, c.max_eval_examples)
+        test_examples = self._examples(c.test_split, wiki)
+        test = self._split(test_examples, len(pool) + np.arange(len(test_examples)), c.max_eval_examples)
         return {"train": train, "val": val, "test": test}

@@ -3,8 +3,10 @@
     trustml-synth golden=golden.yaml catalogs=catalogs/ budget_per_intent=5000 synth/allocation=borrow
 
 writes ``grammar.txt`` (readable rules), ``grammar.json``, ``dataset.jsonl`` (plus ``dataset.rasa.yml`` /
-``dataset.snips.json`` when asked in ``output.formats``) and ``stats.json`` into the Hydra run directory.
-Bad input ends the run with one message (file, line, option) and exit status 2.
+``dataset.snips.json`` when asked in ``output.formats``), ``stats.json`` (the full report), ``results.json`` (its
+counts) and ``run.json`` (the run record) into its run directory under ``paths.log_dir`` (``logs/runs/<time>``).
+Bad input ends the run with one message (file, line, option) and exit status 2; the other exit codes are those of
+``trustml --help``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trustml.cli.app_help import print_app_help, wants_help
-from trustml.errors import ConfigError, TrustMLError
+from trustml.cli.app_help import print_app_help
+from trustml.cli.task import Job, TaskApp, TaskResult, run_app
+from trustml.errors import ConfigError
 from trustml.synth.catalog import load_catalogs
 from trustml.synth.formats import load_utterances, write_jsonl, write_rasa_yaml, write_snips_json
 from trustml.synth.induction import InductionConfig
@@ -83,24 +85,48 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return report
 
 
-@hydra.main(config_path="pkg://trustml.conf", config_name="synth", version_base="1.3")
-def synth_app(cfg: DictConfig) -> None:
-    """The Hydra task of ``trustml-synth``."""
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except TrustMLError as exc:
-        print(f"trustml-synth: {exc}", file=sys.stderr)
-        sys.exit(2)
+def synth_task(cfg: DictConfig, job: Job) -> TaskResult:
+    """The body of ``trustml-synth``: the data set into the job's directory; its counts as the results."""
+    report = run(cfg, job.run_dir)
+    results: dict[str, Any] = {
+        "golden": report["golden"],
+        "generated": report["generated"],
+        "dataset": report["dataset"],
+        "unique_texts": report["unique_texts"],
+        "grammar_rules": report["grammar"]["total"]["rules"],
+        "unique_sentences": sum(report["unique_sentences"].values()),
+    }
+    return TaskResult(results)
+
+
+def _prepare() -> None:
+    """Register the ``cwd`` resolver (``paths``)."""
+    from trustml.config_schema import register_config_support
+
+    register_config_support()
+
+
+def _print_help(topics: list[str]) -> int:
+    """``trustml-synth --help``: what it does, its input formats and every option (:mod:`trustml.cli.app_help`)."""
+    from trustml.synth import formats
+
+    print_app_help("trustml-synth", sys.modules[__name__], "synth", [formats])
+    return 0
+
+
+APP = TaskApp(
+    program="trustml-synth",
+    config_name="synth",
+    job_name="synth",
+    body=synth_task,
+    print_help=_print_help,
+    prepare=_prepare,
+)
 
 
 def main() -> None:
-    """Console entry point of ``trustml-synth``: its own ``--help`` (options and input formats), else the app."""
-    if wants_help(sys.argv[1:]):
-        from trustml.synth import formats
-
-        print_app_help("trustml-synth", sys.modules[__name__], "synth", [formats])
-        return
-    synth_app()
+    """Console entry point of ``trustml-synth``."""
+    run_app(APP)
 
 
 if __name__ == "__main__":

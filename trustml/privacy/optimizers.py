@@ -1,0 +1,210 @@
+"""DP-SGD and DP-Adam: per-sample clipped, Gaussian-noised updates (Abadi et al., 2016).
+
+Each logical batch (Poisson-sampled, see :class:`trustml.privacy.sampling.PoissonBatchSampler`) gives the
+update direction ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the expected batch size,
+which the wrapped ``torch.optim`` rule (SGD with momentum, or Adam) then applies. Per-sample gradients
+come layer by layer from activations and output gradients (ghost norms and book-keeping: never
+materialized for linear and embedding layers; ``torch.func`` for other layers), or from a whole-model
+``torch.func`` ``vmap(grad)``. A logical batch is processed in physical chunks of
+``max_physical_batch_size`` samples, so a large batch fits in memory (virtual batches). Sigma and ``L`` come
+with the optimizer when it is built (a :class:`~trustml.privacy.engine.NoisePlan`, which the privacy engine
+computes before; :mod:`trustml.privacy.engine`).
+
+Secrecy of the randomness: amplification by subsampling (what the accountant counts) assumes that nobody
+learns which samples each batch holds, and the Gaussian mechanism that nobody learns the noise. By default
+both come from OS entropy (``secrets``/``torch.Generator.seed``), so nothing the run directory records (the
+run seed, the config) reproduces them; ``optimizer.deterministic=true`` derives them from the run seed
+instead, for reproducible tests, and then the guarantee does not hold against whoever reads the run directory.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trustml.errors import ConfigError, TrustMLError
+from trustml.privacy.batching import Batch, batch_size, split_batch
+from trustml.privacy.compat import check_per_sample_compatible
+from trustml.privacy.engine import NoisePlan
+from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum
+from trustml.privacy.options import DPAdamConfig, DPOptimizerConfig, DPSGDConfig
+from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult, SampleLossFn
+from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
+from trustml.privacy.per_sample_vmap import vmap_per_sample_gradients
+
+PER_SAMPLE_ENGINES = {"vmap": vmap_per_sample_gradients, "layerwise": layerwise_per_sample_gradients}
+
+Params = Iterable[nn.Parameter] | Iterable[dict[str, Any]]
+
+
+class PrivacyBudgetSpent(TrustMLError):
+    """A noisy step was requested after the privacy budget (``target_epsilon``) was spent."""
+
+
+class PerSampleGradientOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
+    """An optimizer that needs per-sample gradients (e.g. DP-SGD) and so does its own backward pass.
+
+    A method whose optimizer plugin says ``per_sample_gradients`` calls, instead of ``loss.backward()``,
+    :meth:`private_gradients` with the model, the method's per-sample loss ``sample_losses(logits, batch) -> [B]``
+    and the batch; then ``step()`` (through Lightning, so the trainer counts the step) and ``zero_grad()``.
+    """
+
+    @abstractmethod
+    def private_gradients(
+        self, model: nn.Module, sample_losses: SampleLossFn, batch: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """Set each trainable parameter's ``.grad`` from ``batch``; return detached ``(logits, mean loss)``."""
+
+    def private_step(
+        self, model: nn.Module, sample_losses: SampleLossFn, batch: dict[str, Any]
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`private_gradients`, then the update and ``zero_grad`` (for use outside a Lightning loop)."""
+        logits, loss = self.private_gradients(model, sample_losses, batch)
+        self.step()
+        self.zero_grad(set_to_none=True)
+        return logits, loss
+
+
+class DPOptimizer(PerSampleGradientOptimizer):
+    """Private step shared by :class:`DPSGDOptimizer` and :class:`DPAdamOptimizer` (update rule: the torch base).
+
+    ``plan`` (sigma and the expected batch size) is fixed when the optimizer is built; an optimizer built without
+    one (e.g. to inspect its type) refuses to step.
+    """
+
+    def _init_privacy(self, options: DPOptimizerConfig, plan: NoisePlan | None) -> None:
+        self.options = options
+        self.plan = plan
+        self.target_epsilon = options.target_epsilon
+        self.max_grad_norm = options.max_grad_norm
+        self.clipping = options.clipping
+        self.per_sample_gradients = options.per_sample_gradients
+        self.max_physical_batch_size = options.max_physical_batch_size
+        self.noise_seed = options.noise_seed
+        if self.noise_seed is None and options.deterministic:
+            # drawn from the global generator, which the runner seeds with the run seed: reproducible, and
+            # different for every optimizer built in a run (e.g. each federated client's)
+            self.noise_seed = int(torch.randint(0, 2**62, ()))
+        #: Number of noisy updates applied so far (the privacy engine's step hook accounts them).
+        self.noisy_steps = 0
+        #: Set by the privacy engine's step hook when one more step would exceed ``target_epsilon``.
+        self.budget_spent = False
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._checked_models: set[int] = set()
+
+    @property
+    def noise_multiplier(self) -> float | None:
+        """Sigma of every step: the plan's, else the configured one (``None`` until calibrated)."""
+        return self.plan.noise_multiplier if self.plan is not None else self.options.noise_multiplier
+
+    # --- the private step ----------------------------------------------------------------------------
+    def private_gradients(
+        self, model: nn.Module, sample_losses: SampleLossFn, batch: Batch
+    ) -> tuple[Tensor, Tensor]:
+        """Noisy mean of clipped per-sample gradients of ``batch`` (in physical chunks) into each ``.grad``.
+
+        ``g = (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the plan's expected batch size (never the
+        realised batch size ``|B|``, which depends on the private Poisson draw); returns detached (logits, mean
+        loss).
+        """
+        if self.budget_spent:
+            raise PrivacyBudgetSpent(
+                f"the privacy budget optimizer.target_epsilon={self.target_epsilon} is spent; training must stop "
+                f"(remove trainer.min_steps, which forces it to go on)"
+            )
+        if self.plan is None:
+            raise ConfigError(
+                "the DP optimizer was built without a noise plan (noise multiplier and expected batch size L = qN: "
+                "the noisy mean divides by L, never by the realised batch size, which depends on the private draw). "
+                "In a Trainer, PrivacyAccountantCallback (the DP plugin's runtime_callbacks) plans it before the "
+                "optimizer is built; outside one pass plan=NoisePlan(noise_multiplier, expected_batch_size)"
+            )
+        params = self._trainable_params(model)
+        self._check_model(model, params, sample_losses, batch)
+        total: dict[str, Tensor] = {}
+        logits, losses = [], []
+        for chunk in split_batch(batch, self.max_physical_batch_size):
+            result = self._per_sample(model, params, sample_losses, chunk)
+            for name, summed in clipped_sum(result.grads, self.max_grad_norm, self.clipping).items():
+                total[name] = total[name] + summed if name in total else summed
+            logits.append(result.logits)
+            losses.append(result.losses)
+        noisy = add_gaussian_noise(total, self.plan.noise_multiplier * self.max_grad_norm, self._generator(total))
+        for name, p in params.items():
+            p.grad = noisy[name] / self.plan.expected_batch_size
+        self.noisy_steps += 1
+        all_losses = torch.cat(losses)
+        return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
+
+    def _per_sample(
+        self, model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
+    ) -> PerSampleResult:
+        if batch_size(batch) == 0:
+            with torch.no_grad():
+                logits = model(batch["x"])
+            empty = {name: p.new_zeros(0, *p.shape) for name, p in params.items()}
+            return PerSampleResult(MaterializedGradients(empty), logits, logits.new_zeros(0))
+        return PER_SAMPLE_ENGINES[self.per_sample_gradients](model, params, sample_losses, batch)
+
+    def _trainable_params(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        mine = {id(p) for group in self.param_groups for p in group["params"]}
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) in mine}
+        if len(params) != len(mine):
+            raise ConfigError(
+                f"the DP optimizer holds {len(mine)} parameters but the model passed to private_gradients has only "
+                f"{len(params)} of them trainable; build the optimizer from the trainable parameters of that model"
+            )
+        return params
+
+    def _check_model(
+        self, model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
+    ) -> None:
+        """Once per model: refuse batch-dependent layers, and check the layerwise attribution on ``batch``.
+
+        An empty (Poisson) batch cannot be checked: the model is checked on the first non-empty one.
+        """
+        if id(model) in self._checked_models:
+            return
+        check_per_sample_compatible(model)
+        if self.per_sample_gradients == "layerwise":
+            if batch_size(batch) == 0:
+                return
+            check_layerwise_covers(model, params, sample_losses, next(split_batch(batch, self.max_physical_batch_size)))
+        self._checked_models.add(id(model))
+
+    def _generator(self, tensors: dict[str, Tensor]) -> torch.Generator:
+        device = next(iter(tensors.values())).device
+        if device not in self._generators:
+            generator = torch.Generator(device=device)
+            if self.noise_seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self.noise_seed)
+            self._generators[device] = generator
+        return self._generators[device]
+
+
+class DPSGDOptimizer(DPOptimizer, torch.optim.SGD):
+    """DP-SGD: SGD on clipped, noised per-sample gradients."""
+
+    def __init__(self, params: Params, options: DPSGDConfig, plan: NoisePlan | None = None) -> None:
+        torch.optim.SGD.__init__(
+            self, params, lr=options.lr, momentum=options.momentum, nesterov=options.nesterov,
+            weight_decay=options.weight_decay,
+        )
+        self._init_privacy(options, plan)
+
+
+class DPAdamOptimizer(DPOptimizer, torch.optim.Adam):
+    """DP-Adam: Adam on clipped, noised per-sample gradients."""
+
+    def __init__(self, params: Params, options: DPAdamConfig, plan: NoisePlan | None = None) -> None:
+        torch.optim.Adam.__init__(
+            self, params, lr=options.lr, betas=(options.beta1, options.beta2), eps=options.eps,
+            weight_decay=options.weight_decay,
+        )
+        self._init_privacy(options, plan)

@@ -1,0 +1,94 @@
+"""The DP optimizer plugins ``optimizer=dp_sgd`` and ``optimizer=dp_adam`` (example-level DP).
+
+Built as ``DPSGD(config)``; ``build(params)`` gives the torch optimizer
+(:class:`~trustml.privacy.optimizers.DPSGDOptimizer`), built with the noise plan of the fit it is for: the fit's
+:class:`~trustml.privacy.callback.PrivacyAccountantCallback` (from :meth:`DPOptimizerPlugin.runtime_callbacks`)
+hands the plugin a planner before the optimizer is built (:meth:`DPOptimizerPlugin.expect_fit`). Heavy modules
+(torch, Opacus) are imported when an optimizer is built, not when the plugin is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from trustml.plugin import OptimizerPlugin
+from trustml.privacy.options import DPAdamConfig, DPOptimizerConfig, DPSGDConfig
+from trustml.registry import register
+
+if TYPE_CHECKING:
+    import torch
+    from omegaconf import DictConfig
+
+    from trustml.privacy.engine import PrivateFit
+    from trustml.privacy.optimizers import DPOptimizer
+
+
+class DPOptimizerPlugin(OptimizerPlugin):
+    """A DP optimizer plugin: per-sample gradients, noise planned by the privacy engine before it is built."""
+
+    per_sample_gradients: ClassVar[bool] = True
+
+    def __init__(self, config: DPOptimizerConfig) -> None:
+        self.config = config
+        self._planner: Callable[[DPOptimizerConfig], PrivateFit] | None = None
+
+    def expect_fit(self, planner: Callable[[DPOptimizerConfig], PrivateFit]) -> None:
+        """The next :meth:`build` is for the fit ``planner`` plans (called by the fit's accountant callback)."""
+        self._planner = planner
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The DP optimizer of ``params``, with the noise the expected fit's plan gives and its accountant attached.
+
+        Without an expected fit (no accountant callback, e.g. a probe) the optimizer has no plan and refuses to step.
+        """
+        planner, self._planner = self._planner, None
+        if planner is None:
+            return self.optimizer(params, None)
+        fit = planner(self.config)
+        optimizer = self.optimizer(params, fit.plan)
+        fit.attach(optimizer)
+        return optimizer
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], plan: Any) -> DPOptimizer:
+        """The torch DP optimizer of ``params`` with this plugin's options and ``plan``."""
+        raise NotImplementedError
+
+    @classmethod
+    def runtime_callbacks(cls, cfg: DictConfig, datamodule: Any) -> list[Any]:
+        """Poisson-sample the training batches and add the privacy accountant.
+
+        A data module with a ``train_batch_sampler_factory`` slot (``TrustDataModule``) gets
+        :class:`~trustml.privacy.sampling.PoissonBatchSampler` (expected batch size ``data.batch_size``; secret
+        seeds from OS entropy, or seeds drawn from ``cfg.seed`` with ``optimizer.deterministic=true``); the
+        accountant (noise plan, per-epoch epsilon, budget stop, checkpointed state) plans for its rate.
+        """
+        from trustml.privacy.callback import PrivacyAccountantCallback
+        from trustml.privacy.sampling import PoissonSamplerFactory
+
+        if hasattr(datamodule, "train_batch_sampler_factory"):
+            seed = None
+            if cfg.optimizer.get("deterministic", False):
+                seed = int(cfg.seed) if cfg.get("seed") is not None else 0
+            datamodule.train_batch_sampler_factory = PoissonSamplerFactory(seed)
+        return [PrivacyAccountantCallback()]
+
+
+@register("optimizer", "dp_sgd", dataclass=DPSGDConfig)
+class DPSGD(DPOptimizerPlugin):
+    """DP-SGD: SGD on clipped, noised per-sample gradients (example-level DP; per device in a federation)."""
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], plan: Any) -> DPOptimizer:
+        from trustml.privacy.optimizers import DPSGDOptimizer
+
+        return DPSGDOptimizer(params, self.config, plan)
+
+
+@register("optimizer", "dp_adam", dataclass=DPAdamConfig)
+class DPAdam(DPOptimizerPlugin):
+    """DP-Adam: Adam on clipped, noised per-sample gradients (example-level DP; per device in a federation)."""
+
+    def optimizer(self, params: Iterable[torch.nn.Parameter], plan: Any) -> DPOptimizer:
+        from trustml.privacy.optimizers import DPAdamOptimizer
+
+        return DPAdamOptimizer(params, self.config, plan)
