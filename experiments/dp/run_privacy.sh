@@ -71,8 +71,8 @@ for section in "${sections[@]}"; do
           esac
           run="$LOG/canary/$setting/reps$reps"
           "${TRUSTML[@]}" data=text_classification "data.train_path=$LOG/canary/train_canary$reps.jsonl" \
-            "data.val_path=$LOG/canary/val.jsonl" "data.test_path=$LOG/canary/test.jsonl" "${MODEL[@]}" \
-            trainer.max_epochs=8 "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$run/train"
+            "data.val_path=$LOG/canary/val.jsonl" "data.test_path=$LOG/canary/test.jsonl" data.batch_size=32 \
+            "${MODEL[@]}" trainer.max_epochs=8 "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$run/train"
           "${AUDIT[@]}" canary "$run/train" --spec "$LOG/canary/train_canary$reps.jsonl.canary.json" \
             --checkpoint last --out "$run" > /dev/null
         done

@@ -44,10 +44,10 @@ from torch.nn.utils import parameters_to_vector
 from experiments.federated.readme import write_readme_block
 from experiments.federated.run_grid import digits_case, make_trainer_factory
 from trustml.data.base import Split
-from trustml.federation.client import LocalTrainer
-from trustml.federation.devices import DevicePopulation
+from trustml.federation.client import ClientTrainer
 from trustml.federation.flat_state import FlatLayout, get_flat
 from trustml.federation.options import FederationConfig
+from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import RoundLoop
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAvgServer
@@ -64,11 +64,12 @@ DEVICE_COUNTS = (10, 100, 1000)
 def simulate(num_devices: int, rounds: int, eval_every: int) -> tuple[list[dict[str, Any]], float]:
     """Run FedAvg on digits; return the per-round records and the total wall time."""
     datamodule, new_method = digits_case(seed=0)
-    options = {"num_devices": num_devices, "clients_per_round": 10, "rounds": rounds, "partition": "iid",
-               "seed": 0, "eval_every": eval_every, "resume": False}
+    options = FederationConfig(rounds=rounds, partition={"kind": "iid", "num_clients": num_devices},
+                               selection={"clients_per_round": 10}, server={"seed": 0, "eval_every": eval_every},
+                               runtime={"resume": False})
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        FedAvg(**options).run(new_method(), datamodule, make_trainer_factory(Path(root)))
+        FedAvg(options).run(new_method(), datamodule, make_trainer_factory(Path(root)))
         total = time.perf_counter() - start
         history = [json.loads(line) for line in (Path(root) / "federation" / "rounds.jsonl").read_text().splitlines()]
     return history, total
@@ -117,11 +118,11 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
     """Per round of FedAvg's :class:`RoundLoop`: its wall time, its clients' training time, and right after it
     the bare loop on the same devices (so each ratio compares two timings taken within a fraction of a second)."""
     datamodule, new_method = digits_case(seed=0)
-    options = FederationConfig(num_devices=num_devices, clients_per_round=10, rounds=rounds, partition="iid", seed=0,
-                               client_loop=client_loop)
-    population = DevicePopulation.from_datamodule(datamodule, options)
+    options = FederationConfig(rounds=rounds, partition={"kind": "iid", "num_clients": num_devices},
+                               selection={"clients_per_round": 10}, client={"loop": client_loop}, server={"seed": 0})
+    population = ClientPopulation.from_datamodule(datamodule, options.partition)
     method = new_method()
-    local = LocalTrainer(method, datamodule, make_trainer_factory(root), client_loop=client_loop)
+    local = ClientTrainer(method, datamodule, make_trainer_factory(root), options.client)
     clients = InProcessClients(local, population)
     selected: list[np.ndarray] = []
 
@@ -130,7 +131,8 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
         return clients(round_index, period, devices, weights)
 
     layout = FlatLayout.of(method.model)
-    server = FederatedServer(get_flat(method.model, layout), FedAvgServer(), options, seed=0)
+    server = FederatedServer(get_flat(method.model, layout), FedAvgServer(), selection=options.selection,
+                             server=options.server, privacy=options.privacy, seed=0)
     loop = RoundLoop(server=server, rounds=rounds, num_periods=1, sizes_at=population.sizes, transport=transport,
                      evaluate=lambda weights: {}, eval_every=rounds + 1, state_dir=root, fingerprint={})
     train, windows = datamodule.splits["train"], population.windows(0)

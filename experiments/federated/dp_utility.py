@@ -4,9 +4,9 @@
   ~11 samples and accounts its own epsilon over the rounds it takes part in; its noise is calibrated so that
   ``optimizer.target_epsilon`` lasts the 95% quantile of the number of rounds it is selected in
   (``trustml.federation.participation``); a spent device is selected no more.
-* **client-level** (DP-FedAvg, ``federation.dp_target_epsilon`` with ``federation.selection=poisson``): each
-  round's updates are clipped to ``dp_clip_norm`` and the server adds Gaussian noise to their sum, calibrated
-  so that all rounds spend the target epsilon at ``federation.dp_delta``.
+* **client-level** (DP-FedAvg, ``federation.privacy.target_epsilon`` with ``federation.selection.scheme=poisson``):
+  each round's updates are clipped to ``federation.privacy.clip_norm`` and the server adds Gaussian noise to their
+  sum, calibrated so that all rounds spend the target epsilon at ``federation.privacy.delta``.
 
 Every arm uses the same settings, fixed before any run (no tuning on test numbers): MLP 64-32-10 without
 dropout, 100 IID devices, 10 per round (expected), 40 rounds, 1 local epoch, batch 4 (Poisson-sampled under
@@ -37,16 +37,16 @@ EPSILONS = ("1", "3", "8")
 SEEDS = "0,1,2"
 COMMON = [
     "data=digits", "model.hidden_sizes=[32]", "model.dropout=0.0", "method=erm", "federation=fedavg",
-    "federation.num_devices=100", "federation.clients_per_round=10", "federation.rounds=40",
-    "federation.local_epochs=1", "federation.eval_every=40", "data.batch_size=4", "optimizer.lr=0.5",
+    "federation.partition.num_clients=100", "federation.selection.clients_per_round=10", "federation.rounds=40",
+    "federation.client.local_epochs=1", "federation.server.eval_every=40", "data.batch_size=4", "optimizer.lr=0.5",
     "trainer.enable_progress_bar=false", "print_results=false", "logger=csv", f"seed={SEEDS}",
 ]
 ARMS: dict[str, list[str]] = {
     "example/dp": ["optimizer=dp_sgd", f"optimizer.target_epsilon={','.join(EPSILONS)}"],
     "example/none": ["optimizer=sgd"],
-    "client/dp": ["optimizer=sgd", "federation.selection=poisson", "federation.dp_clip_norm=0.5",
-                  f"federation.dp_target_epsilon={','.join(EPSILONS)}"],
-    "client/none": ["optimizer=sgd", "federation.selection=poisson", "federation.dp_clip_norm=0.5"],
+    "client/dp": ["optimizer=sgd", "federation.selection.scheme=poisson", "federation.privacy.clip_norm=0.5",
+                  f"federation.privacy.target_epsilon={','.join(EPSILONS)}"],
+    "client/none": ["optimizer=sgd", "federation.selection.scheme=poisson", "federation.privacy.clip_norm=0.5"],
 }
 
 
@@ -75,9 +75,10 @@ def collect(log_dir: Path) -> list[dict]:
         kind = run_dir.parent.parent.name
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
         overrides = [line.lstrip("- ").strip() for line in overrides]
-        target = _override(overrides, "optimizer.target_epsilon") or _override(
-            overrides, "federation.dp_target_epsilon"
-        )
+        # sweeps recorded before the federation options were nested name federation.dp_target_epsilon
+        target = (_override(overrides, "optimizer.target_epsilon")
+                  or _override(overrides, "federation.privacy.target_epsilon")
+                  or _override(overrides, "federation.dp_target_epsilon"))
         groups.setdefault((kind, target or "inf"), []).append(json.loads(results_file.read_text()))
     rows = []
     for (kind, target), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
@@ -88,7 +89,9 @@ def collect(log_dir: Path) -> list[dict]:
             "kind": kind, "target": target, "seeds": len(runs), "acc_mean": statistics.fmean(accuracy),
             "acc_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
             "spent": max(spent) if spent else math.inf,
-            "retired": statistics.fmean(r.get("federation/devices_budget_spent", 0.0) for r in runs),
+            "retired": statistics.fmean(  # federation/devices_budget_spent: results recorded before the rename
+                r.get("federation/clients_budget_spent", r.get("federation/devices_budget_spent", 0.0)) for r in runs
+            ),
             "rounds": statistics.fmean(r["federation/aggregated_rounds"] for r in runs),
         })
     return rows

@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 
 from trustml.data.base import TrustDataModule
+from trustml.federation.options import FederationConfig
 from trustml.federation.rounds import evaluate_model
 from trustml.federation.strategies import FedAvg
 from trustml.methods.erm import ERM
@@ -101,11 +102,30 @@ def topical_chat_case(seed: int, cache_dir: Path) -> tuple[TrustDataModule, Call
 
 
 # --- one run ---------------------------------------------------------------------------------------------
+def fedavg(options: dict[str, Any]) -> FedAvg:
+    """FedAvg for one grid point: ``options`` (recorded flat in ``results/*.jsonl``) in the federation's sections."""
+    partition = {"kind": options["partition"], "seed": options["partition_seed"], "setting": options["setting"]}
+    for name in ("dirichlet_alpha", "group_column", "num_periods", "storage_cap"):
+        if name in options:
+            partition[name] = options[name]
+    if "num_devices" in options:
+        partition["num_clients"] = options["num_devices"]
+    return FedAvg(FederationConfig(
+        rounds=options["rounds"],
+        partition=partition,
+        selection={"clients_per_round": options["clients_per_round"], "scheme": options["selection"],
+                   "weighting": options["weighting"]},
+        client={"local_epochs": options["local_epochs"]},
+        server={"seed": options["seed"], "eval_every": options["eval_every"]},
+        runtime={"resume": False},
+    ))
+
+
 def federated_run(datamodule: TrustDataModule, method: ERM, options: dict[str, Any]) -> dict[str, Any]:
     """Run FedAvg with ``options``; return per-round test accuracy and held samples."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        FedAvg(resume=False, **options).run(method, datamodule, make_trainer_factory(Path(root)))
+        fedavg(options).run(method, datamodule, make_trainer_factory(Path(root)))
         seconds = time.perf_counter() - start
         history = [json.loads(line) for line in (Path(root) / "federation" / "rounds.jsonl").read_text().splitlines()]
         stats = json.loads((Path(root) / "federation" / "partition.json").read_text())
@@ -113,8 +133,8 @@ def federated_run(datamodule: TrustDataModule, method: ERM, options: dict[str, A
         "test_acc": [r["test_acc"] for r in history],
         "samples": [r["samples"] for r in history],
         "seconds": seconds,
-        "num_devices": stats["num_devices"],
-        "samples_per_device": stats["samples_per_device"],
+        "num_devices": stats["num_clients"],
+        "samples_per_device": stats["samples_per_client"],
         "mean_label_entropy_bits": stats["label_entropy_bits"]["mean"],
     }
 

@@ -90,8 +90,8 @@ def refusal(method: str, optimizer: str, federation: str) -> str | None:
 #: How long each kind of combination trains in the grid: long enough on digits to show it learned, short enough
 #: for the default test run. Centralized: 3 epochs; federated: 6 rounds of 4 of 8 devices, 2 local epochs.
 CENTRAL_TRAINING = ["trainer.max_epochs=3"]
-FEDERATED_TRAINING = ["federation.rounds=6", "federation.num_devices=8", "federation.clients_per_round=4",
-                      "federation.local_epochs=2"]
+FEDERATED_TRAINING = ["federation.rounds=6", "federation.partition.num_clients=8",
+                      "federation.selection.clients_per_round=4", "federation.client.local_epochs=2"]
 #: DP runs draw their Poisson batches and noise from the run seed (reproducible test numbers).
 DP_TRAINING = ["optimizer.deterministic=true"]
 #: The learning rates of the plain optimizers' defaults learn slowly in a few steps; these learn in the grid.

@@ -1,4 +1,4 @@
-"""``federation.resume_from`` with a file that cannot be resumed from: one clear message, exit 2, a failed record."""
+"""``ckpt_path`` with a file that cannot be resumed from: one clear message, exit 2, a failed record."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from trustml.federation.checkpoint import read_checkpoint, state_dict_mismatch
 
 FAST = ["seed=3", "trainer.enable_progress_bar=false"]
 FIX = "resume from checkpoints/last.ckpt of an earlier run of this same configuration, or start over without " \
-      "federation.resume_from"
+      "ckpt_path"
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +78,11 @@ def test_a_bad_resume_checkpoint_is_refused_with_the_file_the_reason_and_the_fix
 
     overrides, make, reason = CASES[case]
     path = make(tmp_path, last_ckpt) if make is not None else last_ckpt
-    out = run_cli(*FAST, *overrides, f"federation.resume_from={path}", "trainer.max_epochs=2", cwd=tmp_path)
+    out = run_cli(*FAST, *overrides, f"ckpt_path={path}", "trainer.max_epochs=2", cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and out.stderr.count("trustml: error:") == 1
     assert "weights_only=False" not in out.stderr and "weights_only" not in out.stderr
-    assert re.search(rf"trustml: error: federation.resume_from: {re.escape(str(path.parent))}/{reason}", out.stderr), \
+    assert re.search(rf"trustml: error: ckpt_path: {re.escape(str(path.parent))}/{reason}", out.stderr), \
         out.stderr
     assert FIX in out.stderr
     record = read_json(only_run_dir(tmp_path) / "run.json")
@@ -93,7 +93,7 @@ def test_a_bad_resume_checkpoint_is_refused_with_the_file_the_reason_and_the_fix
 
 def test_a_run_folder_given_as_resume_from_points_at_its_last_checkpoint(last_ckpt: Path, tmp_path: Path) -> None:
     run_dir = last_ckpt.parent.parent
-    out = run_cli(*FAST, f"federation.resume_from={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
+    out = run_cli(*FAST, f"ckpt_path={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
     assert out.returncode == 2 and f"did you mean {last_ckpt}?" in out.stderr, out.stderr
 
 

@@ -122,3 +122,4 @@ def test_sweep_over_knob_values_from_the_command_line(trained_run, toy_topical_c
     assert all(METRICS <= set(r) for r in results)
     assert results[0]["perplexity"] != results[1]["perplexity"]
     assert all(len((job.parent / "generations.jsonl").read_text().splitlines()) == 4 for job in jobs)
+    assert all(json.loads((job.parent / "run.json").read_text())["status"] == "completed" for job in jobs)

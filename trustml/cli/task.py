@@ -38,7 +38,15 @@ from typing import Any
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trustml.cli.compose import ConfigCheck, check_prefix_source, cli_prefixes, create_hydra, launch, prepare_launch
+from trustml.cli.compose import (
+    CONFIG_MODULE,
+    ConfigCheck,
+    check_prefix_source,
+    cli_prefixes,
+    create_hydra,
+    launch,
+    prepare_launch,
+)
 from trustml.errors import ConfigError
 from trustml.run_lock import RunLock, release_all_locks
 from trustml.run_record import (
@@ -72,7 +80,8 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class TaskApp:
-    """A Hydra app: ``program`` composes ``conf/<config_name>.yaml`` and runs ``body`` on it.
+    """A Hydra app: ``program`` composes ``conf/<config_name>.yaml`` (which has a top-level ``seed``, ``null`` to
+    draw one) and runs ``body`` on it.
 
     ``prepare`` registers what composing needs (schemas in Hydra's ConfigStore, resolvers); ``check`` adds the app's
     own checks of a composed config; ``imports`` are modules a job imports before its record is written (torch for
@@ -90,12 +99,13 @@ class TaskApp:
     imports: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Launch:
-    """The command line of this process, as typed: recorded in ``run.json`` and checked against in each job."""
+    """The command line of this process, as typed (recorded in ``run.json``), and the ``trusted_target_prefixes``
+    it gives (each job refuses trust that its config files add)."""
 
     argv: list[str]
-    trusted_on_cli: tuple[str, ...] | None = None
+    trusted_on_cli: tuple[str, ...]
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -166,32 +176,31 @@ def _choices(hydra_cfg: DictConfig) -> dict[str, str]:
 def _run_job(app: TaskApp, launched: _Launch, cfg: DictConfig, hydra_cfg: DictConfig, job: Job) -> float | None:
     """Record, check and run one job; every ending is recorded (see :func:`_job_failed`)."""
     seed_source = "config"
-    if cfg.get("seed", -1) is None:
+    if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31 - 1)
         seed_source = "drawn"
-    for module in app.imports:
-        importlib.import_module(module)
+    trusted = list(cfg.get("trusted_target_prefixes") or [])
     record = RunRecord(job.run_dir)
     try:
+        for module in app.imports:
+            importlib.import_module(module)
         record.start(
-            seed=int(cfg.get("seed", -1)),
+            seed=int(cfg.seed),
             seed_source=seed_source,
             overrides=list(hydra_cfg.overrides.task),
             source_dir=Path(hydra_cfg.runtime.cwd),
             task=app.program,
             choices=job.choices,
-            trusted_target_prefixes=list(cfg.get("trusted_target_prefixes") or []),
+            trusted_target_prefixes=trusted,
             command=[sys.argv[0], *launched.argv],
             config=_resolved(cfg),
         )
-        if launched.trusted_on_cli is not None:
-            check_prefix_source(list(cfg.get("trusted_target_prefixes") or []), launched.trusted_on_cli)
-        check_hydra_config(hydra_cfg, list(cfg.get("trusted_target_prefixes") or []))
+        check_prefix_source(trusted, launched.trusted_on_cli)  # a sweeper composes each job itself: check again
+        check_hydra_config(hydra_cfg, trusted)
         if seed_source == "drawn" and hydra_cfg.output_subdir is not None:
             # Keep the saved config complete: re-running it reproduces this run, drawn seed included.
             OmegaConf.save(cfg, job.run_dir / hydra_cfg.output_subdir / "config.yaml")
-        if "seed" in cfg:
-            seed_everything(int(cfg.seed))
+        seed_everything(int(cfg.seed))
         outcome = app.body(cfg, job)
         metric = cfg.get("optimized_metric")
         if metric and metric not in outcome.results:
@@ -298,12 +307,12 @@ def _main(app: TaskApp, argv: list[str]) -> None:
             f"{app.program} --config-dir RUN_DIR/.hydra --config-name config",
         )
     app.prepare()
-    launched = _Launch(argv)
+    launched = _Launch(argv, cli_prefixes(list(args.overrides)))
     config_name = args.config_name if args.config_name is not None else app.config_name
     if any(getattr(args, flag, None) for flag in _NON_RUN_FLAGS):
         from hydra._internal.utils import _run_hydra
 
-        config_path = args.config_path if args.config_path is not None else "pkg://trustml.conf"
+        config_path = args.config_path if args.config_path is not None else f"pkg://{CONFIG_MODULE}"
         _run_hydra(args, parser, _task_function(app, launched), config_path, config_name)
         return
     from hydra.core.global_hydra import GlobalHydra
@@ -317,7 +326,6 @@ def _main(app: TaskApp, argv: list[str]) -> None:
             plan = prepare_launch(hydra, args, config_name, app.check)
         except ConfigError as exc:
             _refuse(app.program, argv, str(exc))
-        launched.trusted_on_cli = cli_prefixes(list(args.overrides))
         if plan.directory is not None:
             try:
                 RunLock(plan.directory, plan.dir_option).acquire()

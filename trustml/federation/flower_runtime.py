@@ -6,7 +6,7 @@ period) and ``train`` (load the global weights and the client's callback state, 
 metrics and the new callback state). Client ``k`` is the SuperNode whose ``node_config["partition-id"]`` is
 ``k``. The ServerApp drives :class:`~trustml.federation.rounds.RoundLoop` with a :class:`GridTransport`, which
 sends one ``train`` message per selected client through the Grid and collects the replies within
-``client_timeout_s``: error replies count as failed clients, missing ones as timed out.
+``federation.client.timeout_s``: error replies count as failed clients, missing ones as timed out.
 
 Per-client state: a client's ``federated_scope="client"`` callbacks (e.g. its DP-SGD privacy
 accountant) keep state between the rounds it takes part in. The transport holds each client's last state

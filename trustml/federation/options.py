@@ -211,7 +211,8 @@ class PrivacyConfig:
 class RuntimeConfig:
     """How rounds run: ``engine`` ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus``
     CPUs). The server state is saved after every round under ``<run dir>/federation/``; with ``resume`` a run
-    started again in the same run directory (e.g. after it was killed) continues from its last round."""
+    started again in the same run directory (e.g. after it was killed) continues from its last round. (The
+    top-level ``ckpt_path`` continues another run's round checkpoint in a new run directory.)"""
 
     engine: str = "simulation"
     flower_num_cpus: int = 2

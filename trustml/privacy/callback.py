@@ -103,7 +103,7 @@ class PrivacyAccountantCallback(pl.Callback):
     of local fits (rounds) the device plans its budget for, so sigma is calibrated for ``planned_fits`` times one
     fit's steps; once the budget is spent ``final_results()`` reports ``budget_spent = 1`` and the federation
     selects the device no more. (Client-level DP, which protects a device's whole data set, is DP-FedAvg:
-    ``federation.dp_noise_multiplier``.)
+    ``federation.privacy.noise_multiplier``.)
     """
 
     #: reads only what a federated client loop's fit view provides (trustml.federation.local_loop)
