@@ -50,6 +50,8 @@ def plugin_configs(cfg: DictConfig) -> dict[str, Any]:
     for group in PLUGIN_GROUPS:
         try:
             configs[group] = plugin_config(group, cfg[group])
+        except TrustMLError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{group}: {exc}") from None
     return configs

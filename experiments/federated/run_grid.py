@@ -38,7 +38,7 @@ from trustml.data.base import TrustDataModule
 from trustml.federation.options import FederationConfig
 from trustml.federation.rounds import evaluate_model
 from trustml.federation.strategies import FedAvg
-from trustml.methods.erm import ERM
+from trustml.methods.erm import ERM, ERMConfig
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1].parent / "shared" / "data"
@@ -72,7 +72,7 @@ def digits_case(seed: int) -> tuple[TrustDataModule, Callable[[], ERM]]:
     def method() -> ERM:
         torch.manual_seed(seed)
         model = MLP(MLPConfig(hidden_sizes=[64], dropout=0.0), num_classes=10, input_dim=64)
-        return ERM(model=model, optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=10)
+        return ERM(ERMConfig(), model=model, optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=10)
 
     return datamodule, method
 
@@ -96,7 +96,7 @@ def topical_chat_case(seed: int, cache_dir: Path) -> tuple[TrustDataModule, Call
     def method() -> ERM:
         torch.manual_seed(seed)
         model = HFEncoderClassifier(encoder_config, num_classes=8)
-        return ERM(model=model, optimizer=partial(torch.optim.AdamW, lr=1e-3), num_classes=8)
+        return ERM(ERMConfig(), model=model, optimizer=partial(torch.optim.AdamW, lr=1e-3), num_classes=8)
 
     return datamodule, method
 
