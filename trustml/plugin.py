@@ -90,6 +90,12 @@ class OptimizerPlugin(Plugin):
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer of ``params`` with this plugin's options."""
 
+    def training_data(self, datamodule: Any, seed: int) -> Any:
+        """The data module this optimizer trains on: ``datamodule`` itself by default. An optimizer that needs
+        another sampling of the training data (DP-SGD: Poisson sampling) returns a view of it that samples so,
+        leaving ``datamodule`` unchanged; ``seed`` is the run seed."""
+        return datamodule
+
     def __call__(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """Same as :meth:`build`: an optimizer plugin is the factory a method calls with its parameters."""
         return self.build(params)

@@ -38,8 +38,14 @@ __all__ = ["PLUGIN_GROUPS", "PluginInfo", "build_plugin", "load_plugins", "plugi
 ENTRY_POINT_GROUP = "trustml.plugins"
 
 #: Packages whose modules hold the built-in plugins (every module that registers one is imported).
-PLUGIN_PACKAGES = ("trustml.data", "trustml.models", "trustml.methods", "trustml.optim", "trustml.privacy",
-                   "trustml.federation")
+PLUGIN_PACKAGES = (
+    "trustml.data",
+    "trustml.models",
+    "trustml.methods",
+    "trustml.optim",
+    "trustml.privacy",
+    "trustml.federation",
+)
 
 T = TypeVar("T")
 
@@ -87,8 +93,10 @@ def check_plugin_class(group: str, cls: Any, config_class: Any) -> None:
     if missing:
         raise TypeError(f"{group} plugin {name} must implement {', '.join(missing)}")
     if not dataclasses.is_dataclass(config_class):
-        raise TypeError(f"{group} plugin {name} needs its options as a dataclass: @register('{group}', ..., "
-                        f"dataclass=<a @dataclass>), got {config_class!r}")
+        raise TypeError(
+            f"{group} plugin {name} needs its options as a dataclass: @register('{group}', ..., "
+            f"dataclass=<a @dataclass>), got {config_class!r}"
+        )
 
 
 def register(group: str, name: str, dataclass: type) -> Callable[[T], T]:  # noqa: A002 - fairseq's spelling
@@ -266,8 +274,10 @@ def plugin_class(group: str, node: Any) -> type[Plugin]:
     try:
         check_plugin_class(group, cls, getattr(cls, "config_class", None))
     except TypeError as exc:
-        raise ConfigError(f"{group}._target_='{target}': {exc}; register it with @register('{group}', NAME, "
-                          "dataclass=...) (see the README's 'Writing a plugin')") from None
+        raise ConfigError(
+            f"{group}._target_='{target}': {exc}; register it with @register('{group}', NAME, "
+            "dataclass=...) (see the README's 'Writing a plugin')"
+        ) from None
     return cls
 
 

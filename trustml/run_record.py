@@ -20,7 +20,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def git_state(directory: Path) -> dict[str, Any]:
@@ -110,6 +110,7 @@ class RunInterrupted(BaseException):
 
 class _SignalState:
     """The signal bookkeeping of this process (see :func:`install_signal_handlers`)."""
+
     received: int | None = None
     owner_pid: int | None = None
     deferred: bool = False

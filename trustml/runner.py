@@ -111,8 +111,13 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     if datamodule.input_kind == "text":
         datamodule.map_inputs(model.featurize)
     optimizer = construct("optimizer", classes["optimizer"], configs["optimizer"])
+    datamodule = optimizer.training_data(datamodule, seed=int(cfg.seed))
     method = construct(
-        "method", classes["method"], configs["method"], model=model, optimizer=optimizer,
+        "method",
+        classes["method"],
+        configs["method"],
+        model=model,
+        optimizer=optimizer,
         num_classes=datamodule.num_classes,
     )
     federation = construct("federation", classes["federation"], configs["federation"])

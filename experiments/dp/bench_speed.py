@@ -113,9 +113,14 @@ def make_step(variant: str, model: nn.Module, batch: Batch) -> Step:
 
     mode = {"Opacus hooks": "hooks", "Opacus ghost": "ghost"}[variant]
     private = PrivacyEngine().make_private(
-        module=model, optimizer=torch.optim.SGD(_trainable(model), lr=0.01), criterion=nn.CrossEntropyLoss(),
-        data_loader=DataLoader(range(size), batch_size=size), noise_multiplier=NOISE, max_grad_norm=CLIP,
-        poisson_sampling=False, grad_sample_mode=mode,
+        module=model,
+        optimizer=torch.optim.SGD(_trainable(model), lr=0.01),
+        criterion=nn.CrossEntropyLoss(),
+        data_loader=DataLoader(range(size), batch_size=size),
+        noise_multiplier=NOISE,
+        max_grad_norm=CLIP,
+        poisson_sampling=False,
+        grad_sample_mode=mode,
     )
     module, optimizer = private[0], private[1]
     criterion = private[2] if mode == "ghost" else nn.CrossEntropyLoss()
@@ -165,7 +170,10 @@ def peak_memory_mib(case: str, variant: str, device: torch.device, steps: int = 
     # Small mmap threshold: freed tensors go back to the OS at once, so RSS follows live memory.
     output = subprocess.run(
         [sys.executable, __file__, "--memory-probe", case, variant, str(steps)],
-        capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
     )
     return float(output.stdout.strip().splitlines()[-1])
 
@@ -199,10 +207,15 @@ def run_case(case: str, rounds: int, warmup: int, device: torch.device) -> list[
     medians = median_step_times(steps, rounds, warmup, device)
     rows = []
     for variant in VARIANTS:
-        rows.append({
-            "case": case, "variant": variant, "median_ms": 1e3 * medians[variant],
-            "ratio": medians[variant] / medians["non-private"], "peak_mib": peak_memory_mib(case, variant, device),
-        })
+        rows.append(
+            {
+                "case": case,
+                "variant": variant,
+                "median_ms": 1e3 * medians[variant],
+                "ratio": medians[variant] / medians["non-private"],
+                "peak_mib": peak_memory_mib(case, variant, device),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 

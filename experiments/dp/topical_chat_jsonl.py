@@ -52,8 +52,10 @@ def main() -> None:
     held_out = set(conversations[: max(1, round(args.val_fraction * len(conversations)))])
     write_jsonl([t for t in train if t.conversation_id not in held_out], out)
     write_jsonl([t for t in train if t.conversation_id in held_out], out.with_name("val.jsonl"))
-    write_jsonl(first_conversations(read_conversations(data_dir / TEST_FILE), args.max_conversations),
-                out.with_name("test.jsonl"))
+    write_jsonl(
+        first_conversations(read_conversations(data_dir / TEST_FILE), args.max_conversations),
+        out.with_name("test.jsonl"),
+    )
 
 
 if __name__ == "__main__":

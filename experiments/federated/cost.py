@@ -64,9 +64,13 @@ DEVICE_COUNTS = (10, 100, 1000)
 def simulate(num_devices: int, rounds: int, eval_every: int) -> tuple[list[dict[str, Any]], float]:
     """Run FedAvg on digits; return the per-round records and the total wall time."""
     datamodule, new_method = digits_case(seed=0)
-    options = FederationConfig(rounds=rounds, partition={"kind": "iid", "num_clients": num_devices},
-                               selection={"clients_per_round": 10}, server={"seed": 0, "eval_every": eval_every},
-                               runtime={"resume": False})
+    options = FederationConfig(
+        rounds=rounds,
+        partition={"kind": "iid", "num_clients": num_devices},
+        selection={"clients_per_round": 10},
+        server={"seed": 0, "eval_every": eval_every},
+        runtime={"resume": False},
+    )
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         FedAvg(options).run(new_method(), datamodule, make_trainer_factory(Path(root)))
@@ -88,8 +92,9 @@ def bare_local_epochs(method: ERM, train: Split, device_rows: list[np.ndarray], 
     return time.perf_counter() - start
 
 
-def bare_fedavg_round(method: ERM, train: Split, device_rows: list[np.ndarray], batch_size: int,
-                      weights: torch.Tensor) -> float:
+def bare_fedavg_round(
+    method: ERM, train: Split, device_rows: list[np.ndarray], batch_size: int, weights: torch.Tensor
+) -> float:
     """Seconds of the devices' round as bare PyTorch FedAvg: what :func:`bare_local_epochs` leaves out and any
     federated round must do. Per device: load the global weights (a copy per tensor), the bare local epoch on the
     method's own batch loss (``method.batch_loss``, as the method's training step computes it), read
@@ -118,8 +123,13 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
     """Per round of FedAvg's :class:`RoundLoop`: its wall time, its clients' training time, and right after it
     the bare loop on the same devices (so each ratio compares two timings taken within a fraction of a second)."""
     datamodule, new_method = digits_case(seed=0)
-    options = FederationConfig(rounds=rounds, partition={"kind": "iid", "num_clients": num_devices},
-                               selection={"clients_per_round": 10}, client={"loop": client_loop}, server={"seed": 0})
+    options = FederationConfig(
+        rounds=rounds,
+        partition={"kind": "iid", "num_clients": num_devices},
+        selection={"clients_per_round": 10},
+        client={"loop": client_loop},
+        server={"seed": 0},
+    )
     population = ClientPopulation.from_datamodule(datamodule, options.partition)
     method = new_method()
     local = ClientTrainer(method, datamodule, make_trainer_factory(root), options.client)
@@ -131,10 +141,25 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
         return clients(round_index, period, devices, weights)
 
     layout = FlatLayout.of(method.model)
-    server = FederatedServer(get_flat(method.model, layout), FedAvgServer(), selection=options.selection,
-                             server=options.server, privacy=options.privacy, seed=0)
-    loop = RoundLoop(server=server, rounds=rounds, num_periods=1, sizes_at=population.sizes, transport=transport,
-                     evaluate=lambda weights: {}, eval_every=rounds + 1, state_dir=root, fingerprint={})
+    server = FederatedServer(
+        get_flat(method.model, layout),
+        FedAvgServer(),
+        selection=options.selection,
+        server=options.server,
+        privacy=options.privacy,
+        seed=0,
+    )
+    loop = RoundLoop(
+        server=server,
+        rounds=rounds,
+        num_periods=1,
+        sizes_at=population.sizes,
+        transport=transport,
+        evaluate=lambda weights: {},
+        eval_every=rounds + 1,
+        state_dir=root,
+        fingerprint={},
+    )
     train, windows = datamodule.splits["train"], population.windows(0)
     records = []
     for index in range(rounds):
@@ -149,8 +174,11 @@ def paired_rounds(num_devices: int, rounds: int, client_loop: str, root: Path) -
 
 def measure(rounds: int, repeats: int) -> dict[str, Any]:
     """All cost numbers as a dict (medians over rounds and repeats, first round of each run excluded)."""
-    results: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                               "torch_threads": torch.get_num_threads(), "repeats": repeats}
+    results: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch_threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
     for num_devices in DEVICE_COUNTS:
         loop_rounds: list[dict[str, float]] = []
         lightning_rounds: list[dict[str, float]] = []
@@ -175,12 +203,15 @@ def measure(rounds: int, repeats: int) -> dict[str, Any]:
             "round_over_bare_fedavg": float(np.median(round_s / fedavg)),
             "bare_fedavg_over_pure_pytorch": float(np.median(fedavg / bare)),
             "lightning_round_ms": 1000 * float(np.median(column(lightning_rounds, "round_s"))),
-            "lightning_round_over_pure_pytorch": float(np.median(
-                column(lightning_rounds, "round_s") / column(lightning_rounds, "bare_s"))),
+            "lightning_round_over_pure_pytorch": float(
+                np.median(column(lightning_rounds, "round_s") / column(lightning_rounds, "bare_s"))
+            ),
         }
     history, total = simulate(1000, rounds=rounds, eval_every=1)
     results["thousand_devices"] = {
-        "rounds": rounds, "wall_s": total, "per_round_s": total / rounds,
+        "rounds": rounds,
+        "wall_s": total,
+        "per_round_s": total / rounds,
         "final_test_acc": history[-1]["test_acc"],
         "median_round_s_without_eval": float(statistics.median(r["round_s"] for r in history)),
     }
@@ -200,11 +231,13 @@ def table(results: dict[str, Any]) -> str:
     for n in DEVICE_COUNTS:
         o = results[f"overhead_{n}"]
         q25, q75 = o["round_over_pure_pytorch_q25_q75"]
-        lines.append(f"| {n} | {o['round_ms']:.1f} | {o['client_fits_ms']:.1f} | {o['pure_pytorch_ms']:.1f} | "
-                     f"{o['round_over_client_fits']:.3f} | {o['round_over_pure_pytorch']:.2f} [{q25:.2f}, {q75:.2f}] | "
-                     f"{o['bare_fedavg_ms']:.1f} | {o['bare_fedavg_over_pure_pytorch']:.2f} | "
-                     f"{o['round_over_bare_fedavg']:.2f} | "
-                     f"{o['lightning_round_ms']:.0f} | {o['lightning_round_over_pure_pytorch']:.1f} |")
+        lines.append(
+            f"| {n} | {o['round_ms']:.1f} | {o['client_fits_ms']:.1f} | {o['pure_pytorch_ms']:.1f} | "
+            f"{o['round_over_client_fits']:.3f} | {o['round_over_pure_pytorch']:.2f} [{q25:.2f}, {q75:.2f}] | "
+            f"{o['bare_fedavg_ms']:.1f} | {o['bare_fedavg_over_pure_pytorch']:.2f} | "
+            f"{o['round_over_bare_fedavg']:.2f} | "
+            f"{o['lightning_round_ms']:.0f} | {o['lightning_round_over_pure_pytorch']:.1f} |"
+        )
     t = results["thousand_devices"]
     lines += [
         "",

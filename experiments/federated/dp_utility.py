@@ -36,16 +36,32 @@ BIN = Path(sys.executable).parent
 EPSILONS = ("1", "3", "8")
 SEEDS = "0,1,2"
 COMMON = [
-    "data=digits", "model.hidden_sizes=[32]", "model.dropout=0.0", "method=erm", "federation=fedavg",
-    "federation.partition.num_clients=100", "federation.selection.clients_per_round=10", "federation.rounds=40",
-    "federation.client.local_epochs=1", "federation.server.eval_every=40", "data.batch_size=4", "optimizer.lr=0.5",
-    "trainer.enable_progress_bar=false", "print_results=false", "logger=csv", f"seed={SEEDS}",
+    "data=digits",
+    "model.hidden_sizes=[32]",
+    "model.dropout=0.0",
+    "method=erm",
+    "federation=fedavg",
+    "federation.partition.num_clients=100",
+    "federation.selection.clients_per_round=10",
+    "federation.rounds=40",
+    "federation.client.local_epochs=1",
+    "federation.server.eval_every=40",
+    "data.batch_size=4",
+    "optimizer.lr=0.5",
+    "trainer.enable_progress_bar=false",
+    "print_results=false",
+    "logger=csv",
+    f"seed={SEEDS}",
 ]
 ARMS: dict[str, list[str]] = {
     "example/dp": ["optimizer=dp_sgd", f"optimizer.target_epsilon={','.join(EPSILONS)}"],
     "example/none": ["optimizer=sgd"],
-    "client/dp": ["optimizer=sgd", "federation.selection.scheme=poisson", "federation.privacy.clip_norm=0.5",
-                  f"federation.privacy.target_epsilon={','.join(EPSILONS)}"],
+    "client/dp": [
+        "optimizer=sgd",
+        "federation.selection.scheme=poisson",
+        "federation.privacy.clip_norm=0.5",
+        f"federation.privacy.target_epsilon={','.join(EPSILONS)}",
+    ],
     "client/none": ["optimizer=sgd", "federation.selection.scheme=poisson", "federation.privacy.clip_norm=0.5"],
 }
 
@@ -76,24 +92,32 @@ def collect(log_dir: Path) -> list[dict]:
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
         overrides = [line.lstrip("- ").strip() for line in overrides]
         # sweeps recorded before the federation options were nested name federation.dp_target_epsilon
-        target = (_override(overrides, "optimizer.target_epsilon")
-                  or _override(overrides, "federation.privacy.target_epsilon")
-                  or _override(overrides, "federation.dp_target_epsilon"))
+        target = (
+            _override(overrides, "optimizer.target_epsilon")
+            or _override(overrides, "federation.privacy.target_epsilon")
+            or _override(overrides, "federation.dp_target_epsilon")
+        )
         groups.setdefault((kind, target or "inf"), []).append(json.loads(results_file.read_text()))
     rows = []
     for (kind, target), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
         accuracy = [100 * r["test/acc"] for r in runs]
         spent_key = "federation/client_epsilon_max" if kind == "example" else "federation/dp_epsilon"
         spent = [r[spent_key] for r in runs if spent_key in r]
-        rows.append({
-            "kind": kind, "target": target, "seeds": len(runs), "acc_mean": statistics.fmean(accuracy),
-            "acc_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
-            "spent": max(spent) if spent else math.inf,
-            "retired": statistics.fmean(  # federation/devices_budget_spent: results recorded before the rename
-                r.get("federation/clients_budget_spent", r.get("federation/devices_budget_spent", 0.0)) for r in runs
-            ),
-            "rounds": statistics.fmean(r["federation/aggregated_rounds"] for r in runs),
-        })
+        rows.append(
+            {
+                "kind": kind,
+                "target": target,
+                "seeds": len(runs),
+                "acc_mean": statistics.fmean(accuracy),
+                "acc_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0,
+                "spent": max(spent) if spent else math.inf,
+                "retired": statistics.fmean(  # federation/devices_budget_spent: results recorded before the rename
+                    r.get("federation/clients_budget_spent", r.get("federation/devices_budget_spent", 0.0))
+                    for r in runs
+                ),
+                "rounds": statistics.fmean(r["federation/aggregated_rounds"] for r in runs),
+            }
+        )
     return rows
 
 

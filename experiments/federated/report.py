@@ -85,8 +85,10 @@ def summarize(case: str, records: list[dict[str, Any]]) -> tuple[str, dict]:
         reach = []
         for selection in SELECTIONS:
             seeds = seeds_of[(partition, setting, selection)]
-            hits = [rounds_to_reach(c, CATCH_UP * central[s]) for c, s in zip(by_selection.get(selection, []), seeds,
-                                                                           strict=True)]
+            hits = [
+                rounds_to_reach(c, CATCH_UP * central[s])
+                for c, s in zip(by_selection.get(selection, []), seeds, strict=True)
+            ]
             reach.append(f"{np.mean(hits):.1f}" if hits and None not in hits else "-")
         lines.append(f"| {partition} | {setting} | " + " | ".join(cells) + f" | {reach[0]} / {reach[1]} |")
     return "\n".join(lines), curves

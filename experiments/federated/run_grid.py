@@ -50,9 +50,17 @@ def make_trainer_factory(root: Path) -> Callable[..., pl.Trainer]:
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
         kwargs: dict[str, Any] = {
-            "default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "deterministic": True,
-            "enable_progress_bar": False, "enable_model_summary": False, "logger": False, "callbacks": [],
-            "enable_checkpointing": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 1,
+            "deterministic": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "callbacks": [],
+            "enable_checkpointing": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
         }
         kwargs.update(overrides)
         return pl.Trainer(**kwargs)
@@ -82,14 +90,23 @@ def topical_chat_case(seed: int, cache_dir: Path) -> tuple[TrustDataModule, Call
     from trustml.data.topical_chat import TopicalChatSentimentConfig, TopicalChatSentimentDataModule
     from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
 
-    datamodule = TopicalChatSentimentDataModule(TopicalChatSentimentConfig(
-        data_dir=str(SHARED / "topical_chat"),
-        train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
-        test_files=["conversations_test_freq.json"], batch_size=16,
-    ))
+    datamodule = TopicalChatSentimentDataModule(
+        TopicalChatSentimentConfig(
+            data_dir=str(SHARED / "topical_chat"),
+            train_files=["conversations_valid_freq.json", "conversations_valid_rare.json"],
+            test_files=["conversations_test_freq.json"],
+            batch_size=16,
+        )
+    )
     datamodule.setup("fit")
-    encoder_config = HFEncoderConfig(freeze_encoder=True, cache_embeddings=True, cache_dir=str(cache_dir),
-                                     max_length=64, head_hidden_sizes=[256], dropout=0.1)
+    encoder_config = HFEncoderConfig(
+        freeze_encoder=True,
+        cache_embeddings=True,
+        cache_dir=str(cache_dir),
+        max_length=64,
+        head_hidden_sizes=[256],
+        dropout=0.1,
+    )
     encoder = HFEncoderClassifier(encoder_config, num_classes=8)
     datamodule.map_inputs(encoder.featurize)
 
@@ -110,15 +127,20 @@ def fedavg(options: dict[str, Any]) -> FedAvg:
             partition[name] = options[name]
     if "num_devices" in options:
         partition["num_clients"] = options["num_devices"]
-    return FedAvg(FederationConfig(
-        rounds=options["rounds"],
-        partition=partition,
-        selection={"clients_per_round": options["clients_per_round"], "scheme": options["selection"],
-                   "weighting": options["weighting"]},
-        client={"local_epochs": options["local_epochs"]},
-        server={"seed": options["seed"], "eval_every": options["eval_every"]},
-        runtime={"resume": False},
-    ))
+    return FedAvg(
+        FederationConfig(
+            rounds=options["rounds"],
+            partition=partition,
+            selection={
+                "clients_per_round": options["clients_per_round"],
+                "scheme": options["selection"],
+                "weighting": options["weighting"],
+            },
+            client={"local_epochs": options["local_epochs"]},
+            server={"seed": options["seed"], "eval_every": options["eval_every"]},
+            runtime={"resume": False},
+        )
+    )
 
 
 def federated_run(datamodule: TrustDataModule, method: ERM, options: dict[str, Any]) -> dict[str, Any]:
@@ -148,37 +170,65 @@ def centralized_run(datamodule: TrustDataModule, method: ERM, epochs: int) -> di
     return {"test_acc": evaluate_model(method.model, datamodule.test_dataloader())["test_acc"], "seconds": seconds}
 
 
-def grid(case: str, alphas: list[float], seeds: list[int], rounds: int, storage_cap: int, cache_dir: Path,
-         parts: list[str], out: Path) -> None:
+def grid(
+    case: str,
+    alphas: list[float],
+    seeds: list[int],
+    rounds: int,
+    storage_cap: int,
+    cache_dir: Path,
+    parts: list[str],
+    out: Path,
+) -> None:
     """Run the ``parts`` (centralized, federated) of ``case`` and append the results to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partitions = (
         [{"partition": "dirichlet_label", "dirichlet_alpha": a, "num_devices": 100} for a in alphas]
-        if case == "digits" else [{"partition": "natural", "group_column": "device"}]
+        if case == "digits"
+        else [{"partition": "natural", "group_column": "device"}]
     )
     clients = 10 if case == "digits" else 20
     for seed in seeds:
         datamodule, new_method = digits_case(seed) if case == "digits" else topical_chat_case(seed, cache_dir)
         if "centralized" in parts:
-            record = {"case": case, "kind": "centralized", "seed": seed,
-                      **centralized_run(datamodule, new_method(), 15)}
+            record = {
+                "case": case,
+                "kind": "centralized",
+                "seed": seed,
+                **centralized_run(datamodule, new_method(), 15),
+            }
             with out.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
         for partition in partitions if "federated" in parts else []:
             for setting in ("static", "continual"):
                 for selection in ("uniform", "activity"):
                     options = {
-                        **partition, "rounds": rounds, "clients_per_round": clients, "selection": selection,
-                        "weighting": "samples", "setting": setting, "seed": seed, "partition_seed": seed,
-                        "eval_every": 1, "local_epochs": 1,
+                        **partition,
+                        "rounds": rounds,
+                        "clients_per_round": clients,
+                        "selection": selection,
+                        "weighting": "samples",
+                        "setting": setting,
+                        "seed": seed,
+                        "partition_seed": seed,
+                        "eval_every": 1,
+                        "local_epochs": 1,
                         **({"num_periods": 4, "storage_cap": storage_cap} if setting == "continual" else {}),
                     }
                     result = federated_run(datamodule, new_method(), options)
                     record = {"case": case, "kind": "federated", "seed": seed, "options": options, **result}
                     with out.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
-                    logging.info("%s seed %d %s %s %s: final acc %.3f (%.0fs)", case, seed, partition, setting,
-                                 selection, result["test_acc"][-1], result["seconds"])
+                    logging.info(
+                        "%s seed %d %s %s %s: final acc %.3f (%.0fs)",
+                        case,
+                        seed,
+                        partition,
+                        setting,
+                        selection,
+                        result["test_acc"][-1],
+                        result["seconds"],
+                    )
 
 
 def main() -> None:
@@ -189,8 +239,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--storage-cap", type=int, default=20)
     parser.add_argument("--cache-dir", type=Path, default=HERE.parents[1] / ".cache" / "trustml" / "embeddings")
-    parser.add_argument("--parts", nargs="+", default=["centralized", "federated"],
-                        choices=["centralized", "federated"])
+    parser.add_argument(
+        "--parts", nargs="+", default=["centralized", "federated"], choices=["centralized", "federated"]
+    )
     parser.add_argument("--out", type=Path, default=None, help="results file (default results/<case>.jsonl)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

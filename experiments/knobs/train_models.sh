@@ -8,7 +8,7 @@ set -euo pipefail
 task=${1:?response or autoencoder}
 minutes=${2:?wall-clock minutes of training}
 resume=()
-[ -z "${3:-}" ] || resume=("federation.resume_from=$3")
+[ -z "${3:-}" ] || resume=("ckpt_path=$3")
 case $task in
   response) target_tokens=32 ;;
   autoencoder) target_tokens=48 ;;

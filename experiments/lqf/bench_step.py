@@ -95,12 +95,19 @@ def bench(setting: str, linearize: str, repeats: int, kfac_samples: int) -> dict
     kfac_ms = median_ms(lqf(True), repeats)
     param_bytes = sum(p.numel() * p.element_size() for p in plain_params)
     return {
-        "setting": setting, "linearize": linearize, "batch": batch,
+        "setting": setting,
+        "linearize": linearize,
+        "batch": batch,
         "trained_params": sum(p.numel() for p in plain_params),
-        "plain_ms": round(plain_ms, 3), "lqf_ms": round(lqf_ms, 3), "lqf_kfac_ms": round(kfac_ms, 3),
-        "lqf_over_plain": round(lqf_ms / plain_ms, 2), "lqf_kfac_over_plain": round(kfac_ms / plain_ms, 2),
-        "kfac_update_ms": round(kfac_update_ms, 1), "kfac_samples": kfac_samples,
-        "kfac_factor_bytes": kfac.memory_bytes(), "param_bytes": param_bytes,
+        "plain_ms": round(plain_ms, 3),
+        "lqf_ms": round(lqf_ms, 3),
+        "lqf_kfac_ms": round(kfac_ms, 3),
+        "lqf_over_plain": round(lqf_ms / plain_ms, 2),
+        "lqf_kfac_over_plain": round(kfac_ms / plain_ms, 2),
+        "kfac_update_ms": round(kfac_update_ms, 1),
+        "kfac_samples": kfac_samples,
+        "kfac_factor_bytes": kfac.memory_bytes(),
+        "param_bytes": param_bytes,
     }
 
 

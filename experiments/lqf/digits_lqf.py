@@ -72,8 +72,13 @@ def splits() -> dict[str, tuple[Tensor, Tensor]]:
         labels = np.searchsorted(classes, y[rows])
         return torch.from_numpy(x[rows]), torch.from_numpy(labels).long()
 
-    return {"source": part(pool, SOURCE), "pool": part(pool, TARGET), "val": part(val, TARGET),
-            "test": part(test, TARGET), "source_val": part(val, SOURCE)}
+    return {
+        "source": part(pool, SOURCE),
+        "pool": part(pool, TARGET),
+        "val": part(val, TARGET),
+        "test": part(test, TARGET),
+        "source_val": part(val, SOURCE),
+    }
 
 
 def pretrain(data: dict[str, tuple[Tensor, Tensor]]) -> tuple[dict[str, Tensor], float]:
@@ -97,8 +102,12 @@ def draw(pool: tuple[Tensor, Tensor], shots: int | None, seed: int) -> tuple[Ten
     if shots is None:
         return x, y
     g = torch.Generator().manual_seed(1000 + seed)
-    rows = torch.cat([torch.nonzero(y == c).squeeze(1)[torch.randperm(int((y == c).sum()), generator=g)[:shots]]
-                      for c in range(len(TARGET))])
+    rows = torch.cat(
+        [
+            torch.nonzero(y == c).squeeze(1)[torch.randperm(int((y == c).sum()), generator=g)[:shots]]
+            for c in range(len(TARGET))
+        ]
+    )
     return x[rows], y[rows]
 
 
@@ -162,9 +171,17 @@ def main() -> None:
                 for seed in SEEDS:
                     train = draw(data["pool"], shots, seed)
                     model = finetune(arm, body, train, lr, seed)
-                    runs.append({"shots": shots or "full", "n_train": len(train[1]), "arm": arm, "lr": lr,
-                                 "seed": seed, "val": accuracy(model, data["val"]),
-                                 "test": accuracy(model, data["test"])})
+                    runs.append(
+                        {
+                            "shots": shots or "full",
+                            "n_train": len(train[1]),
+                            "arm": arm,
+                            "lr": lr,
+                            "seed": seed,
+                            "val": accuracy(model, data["val"]),
+                            "test": accuracy(model, data["test"]),
+                        }
+                    )
             print(f"{shots or 'full'} {arm} done ({time.perf_counter() - start:.0f}s)", flush=True)
     (args.out / "runs.json").write_text(json.dumps({"source_val_acc": source_acc, "runs": runs}, indent=1) + "\n")
     summarize(runs, args.out)
@@ -176,18 +193,26 @@ def summarize(runs: list[dict[str, Any]], out: Path) -> None:
     for arm in ARMS:
         for shots in [s or "full" for s in SHOTS]:
             cell = [r for r in runs if r["arm"] == arm and r["shots"] == shots]
-            best_lr = max(sorted({r["lr"] for r in cell}),
-                          key=lambda lr: (statistics.mean(r["val"] for r in cell if r["lr"] == lr), -lr))
+            best_lr = max(
+                sorted({r["lr"] for r in cell}),
+                key=lambda lr: (statistics.mean(r["val"] for r in cell if r["lr"] == lr), -lr),
+            )
             tests = [100 * r["test"] for r in cell if r["lr"] == best_lr]
             table.setdefault(arm, {})[str(shots)] = {
-                "lr": best_lr, "test_mean": statistics.mean(tests), "test_std": statistics.stdev(tests),
-                "val_mean": 100 * statistics.mean(r["val"] for r in cell if r["lr"] == best_lr)}
+                "lr": best_lr,
+                "test_mean": statistics.mean(tests),
+                "test_std": statistics.stdev(tests),
+                "val_mean": 100 * statistics.mean(r["val"] for r in cell if r["lr"] == best_lr),
+            }
     (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
     cols = [str(s or "full") for s in SHOTS]
     lines = ["| arm | " + " | ".join(f"k={c}" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for arm, row in table.items():
-        lines.append(f"| {arm} | " + " | ".join(
-            f"{row[c]['test_mean']:.1f} ± {row[c]['test_std']:.1f} (lr {row[c]['lr']})" for c in cols) + " |")
+        lines.append(
+            f"| {arm} | "
+            + " | ".join(f"{row[c]['test_mean']:.1f} ± {row[c]['test_std']:.1f} (lr {row[c]['lr']})" for c in cols)
+            + " |"
+        )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
@@ -198,8 +223,14 @@ def summarize(runs: list[dict[str, Any]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = range(len(cols))
     for arm, row in table.items():
-        ax.errorbar(xs, [row[c]["test_mean"] for c in cols], yerr=[row[c]["test_std"] for c in cols], label=arm,
-                    capsize=3, marker="o")
+        ax.errorbar(
+            xs,
+            [row[c]["test_mean"] for c in cols],
+            yerr=[row[c]["test_std"] for c in cols],
+            label=arm,
+            capsize=3,
+            marker="o",
+        )
     ax.set_xticks(list(xs), cols)
     ax.set_xlabel("training examples per class (digits 5-9)")
     ax.set_ylabel("test accuracy (%)")

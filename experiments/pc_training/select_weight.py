@@ -41,9 +41,12 @@ def choose(means: pd.DataFrame, untreated: pd.Series) -> dict[str, pd.Series | N
     """The setting each rule picks among ``means`` (one variant's settings) given untreated's mean metrics."""
     by_target = means[means["val_nfr"] <= NFR_CUT * untreated["val_nfr"]].sort_values(["val_er_new", "val_nfr"])
     by_tolerance = means[means["val_er_new"] <= untreated["val_er_new"] + TOLERANCE].sort_values(
-        ["val_nfr", "val_er_new"])
-    return {"target": None if by_target.empty else by_target.iloc[0],
-            "tolerance": None if by_tolerance.empty else by_tolerance.iloc[0]}
+        ["val_nfr", "val_er_new"]
+    )
+    return {
+        "target": None if by_target.empty else by_target.iloc[0],
+        "tolerance": None if by_tolerance.empty else by_tolerance.iloc[0],
+    }
 
 
 def main() -> None:
@@ -61,8 +64,10 @@ def main() -> None:
             if chosen is None:
                 print(f"{variant} [{rule}]: no setting qualifies")
             else:
-                print(f"{variant} [{rule}]: {describe(chosen)} (val NFR {chosen['val_nfr']:.4f}, "
-                      f"ER {chosen['val_er_new']:.4f})")
+                print(
+                    f"{variant} [{rule}]: {describe(chosen)} (val NFR {chosen['val_nfr']:.4f}, "
+                    f"ER {chosen['val_er_new']:.4f})"
+                )
 
 
 if __name__ == "__main__":

@@ -52,11 +52,17 @@ def main() -> None:
         env = {**os.environ, "TRUSTML_LOG_DIR": str(cwd / "logs"), "TRUSTML_CACHE_DIR": str(cwd / "cache")}
         rows = [
             measure("floor: `python -c pass`", [python, "-c", "pass"], args.repeats, cwd, env),
-            measure("floor: `import hydra, omegaconf`", [python, "-c", "import hydra, omegaconf"], args.repeats,
-                    cwd, env),
+            measure(
+                "floor: `import hydra, omegaconf`", [python, "-c", "import hydra, omegaconf"], args.repeats, cwd, env
+            ),
             measure("`trustml --help`", [str(BIN / "trustml"), "--help"], args.repeats, cwd, env),
-            measure("floor: `import torch, pytorch_lightning`", [python, "-c", "import torch, pytorch_lightning"],
-                    args.repeats, cwd, env),
+            measure(
+                "floor: `import torch, pytorch_lightning`",
+                [python, "-c", "import torch, pytorch_lightning"],
+                args.repeats,
+                cwd,
+                env,
+            ),
             measure(f"`trustml {' '.join(RUN)}`", [str(BIN / "trustml"), *RUN], args.repeats, cwd, env),
         ]
         train = [json.loads(p.read_text())["train_time_s"] for p in (cwd / "logs").glob("runs/*/results.json")]
@@ -65,8 +71,10 @@ def main() -> None:
     for row in rows:
         print(f"| {row['label']} | {row['median']:.2f} | {row['min']:.2f} | {row['max']:.2f} |")
     if train:
-        print(f"| (training inside the run: `train_time_s`) | {statistics.median(train):.2f} | {min(train):.2f} | "
-              f"{max(train):.2f} |")
+        print(
+            f"| (training inside the run: `train_time_s`) | {statistics.median(train):.2f} | {min(train):.2f} | "
+            f"{max(train):.2f} |"
+        )
     print(f"\nload average (1, 5, 15 min) after the runs: {os.getloadavg()}; CPUs: {os.cpu_count()}")
 
 

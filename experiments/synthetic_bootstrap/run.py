@@ -57,9 +57,14 @@ def speed_benchmark(snips: Path, repeats: int = 3) -> dict[str, float]:
     samples = fst["PlayMusic"].sample(100_000, seed=0)
     sample_s = time.perf_counter() - t
     stats = grammar.stats()["total"]
-    return {"induction_s": statistics.median(times), "rules": stats["rules"],
-            "structural_rules": stats["structural_rules"], "unique_sentences": fst.count()["PlayMusic"],
-            "sample_100k_s": sample_s, "unique_in_100k": len({u.text for u in samples})}
+    return {
+        "induction_s": statistics.median(times),
+        "rules": stats["rules"],
+        "structural_rules": stats["structural_rules"],
+        "unique_sentences": fst.count()["PlayMusic"],
+        "sample_100k_s": sample_s,
+        "unique_in_100k": len({u.text for u in samples}),
+    }
 
 
 def catalog_values(utterances, golden) -> Catalogs:
@@ -82,8 +87,10 @@ def value_coverage(test, golden, catalogs: Catalogs) -> dict[str, float]:
             known.setdefault(slot, set()).add(value.casefold())
     extended = {slot: known.get(slot, set()) | {v.casefold() for v in values} for slot, values in catalogs.items()}
     pairs = [(slot, value.casefold()) for u in test for slot, value in u.slot_values()]
-    return {"golden": sum(v in known.get(s, ()) for s, v in pairs) / len(pairs),
-            "catalogs": sum(v in extended.get(s, known.get(s, ())) for s, v in pairs) / len(pairs)}
+    return {
+        "golden": sum(v in known.get(s, ()) for s, v in pairs) / len(pairs),
+        "catalogs": sum(v in extended.get(s, known.get(s, ())) for s, v in pairs) / len(pairs),
+    }
 
 
 CONDITIONS = (
@@ -107,8 +114,14 @@ def conditions(golden, catalogs: Catalogs, small: Catalogs, full, budget: int, s
     induction = InductionConfig(seed=seed)
 
     def synth(allocation: str, resampling: bool, cats: Catalogs | None = None, scale: int = 1) -> Callable:
-        config = SynthesisConfig(induction=induction, budget_per_intent=scale * budget, allocation=allocation,
-                                 resampling=resampling, catalog_match="name", seed=seed)
+        config = SynthesisConfig(
+            induction=induction,
+            budget_per_intent=scale * budget,
+            allocation=allocation,
+            resampling=resampling,
+            catalog_match="name",
+            seed=seed,
+        )
         return lambda: synthesize(golden, cats or {}, config).dataset
 
     makers = (
@@ -145,8 +158,10 @@ def render_readme(record: dict) -> str:
     for name, runs in results.items():
         closed = (slot[name] - low) / (high - low) if high != low else 0.0
         size = statistics.mean(r["train_size"] for r in runs)
-        rows.append(f"| {name} | {size:.0f} | {_mean_std([r['intent_accuracy'] for r in runs])} | "
-                    f"{_mean_std([r['slot_f1'] for r in runs])} | {100 * closed:.0f}% |")
+        rows.append(
+            f"| {name} | {size:.0f} | {_mean_std([r['intent_accuracy'] for r in runs])} | "
+            f"{_mean_std([r['slot_f1'] for r in runs])} | {100 * closed:.0f}% |"
+        )
     synthetic = {n: v for n, v in slot.items() if n[0] in "cd"}
     with_cat = {n: v for n, v in synthetic.items() if "+cat" in n}
     without = {n: v for n, v in synthetic.items() if "+cat" not in n}
@@ -154,13 +169,18 @@ def render_readme(record: dict) -> str:
     def closed(name: str) -> float:
         return 100 * (slot[name] - low) / (high - low) if name in slot and high != low else 0.0
 
-    parts = [f"best (c)/(d) condition {label}: {max(group, key=group.get)}, "
-             f"{closed(max(group, key=group.get)):.0f}% of the slot-F1 gap"
-             for label, group in (("with catalogs", with_cat), ("without catalogs", without)) if group]
+    parts = [
+        f"best (c)/(d) condition {label}: {max(group, key=group.get)}, "
+        f"{closed(max(group, key=group.get)):.0f}% of the slot-F1 gap"
+        for label, group in (("with catalogs", with_cat), ("without catalogs", without))
+        if group
+    ]
     best = max(synthetic, key=synthetic.get) if synthetic else None
     joined = "; ".join(parts)
-    verdict = (joined[:1].upper() + joined[1:] + ". Target (c) or (d) closes >= 50%: "
-               f"{'met' if best and closed(best) >= 50 else 'not met'}.")
+    verdict = (
+        joined[:1].upper() + joined[1:] + ". Target (c) or (d) closes >= 50%: "
+        f"{'met' if best and closed(best) >= 50 else 'not met'}."
+    )
     template = (HERE / "README.template.md").read_text(encoding="utf-8")
     return template.format(
         command=command,
@@ -192,8 +212,10 @@ def merge(files: list[Path]) -> dict:
 
 def load_snips(snips: Path) -> tuple[list, list, list]:
     """The train_<Intent>.json, train_<Intent>_full.json and validate_<Intent>.json utterances of INTENTS."""
-    return tuple([u for i in INTENTS for u in load_utterances(snips / pattern.format(i))]
-                 for pattern in ("train_{}.json", "train_{}_full.json", "validate_{}.json"))
+    return tuple(
+        [u for i in INTENTS for u in load_utterances(snips / pattern.format(i))]
+        for pattern in ("train_{}.json", "train_{}_full.json", "validate_{}.json")
+    )
 
 
 def coverage_by_seed(snips: Path, seeds: list[int], per_intent: int) -> list[dict[str, float]]:
@@ -227,8 +249,9 @@ def main() -> None:
         record = merge(args.merge)
         record["commands"].append(command)
         if any(len(rows) != len(args.seeds) for rows in record["results"].values()):
-            parser.error(f"--seeds {args.seeds} must list the seeds of the merged files: each condition needs one "
-                         "run per seed")
+            parser.error(
+                f"--seeds {args.seeds} must list the seeds of the merged files: each condition needs one run per seed"
+            )
         record["coverage"] = coverage_by_seed(args.snips, args.seeds, args.golden)
         args.out.write_text(json.dumps(record, indent=1))
         (HERE / "README.md").write_text(render_readme(record), encoding="utf-8")

@@ -96,7 +96,10 @@ def test_a_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     last = only_run_dir(tmp_path / "a") / "checkpoints" / "last.ckpt"
     resumed = run_cli(
-        "seed=3", f"ckpt_path={last}", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
+        "seed=3",
+        f"ckpt_path={last}",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
         cwd=tmp_path / "b",
     )
     assert resumed.returncode == 0, resumed.stderr

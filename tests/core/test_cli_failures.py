@@ -100,7 +100,7 @@ def test_a_missing_sweeper_extra_is_named(tmp_path: Path) -> None:
     if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
         pytest.skip("needs an environment without the sweepers extra (hydra-optuna-sweeper is installed here)")
     out = run_cli("hparams_search=digits_optuna", cwd=tmp_path)
-    _assert_one_clear_error(out, 2, 'hydra/sweeper=optuna (e.g. through hparams_search=...), which is not installed')
+    _assert_one_clear_error(out, 2, "hydra/sweeper=optuna (e.g. through hparams_search=...), which is not installed")
     assert 'pip install -e ".[sweepers]"' in out.stderr
 
 
@@ -161,9 +161,10 @@ def _wait_until_training(run_dir: Path, process: subprocess.Popen, timeout: floa
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         try:
-            if json.loads((run_dir / "run.json").read_text())["status"] == "running" and (
-                run_dir / "metrics.csv"
-            ).is_file():
+            if (
+                json.loads((run_dir / "run.json").read_text())["status"] == "running"
+                and (run_dir / "metrics.csv").is_file()
+            ):
                 return
         except (OSError, ValueError):
             pass
@@ -195,7 +196,7 @@ def test_a_signal_ends_the_run_as_interrupted_with_128_plus_the_signal(
 
 #: Runs trustml with a fault injected: the checkpoint write or the record write reports a full disk, or
 #: training runs out of memory.
-INJECT = '''
+INJECT = """
 import errno, sys, types
 mode = sys.argv.pop(1)
 def disk_full(*args, **kwargs):
@@ -236,7 +237,7 @@ elif mode == "oom":
 from trustml.cli.main import main
 sys.argv[0] = "trustml"
 main()
-'''
+"""
 
 
 def _run_injected(mode: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

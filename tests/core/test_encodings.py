@@ -119,8 +119,9 @@ def test_a_utf8_bom_does_not_break_the_csv_header(tmp_path: Path) -> None:
 
 def test_the_cli_refuses_a_latin1_data_file_with_one_message_and_exit_2(tmp_path: Path) -> None:
     path = _latin1_jsonl(tmp_path / "latin.jsonl")
-    out = run_cli("data=text_classification", f"data.path={path}", "model=hf_encoder", "trainer.max_epochs=1",
-                  cwd=tmp_path)
+    out = run_cli(
+        "data=text_classification", f"data.path={path}", "model=hf_encoder", "trainer.max_epochs=1", cwd=tmp_path
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and "UnicodeDecodeError" not in out.stderr
     assert out.stderr.count("trustml: error:") == 1
@@ -168,22 +169,36 @@ def _topical_chat(folder: Path, encoding: str) -> Path:
         conversations, reading_sets = {}, {}
         for c in range(10):
             turns = [("agent_1", "do you like Beyoncé?"), ("agent_2", "yes, her café song"), ("agent_1", "très bien")]
-            conversations[f"{split}{c}"] = {"content": [
-                {"message": m, "agent": a, "sentiment": "Neutral", "knowledge_source": ["FS1"], "turn_rating": "Good"}
-                for a, m in turns
-            ]}
+            conversations[f"{split}{c}"] = {
+                "content": [
+                    {
+                        "message": m,
+                        "agent": a,
+                        "sentiment": "Neutral",
+                        "knowledge_source": ["FS1"],
+                        "turn_rating": "Good",
+                    }
+                    for a, m in turns
+                ]
+            }
             section = {"FS1": {"entity": "Beyoncé", "shortened_wiki_lead_section": 0}}
             reading_sets[f"{split}{c}"] = {"agent_1": section, "agent_2": section}
-        for name, content in ((f"conversations_{split}.json", conversations), (f"reading_sets_{split}.json",
-                                                                                reading_sets)):
+        for name, content in (
+            (f"conversations_{split}.json", conversations),
+            (f"reading_sets_{split}.json", reading_sets),
+        ):
             (folder / name).write_bytes(json.dumps(content, ensure_ascii=False, indent=1).encode(encoding))
     return folder
 
 
 def test_topical_chat_sentiment_reads_a_declared_encoding_or_names_file_line_and_option(tmp_path: Path) -> None:
     folder = _topical_chat(tmp_path / "tc", "latin-1")
-    options = {"data_dir": str(folder), "train_files": ["conversations_valid_freq.json"],
-               "test_files": ["conversations_test_freq.json"], "val_fraction": 0.2}
+    options = {
+        "data_dir": str(folder),
+        "train_files": ["conversations_valid_freq.json"],
+        "test_files": ["conversations_test_freq.json"],
+        "val_fraction": 0.2,
+    }
     with pytest.raises(DataError, match=_refusal(folder / "conversations_valid_freq.json", 5)):
         TopicalChatSentimentDataModule(TopicalChatSentimentConfig(**options)).setup()
     dm = TopicalChatSentimentDataModule(TopicalChatSentimentConfig(**options, encoding="latin-1"))

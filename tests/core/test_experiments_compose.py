@@ -90,8 +90,12 @@ def refusal(method: str, optimizer: str, federation: str) -> str | None:
 #: How long each kind of combination trains in the grid: long enough on digits to show it learned, short enough
 #: for the default test run. Centralized: 3 epochs; federated: 6 rounds of 4 of 8 devices, 2 local epochs.
 CENTRAL_TRAINING = ["trainer.max_epochs=3"]
-FEDERATED_TRAINING = ["federation.rounds=6", "federation.partition.num_clients=8",
-                      "federation.selection.clients_per_round=4", "federation.client.local_epochs=2"]
+FEDERATED_TRAINING = [
+    "federation.rounds=6",
+    "federation.partition.num_clients=8",
+    "federation.selection.clients_per_round=4",
+    "federation.client.local_epochs=2",
+]
 #: DP runs draw their Poisson batches and noise from the run seed (reproducible test numbers).
 DP_TRAINING = ["optimizer.deterministic=true"]
 #: The learning rates of the plain optimizers' defaults learn slowly in a few steps; these learn in the grid.
@@ -112,8 +116,13 @@ def minimum_accuracy(method: str, optimizer: str, federation: str) -> float:
 def test_every_method_optimizer_federation_composes_and_learns(
     method: str, optimizer: str, federation: str, tmp_path: Path, old_run: Path
 ) -> None:
-    overrides = [f"method={method}", f"optimizer={optimizer}", f"federation={federation}", "seed=0",
-                 f"optimizer.lr={FAST_LR[optimizer]}"]
+    overrides = [
+        f"method={method}",
+        f"optimizer={optimizer}",
+        f"federation={federation}",
+        "seed=0",
+        f"optimizer.lr={FAST_LR[optimizer]}",
+    ]
     overrides += method_overrides(method, old_run)
     overrides += CENTRAL_TRAINING if federation == "none" else FEDERATED_TRAINING
     if optimizer.startswith("dp_"):

@@ -63,6 +63,7 @@ def test_the_constraints_file_pins_every_direct_requirement_within_its_range() -
     """``constraints.txt`` (the documented known-good set) pins each requirement of trustml and its extras at a
     version the requirement's range admits, so ``pip install -c constraints.txt -e ".[dev]"`` can resolve."""
     import tomllib
+
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 

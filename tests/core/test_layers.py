@@ -9,8 +9,18 @@ from tests.conftest import REPO_ROOT
 
 #: Bottom to top; a module may import its own layer and the layers below it. The longest matching prefix wins.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("trustml", "trustml.errors", "trustml.plugin", "trustml.atomic_files", "trustml.run_lock", "trustml.safety",
-     "trustml.registry", "trustml.config_schema", "trustml.run_record", "trustml.conf"),
+    (
+        "trustml",
+        "trustml.errors",
+        "trustml.plugin",
+        "trustml.atomic_files",
+        "trustml.run_lock",
+        "trustml.safety",
+        "trustml.registry",
+        "trustml.config_schema",
+        "trustml.run_record",
+        "trustml.conf",
+    ),
     ("trustml.losses", "trustml.metrics", "trustml.data", "trustml.models"),
     ("trustml.privacy",),
     ("trustml.optim",),

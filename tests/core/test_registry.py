@@ -144,7 +144,7 @@ def test_entry_point_plugins_load_lazily(tmp_path: Path, monkeypatch: pytest.Mon
 def test_the_readme_plugin_is_one_new_module_and_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's "Writing a plugin" module, saved in a folder of the methods package, is found and trains."""
     readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("### Writing a plugin"):]
+    section = readme[readme.index("### Writing a plugin") :]
     source = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
     plugin_dir = tmp_path / "methods"
     plugin_dir.mkdir()

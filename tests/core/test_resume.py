@@ -12,8 +12,7 @@ from trustml.errors import CheckpointError
 from trustml.federation.checkpoint import read_checkpoint, state_dict_mismatch
 
 FAST = ["seed=3", "trainer.enable_progress_bar=false"]
-FIX = "resume from checkpoints/last.ckpt of an earlier run of this same configuration, or start over without " \
-      "ckpt_path"
+FIX = "resume from checkpoints/last.ckpt of an earlier run of this same configuration, or start over without ckpt_path"
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,7 @@ def test_a_bad_resume_checkpoint_is_refused_with_the_file_the_reason_and_the_fix
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr and out.stderr.count("trustml: error:") == 1
     assert "weights_only=False" not in out.stderr and "weights_only" not in out.stderr
-    assert re.search(rf"trustml: error: ckpt_path: {re.escape(str(path.parent))}/{reason}", out.stderr), \
-        out.stderr
+    assert re.search(rf"trustml: error: ckpt_path: {re.escape(str(path.parent))}/{reason}", out.stderr), out.stderr
     assert FIX in out.stderr
     record = read_json(only_run_dir(tmp_path) / "run.json")
     assert record["status"] == "failed" and record["error"]["type"] == "CheckpointError"

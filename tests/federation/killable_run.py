@@ -37,8 +37,13 @@ def main(root: Path, delay: float) -> None:
     datamodule = DigitsDataModule(DigitsConfig(batch_size=16))
     datamodule.setup("fit")
     method = make_method(datamodule)
-    plugin = federation(FedAvg, rounds=5, partition={"num_clients": 10, "kind": "dirichlet_label"},
-                        selection={"clients_per_round": 3}, server={"seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=5,
+        partition={"num_clients": 10, "kind": "dirichlet_label"},
+        selection={"clients_per_round": 3},
+        server={"seed": 0},
+    )
     plugin.run(method, datamodule, trainer_factory(root, [SlowClient(delay)]))
     torch.save(method.model.state_dict(), root / "final.pt")
 

@@ -42,16 +42,28 @@ class ClientPrivacyAccountant(PrivacyAccountantCallback):
 
 
 def two_rounds(
-    datamodule: TrustDataModule, new_method: Callable[[], pl.LightningModule], client_loop: str, root: Path,
-    rows: Sequence[np.ndarray] = (ROWS, ROWS), callbacks: Sequence[pl.Callback] = (), **options: Any,
+    datamodule: TrustDataModule,
+    new_method: Callable[[], pl.LightningModule],
+    client_loop: str,
+    root: Path,
+    rows: Sequence[np.ndarray] = (ROWS, ROWS),
+    callbacks: Sequence[pl.Callback] = (),
+    **options: Any,
 ) -> tuple[ClientTrainer, list[ClientUpdate]]:
     """One client's updates in two consecutive rounds (the second from the first's weights and callback state)."""
     method = new_method()
     layout = FlatLayout.of(method.model)
     weights = get_flat(method.model, layout)
     proximal_mu, planned_fits = options.pop("proximal_mu", 0.0), options.pop("planned_fits", None)
-    local = ClientTrainer(method, datamodule, trainer_factory(root), ClientConfig(loop=client_loop, **options),
-                          proximal_mu=proximal_mu, callback_templates=list(callbacks), planned_fits=planned_fits)
+    local = ClientTrainer(
+        method,
+        datamodule,
+        trainer_factory(root),
+        ClientConfig(loop=client_loop, **options),
+        proximal_mu=proximal_mu,
+        callback_templates=list(callbacks),
+        planned_fits=planned_fits,
+    )
     torch.manual_seed(5)
     updates: list[ClientUpdate] = []
     for client_rows in rows:
@@ -72,8 +84,9 @@ def assert_same_updates(loop: list[ClientUpdate], lightning: list[ClientUpdate])
         assert ours.callback_states == theirs.callback_states
 
 
-def sgd(datamodule: TrustDataModule, momentum: float = 0.0, optimizer: Callable[..., Any] | None = None
-        ) -> Callable[[], ERM]:
+def sgd(
+    datamodule: TrustDataModule, momentum: float = 0.0, optimizer: Callable[..., Any] | None = None
+) -> Callable[[], ERM]:
     def new_method() -> ERM:
         method = make_method(datamodule)
         factory = optimizer or partial(torch.optim.SGD, lr=0.1, momentum=momentum)
@@ -150,8 +163,9 @@ def test_pc_prepares_in_a_first_lightning_fit_then_trains_in_the_loop_on_cached_
         # lr 0.01: the focal-distillation loss (KL at temperature 100, times 100^2) is large, and at lr 0.1 the
         # second round diverges (train loss ~2e14), where the comparison would test float rounding, not logic
         config = PCConfig(old_run_dirs=[str(old_dir)], objective="focal_distillation")
-        return PositiveCongruentTraining(config, model=model, optimizer=partial(torch.optim.SGD, lr=0.01),
-                                         num_classes=3)
+        return PositiveCongruentTraining(
+            config, model=model, optimizer=partial(torch.optim.SGD, lr=0.01), num_classes=3
+        )
 
     clients = [np.arange(0, 40), np.arange(40, 90)]  # the second client's rows are not cached by the first fit
     local, loop = two_rounds(blobs, new_method, "auto", tmp_path / "a", rows=clients, local_epochs=2)
@@ -187,19 +201,22 @@ class NeedsTrainer(pl.Callback):
         ("callback", r"client callbacks \['NeedsTrainer'\] need a Trainer"),
     ],
 )
-def test_a_fit_the_loop_cannot_stand_in_for_runs_in_lightning_and_says_why(digits, tmp_path, change, reason,
-                                                                           caplog) -> None:
+def test_a_fit_the_loop_cannot_stand_in_for_runs_in_lightning_and_says_why(
+    digits, tmp_path, change, reason, caplog
+) -> None:
     base = make_method(digits)
     method: ClassificationMethod = (
-        OwnStep(ERMConfig(), model=base.model, optimizer=base.optimizer_factory, num_classes=10) if change == "method"
+        OwnStep(ERMConfig(), model=base.model, optimizer=base.optimizer_factory, num_classes=10)
+        if change == "method"
         else base
     )
     configured = {"accumulate": {"accumulate_grad_batches": 2}, "clip": {"gradient_clip_val": 1.0}}.get(change, {})
     factory = trainer_factory(tmp_path)
     callbacks = [NeedsTrainer()] if change == "callback" else []
     with caplog.at_level("INFO", logger="trustml.federation.client"):
-        local = ClientTrainer(method, digits, lambda **overrides: factory(**overrides, **configured),
-                              callback_templates=callbacks)
+        local = ClientTrainer(
+            method, digits, lambda **overrides: factory(**overrides, **configured), callback_templates=callbacks
+        )
         update = local.train(0, ROWS, get_flat(method.model, local.layout))
     assert local.loop is None and update.delta.abs().sum() > 0
     assert "each client fit builds a Lightning Trainer" in caplog.text
@@ -235,8 +252,9 @@ class StopAfterFirstBatch(pl.Callback):
 def test_a_callback_stops_the_loop_as_it_stops_a_lightning_fit(digits, tmp_path) -> None:
     template = StopAfterFirstBatch()
     _, loop = two_rounds(digits, sgd(digits), "auto", tmp_path, rows=[ROWS], callbacks=[template], local_epochs=3)
-    _, lightning = two_rounds(digits, sgd(digits), "lightning", tmp_path, rows=[ROWS], callbacks=[template],
-                              local_epochs=3)
+    _, lightning = two_rounds(
+        digits, sgd(digits), "lightning", tmp_path, rows=[ROWS], callbacks=[template], local_epochs=3
+    )
     assert_same_updates(loop, lightning)
 
 
@@ -246,8 +264,13 @@ def test_a_slow_client_in_the_loop_stops_and_times_out(digits, tmp_path) -> None
             time.sleep(0.3)
 
     method = make_method(digits)
-    local = ClientTrainer(method, digits, trainer_factory(tmp_path), ClientConfig(timeout_s=0.2, local_epochs=50),
-                          callback_templates=[Slow()])
+    local = ClientTrainer(
+        method,
+        digits,
+        trainer_factory(tmp_path),
+        ClientConfig(timeout_s=0.2, local_epochs=50),
+        callback_templates=[Slow()],
+    )
     with pytest.raises(ClientTimeout, match="federation.client.timeout_s=0.2"):
         local.train(3, ROWS, get_flat(method.model, local.layout))
     assert local.loop is not None

@@ -37,21 +37,27 @@ class ListOnly(SplitDataset):
 
 
 def split_of(n: int) -> Split:
-    return Split(torch.randn(n, 3, generator=torch.Generator().manual_seed(n)), torch.arange(n) % 2,
-                 torch.arange(100, 100 + n))
+    return Split(
+        torch.randn(n, 3, generator=torch.Generator().manual_seed(n)), torch.arange(n) % 2, torch.arange(100, 100 + n)
+    )
 
 
 LOADERS = {
     "shuffle": lambda ds: DataLoader(ds, batch_size=16, shuffle=True, collate_fn=as_is),
-    "shuffle_loader_generator": lambda ds: DataLoader(ds, batch_size=16, shuffle=True, collate_fn=as_is,
-                                                      generator=torch.Generator().manual_seed(3)),
+    "shuffle_loader_generator": lambda ds: DataLoader(
+        ds, batch_size=16, shuffle=True, collate_fn=as_is, generator=torch.Generator().manual_seed(3)
+    ),
     "shuffle_sampler_generator": lambda ds: DataLoader(
-        ds, batch_size=16, collate_fn=as_is,
-        sampler=torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(4))),
+        ds,
+        batch_size=16,
+        collate_fn=as_is,
+        sampler=torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(4)),
+    ),
     "sequential": lambda ds: DataLoader(ds, batch_size=16, shuffle=False, collate_fn=as_is),
     "drop_last": lambda ds: DataLoader(ds, batch_size=16, shuffle=True, drop_last=True, collate_fn=as_is),
-    "poisson": lambda ds: DataLoader(ds, batch_sampler=PoissonBatchSampler.from_batch_size(len(ds), 16, seed=2),
-                                     collate_fn=as_is),
+    "poisson": lambda ds: DataLoader(
+        ds, batch_sampler=PoissonBatchSampler.from_batch_size(len(ds), 16, seed=2), collate_fn=as_is
+    ),
 }
 
 
@@ -82,12 +88,16 @@ def test_only_plain_shuffling_loaders_without_generators_are_stateless() -> None
     dataset = SplitDataset(split_of(40))
     loaders = {kind: make(dataset) for kind, make in LOADERS.items()}
     assert {kind for kind, loader in loaders.items() if plain_shuffling(loader)} == {
-        "shuffle", "shuffle_loader_generator", "shuffle_sampler_generator"}
+        "shuffle",
+        "shuffle_loader_generator",
+        "shuffle_sampler_generator",
+    }
     assert {kind for kind, loader in loaders.items() if stateless(loader)} == {"shuffle"}
 
 
-def test_a_client_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_sampler_per_fit(digits,
-                                                                                              tmp_path) -> None:
+def test_a_client_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_sampler_per_fit(
+    digits, tmp_path
+) -> None:
     local = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path))
     first = local.data_of(4, np.arange(10, 30))
     assert local.data_of(4, np.arange(10, 30)) is first  # an equal array, not the same object

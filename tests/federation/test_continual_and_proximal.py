@@ -96,8 +96,14 @@ def test_proximal_callback_gives_the_gradient_of_the_loss_plus_the_term() -> Non
 
     fixed = FixedAnchor(mu=3.0)
     fixed.anchors = start
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[fixed, Capture()])
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[fixed, Capture()],
+    )
     trainer.fit(module)
     for got, want in zip(captured, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
@@ -107,8 +113,14 @@ def test_proximal_callback_anchors_at_the_weights_the_fit_starts_from() -> None:
     module = Linear()
     start = [p.detach().clone() for p in module.parameters()]
     callback = ProximalTerm(mu=1.0)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[callback])
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
     trainer.fit(module)
     for anchor, s in zip(callback.anchors, start, strict=True):
         torch.testing.assert_close(anchor, s)

@@ -60,10 +60,14 @@ def _record(**fields: Any) -> dict[str, Any]:
     ("record", "reason"),
     [
         (_record(aggregated=True), None),
-        (_record(selected=0, answered=0),
-         "no client was selected (none held data or was eligible, or Poisson selection drew none)"),
-        (_record(answered=0, last_error="ValueError: boom"),
-         "all 3 selected client(s) failed (last: ValueError: boom)"),
+        (
+            _record(selected=0, answered=0),
+            "no client was selected (none held data or was eligible, or Poisson selection drew none)",
+        ),
+        (
+            _record(answered=0, last_error="ValueError: boom"),
+            "all 3 selected client(s) failed (last: ValueError: boom)",
+        ),
         (_record(rejected=3), "all 3 update(s) held NaN/inf and were rejected"),
         (_record(answered=2, rejected=1), "only 1 usable update(s), fewer than federation.server.min_clients=2"),
     ],
@@ -84,11 +88,19 @@ def test_a_run_updated_the_model_only_when_some_round_aggregated() -> None:
 
 def test_a_run_in_which_every_client_always_fails_ends_failed_not_completed(digits, tmp_path: Path) -> None:
     FailFirstFits.fits = 0
-    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 2},
-                        server={"max_failed_rounds": None, "seed": 0})
-    with pytest.raises(ClientsKeepFailingError, match=r"no round of 2 updated the global model, so it is "
-                                                      r"untrained: all 2 selected client\(s\) failed \(last: "
-                                                      r"ValueError: client storage is full\)"):
+    plugin = federation(
+        FedAvg,
+        rounds=2,
+        partition={"num_clients": 4},
+        selection={"clients_per_round": 2},
+        server={"max_failed_rounds": None, "seed": 0},
+    )
+    with pytest.raises(
+        ClientsKeepFailingError,
+        match=r"no round of 2 updated the global model, so it is "
+        r"untrained: all 2 selected client\(s\) failed \(last: "
+        r"ValueError: client storage is full\)",
+    ):
         run_federation(plugin, digits, tmp_path, [FailFirstFits()])
     history = history_of(tmp_path)
     assert [r["aggregated"] for r in history] == [False, False]
@@ -98,18 +110,27 @@ def test_a_run_in_which_every_client_always_fails_ends_failed_not_completed(digi
 
 def test_a_run_whose_first_round_failed_but_a_later_one_trained_completes(digits, tmp_path: Path) -> None:
     FailFirstFits.fits = 0
-    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 2},
-                        server={"seed": 0})
+    plugin = federation(
+        FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 2}, server={"seed": 0}
+    )
     history, results = run_federation(plugin, digits, tmp_path, [FailFirstFits(2)])
     assert [r["aggregated"] for r in history] == [False, True]
     assert results["federation/aggregated_rounds"] == 1.0 and results["federation/failed_clients"] == 2.0
 
 
 def test_rounds_below_min_clients_count_as_failed_rounds(digits, tmp_path: Path) -> None:
-    plugin = federation(FedAvg, rounds=5, partition={"num_clients": 2}, selection={"clients_per_round": 2},
-                        server={"min_clients": 2, "max_failed_rounds": 2, "seed": 0})
-    with pytest.raises(ClientsKeepFailingError, match=r"not updated in 2 rounds in a row \(last round: only 1 usable "
-                                                      r"update\(s\), fewer than federation.server.min_clients=2\)"):
+    plugin = federation(
+        FedAvg,
+        rounds=5,
+        partition={"num_clients": 2},
+        selection={"clients_per_round": 2},
+        server={"min_clients": 2, "max_failed_rounds": 2, "seed": 0},
+    )
+    with pytest.raises(
+        ClientsKeepFailingError,
+        match=r"not updated in 2 rounds in a row \(last round: only 1 usable "
+        r"update\(s\), fewer than federation.server.min_clients=2\)",
+    ):
         run_federation(plugin, digits, tmp_path, [RaiseOnRow(0)])
     assert len(history_of(tmp_path)) == 2
 
@@ -118,20 +139,31 @@ def test_rounds_below_min_clients_count_as_failed_rounds(digits, tmp_path: Path)
 
 
 def test_clients_per_round_above_num_clients_is_refused_with_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"federation.selection.clients_per_round=10 exceeds "
-                                          r"federation.partition.num_clients=5: .*lower clients_per_round to at "
-                                          r"most 5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"federation.selection.clients_per_round=10 exceeds "
+        r"federation.partition.num_clients=5: .*lower clients_per_round to at "
+        r"most 5",
+    ):
         FederationConfig(selection={"clients_per_round": 10}, partition={"num_clients": 5})
     FederationConfig(selection={"clients_per_round": 10}, partition={"num_clients": 5, "kind": "natural"})
 
 
 def test_more_clients_than_training_samples_is_refused_before_any_round(digits, tmp_path: Path) -> None:
     samples = len(digits.splits["train"])
-    plugin = federation(FedAvg, rounds=1, partition={"num_clients": samples + 7}, selection={"clients_per_round": 10},
-                        server={"seed": 0})
-    with pytest.raises(ConfigError, match=rf"federation.partition.num_clients={samples + 7} exceeds the {samples} "
-                                          rf"training samples, so at least 7 clients would hold no data; lower "
-                                          rf"federation.partition.num_clients to at most {samples}"):
+    plugin = federation(
+        FedAvg,
+        rounds=1,
+        partition={"num_clients": samples + 7},
+        selection={"clients_per_round": 10},
+        server={"seed": 0},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=rf"federation.partition.num_clients={samples + 7} exceeds the {samples} "
+        rf"training samples, so at least 7 clients would hold no data; lower "
+        rf"federation.partition.num_clients to at most {samples}",
+    ):
         run_federation(plugin, digits, tmp_path)
     assert not (tmp_path / "federation" / "rounds.jsonl").exists()
 
@@ -139,9 +171,14 @@ def test_more_clients_than_training_samples_is_refused_before_any_round(digits, 
 def test_empty_clients_from_skew_and_the_clamped_rounds_are_stated_in_the_results(
     digits, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plugin = federation(FedAvg, rounds=2,
-                        partition={"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.01},
-                        selection={"clients_per_round": 30}, client={"local_steps": 1}, server={"seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=2,
+        partition={"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.01},
+        selection={"clients_per_round": 30},
+        client={"local_steps": 1},
+        server={"seed": 0},
+    )
     with caplog.at_level(logging.WARNING, logger="trustml.federation.strategies"):
         history, results = run_federation(plugin, digits, tmp_path)
     partition = json.loads((tmp_path / "federation" / "partition.json").read_text())
@@ -155,17 +192,30 @@ def test_empty_clients_from_skew_and_the_clamped_rounds_are_stated_in_the_result
 
 
 def test_without_empty_clients_or_clamping_the_results_say_zero(digits, tmp_path: Path) -> None:
-    _, results = run_federation(federation(FedAvg, rounds=1, partition={"num_clients": 6},
-                                           selection={"clients_per_round": 3}, client={"local_steps": 1},
-                                           server={"seed": 0}), digits,
-                                tmp_path)
+    _, results = run_federation(
+        federation(
+            FedAvg,
+            rounds=1,
+            partition={"num_clients": 6},
+            selection={"clients_per_round": 3},
+            client={"local_steps": 1},
+            server={"seed": 0},
+        ),
+        digits,
+        tmp_path,
+    )
     assert results["federation/empty_clients"] == 0.0 and results["federation/clamped_rounds"] == 0.0
 
 
 # --- through the CLI: the run record says failed, exit 2 ------------------------------------------------
 
-FED = ["federation=fedavg", "federation.rounds=1", "federation.partition.num_clients=8",
-       "federation.selection.clients_per_round=4", "trainer.enable_progress_bar=false"]
+FED = [
+    "federation=fedavg",
+    "federation.rounds=1",
+    "federation.partition.num_clients=8",
+    "federation.selection.clients_per_round=4",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def _assert_failed_cleanly(out, tmp_path: Path, message: str, error_type: str) -> None:
@@ -180,8 +230,13 @@ def _assert_failed_cleanly(out, tmp_path: Path, message: str, error_type: str) -
 
 def test_dp_sgd_with_batchnorm_is_refused_before_the_first_round(tmp_path: Path) -> None:
     out = run_cli("optimizer=dp_sgd", "model.norm=batch", *FED, cwd=tmp_path)
-    _assert_failed_cleanly(out, tmp_path, "DP optimizers need per-sample gradients, but these model layers mix the "
-                                          "samples of a batch: 'body.1' (BatchNorm1d)", "ConfigError")
+    _assert_failed_cleanly(
+        out,
+        tmp_path,
+        "DP optimizers need per-sample gradients, but these model layers mix the "
+        "samples of a batch: 'body.1' (BatchNorm1d)",
+        "ConfigError",
+    )
     assert not (only_run_dir(tmp_path) / "federation" / "rounds.jsonl").exists()
 
 
@@ -193,10 +248,14 @@ def test_a_cli_run_in_which_no_client_trained_is_recorded_failed(tmp_path: Path)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["federation.partition.num_clients=5000"],
-         "federation.partition.num_clients=5000 exceeds the 1078 training samples"),
-        (["federation.selection.clients_per_round=10", "federation.partition.num_clients=5"],
-         "federation.selection.clients_per_round=10 exceeds federation.partition.num_clients=5"),
+        (
+            ["federation.partition.num_clients=5000"],
+            "federation.partition.num_clients=5000 exceeds the 1078 training samples",
+        ),
+        (
+            ["federation.selection.clients_per_round=10", "federation.partition.num_clients=5"],
+            "federation.selection.clients_per_round=10 exceeds federation.partition.num_clients=5",
+        ),
     ],
 )
 def test_cli_refuses_clients_that_cannot_hold_data_or_be_selected(overrides, message, tmp_path: Path) -> None:

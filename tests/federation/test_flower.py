@@ -77,9 +77,15 @@ def federate(root: Path, runtime: str, rounds: int, crashing_row: int) -> tuple[
     """Run (or resume, when ``root`` holds a checkpoint) the DP federation; return the final model and summary."""
     datamodule = dp_digits()
     method = dp_method(datamodule)
-    plugin = federation(FedAvg, rounds=rounds, partition={"num_clients": CLIENTS},
-                        selection={"clients_per_round": CLIENTS}, client={"local_epochs": 2, "timeout_s": 120.0},
-                        server={"min_clients": 2, "seed": 0}, runtime={"engine": runtime, "flower_num_cpus": 1})
+    plugin = federation(
+        FedAvg,
+        rounds=rounds,
+        partition={"num_clients": CLIENTS},
+        selection={"clients_per_round": CLIENTS},
+        client={"local_epochs": 2, "timeout_s": 120.0},
+        server={"min_clients": 2, "seed": 0},
+        runtime={"engine": runtime, "flower_num_cpus": 1},
+    )
     callbacks = [PrivacyAccountantCallback(), CrashOnRow(crashing_row)]
     fit = plugin.run(method, datamodule, trainer_factory(root, callbacks))
     return method, fit.results
@@ -147,8 +153,9 @@ def test_a_resumed_flower_federation_trains_as_the_simulation_does_and_skips_a_c
     for record in history:
         assert (record["selected"], record["answered"], record["failed"]) == (CLIENTS, CLIENTS - 1, 1)
         assert record["aggregated"]
-    assert any("resuming the federated run" in line and f"after round {FIRST_ROUNDS}" in line
-               for line in runs["messages"])
+    assert any(
+        "resuming the federated run" in line and f"after round {FIRST_ROUNDS}" in line for line in runs["messages"]
+    )
     assert any("client error" in line and "simulated client crash" in line for line in runs["messages"])
     assert resumed_results["federation/failed_clients"] == ROUNDS
 
@@ -177,7 +184,8 @@ def test_flower_clients_keep_their_privacy_accountant_state_across_rounds_and_a_
     expected = history_of(reference_root)
     assert epsilon == pytest.approx([r["client_epsilon_max"] for r in expected], rel=1e-9)
     assert resumed_results["federation/client_epsilon_max"] == pytest.approx(
-        reference_results["federation/client_epsilon_max"])
+        reference_results["federation/client_epsilon_max"]
+    )
 
     # the checkpoint Flower wrote holds each client's state after its last round, as the simulation's does
     states = client_states(resumed_root)

@@ -47,11 +47,18 @@ from trustml.registry import load_plugins, plugin_config, plugins
         ({"privacy": {"clip_norm": -1.0}}, "federation.privacy.clip_norm must be > 0"),
         ({"privacy": {"noise_multiplier": 1.0}}, "needs federation.privacy.clip_norm set"),
         ({"privacy": {"noise_multiplier": 1.0, "clip_norm": 1.0}}, "needs federation.selection.scheme=poisson"),
-        ({"privacy": {"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1.0}, "selection": {"scheme": "poisson"}},
-         "federation.privacy.delta must be in"),
+        (
+            {"privacy": {"noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1.0}, "selection": {"scheme": "poisson"}},
+            "federation.privacy.delta must be in",
+        ),
         ({"privacy": {"target_epsilon": 0.0}}, "federation.privacy.target_epsilon must be > 0"),
-        ({"privacy": {"target_epsilon": 1.0, "noise_multiplier": 1.0, "clip_norm": 1.0},
-          "selection": {"scheme": "poisson"}}, "set it or federation.privacy.noise_multiplier, not both"),
+        (
+            {
+                "privacy": {"target_epsilon": 1.0, "noise_multiplier": 1.0, "clip_norm": 1.0},
+                "selection": {"scheme": "poisson"},
+            },
+            "set it or federation.privacy.noise_multiplier, not both",
+        ),
         ({"privacy": {"target_epsilon": 1.0}}, "needs federation.privacy.clip_norm set"),
         ({"client": {"dp_rounds": 0}}, "federation.client.dp_rounds must be >= 1"),
         ({"runtime": {"flower_num_cpus": 0}}, "federation.runtime.flower_num_cpus must be >= 1"),
@@ -97,10 +104,12 @@ def test_plugins_are_built_from_their_options_dataclass_with_its_sections() -> N
 def test_validate_config_refuses_fedprox_with_a_per_sample_gradient_optimizer() -> None:
     load_plugins()
     dp_sgd, sgd = (plugins("optimizer")[name].target for name in ("dp_sgd", "sgd"))
-    cfg = OmegaConf.create({
-        "federation": OmegaConf.structured(FedProxConfig(client={"proximal_mu": 0.1})),
-        "optimizer": {"_target_": dp_sgd},
-    })
+    cfg = OmegaConf.create(
+        {
+            "federation": OmegaConf.structured(FedProxConfig(client={"proximal_mu": 0.1})),
+            "optimizer": {"_target_": dp_sgd},
+        }
+    )
     with pytest.raises(ConfigError, match="federation=fedprox adds its proximal term"):
         FedProx.validate_config(cfg)
     cfg.optimizer = {"_target_": sgd}

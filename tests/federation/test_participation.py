@@ -65,10 +65,15 @@ def test_planned_rounds_are_the_95_percent_quantile_of_participations() -> None:
 def test_clients_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp_path) -> None:
     datamodule, method = dp_sgd_on_digits()
     # 4 clients, all selected every round for 6 rounds, but each plans its budget for 2 rounds only
-    plugin = federation(FedAvg, rounds=6, partition={"num_clients": 4}, selection={"clients_per_round": 4},
-                        client={"dp_rounds": 2}, server={"seed": 0})
-    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()],
-                                         method=method)
+    plugin = federation(
+        FedAvg,
+        rounds=6,
+        partition={"num_clients": 4},
+        selection={"clients_per_round": 4},
+        client={"dp_rounds": 2},
+        server={"seed": 0},
+    )
+    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()], method=method)
     first, second = history[:2]
     assert first["answered"] == second["answered"] == 4 and first["aggregated"] and second["aggregated"]
     assert first["client_budget_spent_max"] == 0.0 and second["client_budget_spent_mean"] == 1.0
@@ -83,10 +88,15 @@ def test_clients_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp
 
 def test_a_spent_client_is_never_selected_again(tmp_path) -> None:
     datamodule, method = dp_sgd_on_digits()
-    plugin = federation(FedAvg, rounds=8, partition={"num_clients": 6}, selection={"clients_per_round": 2},
-                        client={"dp_rounds": 1}, server={"seed": 1})
-    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()],
-                                         method=method)
+    plugin = federation(
+        FedAvg,
+        rounds=8,
+        partition={"num_clients": 6},
+        selection={"clients_per_round": 2},
+        client={"dp_rounds": 1},
+        server={"seed": 1},
+    )
+    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()], method=method)
     # one round each: 6 clients, 2 per round -> 3 rounds, each client selected exactly once, then the run ends
     assert [r["retired"] for r in history] == [2, 4, 6]
     assert all(r["answered"] == 2 and r["failed"] == 0 and r["aggregated"] for r in history)

@@ -90,12 +90,17 @@ def test_label_entropy_of_count_rows() -> None:
 
 def test_statistics_report_sizes_entropy_and_empty_clients() -> None:
     labels = np.array([0, 0, 1, 1, 2])
-    stats = partition_statistics(labels, [np.array([0, 1]), np.array([2, 3, 4]), np.array([], dtype=int)], 3,
-                                 ["a", "b", "c"])
+    stats = partition_statistics(
+        labels, [np.array([0, 1]), np.array([2, 3, 4]), np.array([], dtype=int)], 3, ["a", "b", "c"]
+    )
     assert stats["num_clients"] == 3 and stats["num_samples"] == 5 and stats["empty_clients"] == 1
     assert stats["samples_per_client"] == {"min": 0, "median": 2.0, "mean": 5 / 3, "max": 3}
-    assert stats["clients"][1] == {"client": "b", "samples": 3, "label_entropy_bits": pytest.approx(0.918296, abs=1e-6),
-                                   "label_counts": [0, 2, 1]}
+    assert stats["clients"][1] == {
+        "client": "b",
+        "samples": 3,
+        "label_entropy_bits": pytest.approx(0.918296, abs=1e-6),
+        "label_counts": [0, 2, 1],
+    }
     assert stats["label_entropy_bits"]["max_possible"] == pytest.approx(np.log2(3))
 
 

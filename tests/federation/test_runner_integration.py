@@ -15,9 +15,16 @@ from trustml.runner import run
 
 def test_runner_trains_fedavg_and_reports_federation_results(tmp_path: Path) -> None:
     cfg = compose_train(
-        ["federation=fedavg", "federation.rounds=3", "federation.partition.num_clients=8",
-         "federation.selection.clients_per_round=4", "federation.partition.kind=dirichlet_label", "optimizer=sgd",
-         "trainer.max_epochs=1", "logger=none"],
+        [
+            "federation=fedavg",
+            "federation.rounds=3",
+            "federation.partition.num_clients=8",
+            "federation.selection.clients_per_round=4",
+            "federation.partition.kind=dirichlet_label",
+            "optimizer=sgd",
+            "trainer.max_epochs=1",
+            "logger=none",
+        ],
         tmp_path,
     )
     outcome = run(cfg, {"federation": "fedavg"})
@@ -48,8 +55,9 @@ README_DP_FEDERATION = (
 def test_the_readme_dp_federation_example_learns(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"trustml {README_DP_FEDERATION}" in readme, "the README must show the composition this test guards"
-    cfg = compose_train([*README_DP_FEDERATION.split(), "seed=0", "optimizer.deterministic=true", "logger=none"],
-                        tmp_path)
+    cfg = compose_train(
+        [*README_DP_FEDERATION.split(), "seed=0", "optimizer.deterministic=true", "logger=none"], tmp_path
+    )
     results = run(cfg, {"federation": "fedavg"}).results
     assert results["test/acc"] >= 0.70, results
     history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]

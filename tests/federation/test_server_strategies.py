@@ -74,8 +74,15 @@ def test_finite_rows() -> None:
 
 def test_finite_rows_sees_every_non_finite_value_and_no_overflow_of_large_finite_ones() -> None:
     big = torch.finfo(torch.float32).max
-    updates = torch.tensor([[big, big, big], [float("inf"), float("-inf"), 0.0], [-big, -big, 1.0],
-                            [0.0, float("nan"), 0.0], [float("-inf"), -1.0, 2.0]])
+    updates = torch.tensor(
+        [
+            [big, big, big],
+            [float("inf"), float("-inf"), 0.0],
+            [-big, -big, 1.0],
+            [0.0, float("nan"), 0.0],
+            [float("-inf"), -1.0, 2.0],
+        ]
+    )
     assert finite_rows(updates) == [True, False, True, False, False]
     assert finite_rows(updates.double()) == [True, False, True, False, False]
     assert finite_rows(updates[[0, 2]].half().clamp(-6e4, 6e4)) == [True, True]
@@ -85,11 +92,13 @@ def selection(clients: list[int], weights: list[float]) -> RoundSelection:
     return RoundSelection(np.array(clients), np.array(weights), len(clients) / 10, 10)
 
 
-def make_server(weights: torch.Tensor, optimizer: ServerOptimizer, config: FederationConfig, seed: int = 0
-                ) -> FederatedServer:
+def make_server(
+    weights: torch.Tensor, optimizer: ServerOptimizer, config: FederationConfig, seed: int = 0
+) -> FederatedServer:
     """The server of ``config``'s ``selection``, ``server`` and ``privacy`` sections."""
-    return FederatedServer(weights, optimizer, selection=config.selection, server=config.server,
-                           privacy=config.privacy, seed=seed)
+    return FederatedServer(
+        weights, optimizer, selection=config.selection, server=config.server, privacy=config.privacy, seed=seed
+    )
 
 
 def update(client: int, values: list[float], n: int = 1) -> ClientUpdate:
@@ -142,8 +151,9 @@ def test_clip_updates_bounds_each_row_norm_and_keeps_small_rows() -> None:
 def test_noisy_mean_has_the_gaussian_mechanism_noise_scale() -> None:
     updates = torch.ones(5, 20000) * 10
     generator = torch.Generator().manual_seed(0)
-    result = noisy_mean_of_clipped(updates, clip_norm=2.0, noise_multiplier=1.5, expected_count=4.0,
-                                   generator=generator)
+    result = noisy_mean_of_clipped(
+        updates, clip_norm=2.0, noise_multiplier=1.5, expected_count=4.0, generator=generator
+    )
     clipped_sum = clip_updates(updates, 2.0).sum(0)
     noise = result * 4.0 - clipped_sum
     assert float(noise.std()) == pytest.approx(1.5 * 2.0, rel=0.03)
@@ -164,8 +174,9 @@ def test_user_level_accountant_matches_opacus_and_round_trips() -> None:
 
 
 def test_dp_fedavg_server_clips_adds_noise_divides_by_expected_count_and_accounts() -> None:
-    options = FederationConfig(selection={"scheme": "poisson", "clients_per_round": 2},
-                               privacy={"clip_norm": 1.0, "noise_multiplier": 0.0001})
+    options = FederationConfig(
+        selection={"scheme": "poisson", "clients_per_round": 2}, privacy={"clip_norm": 1.0, "noise_multiplier": 0.0001}
+    )
     server = make_server(torch.zeros(2), FedAvgServer(), options)
     outcome = server.aggregate(selection([0, 1], [0.5, 0.5]), [update(0, [30.0, 40.0]), update(1, [0.0, 0.5])])
     assert outcome.aggregated

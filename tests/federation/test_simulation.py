@@ -24,8 +24,12 @@ from trustml.privacy.sampling import PoissonBatchSampler
 
 
 def run_federation(
-    plugin: FederatedTraining, datamodule: DigitsDataModule, root: Path, callbacks: list[pl.Callback] = (),
-    method: pl.LightningModule | None = None, ckpt_path: Path | None = None,
+    plugin: FederatedTraining,
+    datamodule: DigitsDataModule,
+    root: Path,
+    callbacks: list[pl.Callback] = (),
+    method: pl.LightningModule | None = None,
+    ckpt_path: Path | None = None,
 ) -> tuple[pl.LightningModule, list[dict[str, Any]], dict[str, float]]:
     method = method if method is not None else make_method(datamodule)
     fit = plugin.run(method, datamodule, trainer_factory(root, list(callbacks)), ckpt_path=ckpt_path)
@@ -75,9 +79,14 @@ class SlowOnRow(RaiseOnRow):
 
 
 def test_fedavg_learns_digits_under_label_skew_and_writes_its_records(digits, tmp_path) -> None:
-    plugin = federation(FedAvg, rounds=6,
-                        partition={"num_clients": 20, "kind": "dirichlet_label", "dirichlet_alpha": 1.0},
-                        selection={"clients_per_round": 10}, client={"local_epochs": 3}, server={"seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=6,
+        partition={"num_clients": 20, "kind": "dirichlet_label", "dirichlet_alpha": 1.0},
+        selection={"clients_per_round": 10},
+        client={"local_epochs": 3},
+        server={"seed": 0},
+    )
     method, history, results = run_federation(plugin, digits, tmp_path)
     assert [r["round"] for r in history] == list(range(1, 7))
     assert all(r["answered"] == 10 and r["aggregated"] for r in history)
@@ -94,8 +103,13 @@ def test_fedavg_learns_digits_under_label_skew_and_writes_its_records(digits, tm
 def test_a_thousand_clients_train_on_one_shared_model(digits, tmp_path) -> None:
     method = make_method(digits)
     params_before = [id(p) for p in method.model.parameters()]
-    plugin = federation(FedAvg, rounds=3, partition={"num_clients": 1000, "kind": "iid"},
-                        selection={"clients_per_round": 10}, server={"seed": 1, "eval_every": 3})
+    plugin = federation(
+        FedAvg,
+        rounds=3,
+        partition={"num_clients": 1000, "kind": "iid"},
+        selection={"clients_per_round": 10},
+        server={"seed": 1, "eval_every": 3},
+    )
     _, history, _ = run_federation(plugin, digits, tmp_path, method=method)
     assert all(r["selected"] == 10 and r["answered"] == 10 for r in history)
     assert [id(p) for p in method.model.parameters()] == params_before
@@ -106,8 +120,14 @@ def test_a_thousand_clients_train_on_one_shared_model(digits, tmp_path) -> None:
 
 @pytest.mark.parametrize("client_loop", ["auto", "lightning"])
 def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_path, caplog, client_loop) -> None:
-    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4},
-                        client={"timeout_s": 1.5, "loop": client_loop}, server={"min_clients": 1, "seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=2,
+        partition={"num_clients": 4},
+        selection={"clients_per_round": 4},
+        client={"timeout_s": 1.5, "loop": client_loop},
+        server={"min_clients": 1, "seed": 0},
+    )
     train_rows = np.arange(len(digits.splits["train"]))
     from trustml.federation.partition import iid_partition
 
@@ -128,8 +148,13 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
     method = make_method(digits)
     layout = FlatLayout.of(method.model)
     start = get_flat(method.model, layout)
-    plugin = federation(FedAvg, rounds=1, partition={"num_clients": 2}, selection={"clients_per_round": 2},
-                        server={"min_clients": 2, "seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=1,
+        partition={"num_clients": 2},
+        selection={"clients_per_round": 2},
+        server={"min_clients": 2, "seed": 0},
+    )
     from trustml.federation.partition import iid_partition
     from trustml.federation.rounds import ClientsKeepFailingError
 
@@ -143,8 +168,11 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(digits, tmp_path) -> None:
-    options = {"partition": {"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.5},
-               "selection": {"clients_per_round": 5, "scheme": "activity"}, "server": {"seed": 3}}
+    options = {
+        "partition": {"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.5},
+        "selection": {"clients_per_round": 5, "scheme": "activity"},
+        "server": {"seed": 3},
+    }
     torch.manual_seed(123)
     full, full_history, _ = run_federation(federation(FedAdam, rounds=4, **options), digits, tmp_path / "full")
     torch.manual_seed(123)
@@ -163,65 +191,112 @@ def test_ckpt_path_continues_another_runs_round_checkpoint_in_a_new_run_director
     torch.manual_seed(5)
     run_federation(federation(FedAvg, rounds=2, **options), digits, tmp_path / "first")
     torch.manual_seed(77)
-    continued, history, results = run_federation(federation(FedAvg, rounds=3, **options), digits, tmp_path / "second",
-                                                 ckpt_path=tmp_path / "first")
+    continued, history, results = run_federation(
+        federation(FedAvg, rounds=3, **options), digits, tmp_path / "second", ckpt_path=tmp_path / "first"
+    )
     layout = FlatLayout.of(full.model)
     torch.testing.assert_close(get_flat(continued.model, layout), get_flat(full.model, layout))
     assert [r["test_acc"] for r in history] == [r["test_acc"] for r in full_history]
     assert results["federation/rounds"] == 3.0
-    with pytest.raises(CheckpointError, match=r"num_clients: saved 8 vs now 9\); resume with the same options, or "
-                                              r"give ckpt_path"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"num_clients: saved 8 vs now 9\); resume with the same options, or "
+        r"give ckpt_path",
+    ):
         other = {**options, "partition": {"num_clients": 9}}
         run_federation(federation(FedAvg, rounds=3, **other), digits, tmp_path / "third", ckpt_path=tmp_path / "first")
 
 
 def test_resuming_with_other_options_is_refused_and_resume_false_starts_over(digits, tmp_path) -> None:
-    run_federation(federation(FedAvg, rounds=1, partition={"num_clients": 5}, selection={"clients_per_round": 2},
-                              server={"seed": 0}), digits, tmp_path)
+    run_federation(
+        federation(
+            FedAvg, rounds=1, partition={"num_clients": 5}, selection={"clients_per_round": 2}, server={"seed": 0}
+        ),
+        digits,
+        tmp_path,
+    )
     with pytest.raises(CheckpointError, match=r"num_clients: saved 5 vs now 6"):
-        run_federation(federation(FedAvg, rounds=2, partition={"num_clients": 6}, selection={"clients_per_round": 2},
-                                  server={"seed": 0}), digits, tmp_path)
-    _, history, _ = run_federation(federation(FedAvg, rounds=2, partition={"num_clients": 6},
-                                              selection={"clients_per_round": 2}, server={"seed": 0},
-                                              runtime={"resume": False}),
-                                   digits, tmp_path)
+        run_federation(
+            federation(
+                FedAvg, rounds=2, partition={"num_clients": 6}, selection={"clients_per_round": 2}, server={"seed": 0}
+            ),
+            digits,
+            tmp_path,
+        )
+    _, history, _ = run_federation(
+        federation(
+            FedAvg,
+            rounds=2,
+            partition={"num_clients": 6},
+            selection={"clients_per_round": 2},
+            server={"seed": 0},
+            runtime={"resume": False},
+        ),
+        digits,
+        tmp_path,
+    )
     assert [r["round"] for r in history] == [1, 2]
 
 
 def test_fedprox_keeps_client_updates_closer_to_the_global_model(digits, tmp_path) -> None:
-    options = {"rounds": 1, "partition": {"num_clients": 5}, "selection": {"clients_per_round": 5},
-               "server": {"seed": 0}}
+    options = {
+        "rounds": 1,
+        "partition": {"num_clients": 5},
+        "selection": {"clients_per_round": 5},
+        "server": {"seed": 0},
+    }
     _, plain, _ = run_federation(federation(FedAvg, client={"local_epochs": 3}, **options), digits, tmp_path / "avg")
-    _, prox, _ = run_federation(federation(FedProx, client={"local_epochs": 3, "proximal_mu": 1.0}, **options), digits,
-                                tmp_path / "prox")
+    _, prox, _ = run_federation(
+        federation(FedProx, client={"local_epochs": 3, "proximal_mu": 1.0}, **options), digits, tmp_path / "prox"
+    )
     assert prox[0]["update_norm"] < 0.8 * plain[0]["update_norm"]
 
 
 @pytest.mark.parametrize("plugin_cls", [FedAdam, FedYogi])
 def test_adaptive_server_optimizers_learn(plugin_cls, digits, tmp_path) -> None:
-    plugin = federation(plugin_cls, rounds=5, partition={"num_clients": 10}, selection={"clients_per_round": 5},
-                        server={"lr": 0.03, "seed": 0})
+    plugin = federation(
+        plugin_cls,
+        rounds=5,
+        partition={"num_clients": 10},
+        selection={"clients_per_round": 5},
+        server={"lr": 0.03, "seed": 0},
+    )
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[-1]["test_acc"] > 0.7
 
 
 def test_local_steps_bound_the_work_per_client(digits, tmp_path) -> None:
-    plugin = federation(FedAvg, rounds=1, partition={"num_clients": 2}, selection={"clients_per_round": 2},
-                        client={"local_steps": 2}, server={"seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=1,
+        partition={"num_clients": 2},
+        selection={"clients_per_round": 2},
+        client={"local_steps": 2},
+        server={"seed": 0},
+    )
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[0]["answered"] == 2
 
 
 def test_continual_setting_grows_each_client_window_up_to_the_storage_cap(digits, tmp_path) -> None:
-    plugin = federation(FedAvg, rounds=4, partition={"num_clients": 10, "setting": "continual", "num_periods": 4},
-                        selection={"clients_per_round": 10}, server={"seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=4,
+        partition={"num_clients": 10, "setting": "continual", "num_periods": 4},
+        selection={"clients_per_round": 10},
+        server={"seed": 0},
+    )
     _, history, _ = run_federation(plugin, digits, tmp_path / "uncapped")
     samples = [r["samples"] for r in history]
     assert samples == sorted(samples) and samples[-1] == len(digits.splits["train"])
     assert samples[0] == pytest.approx(samples[-1] / 4, rel=0.05)
-    capped = federation(FedAvg, rounds=4,
-                        partition={"num_clients": 10, "setting": "continual", "num_periods": 4, "storage_cap": 40},
-                        selection={"clients_per_round": 10}, server={"seed": 0})
+    capped = federation(
+        FedAvg,
+        rounds=4,
+        partition={"num_clients": 10, "setting": "continual", "num_periods": 4, "storage_cap": 40},
+        selection={"clients_per_round": 10},
+        server={"seed": 0},
+    )
     _, history, _ = run_federation(capped, digits, tmp_path / "capped")
     assert all(r["samples"] <= 400 for r in history) and history[-1]["samples"] == 400
     stats = json.loads((tmp_path / "capped" / "federation" / "partition.json").read_text())
@@ -229,9 +304,14 @@ def test_continual_setting_grows_each_client_window_up_to_the_storage_cap(digits
 
 
 def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> None:
-    plugin = federation(FedAvg, rounds=3, partition={"num_clients": 20},
-                        selection={"clients_per_round": 5, "scheme": "poisson"}, server={"seed": 0},
-                        privacy={"clip_norm": 1.0, "noise_multiplier": 1.0})
+    plugin = federation(
+        FedAvg,
+        rounds=3,
+        partition={"num_clients": 20},
+        selection={"clients_per_round": 5, "scheme": "poisson"},
+        server={"seed": 0},
+        privacy={"clip_norm": 1.0, "noise_multiplier": 1.0},
+    )
     _, history, results = run_federation(plugin, digits, tmp_path)
     eps = [r["dp_epsilon"] for r in history]
     assert 0 < eps[0] < eps[1] < eps[2]
@@ -245,9 +325,14 @@ def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> 
 
 
 def test_dp_fedavg_calibrated_for_a_target_epsilon_spends_it_over_the_planned_rounds(digits, tmp_path) -> None:
-    plugin = federation(FedAvg, rounds=4, partition={"num_clients": 20},
-                        selection={"clients_per_round": 5, "scheme": "poisson"}, server={"seed": 0},
-                        privacy={"clip_norm": 1.0, "target_epsilon": 2.0})
+    plugin = federation(
+        FedAvg,
+        rounds=4,
+        partition={"num_clients": 20},
+        selection={"clients_per_round": 5, "scheme": "poisson"},
+        server={"seed": 0},
+        privacy={"clip_norm": 1.0, "target_epsilon": 2.0},
+    )
     _, history, results = run_federation(plugin, digits, tmp_path)
     assert len(history) == 4 and all(r["aggregated"] for r in history)
     assert 2.0 - 0.05 <= results["federation/dp_epsilon"] <= 2.0  # calibrated to Opacus' tolerance, from below
@@ -266,12 +351,18 @@ def test_example_level_dp_sgd_reports_each_client_epsilon_composed_over_its_roun
     datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
     torch.manual_seed(0)
     method = make_method(datamodule)
-    method = type(method)(ERMConfig(), model=method.model, num_classes=10,
-                          optimizer=dp_sgd(lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0))
-    plugin = federation(FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4},
-                        server={"seed": 0})
-    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientPrivacyAccountant()],
-                                         method=method)
+    method = type(method)(
+        ERMConfig(),
+        model=method.model,
+        num_classes=10,
+        optimizer=dp_sgd(lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0),
+    )
+    plugin = federation(
+        FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4}, server={"seed": 0}
+    )
+    _, history, results = run_federation(
+        plugin, datamodule, tmp_path, callbacks=[ClientPrivacyAccountant()], method=method
+    )
     first, second = history
     assert first["answered"] == second["answered"] == 4
     assert second["client_dp_steps_mean"] == pytest.approx(2 * first["client_dp_steps_mean"])
@@ -336,8 +427,13 @@ class AlwaysRaise(pl.Callback):
 def test_a_systematic_client_failure_stops_the_run_with_its_reason(digits, tmp_path) -> None:
     from trustml.federation.rounds import ClientsKeepFailingError
 
-    plugin = federation(FedAvg, rounds=10, partition={"num_clients": 4}, selection={"clients_per_round": 2},
-                        server={"max_failed_rounds": 2, "seed": 0})
+    plugin = federation(
+        FedAvg,
+        rounds=10,
+        partition={"num_clients": 4},
+        selection={"clients_per_round": 2},
+        server={"max_failed_rounds": 2, "seed": 0},
+    )
     with pytest.raises(ClientsKeepFailingError, match="in 2 rounds in a row .*data.batch_size does not fit"):
         run_federation(plugin, digits, tmp_path, callbacks=[AlwaysRaise()])
     assert len((tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()) == 2

@@ -13,10 +13,14 @@ from trustml.federation.population import ClientPopulation
 def test_natural_partition_of_topical_chat_has_one_client_per_conversation_agent() -> None:
     from trustml.data.topical_chat import TopicalChatSentimentConfig, TopicalChatSentimentDataModule
 
-    datamodule = TopicalChatSentimentDataModule(TopicalChatSentimentConfig(
-        data_dir=str(SHARED_DATA / "topical_chat"), train_files=["conversations_valid_freq.json"],
-        test_files=["conversations_test_freq.json"], max_conversations=60,
-    ))
+    datamodule = TopicalChatSentimentDataModule(
+        TopicalChatSentimentConfig(
+            data_dir=str(SHARED_DATA / "topical_chat"),
+            train_files=["conversations_valid_freq.json"],
+            test_files=["conversations_test_freq.json"],
+            max_conversations=60,
+        )
+    )
     datamodule.setup("fit")
     groups = datamodule.splits["train"].groups["device"]
     population = ClientPopulation.from_datamodule(datamodule, PartitionConfig(kind="natural"))

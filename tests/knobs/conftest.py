@@ -16,7 +16,7 @@ from transformers import (
     T5Config,
 )
 
-from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec
+from trustml.models.segments import SegmentedInputBuilder, SegmentSpec
 
 ARCHITECTURES = ("bart", "t5", "marian", "bert2bert")
 IMPLEMENTATIONS = ("eager", "sdpa")

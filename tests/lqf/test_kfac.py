@@ -54,8 +54,10 @@ def test_kfac_factors_equal_a_per_sample_loop(loss: str) -> None:
 def test_output_hessian_roots_reconstruct_the_loss_hessian() -> None:
     logits = torch.randn(4, 3, dtype=torch.float64)
     p = torch.softmax(logits, 1)
-    for loss, expected in (("mse", 2 * torch.eye(3, dtype=torch.float64).expand(4, 3, 3)),
-                           ("ce", torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1))):
+    for loss, expected in (
+        ("mse", 2 * torch.eye(3, dtype=torch.float64).expand(4, 3, 3)),
+        ("ce", torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)),
+    ):
         roots = output_hessian_roots(logits, loss)
         torch.testing.assert_close(torch.einsum("nci,ncj->nij", roots, roots), expected)
 
@@ -84,8 +86,10 @@ def test_preconditioned_gradient_equals_the_dense_damped_kronecker_solve() -> No
     grad_w, grad_b = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     pw, pb = precondition_linear(grad_w, grad_b, f)
     pi = math.sqrt((torch.trace(f.A) / 5) / (torch.trace(f.G) / 2))
-    dense = torch.kron(f.A + pi * math.sqrt(damping) * torch.eye(5, dtype=x.dtype),
-                       f.G + math.sqrt(damping) / pi * torch.eye(2, dtype=x.dtype))
+    dense = torch.kron(
+        f.A + pi * math.sqrt(damping) * torch.eye(5, dtype=x.dtype),
+        f.G + math.sqrt(damping) / pi * torch.eye(2, dtype=x.dtype),
+    )
     grad = torch.cat([grad_w, grad_b.unsqueeze(1)], 1)
     solved = torch.linalg.solve(dense, grad.T.reshape(-1)).reshape(5, 2).T  # column-major vec and back
     torch.testing.assert_close(torch.cat([pw, pb.unsqueeze(1)], 1), solved)

@@ -20,8 +20,9 @@ LQF_DIGITS_BOUND = 0.9
 
 
 def test_lqf_trains_on_digits(tmp_path: Path) -> None:
-    cfg = compose_train(["method=lqf", "optimizer=adam", "optimizer.lr=0.01", "trainer.max_epochs=3", "seed=0"],
-                        tmp_path)
+    cfg = compose_train(
+        ["method=lqf", "optimizer=adam", "optimizer.lr=0.01", "trainer.max_epochs=3", "seed=0"], tmp_path
+    )
     results = run(cfg).results
     assert results["test/acc"] >= LQF_DIGITS_BOUND, results
 
@@ -81,8 +82,9 @@ def test_kfac_on_an_uncovered_layer_is_refused_naming_it_and_the_choices(tmp_pat
     cfg = compose_train(["method=lqf", "model.norm=layer"], tmp_path)
     with pytest.raises(ConfigError, match=r"layer 'body.1' is a LayerNorm; use method.precondition=none"):
         run(cfg)
-    cfg = compose_train(["method=lqf", "model.norm=layer", "method.precondition=none", "trainer.max_epochs=1"],
-                        tmp_path / "none")
+    cfg = compose_train(
+        ["method=lqf", "model.norm=layer", "method.precondition=none", "trainer.max_epochs=1"], tmp_path / "none"
+    )
     assert run(cfg).results["test/acc"] > 0.3  # without K-FAC the same model trains
 
 
@@ -107,8 +109,13 @@ def test_w0_is_the_trained_network_of_init_run_dir(tmp_path: Path) -> None:
     datamodule = build_plugin("data", cfg.data)
     datamodule.setup("fit")
     model = build_plugin("model", cfg.model, num_classes=datamodule.num_classes, input_dim=datamodule.input_dim)
-    lqf = build_plugin("method", cfg.method, model=model, optimizer=build_plugin("optimizer", cfg.optimizer),
-                       num_classes=datamodule.num_classes)
+    lqf = build_plugin(
+        "method",
+        cfg.method,
+        model=model,
+        optimizer=build_plugin("optimizer", cfg.optimizer),
+        num_classes=datamodule.num_classes,
+    )
     trained, _ = load_model_from_run(run_dir)
     x = datamodule.splits["test"].inputs[:32]
     torch.testing.assert_close(lqf.model(x), trained(x))  # delta = 0: f_lin = f(.; w0) = the old run's network

@@ -34,8 +34,9 @@ class Trustml:
         env = {**os.environ, "TRUSTML_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": python_path}
         self.stderr_path = tmp_path / f"{name}.stderr"
         with open(tmp_path / f"{name}.stdout", "w") as stdout, open(self.stderr_path, "w") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "trustml.cli.main", *args], cwd=tmp_path, env=env,
-                                            stdout=stdout, stderr=stderr)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "trustml.cli.main", *args], cwd=tmp_path, env=env, stdout=stdout, stderr=stderr
+            )
 
     def finish(self, timeout: float = 300) -> tuple[int, str]:
         """Wait for the process; return its exit code and standard error."""
@@ -64,7 +65,13 @@ def test_pc_run_against_an_old_run(tmp_path) -> None:
     assert old_code == 0, old_err
     new_dir = tmp_path / "new"
     new_code, new_err = Trustml(
-        tmp_path, "new", *FAST, "method=pc", f"method.old_run_dirs=[{old_dir}]", "method.distance=lm", "seed=2",
+        tmp_path,
+        "new",
+        *FAST,
+        "method=pc",
+        f"method.old_run_dirs=[{old_dir}]",
+        "method.distance=lm",
+        "seed=2",
         f"hydra.run.dir={new_dir}",
     ).finish()
     assert new_code == 0, new_err

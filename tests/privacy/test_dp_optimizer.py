@@ -53,8 +53,10 @@ def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> No
         loss_before = cross_entropy(model(batch["x"]), batch).mean()
     expected = _reference_update(model, batch, sigma=0.8, bound=0.5, seed=11, denominator=10.0, mode=mode)
     optimizer = DPSGDOptimizer(
-        model.parameters(), DPSGDConfig(lr=0.3, noise_multiplier=0.8, max_grad_norm=0.5, clipping=mode,
-                                        per_sample_gradients=engine, noise_seed=11),
+        model.parameters(),
+        DPSGDConfig(
+            lr=0.3, noise_multiplier=0.8, max_grad_norm=0.5, clipping=mode, per_sample_gradients=engine, noise_seed=11
+        ),
         NoisePlan(0.8, expected_batch_size=10.0),
     )
 
@@ -79,8 +81,11 @@ def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:
         p.grad = expected[name]
     reference.step()
 
-    optimizer = DPAdamOptimizer(model.parameters(), DPAdamConfig(lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2,
-                                                                 noise_seed=5), NoisePlan(1.2, expected_batch_size=6.0))
+    optimizer = DPAdamOptimizer(
+        model.parameters(),
+        DPAdamConfig(lr=0.01, beta1=0.8, beta2=0.99, noise_multiplier=1.2, noise_seed=5),
+        NoisePlan(1.2, expected_batch_size=6.0),
+    )
     optimizer.private_step(model, cross_entropy, batch)
 
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
@@ -110,8 +115,11 @@ def test_noise_std_is_sigma_c_over_the_expected_batch_size() -> None:
     model = nn.Linear(100, 100, bias=False)
     nn.init.zeros_(model.weight)
     batch = {"x": torch.zeros(4, 100), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
-    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=1.0, noise_multiplier=2.0, max_grad_norm=0.5,
-                                                               noise_seed=0), NoisePlan(2.0, expected_batch_size=8.0))
+    optimizer = DPSGDOptimizer(
+        model.parameters(),
+        DPSGDConfig(lr=1.0, noise_multiplier=2.0, max_grad_norm=0.5, noise_seed=0),
+        NoisePlan(2.0, expected_batch_size=8.0),
+    )
 
     optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)  # zero gradients: noise only
 
@@ -121,8 +129,11 @@ def test_noise_std_is_sigma_c_over_the_expected_batch_size() -> None:
 def test_an_empty_poisson_batch_still_takes_a_noise_only_step() -> None:
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=0.1, noise_multiplier=1.0, noise_seed=0),
-                               NoisePlan(1.0, expected_batch_size=4.0))
+    optimizer = DPSGDOptimizer(
+        model.parameters(),
+        DPSGDConfig(lr=0.1, noise_multiplier=1.0, noise_seed=0),
+        NoisePlan(1.0, expected_batch_size=4.0),
+    )
     empty = {"x": torch.zeros(0, 5), "y": torch.zeros(0, dtype=torch.long), "index": torch.zeros(0, dtype=torch.long)}
 
     logits, _ = optimizer.private_step(model, cross_entropy, empty)
@@ -191,8 +202,11 @@ def _noise_of_one_step(seed: int, **options: object) -> torch.Tensor:
     torch.manual_seed(seed)
     model = nn.Linear(20, 20, bias=False)
     nn.init.zeros_(model.weight)
-    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(lr=1.0, noise_multiplier=1.0, **options),
-                               NoisePlan(1.0, expected_batch_size=4.0))
+    optimizer = DPSGDOptimizer(
+        model.parameters(),
+        DPSGDConfig(lr=1.0, noise_multiplier=1.0, **options),
+        NoisePlan(1.0, expected_batch_size=4.0),
+    )
     batch = {"x": torch.zeros(4, 20), "y": torch.zeros(4, dtype=torch.long), "index": torch.arange(4)}
     optimizer.private_step(model, lambda logits, b: logits.sum(1) * 0.0, batch)
     return model.weight.detach().clone()
@@ -240,8 +254,9 @@ def test_target_epsilon_without_calibration_cannot_step() -> None:
 
 def test_no_step_after_the_budget_is_spent() -> None:
     model = mlp()
-    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, target_epsilon=1.0),
-                               NoisePlan(1.0, 4.0))
+    optimizer = DPSGDOptimizer(
+        model.parameters(), DPSGDConfig(noise_multiplier=1.0, target_epsilon=1.0), NoisePlan(1.0, 4.0)
+    )
     optimizer.budget_spent = True
     with pytest.raises(PrivacyBudgetSpent, match="target_epsilon=1.0 is spent"):
         optimizer.private_step(model, cross_entropy, feature_batch(4))

@@ -19,13 +19,20 @@ from trustml.privacy.callback import PrivacyAccountantCallback
 from trustml.privacy.options import DPSGDConfig
 from trustml.privacy.plugins import DPSGD
 from trustml.privacy.sampling import PoissonBatchSampler
+from trustml.registry import build_plugin
 
 STEPS_PER_EPOCH = 5  # 120 training samples, expected batch size 24: rate 0.2
 
 
 def _fit(
-    options: dict, max_epochs: int = 2, ckpt_path: Path | None = None, norm: str = "none", save_to: Path | None = None,
-    private: bool = True, extra_callbacks: list[pl.Callback] | None = None, **trainer_options,
+    options: dict,
+    max_epochs: int = 2,
+    ckpt_path: Path | None = None,
+    norm: str = "none",
+    save_to: Path | None = None,
+    private: bool = True,
+    extra_callbacks: list[pl.Callback] | None = None,
+    **trainer_options,
 ) -> tuple[pl.Trainer, PrivacyAccountantCallback | None, BlobsDataModule]:
     torch.manual_seed(0)
     datamodule = BlobsDataModule(n_train=120, batch_size=24)
@@ -36,12 +43,18 @@ def _fit(
         cfg = OmegaConf.create({"seed": 0, "optimizer": OmegaConf.structured(config)})
         callbacks = DPSGD.runtime_callbacks(cfg, datamodule)
         factory = DPSGD(config)
+        datamodule = factory.training_data(datamodule, seed=0)
     else:
         callbacks, factory = [], partial(torch.optim.SGD, lr=0.1)
     method = ERM(ERMConfig(), model=model, optimizer=factory, num_classes=3)
     trainer = pl.Trainer(
-        max_epochs=max_epochs, callbacks=[*callbacks, *(extra_callbacks or [])], logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        max_epochs=max_epochs,
+        callbacks=[*callbacks, *(extra_callbacks or [])],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
         num_sanity_val_steps=0,
         **trainer_options,
     )
@@ -179,11 +192,12 @@ def test_min_epochs_beyond_the_budget_is_refused() -> None:
 @pytest.mark.parametrize("optimizer", ["dp_sgd", "dp_adam"])
 def test_the_composed_deterministic_option_decides_where_the_sampler_seeds_come_from(optimizer, tmp_path) -> None:
     from tests.conftest import compose_train
-    from trustml.privacy.plugins import DPAdam
 
-    cls = {"dp_sgd": DPSGD, "dp_adam": DPAdam}[optimizer]
     for overrides, expected_seed in (([], None), (["optimizer.deterministic=true", "seed=17"], 17)):
         cfg = compose_train([f"optimizer={optimizer}", *overrides], tmp_path)
         datamodule = BlobsDataModule()
-        cls.runtime_callbacks(cfg, datamodule)
-        assert datamodule.train_batch_sampler_factory.seed == expected_seed
+        plugin = build_plugin("optimizer", cfg.optimizer)
+        sampled = plugin.training_data(datamodule, seed=int(cfg.seed))
+        assert sampled.train_batch_sampler_factory.seed == expected_seed
+        assert datamodule.train_batch_sampler_factory is None  # a view: the data module itself is unchanged
+        assert sampled.splits is datamodule.splits

@@ -193,8 +193,11 @@ def test_sequence_first_layer_with_t_equal_to_b_is_refused_though_the_sums_match
     # ... but the per-sample norms, which clipping uses, are those of time steps, not of samples
     norms = result.grads.squared_norms()["proj.weight"]
     assert not torch.allclose(norms, reference["proj.weight"].flatten(1).pow(2).sum(1), rtol=1e-2)
-    with pytest.raises(ConfigError, match=r"'proj.weight' \(layer 'proj'\) to the wrong samples.*sequence-first.*"
-                                          r"batch-first.*per_sample_gradients=vmap"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'proj.weight' \(layer 'proj'\) to the wrong samples.*sequence-first.*"
+        r"batch-first.*per_sample_gradients=vmap",
+    ):
         check_layerwise_covers(model, params, cross_entropy, batch)
     # the fix the message names gives the right per-sample gradients
     grads = vmap_per_sample_gradients(model, params, cross_entropy, batch).grads.materialize()
@@ -203,8 +206,11 @@ def test_sequence_first_layer_with_t_equal_to_b_is_refused_though_the_sums_match
 
 def test_sequence_first_layer_with_t_not_b_is_refused_by_its_shape() -> None:
     model, batch = _SequenceFirst().eval(), _sequence_first_batch(size=4, length=6)
-    with pytest.raises(ConfigError, match=r"layer 'proj' \(Linear\).*shape \[6, 4, 8\].*not the batch size 4 "
-                                          r"\(dimension 1 is.*sequence-first.*per_sample_gradients=vmap"):
+    with pytest.raises(
+        ConfigError,
+        match=r"layer 'proj' \(Linear\).*shape \[6, 4, 8\].*not the batch size 4 "
+        r"\(dimension 1 is.*sequence-first.*per_sample_gradients=vmap",
+    ):
         layerwise_per_sample_gradients(model, dict(model.named_parameters()), cross_entropy, batch)
 
 
@@ -214,17 +220,28 @@ def test_a_layer_mixing_samples_is_refused_when_only_some_parameters_are_trained
     params = {name: p for name, p in model.named_parameters() if name.startswith("proj.")}
     with pytest.raises(ConfigError, match=r"'proj\.(weight|bias)' \(layer 'proj'\) to the wrong samples"):
         check_layerwise_covers(model, params, cross_entropy, batch)
-    check_layerwise_covers(model, {n: p for n, p in model.named_parameters() if n.startswith("head.")},
-                           cross_entropy, batch)  # the head sees batch-first inputs: its attribution is right
+    check_layerwise_covers(
+        model, {n: p for n, p in model.named_parameters() if n.startswith("head.")}, cross_entropy, batch
+    )  # the head sees batch-first inputs: its attribution is right
 
 
 def _tiny_bart() -> nn.Module:
     from transformers import BartConfig, BartForSequenceClassification
 
     config = BartConfig(
-        vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32,
-        num_labels=3, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        vocab_size=50,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+        num_labels=3,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
     )
     return _Wrapped(BartForSequenceClassification(config)).eval()
 
@@ -273,8 +290,9 @@ def test_the_attribution_probe_runs_a_few_samples_once_per_model() -> None:
     model = mlp()
     calls: list[int] = []
     model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    optimizer = DPSGDOptimizer(model.parameters(), DPSGDConfig(noise_multiplier=1.0, noise_seed=0),
-                               NoisePlan(1.0, expected_batch_size=10.0))
+    optimizer = DPSGDOptimizer(
+        model.parameters(), DPSGDConfig(noise_multiplier=1.0, noise_seed=0), NoisePlan(1.0, expected_batch_size=10.0)
+    )
     optimizer.private_step(model, cross_entropy, feature_batch(10))
     # the check: a layerwise pass and a batch pass over the 10 samples, then PROBE_SAMPLES samples alone;
     # then the step's own layerwise pass

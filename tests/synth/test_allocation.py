@@ -19,8 +19,16 @@ def test_entropy_in_bits() -> None:
 
 
 def _golden():
-    texts = (["play [a](artist) [s1](track)", "play [b](artist) [s2](track)", "play [c](artist) [s3](track)",
-              "play [d](artist) [s4](track)"] + ["play [pop](genre) music"] * 6 + ["stop"])
+    texts = (
+        [
+            "play [a](artist) [s1](track)",
+            "play [b](artist) [s2](track)",
+            "play [c](artist) [s3](track)",
+            "play [d](artist) [s4](track)",
+        ]
+        + ["play [pop](genre) music"] * 6
+        + ["stop"]
+    )
     return [parse_annotated(t, "PlayMusic") for t in texts]
 
 

@@ -23,8 +23,9 @@ def test_tokens_split_at_span_boundaries() -> None:
 
 
 def test_catalog_label_rasa_entity_form_and_escapes_round_trip() -> None:
-    u = parse_annotated(r'put on [jazz]{"entity": "genre"} by [Prince](artist:artists) \[live\]', "PlayMusic",
-                        catalogs={"artists"})
+    u = parse_annotated(
+        r'put on [jazz]{"entity": "genre"} by [Prince](artist:artists) \[live\]', "PlayMusic", catalogs={"artists"}
+    )
     assert u.spans == (SlotSpan(7, 11, "genre"), SlotSpan(15, 21, "artist", "artists"))
     assert u.text.endswith("[live]")
     assert parse_annotated(u.annotated(), "PlayMusic") == u
@@ -49,7 +50,7 @@ def test_value_whitespace_is_trimmed_from_the_span() -> None:
         ("play [a [b](c)](d)", 9, "nested '['"),
         ("play [pop](genre:moods) music", 18, "unknown catalog 'moods'"),
         ("play [pop](genre:) music", 18, "empty catalog name"),
-        ("play [pop]{\"entity\": 1 music", 11, "unbalanced '{'"),
+        ('play [pop]{"entity": 1 music', 11, "unbalanced '{'"),
         ("   ", 1, "empty utterance"),
     ],
 )

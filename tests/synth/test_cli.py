@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trustml.errors import ConfigError
 from trustml.cli.synth import run
+from trustml.errors import ConfigError
 from trustml.synth.formats import load_utterances
 from trustml.synth.synthesis import SynthesisConfig, select_golden, synthesize
 
@@ -29,12 +29,19 @@ def test_run_writes_grammar_dataset_and_stats(tmp_path: Path, toy_yaml: Path) ->
     catalogs = tmp_path / "catalogs"
     catalogs.mkdir()
     (catalogs / "genre.txt").write_text("pop\nblues\n", encoding="utf-8")
-    cfg = _cfg(f"golden={toy_yaml}", f"catalogs={catalogs}", "budget_per_intent=40",
-               "output.formats=[jsonl,rasa,snips]")
+    cfg = _cfg(
+        f"golden={toy_yaml}", f"catalogs={catalogs}", "budget_per_intent=40", "output.formats=[jsonl,rasa,snips]"
+    )
     report = run(cfg, tmp_path / "out")
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"grammar.txt", "grammar.json", "dataset.jsonl", "dataset.rasa.yml",
-                                              "dataset.snips.json", "stats.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "grammar.txt",
+        "grammar.json",
+        "dataset.jsonl",
+        "dataset.rasa.yml",
+        "dataset.snips.json",
+        "stats.json",
+    }
     data = load_utterances(out / "dataset.jsonl")
     assert len(data) == 13 + 80 and report["generated"] == 80
     assert Counter(map(str, load_utterances(out / "dataset.rasa.yml"))) == Counter(map(str, data))
@@ -49,8 +56,16 @@ def test_borrow_and_grammar_allocation_groups(tmp_path: Path, toy_yaml: Path) ->
     borrow = run(_cfg(f"golden={toy_yaml}", "synth/allocation=borrow", "budget_per_intent=8"), tmp_path / "b")
     rows = {r["pattern"]: r["allocated"] for r in borrow["allocation"]["patterns"] if r["intent"] == "PlayMusic"}
     assert rows["other + genre + other"] == 5  # 5 of the 8 PlayMusic golden utterances
-    plain = run(_cfg(f"golden={toy_yaml}", "synth/allocation=grammar", "resampling.enabled=false",
-                     "include_golden=false", "budget_per_intent=10"), tmp_path / "g")
+    plain = run(
+        _cfg(
+            f"golden={toy_yaml}",
+            "synth/allocation=grammar",
+            "resampling.enabled=false",
+            "include_golden=false",
+            "budget_per_intent=10",
+        ),
+        tmp_path / "g",
+    )
     assert plain["dataset"] == 20 and plain["allocation"]["patterns"][0]["allocated"] == 0
 
 
@@ -85,8 +100,14 @@ def test_synthesize_without_golden_is_an_error() -> None:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trustml.cli.synth", f"--config-path={CONF}", f"hydra.run.dir={tmp_path / 'run'}",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trustml.cli.synth",
+        f"--config-path={CONF}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *args,
+    ]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
 

@@ -106,11 +106,16 @@ def test_jsonl_annotated_and_span_records(tmp_path: Path, toy) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ('{"intent": "A", "text": "play pop", "spans": [{"start": 5, "end": 8, "slot": "g", "value": "rock"}]}',
-         "its value says 'rock'"),
+        (
+            '{"intent": "A", "text": "play pop", "spans": [{"start": 5, "end": 8, "slot": "g", "value": "rock"}]}',
+            "its value says 'rock'",
+        ),
         ('{"intent": "A", "text": "play pop", "spans": [{"start": 5, "end": 99, "slot": "g"}]}', "outside the text"),
-        ('{"intent": "A", "text": "play pop", "spans": [{"start": 0, "end": 6, "slot": "a"}, '
-         '{"start": 5, "end": 8, "slot": "b"}]}', "overlap"),
+        (
+            '{"intent": "A", "text": "play pop", "spans": [{"start": 0, "end": 6, "slot": "a"}, '
+            '{"start": 5, "end": 8, "slot": "b"}]}',
+            "overlap",
+        ),
         ('{"intent": "A", "text": "play pop", "spans": [{"end": 8}]}', "integer 'start'"),
         ('{"intent": "A"}', "string fields 'intent' and 'text'"),
         ('{"intent": "A", "text": "play [pop(x)"}', "unbalanced '['"),
@@ -168,7 +173,7 @@ def test_snips_strict_encoding_and_bad_json_fail_with_the_file_name(tmp_path: Pa
 
 LATIN1_INPUTS = {
     "text format": ("g.txt", "## PlayMusic\n- play [Beyoncé](artist)\n", 2),
-    "Rasa YAML": ("r.yml", 'nlu:\n- intent: PlayMusic\n  examples: |\n    - play [Beyoncé](artist)\n', 4),
+    "Rasa YAML": ("r.yml", "nlu:\n- intent: PlayMusic\n  examples: |\n    - play [Beyoncé](artist)\n", 4),
     "YAML mapping": ("m.yaml", "PlayMusic:\n  - play [Beyoncé](artist)\n", 2),
     "JSONL": ("u.jsonl", '{"intent": "PlayMusic", "text": "play [Beyoncé](artist)"}\n', 1),
 }

@@ -29,8 +29,14 @@ def test_probabilities_counts_and_stats() -> None:
     assert g.topological_order().index(Q) < g.topological_order().index(S)
     assert g.templates() == 3 and g.expansions() == 6
     stats = seed_grammar().stats()["intents"]["PlayMusic"]
-    assert stats == {"nonterminals": 3, "rules": 7, "structural_rules": 4, "slot_values": 2, "templates": 3,
-                     "expansions": 6}
+    assert stats == {
+        "nonterminals": 3,
+        "rules": 7,
+        "structural_rules": 4,
+        "slot_values": 2,
+        "templates": 3,
+        "expansions": 6,
+    }
 
 
 def test_render_shows_alternatives_optional_parts_and_slots() -> None:

@@ -42,8 +42,9 @@ def test_zero_prior_weight_keeps_one_rule_per_utterance(toy) -> None:
 
 def test_prior_weight_controls_generalization() -> None:
     utts = toy_utterances()
-    templates = [induce_grammar(utts, InductionConfig(prior_weight=w))[0].intents["PlayMusic"].templates()
-                 for w in (0.0, 1.0)]
+    templates = [
+        induce_grammar(utts, InductionConfig(prior_weight=w))[0].intents["PlayMusic"].templates() for w in (0.0, 1.0)
+    ]
     assert templates[0] < templates[1]
 
 

@@ -19,8 +19,13 @@ from trustml.synth.nlu_eval import (
     word_states,
 )
 
-TINY = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 64}
+TINY = {
+    "model_type": "bert",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 
 def test_labels_and_targets() -> None:
@@ -46,7 +51,8 @@ def test_joint_loss_adds_intent_and_tag_cross_entropies() -> None:
     intent_logits, tag_logits = torch.randn(2, 3), torch.randn(2, 4, 5)
     batch = {"intent": torch.tensor([0, 2]), "tags": torch.tensor([[1, 0, IGNORE, IGNORE, IGNORE], [4, 4, 3, 2, 0]])}
     expected = F.cross_entropy(intent_logits, batch["intent"]) + F.cross_entropy(
-        tag_logits.flatten(0, 1), batch["tags"][:, :4].flatten(), ignore_index=IGNORE)
+        tag_logits.flatten(0, 1), batch["tags"][:, :4].flatten(), ignore_index=IGNORE
+    )
     assert joint_loss(intent_logits, tag_logits, batch) == pytest.approx(expected.item())
 
 

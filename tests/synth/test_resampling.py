@@ -14,9 +14,12 @@ def _golden():
     books = ["find a [detective](genre) novel", "find a [romance](genre) novel", "find a [Pop](genre) novel"]
     weather = ["weather in [Paris](city)", "weather in [Rome](city)"]
     restaurant = ["table in [Paris](city)", "table in [Oslo](city)"]
-    return ([parse_annotated(t, "PlayMusic") for t in music] + [parse_annotated(t, "SearchBook") for t in books]
-            + [parse_annotated(t, "GetWeather") for t in weather]
-            + [parse_annotated(t, "BookRestaurant") for t in restaurant])
+    return (
+        [parse_annotated(t, "PlayMusic") for t in music]
+        + [parse_annotated(t, "SearchBook") for t in books]
+        + [parse_annotated(t, "GetWeather") for t in weather]
+        + [parse_annotated(t, "BookRestaurant") for t in restaurant]
+    )
 
 
 def test_jaccard_is_case_insensitive() -> None:
@@ -56,7 +59,13 @@ def test_swap_values_keeps_carriers_and_fixes_spans() -> None:
         assert [s.slot for s in new.spans] == [s.slot for s in src.spans]
         assert all(new.value(s) in {v for v, _ in policy.pools[("*", s.slot)]} for s in new.spans)
     assert {u.value(u.spans[0]) for u in out if u.intent == "SearchBook"} <= {
-        "pop", "rock", "jazz", "detective", "romance", "Pop"}
+        "pop",
+        "rock",
+        "jazz",
+        "detective",
+        "romance",
+        "Pop",
+    }
     assert {u.value(u.spans[0]) for u in out if u.intent == "GetWeather"} <= {"Paris", "Rome", "Oslo"}
 
 

@@ -7,7 +7,18 @@ from trustml.synth.words import carrier_words, is_glued
 
 def test_trailing_punctuation_becomes_its_own_word() -> None:
     assert carrier_words("Play some music. by, hmm?! top-fifty I'd ...", lowercase=True) == [
-        "play", "some", "music", ".", "by", ",", "hmm", "?!", "top-fifty", "i'd", "..."]
+        "play",
+        "some",
+        "music",
+        ".",
+        "by",
+        ",",
+        "hmm",
+        "?!",
+        "top-fifty",
+        "i'd",
+        "...",
+    ]
     assert carrier_words("Hi.") == ["Hi", "."]
 
 

@@ -80,8 +80,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     report = {**result.report, "files": files}
     (out_dir / "stats.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     g = report["grammar"]["total"]
-    log.info("grammar: %d rules, %d unique sentences; data set: %d utterances (%d generated) in %s",
-             g["rules"], sum(report["unique_sentences"].values()), report["dataset"], report["generated"], out_dir)
+    log.info(
+        "grammar: %d rules, %d unique sentences; data set: %d utterances (%d generated) in %s",
+        g["rules"],
+        sum(report["unique_sentences"].values()),
+        report["dataset"],
+        report["generated"],
+        out_dir,
+    )
     return report
 
 

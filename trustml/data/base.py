@@ -9,6 +9,7 @@ grouped splits and federated partitions.
 
 from __future__ import annotations
 
+import copy
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,13 @@ class TrustDataModule(DataPlugin, pl.LightningDataModule, metaclass=ABCMeta):
         """Replace every split's inputs by ``fn(inputs)`` (e.g. tokenize or embed text once)."""
         for split in self.splits.values():
             split.inputs = fn(split.inputs)
+
+    def with_train_batch_sampler(self, factory: Callable[[int, int], Sampler[list[int]]]) -> TrustDataModule:
+        """A view of this module (same splits, options and labels) whose training loader draws its batches from
+        ``factory(N, batch_size)`` (e.g. Poisson sampling for DP-SGD); this module itself is left as it is."""
+        view = copy.copy(self)
+        view.train_batch_sampler_factory = factory
+        return view
 
     # --- loaders -------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

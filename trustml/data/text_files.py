@@ -103,8 +103,9 @@ def _decode_auto(raw: bytes, source: str, option: str) -> str:
         text = raw.decode("utf-8", errors="surrogatepass")
         return text.encode("utf-16", errors="surrogatepass").decode("utf-16")
     except UnicodeError:
-        log.warning("%s is not UTF-8; decoding it as Latin-1 (set %s to its actual encoding to be explicit)",
-                    source, option)
+        log.warning(
+            "%s is not UTF-8; decoding it as Latin-1 (set %s to its actual encoding to be explicit)", source, option
+        )
         return raw.decode("latin-1")
 
 

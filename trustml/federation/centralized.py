@@ -24,8 +24,7 @@ from trustml.registry import register
 
 #: What to do instead of resuming from a checkpoint that cannot be resumed from.
 RESUME_FIX = (
-    "resume from checkpoints/last.ckpt of an earlier run of this same configuration, or start over without "
-    "ckpt_path"
+    "resume from checkpoints/last.ckpt of an earlier run of this same configuration, or start over without ckpt_path"
 )
 
 #: Entries of a Lightning checkpoint that resuming training needs besides the weights.
@@ -86,7 +85,10 @@ class Centralized(FederationPlugin):
             check_checkpoint_exists(cfg.ckpt_path)
 
     def run(
-        self, method: pl.LightningModule, datamodule: pl.LightningDataModule, make_trainer: Callable[..., pl.Trainer],
+        self,
+        method: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        make_trainer: Callable[..., pl.Trainer],
         ckpt_path: str | Path | None = None,
     ) -> FitResult:
         """Fit ``method`` on ``datamodule`` (from ``ckpt_path`` once it passed :func:`check_resume_checkpoint`);

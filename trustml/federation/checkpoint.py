@@ -81,16 +81,22 @@ def why_unreadable(path: Path, exc: BaseException) -> str:
     unsafe = isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower()
     if head == _ZIP_MAGIC:
         if not zipfile.is_zipfile(path):
-            return (f"is truncated ({size} bytes, its zip archive ends before its table of contents): the run that "
-                    "wrote it was interrupted or its disk was full")
+            return (
+                f"is truncated ({size} bytes, its zip archive ends before its table of contents): the run that "
+                "wrote it was interrupted or its disk was full"
+            )
         if unsafe:
-            return ("holds Python objects besides tensors and plain containers, which trustml does not load "
-                    "because unpickling them could run code")
+            return (
+                "holds Python objects besides tensors and plain containers, which trustml does not load "
+                "because unpickling them could run code"
+            )
         return f"is corrupt ({_first_line(exc)})"
     if head[:1] == _PICKLE_PROTOCOL:  # torch's legacy (pre-1.6) format: a pickle stream
         if unsafe and not isinstance(exc, EOFError):
-            return ("holds Python objects besides tensors and plain containers (or is corrupt), which trustml does "
-                    "not load because unpickling them could run code")
+            return (
+                "holds Python objects besides tensors and plain containers (or is corrupt), which trustml does "
+                "not load because unpickling them could run code"
+            )
         return f"is truncated or corrupt ({_first_line(exc)})"
     return f"is not a PyTorch checkpoint (it starts with the bytes {head.hex(' ')}, not a zip archive or pickle)"
 
@@ -155,7 +161,6 @@ def load_run_state(path: Path, fingerprint: dict[str, Any], fix: str = OWN_STATE
     if differing:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {fingerprint.get(k)!r}" for k in differing)
         raise CheckpointError(
-            f"{path} was written by a different federated setup ({detail}); resume with the same options, or "
-            f"{fix}"
+            f"{path} was written by a different federated setup ({detail}); resume with the same options, or {fix}"
         )
     return state

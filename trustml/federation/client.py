@@ -88,8 +88,13 @@ class ClientDataModule(TrustDataModule):
     """
 
     def __init__(self, source: TrustDataModule, rows: np.ndarray) -> None:
-        super().__init__(DataOptions(batch_size=source.batch_size, eval_batch_size=source.eval_batch_size,
-                                     split_seed=source.config.split_seed))
+        super().__init__(
+            DataOptions(
+                batch_size=source.batch_size,
+                eval_batch_size=source.eval_batch_size,
+                split_seed=source.config.split_seed,
+            )
+        )
         self.source_splits = source.splits
         self.rows = np.asarray(rows, dtype=np.int64)
         self.label_names = list(source.label_names)
@@ -303,5 +308,10 @@ class ClientTrainer:
             if final is not None:
                 metrics.update({k: float(v) for k, v in final().items() if isinstance(v, int | float | torch.Tensor)})
         delta = self.update_from(global_weights)
-        return ClientUpdate(client=client, num_examples=len(rows), delta=delta, metrics=metrics,
-                            callback_states=[cb.state_dict() for cb in client_callbacks])
+        return ClientUpdate(
+            client=client,
+            num_examples=len(rows),
+            delta=delta,
+            metrics=metrics,
+            callback_states=[cb.state_dict() for cb in client_callbacks],
+        )

@@ -66,8 +66,9 @@ def _entries(model: nn.Module, layout: FlatLayout) -> list[Tensor]:
 def get_flat(model: nn.Module, layout: FlatLayout) -> Tensor:
     """The model's float state as one detached ``float32`` CPU vector (a copy)."""
     pieces = [t.detach().reshape(-1) for t in _entries(model, layout)]
-    return torch.cat([p if p.dtype == torch.float32 and p.device.type == "cpu" else p.to("cpu", torch.float32)
-                      for p in pieces])
+    return torch.cat(
+        [p if p.dtype == torch.float32 and p.device.type == "cpu" else p.to("cpu", torch.float32) for p in pieces]
+    )
 
 
 def _check_size(flat: Tensor, size: int) -> None:
@@ -98,8 +99,9 @@ class FlatBinding:
         self.vector = vector
         # the registry (``_parameters`` or ``_buffers``) holding each entry: a plain dict lookup per check, and
         # assigning a new parameter or buffer to the module replaces the registry's entry, which intact() sees
-        self.slots = [(module._parameters if leaf in module._parameters else module._buffers, leaf)
-                      for module, leaf in owners]
+        self.slots = [
+            (module._parameters if leaf in module._parameters else module._buffers, leaf) for module, leaf in owners
+        ]
         self.addresses = [registry[leaf].data_ptr() for registry, leaf in self.slots]
 
     @classmethod

@@ -119,11 +119,13 @@ def build_client_app(trainer: ClientTrainer, population: ClientPopulation) -> An
         update = trainer.train(client, rows, weights, states_of(msg.content))
         metrics = {"num_examples": update.num_examples, **update.metrics}
         return Message(
-            RecordDict({
-                "update": ArrayRecord([update.delta.numpy()]),
-                "metrics": MetricRecord(metrics),
-                STATE_RECORD: state_record(update.callback_states),
-            }),
+            RecordDict(
+                {
+                    "update": ArrayRecord([update.delta.numpy()]),
+                    "metrics": MetricRecord(metrics),
+                    STATE_RECORD: state_record(update.callback_states),
+                }
+            ),
             reply_to=msg,
         )
 
@@ -154,9 +156,16 @@ class GridTransport:
         config = ConfigRecord({"round": round_index, "period": period})
         messages = [
             Message(
-                RecordDict({"global": global_record, "config": config,
-                            STATE_RECORD: state_record(self.client_states.get(d, []))}),
-                dst_node_id=self.node_of_client[d], message_type="train", group_id=str(round_index),
+                RecordDict(
+                    {
+                        "global": global_record,
+                        "config": config,
+                        STATE_RECORD: state_record(self.client_states.get(d, [])),
+                    }
+                ),
+                dst_node_id=self.node_of_client[d],
+                message_type="train",
+                group_id=str(round_index),
             )
             for d in clients.tolist()
         ]
@@ -175,12 +184,14 @@ class GridTransport:
             num_examples = int(metrics.pop("num_examples"))
             states = states_of(reply.content)
             self.client_states[client] = states
-            by_client[client] = ClientUpdate(client, num_examples, delta, {k: float(v) for k, v in metrics.items()},
-                                             states)
+            by_client[client] = ClientUpdate(
+                client, num_examples, delta, {k: float(v) for k, v in metrics.items()}, states
+            )
         updates = [by_client[d] for d in clients.tolist() if d in by_client]
         failures += [
             ClientFailure(d, f"no reply within federation.client.timeout_s={self.timeout_s}", timed_out=True)
-            for d in clients.tolist() if d not in answered
+            for d in clients.tolist()
+            if d not in answered
         ]
         return updates, failures
 
@@ -223,9 +234,15 @@ def discover_clients(grid: Any, nodes: list[int], timeout_s: float) -> tuple[dic
     return node_of_client, ordered
 
 
-def build_server_app(make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop], num_clients: int,
-                     timeout_s: float | None, *, resume: bool = True, source: Path | None = None,
-                     startup_timeout_s: float = 120.0) -> Any:
+def build_server_app(
+    make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop],
+    num_clients: int,
+    timeout_s: float | None,
+    *,
+    resume: bool = True,
+    source: Path | None = None,
+    startup_timeout_s: float = 120.0,
+) -> Any:
     """The ServerApp: connect to the clients, then run the round loop over the Grid.
 
     ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
@@ -259,5 +276,6 @@ def run_flower_simulation(server_app: Any, client_app: Any, num_clients: int, nu
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": True},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
-                   backend_config=backend_config)
+    run_simulation(
+        server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config
+    )

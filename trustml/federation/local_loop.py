@@ -54,11 +54,27 @@ from trustml.methods.base import ClassificationMethod
 
 #: LightningModule hooks that change what one training step does; a method overriding one needs Lightning.
 STEP_HOOKS = (
-    "training_step", "optimizer_step", "optimizer_zero_grad", "backward", "on_before_backward", "on_after_backward",
-    "on_before_optimizer_step", "on_before_zero_grad", "configure_gradient_clipping", "lr_scheduler_step",
-    "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
-    "on_train_batch_end", "on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer",
-    "configure_callbacks", "train_dataloader",
+    "training_step",
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "backward",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "configure_gradient_clipping",
+    "lr_scheduler_step",
+    "on_train_start",
+    "on_train_end",
+    "on_train_epoch_start",
+    "on_train_epoch_end",
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_batch_transfer",
+    "transfer_batch_to_device",
+    "on_after_batch_transfer",
+    "configure_callbacks",
+    "train_dataloader",
 )
 #: torch optimizers whose whole state between steps is ``optimizer.state``, created at their first step: one
 #: object with that state cleared and its hyperparameters restored is a fresh one.
@@ -108,8 +124,9 @@ def loop_refusal(method: pl.LightningModule, probe: pl.Trainer, client_callbacks
     if not isinstance(probe.strategy, SingleDeviceStrategy):
         return f"the trainer uses {type(probe.strategy).__name__}, not one device"
     own = {id(cb) for cb in client_callbacks}
-    extra = [type(cb).__name__ for cb in probe.callbacks
-             if id(cb) not in own and not isinstance(cb, Timer | ProximalTerm)]
+    extra = [
+        type(cb).__name__ for cb in probe.callbacks if id(cb) not in own and not isinstance(cb, Timer | ProximalTerm)
+    ]
     if extra:
         return f"the trainer adds callbacks {extra}"
     unready = [type(cb).__name__ for cb in client_callbacks if not runs_in_client_loop(cb)]
@@ -180,9 +197,14 @@ def plain_shuffling(loader: DataLoader) -> bool:
     if known is None:
         batch_sampler, sampler = loader.batch_sampler, loader.sampler
         known = _PLAIN_SHUFFLING[loader] = (
-            loader.num_workers == 0 and type(batch_sampler) is BatchSampler and not batch_sampler.drop_last
-            and batch_sampler.sampler is sampler and type(sampler) is RandomSampler and not sampler.replacement
-            and sampler.num_samples == len(sampler.data_source))
+            loader.num_workers == 0
+            and type(batch_sampler) is BatchSampler
+            and not batch_sampler.drop_last
+            and batch_sampler.sampler is sampler
+            and type(sampler) is RandomSampler
+            and not sampler.replacement
+            and sampler.num_samples == len(sampler.data_source)
+        )
     return known
 
 
@@ -270,8 +292,10 @@ class ClientLoop:
                 group.update(values)
             return optimizer
         optimizer = method.configure_optimizers()
-        if (type(method).configure_optimizers is ClassificationMethod.configure_optimizers
-                and type(optimizer) in REUSABLE_OPTIMIZERS):
+        if (
+            type(method).configure_optimizers is ClassificationMethod.configure_optimizers
+            and type(optimizer) in REUSABLE_OPTIMIZERS
+        ):
             hyperparameters = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
             self.reusable = (method, optimizer, hyperparameters)
         return optimizer
@@ -292,8 +316,14 @@ class ClientLoop:
                     "own per-sample gradients; use federation=fedavg with it, or a non-DP optimizer with fedprox"
                 )
             steps = self.local_steps is not None
-            view = ClientFitView(data, loader, [], max_epochs=-1 if steps else self.local_epochs,
-                                 max_steps=self.local_steps if steps else -1, num_training_batches=len(loader))
+            view = ClientFitView(
+                data,
+                loader,
+                [],
+                max_epochs=-1 if steps else self.local_epochs,
+                max_steps=self.local_steps if steps else -1,
+                num_training_batches=len(loader),
+            )
             hooks = _Hooks(callbacks, view, method)
             hooks("setup", stage="fit")  # as in a Lightning fit: setup, then configure_optimizers, then on_fit_start
             optimizer = self.optimizer_for(method)
@@ -398,4 +428,3 @@ class _Hooks:
     def __call__(self, name: str, *args: Any, **kwargs: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, name)(self.view, self.method, *args, **kwargs)
-

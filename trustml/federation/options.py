@@ -201,8 +201,10 @@ class PrivacyConfig:
             )
         if self.enabled:
             if self.clip_norm is None:
-                raise ConfigError("DP-FedAvg (federation.privacy.noise_multiplier > 0 or target_epsilon) needs "
-                                  "federation.privacy.clip_norm set")
+                raise ConfigError(
+                    "DP-FedAvg (federation.privacy.noise_multiplier > 0 or target_epsilon) needs "
+                    "federation.privacy.clip_norm set"
+                )
             if not 0 < self.delta < 1:
                 raise ConfigError(f"federation.privacy.delta must be in (0, 1), got {self.delta}")
 

@@ -20,8 +20,15 @@ class ClientPopulation:
     ``sizes(t)`` their counts, which is all the server learns about a client's data.
     """
 
-    def __init__(self, partition: Partition, arrivals: Partition, names: list[str] | None, options: PartitionConfig,
-                 labels: np.ndarray, num_classes: int) -> None:
+    def __init__(
+        self,
+        partition: Partition,
+        arrivals: Partition,
+        names: list[str] | None,
+        options: PartitionConfig,
+        labels: np.ndarray,
+        num_classes: int,
+    ) -> None:
         self.partition, self.arrivals, self.names = partition, arrivals, names
         self.num_periods = options.num_periods if options.setting == "continual" else 1
         self.storage_cap = options.storage_cap if options.setting == "continual" else None
@@ -46,9 +53,14 @@ class ClientPopulation:
             )
         rng = np.random.default_rng(options.seed)
         partition, names = make_partition(
-            options.kind, labels, train.groups, num_clients=options.num_clients,
-            dirichlet_alpha=options.dirichlet_alpha, quantity_beta=options.quantity_beta,
-            group_column=options.group_column, rng=rng,
+            options.kind,
+            labels,
+            train.groups,
+            num_clients=options.num_clients,
+            dirichlet_alpha=options.dirichlet_alpha,
+            quantity_beta=options.quantity_beta,
+            group_column=options.group_column,
+            rng=rng,
         )
         arrivals = arrival_order(partition, options.arrival_order, rng)
         return cls(partition, arrivals, names, options, labels, datamodule.num_classes)

@@ -153,9 +153,12 @@ class RoundLoop:
         path = self.state_path if own_state else source
         if path is None:
             return False
-        fix = (OWN_STATE_FIX if own_state else
-               "give ckpt_path the federation/server_state.pt (or the run directory) of a federated run of this same "
-               "configuration, or start over without ckpt_path")
+        fix = (
+            OWN_STATE_FIX
+            if own_state
+            else "give ckpt_path the federation/server_state.pt (or the run directory) of a federated run of this same "
+            "configuration, or start over without ckpt_path"
+        )
         state = load_run_state(path, self.fingerprint, fix)
         self.server.load_state_dict(state["server"])
         self.restore_client_state(state["clients"])
@@ -193,8 +196,9 @@ class RoundLoop:
         for update in updates:
             if update.metrics.get("budget_spent"):
                 self.retired.add(update.client)
-                log.info("round %d: client %d spent its privacy budget and is selected no more", index + 1,
-                         update.client)
+                log.info(
+                    "round %d: client %d spent its privacy budget and is selected no more", index + 1, update.client
+                )
         self.last_failure = failures[-1].reason if failures else "the updates held NaN/inf"
         outcome = self.server.aggregate(selection, updates)
         self.server.round = index + 1
@@ -259,11 +263,16 @@ class RoundLoop:
                     f"the global model was not updated in {failed_in_a_row} rounds in a row (last round: {failure}); "
                     f"fix the cause, or raise federation.server.max_failed_rounds"
                 )
-            log.info("round %d/%d: %s", index + 1, self.rounds,
-                     {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record})
+            log.info(
+                "round %d/%d: %s",
+                index + 1,
+                self.rounds,
+                {k: record[k] for k in ("answered", "aggregated", "test_acc") if k in record},
+            )
             if record.get("all_retired"):
-                log.warning("every client with data has spent its privacy budget; the run ends after round %d",
-                            index + 1)
+                log.warning(
+                    "every client with data has spent its privacy budget; the run ends after round %d", index + 1
+                )
                 break
         self.require_training()
         return self.history

@@ -40,8 +40,16 @@ class RoundOutcome:
 class FederatedServer:
     """Global model and server strategy: FedAvg/FedAdam/FedYogi steps on aggregated client updates."""
 
-    def __init__(self, weights: Tensor, optimizer: ServerOptimizer, *, selection: SelectionConfig,
-                 server: ServerConfig, privacy: PrivacyConfig, seed: int) -> None:
+    def __init__(
+        self,
+        weights: Tensor,
+        optimizer: ServerOptimizer,
+        *,
+        selection: SelectionConfig,
+        server: ServerConfig,
+        privacy: PrivacyConfig,
+        seed: int,
+    ) -> None:
         self.weights = weights.clone()
         self.optimizer = optimizer
         self.selection, self.config, self.privacy = selection, server, privacy
@@ -55,8 +63,12 @@ class FederatedServer:
     def select(self, sizes: np.ndarray) -> RoundSelection:
         """This round's clients and aggregation weights, given every client's current sample count."""
         return select_clients(
-            sizes, self.selection.clients_per_round, self.selection.scheme, self.rng,
-            activity_exponent=self.selection.activity_exponent, weighting=self.selection.weighting,
+            sizes,
+            self.selection.clients_per_round,
+            self.selection.scheme,
+            self.rng,
+            activity_exponent=self.selection.activity_exponent,
+            weighting=self.selection.weighting,
         )
 
     def aggregate(self, selection: RoundSelection, updates: list[ClientUpdate]) -> RoundOutcome:
@@ -75,7 +87,9 @@ class FederatedServer:
         if len(kept) < max(self.config.min_clients, 1):
             log.warning(
                 "round %d: %d usable update(s) < federation.server.min_clients=%d; the global model is unchanged",
-                self.round, len(kept), self.config.min_clients,
+                self.round,
+                len(kept),
+                self.config.min_clients,
             )
             return outcome
         deltas = stacked if len(kept) == len(updates) else stacked[torch.tensor(finite)]

@@ -36,8 +36,7 @@ class InProcessClients:
         failures: list[ClientFailure] = []
         for client in clients.tolist():
             try:
-                update = self.trainer.train(client, windows[client], global_weights,
-                                            self.client_states.get(client, ()))
+                update = self.trainer.train(client, windows[client], global_weights, self.client_states.get(client, ()))
             except ClientTimeout as exc:
                 failures.append(ClientFailure(client, str(exc), timed_out=True))
                 continue

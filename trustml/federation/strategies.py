@@ -97,17 +97,26 @@ def warn_about_population(population: ClientPopulation, selection: SelectionConf
     ``clients_per_round`` (each round then takes every eligible client)."""
     empty = population.empty_clients
     if empty:
-        log.warning("federation: %d of %d clients hold no training data (partition skew) and are never selected; "
-                    "reported as federation/empty_clients", empty, len(population))
+        log.warning(
+            "federation: %d of %d clients hold no training data (partition skew) and are never selected; "
+            "reported as federation/empty_clients",
+            empty,
+            len(population),
+        )
     holders = len(population) - empty
     if holders < selection.clients_per_round:
-        log.warning("federation: only %d clients hold data, fewer than federation.selection.clients_per_round=%d, so "
-                    "each round takes at most %d; reported as federation/clamped_rounds", holders,
-                    selection.clients_per_round, holders)
+        log.warning(
+            "federation: only %d clients hold data, fewer than federation.selection.clients_per_round=%d, so "
+            "each round takes at most %d; reported as federation/clamped_rounds",
+            holders,
+            selection.clients_per_round,
+            holders,
+        )
 
 
-def calibrated_privacy(privacy: PrivacyConfig, rounds: int, clients_per_round: int,
-                       population: ClientPopulation) -> PrivacyConfig:
+def calibrated_privacy(
+    privacy: PrivacyConfig, rounds: int, clients_per_round: int, population: ClientPopulation
+) -> PrivacyConfig:
     """``privacy`` with DP-FedAvg's noise multiplier calibrated for its ``target_epsilon`` over ``rounds`` rounds
     (unchanged without a target)."""
     if privacy.target_epsilon is None:
@@ -115,8 +124,13 @@ def calibrated_privacy(privacy: PrivacyConfig, rounds: int, clients_per_round: i
     eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
     rate = min(clients_per_round, eligible) / max(eligible, 1)
     sigma = calibrate_user_level_noise(privacy.target_epsilon, privacy.delta, rate, rounds)
-    log.info("DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at client rate %.4g",
-             sigma, privacy.target_epsilon, rounds, rate)
+    log.info(
+        "DP-FedAvg noise multiplier %.4f for epsilon %s over %d rounds at client rate %.4g",
+        sigma,
+        privacy.target_epsilon,
+        rounds,
+        rate,
+    )
     return dataclasses.replace(privacy, noise_multiplier=sigma, target_epsilon=None)
 
 
@@ -168,7 +182,10 @@ class FederatedTraining(FederationPlugin):
 
     # --- the run -------------------------------------------------------------------------------------
     def run(
-        self, method: pl.LightningModule, datamodule: TrustDataModule, make_trainer: Callable[..., pl.Trainer],
+        self,
+        method: pl.LightningModule,
+        datamodule: TrustDataModule,
+        make_trainer: Callable[..., pl.Trainer],
         ckpt_path: str | Path | None = None,
     ) -> FitResult:
         """Train ``method`` federatedly (continuing the round checkpoint of ``ckpt_path`` when given); leave the
@@ -183,23 +200,43 @@ class FederatedTraining(FederationPlugin):
             check_per_sample_compatible(method.model)  # else every client fails on its first step
         population = ClientPopulation.from_datamodule(datamodule, partition)
         (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
-        log.info("federation: %d clients, %d rounds of %d clients (%s selection, %s setting)", len(population),
-                 config.rounds, selection.clients_per_round, selection.scheme, partition.setting)
+        log.info(
+            "federation: %d clients, %d rounds of %d clients (%s selection, %s setting)",
+            len(population),
+            config.rounds,
+            selection.clients_per_round,
+            selection.scheme,
+            partition.setting,
+        )
         warn_about_population(population, selection)
 
         clients = ClientTrainer(
-            method, datamodule, make_trainer, client, proximal_mu=self.proximal_mu,
+            method,
+            datamodule,
+            make_trainer,
+            client,
+            proximal_mu=self.proximal_mu,
             callback_templates=client_callback_templates(trainer.callbacks),
             planned_fits=planned_rounds(
-                population.sizes(population.num_periods - 1), config.rounds, selection.clients_per_round,
-                selection.scheme, activity_exponent=selection.activity_exponent, fixed=client.dp_rounds,
+                population.sizes(population.num_periods - 1),
+                config.rounds,
+                selection.clients_per_round,
+                selection.scheme,
+                activity_exponent=selection.activity_exponent,
+                fixed=client.dp_rounds,
             ),
         )
         privacy = calibrated_privacy(config.privacy, config.rounds, selection.clients_per_round, population)
         layout = FlatLayout.of(method.model)
         seed = config.server.seed if config.server.seed is not None else torch.initial_seed()
-        server = FederatedServer(get_flat(method.model, layout), self.make_server_optimizer(), selection=selection,
-                                 server=config.server, privacy=privacy, seed=seed)
+        server = FederatedServer(
+            get_flat(method.model, layout),
+            self.make_server_optimizer(),
+            selection=selection,
+            server=config.server,
+            privacy=privacy,
+            seed=seed,
+        )
         fingerprint = {
             "strategy": type(self).__name__,
             "num_parameters": layout.size,
@@ -218,9 +255,16 @@ class FederatedTraining(FederationPlugin):
 
         def make_loop(transport: Transport, sizes_at: Callable[[int], np.ndarray]) -> RoundLoop:
             return RoundLoop(
-                server=server, rounds=config.rounds, num_periods=population.num_periods, sizes_at=sizes_at,
-                transport=transport, evaluate=evaluate, eval_every=config.server.eval_every, state_dir=state_dir,
-                fingerprint=fingerprint, max_failed_rounds=config.server.max_failed_rounds,
+                server=server,
+                rounds=config.rounds,
+                num_periods=population.num_periods,
+                sizes_at=sizes_at,
+                transport=transport,
+                evaluate=evaluate,
+                eval_every=config.server.eval_every,
+                state_dir=state_dir,
+                fingerprint=fingerprint,
+                max_failed_rounds=config.server.max_failed_rounds,
             )
 
         if runtime.engine == "flower":
@@ -232,10 +276,12 @@ class FederatedTraining(FederationPlugin):
                 loops.append(make_loop(transport, sizes_at))
                 return loops[-1]
 
-            server_app = build_server_app(make_flower_loop, len(population), client.timeout_s,
-                                          resume=runtime.resume, source=source)
-            run_flower_simulation(server_app, build_client_app(clients, population), len(population),
-                                  runtime.flower_num_cpus)
+            server_app = build_server_app(
+                make_flower_loop, len(population), client.timeout_s, resume=runtime.resume, source=source
+            )
+            run_flower_simulation(
+                server_app, build_client_app(clients, population), len(population), runtime.flower_num_cpus
+            )
             if not loops:
                 raise RuntimeError("the Flower ServerApp ended before its first round")
             loops[-1].require_training()  # the ServerApp may have swallowed the loop's own refusal
@@ -249,8 +295,9 @@ class FederatedTraining(FederationPlugin):
 
         set_flat(method.model, layout, server.weights)
         save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
-        summary = summarize(history, clients_per_round=selection.clients_per_round,
-                            empty_clients=population.empty_clients)
+        summary = summarize(
+            history, clients_per_round=selection.clients_per_round, empty_clients=population.empty_clients
+        )
         return FitResult(trainer, summary)
 
 

@@ -13,7 +13,7 @@ from trustml.knobs.context_augmentation import append_context, augmented_encoder
 from trustml.knobs.decoder_mixing import DecoderMixing, MixingCache, mix_logits
 from trustml.knobs.generator import KnobGenerator, KnobSettings
 from trustml.knobs.schedules import StepSchedule
-from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec, SegmentVocabulary
+from trustml.models.segments import SegmentedInputBuilder, SegmentSpec, SegmentVocabulary
 
 __all__ = [
     "AttentionBiasing",

@@ -28,7 +28,6 @@ from trustml.knobs.attention_bias import (
     segment_log_bias,
 )
 from trustml.knobs.schedules import StepSchedule
-from trustml.knobs.segments import SegmentVocabulary, log_bias_value
 from trustml.knobs.sites import (
     AttentionSite,
     attention_implementation,
@@ -36,6 +35,7 @@ from trustml.knobs.sites import (
     decoder_of,
     decoder_query_positions,
 )
+from trustml.models.segments import SegmentVocabulary, log_bias_value
 
 
 def _int_list(values: Sequence[int] | None) -> list[int] | None:

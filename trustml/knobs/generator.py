@@ -19,7 +19,7 @@ from trustml.knobs.attention_knobs import AttentionBiasing, CrossAttentionBias, 
 from trustml.knobs.cache_argument import cache_given
 from trustml.knobs.context_augmentation import POOLINGS, augmented_encoder_inputs, encode_control_phrases
 from trustml.knobs.decoder_mixing import MIXING_SPACES, DecoderMixing
-from trustml.knobs.segments import CONTROL_SEGMENT, SegmentVocabulary
+from trustml.models.segments import CONTROL_SEGMENT, SegmentVocabulary
 
 
 @dataclass

@@ -115,8 +115,11 @@ class LQFConfig:
 
 def parameter_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
     """Leaf modules that own parameters, in registration order: the *layers* ``linearize`` counts."""
-    return [(name, m) for name, m in network.named_modules()
-            if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    return [
+        (name, m)
+        for name, m in network.named_modules()
+        if not list(m.children()) and any(True for _ in m.parameters(recurse=False))
+    ]
 
 
 def select_layers(network: nn.Module, linearize: str, k: int = 1) -> list[str]:
@@ -146,7 +149,7 @@ def swap_activations(network: nn.Module, first_layer: str, slope: float) -> list
     names = [name for name, _ in network.named_modules()]
     start = names.index(first_layer)
     swapped = []
-    for name, module in list(network.named_modules())[start + 1:]:
+    for name, module in list(network.named_modules())[start + 1 :]:
         is_gelu_like = type(module).__name__ in ("GELUActivation", "NewGELUActivation", "FastGELUActivation")
         if isinstance(module, SWAPPABLE) or is_gelu_like:
             *parent_path, leaf = name.split(".")
@@ -237,10 +240,17 @@ class LinearQuadraticFineTuning(ClassificationMethod):
             modules = dict(model.named_modules())
             check_covered({name: modules[name] for name in layers})
         swapped = swap_activations(model, layers[0], config.leaky_relu_slope)
-        log.info("lqf: linearized layers %s; activations swapped to LeakyReLU(%s): %s", layers,
-                 config.leaky_relu_slope, swapped or "none")
-        names = [f"{layer}.{p}" if layer else p for layer in layers
-                 for p, _ in model.get_submodule(layer).named_parameters(recurse=False)]
+        log.info(
+            "lqf: linearized layers %s; activations swapped to LeakyReLU(%s): %s",
+            layers,
+            config.leaky_relu_slope,
+            swapped or "none",
+        )
+        names = [
+            f"{layer}.{p}" if layer else p
+            for layer in layers
+            for p, _ in model.get_submodule(layer).named_parameters(recurse=False)
+        ]
         super().__init__(config, model=LinearizedNetwork(model, names), optimizer=optimizer, num_classes=num_classes)
         self.linearized, self.swapped = layers, swapped
         self.loss_kind, self.target_scale = config.loss, config.target_scale

@@ -78,7 +78,10 @@ class PositiveCongruentTraining(ClassificationMethod):
         self.old_checkpoint = config.old_checkpoint
         self.objective = config.objective
         self.distance = logit_distance(
-            config.distance, temperature=config.temperature, top_k=config.ldi_top_k, margin=config.ldi_margin,
+            config.distance,
+            temperature=config.temperature,
+            top_k=config.ldi_top_k,
+            margin=config.ldi_margin,
             power=config.ldi_power,
         )
         self.weight, self.alpha, self.beta = config.weight, config.alpha, config.beta

@@ -4,7 +4,7 @@ The network is ``AutoModelForSeq2SeqLM`` loaded from a name or local path (a ``s
 with random weights from ``random_init_config`` (``{model_type: bart, d_model: 16, ...}``; vocabulary size and
 special-token ids are filled from the tokenizer) for tests and smoke runs. The wrapper tokenizes
 :class:`~trustml.data.topical_chat_grounded.Seq2SeqExample` batches: sources through a
-:class:`~trustml.knobs.segments.SegmentedInputBuilder` (:func:`topical_chat_input_builder`, so knob A can address
+:class:`~trustml.models.segments.SegmentedInputBuilder` (:func:`topical_chat_input_builder`, so knob A can address
 ``knowledge`` and ``history``), targets as labels with ``-100`` at padding.
 """
 
@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND, Seq2SeqExample
 from trustml.errors import ConfigError
 from trustml.models.hf_encoder import OFFLINE_MINILM, resolve_pretrained
+from trustml.models.segments import SegmentedInputBuilder, SegmentSpec, SegmentVocabulary
 from trustml.plugin import ModelPlugin
 from trustml.registry import register
-
-if TYPE_CHECKING:
-    from trustml.knobs.segments import SegmentedInputBuilder, SegmentVocabulary
 
 IGNORE_INDEX = -100
 
@@ -33,8 +31,6 @@ def topical_chat_input_builder(
 ) -> SegmentedInputBuilder:
     """Encoder inputs ``knowledge: ... history: ...`` with segment ids; knowledge keeps its first
     ``knowledge_tokens`` tokens, history its last ``history_tokens`` (the most recent turns)."""
-    from trustml.knobs.segments import SegmentedInputBuilder, SegmentSpec  # trustml.knobs imports transformers
-
     return SegmentedInputBuilder(
         tokenizer,
         [
@@ -182,7 +178,7 @@ class HFSeq2SeqModel(ModelPlugin, nn.Module):
 
     @property
     def vocabulary(self) -> SegmentVocabulary:
-        """The :class:`~trustml.knobs.segments.SegmentVocabulary` naming the source segments."""
+        """The :class:`~trustml.models.segments.SegmentVocabulary` naming the source segments."""
         return self.builder.vocabulary
 
     def encode_sources(self, examples: Sequence[Seq2SeqExample]) -> dict[str, Tensor]:

@@ -75,7 +75,11 @@ def spent_epsilon(accountant: IAccountant, delta: float) -> float:
 
 
 def epsilon_after(
-    history: list[tuple[float, float, int]], noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+    history: list[tuple[float, float, int]],
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
     accountant: str,
 ) -> float:
     """epsilon at ``delta`` after ``history`` and ``steps`` more steps at ``(noise_multiplier, sample_rate)``."""
@@ -91,7 +95,10 @@ def calibrate_noise_multiplier(
     try:
         return float(
             get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
                 accountant=accountant,
             )
         )
@@ -104,20 +111,29 @@ def calibrate_noise_multiplier(
 
 
 def steps_within_budget(
-    history: list[tuple[float, float, int]], noise_multiplier: float, sample_rate: float, delta: float,
-    budget: float, accountant: str,
+    history: list[tuple[float, float, int]],
+    noise_multiplier: float,
+    sample_rate: float,
+    delta: float,
+    budget: float,
+    accountant: str,
 ) -> int:
     """Largest ``k`` such that ``history`` plus ``k`` steps at ``(noise_multiplier, sample_rate)`` keeps
     epsilon at most ``budget`` (at most :data:`MAX_STEPS`)."""
     entries = tuple((float(s), float(q), int(k)) for s, q, k in history)
-    return _steps_within_budget(entries, float(noise_multiplier), float(sample_rate), float(delta), float(budget),
-                                accountant)
+    return _steps_within_budget(
+        entries, float(noise_multiplier), float(sample_rate), float(delta), float(budget), accountant
+    )
 
 
 @lru_cache(maxsize=4096)
 def _steps_within_budget(
-    history: tuple[tuple[float, float, int], ...], noise_multiplier: float, sample_rate: float, delta: float,
-    budget: float, accountant: str,
+    history: tuple[tuple[float, float, int], ...],
+    noise_multiplier: float,
+    sample_rate: float,
+    delta: float,
+    budget: float,
+    accountant: str,
 ) -> int:
     def fits(k: int) -> bool:
         return epsilon_after(list(history), noise_multiplier, sample_rate, k, delta, accountant) <= budget

@@ -71,7 +71,9 @@ def _loader_sampling(trainer: Any) -> tuple[int, float]:
         )
     log.warning(
         "DP training data is not Poisson-sampled; epsilon assumes Poisson sampling with rate batch_size/N = %d/%d. "
-        "Use trustml.privacy.PoissonBatchSampler for the guarantee to hold.", batch, num_samples,
+        "Use trustml.privacy.PoissonBatchSampler for the guarantee to hold.",
+        batch,
+        num_samples,
     )
     return num_samples, min(1.0, batch / num_samples)
 

@@ -104,8 +104,13 @@ class PrivateFit:
             self.delta = default_delta(options.delta, sampling.num_samples)
             sigma = plan_noise(options, sampling, self.delta)
             self.accountant = GaussianAccountant(sigma, self.delta, options.accountant)
-            log.info("DP noise multiplier %.4f (sampling rate %.4g, delta %.3g, %d planned steps)",
-                     sigma, sampling.sample_rate, self.delta, sampling.planned_steps)
+            log.info(
+                "DP noise multiplier %.4f (sampling rate %.4g, delta %.3g, %d planned steps)",
+                sigma,
+                sampling.sample_rate,
+                self.delta,
+                sampling.planned_steps,
+            )
         self.steps_left: int | None = None
         if self.target_epsilon is not None:
             self.steps_left = self.accountant.steps_within(self.target_epsilon, sampling.sample_rate)
@@ -147,8 +152,11 @@ class PrivateFit:
         if self.steps_left is not None:
             self.steps_left -= new_steps
             if self.budget_spent:
-                log.info("privacy budget epsilon=%s spent after %d steps; stopping", self.target_epsilon,
-                         self.accountant.steps())
+                log.info(
+                    "privacy budget epsilon=%s spent after %d steps; stopping",
+                    self.target_epsilon,
+                    self.accountant.steps(),
+                )
                 optimizer.budget_spent = True  # type: ignore[attr-defined]
 
     def epsilon(self) -> float:

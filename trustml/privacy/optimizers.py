@@ -102,9 +102,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
         return self.plan.noise_multiplier if self.plan is not None else self.options.noise_multiplier
 
     # --- the private step ----------------------------------------------------------------------------
-    def private_gradients(
-        self, model: nn.Module, sample_losses: SampleLossFn, batch: Batch
-    ) -> tuple[Tensor, Tensor]:
+    def private_gradients(self, model: nn.Module, sample_losses: SampleLossFn, batch: Batch) -> tuple[Tensor, Tensor]:
         """Noisy mean of clipped per-sample gradients of ``batch`` (in physical chunks) into each ``.grad``.
 
         ``g = (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the plan's expected batch size (never the
@@ -193,7 +191,11 @@ class DPSGDOptimizer(DPOptimizer, torch.optim.SGD):
 
     def __init__(self, params: Params, options: DPSGDConfig, plan: NoisePlan | None = None) -> None:
         torch.optim.SGD.__init__(
-            self, params, lr=options.lr, momentum=options.momentum, nesterov=options.nesterov,
+            self,
+            params,
+            lr=options.lr,
+            momentum=options.momentum,
+            nesterov=options.nesterov,
             weight_decay=options.weight_decay,
         )
         self._init_privacy(options, plan)
@@ -204,7 +206,11 @@ class DPAdamOptimizer(DPOptimizer, torch.optim.Adam):
 
     def __init__(self, params: Params, options: DPAdamConfig, plan: NoisePlan | None = None) -> None:
         torch.optim.Adam.__init__(
-            self, params, lr=options.lr, betas=(options.beta1, options.beta2), eps=options.eps,
+            self,
+            params,
+            lr=options.lr,
+            betas=(options.beta1, options.beta2),
+            eps=options.eps,
             weight_decay=options.weight_decay,
         )
         self._init_privacy(options, plan)

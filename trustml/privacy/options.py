@@ -68,9 +68,7 @@ class DPOptimizerConfig:
         if delta is not None and not 0.0 < delta < 1.0:
             raise ConfigError(f"optimizer.delta must be in (0, 1) and below 1/N, got {delta}")
         if self.max_grad_norm <= 0:
-            raise ConfigError(
-                f"optimizer.max_grad_norm (clipping bound C) must be positive, got {self.max_grad_norm}"
-            )
+            raise ConfigError(f"optimizer.max_grad_norm (clipping bound C) must be positive, got {self.max_grad_norm}")
         if self.clipping not in CLIPPING_MODES:
             raise ConfigError(f"optimizer.clipping must be one of {CLIPPING_MODES}, got {self.clipping!r}")
         if self.accountant not in ACCOUNTANTS:
@@ -81,9 +79,7 @@ class DPOptimizerConfig:
                 f"{self.per_sample_gradients!r}"
             )
         if self.max_physical_batch_size is not None and self.max_physical_batch_size <= 0:
-            raise ConfigError(
-                f"optimizer.max_physical_batch_size must be positive, got {self.max_physical_batch_size}"
-            )
+            raise ConfigError(f"optimizer.max_physical_batch_size must be positive, got {self.max_physical_batch_size}")
 
 
 @dataclass

@@ -54,23 +54,25 @@ class DPOptimizerPlugin(OptimizerPlugin):
         """The torch DP optimizer of ``params`` with this plugin's options and ``plan``."""
         raise NotImplementedError
 
-    @classmethod
-    def runtime_callbacks(cls, cfg: DictConfig, datamodule: Any) -> list[Any]:
-        """Poisson-sample the training batches and add the privacy accountant.
+    def training_data(self, datamodule: Any, seed: int) -> Any:
+        """A view of ``datamodule`` whose training batches are Poisson-sampled (``datamodule`` is left as it is).
 
-        A data module with a ``train_batch_sampler_factory`` slot (``TrustDataModule``) gets
-        :class:`~trustml.privacy.sampling.PoissonBatchSampler` (expected batch size ``data.batch_size``; secret
-        seeds from OS entropy, or seeds drawn from ``cfg.seed`` with ``optimizer.deterministic=true``); the
-        accountant (noise plan, per-epoch epsilon, budget stop, checkpointed state) plans for its rate.
+        A data module with ``with_train_batch_sampler`` (``TrustDataModule``) gets
+        :class:`~trustml.privacy.sampling.PoissonBatchSampler` batches (expected batch size ``data.batch_size``):
+        secret seeds from OS entropy, or seeds drawn from the run ``seed`` with ``optimizer.deterministic=true``.
         """
-        from trustml.privacy.callback import PrivacyAccountantCallback
         from trustml.privacy.sampling import PoissonSamplerFactory
 
-        if hasattr(datamodule, "train_batch_sampler_factory"):
-            seed = None
-            if cfg.optimizer.get("deterministic", False):
-                seed = int(cfg.seed) if cfg.get("seed") is not None else 0
-            datamodule.train_batch_sampler_factory = PoissonSamplerFactory(seed)
+        if not hasattr(datamodule, "with_train_batch_sampler"):
+            return datamodule
+        return datamodule.with_train_batch_sampler(PoissonSamplerFactory(seed if self.config.deterministic else None))
+
+    @classmethod
+    def runtime_callbacks(cls, cfg: DictConfig, datamodule: Any) -> list[Any]:
+        """The privacy accountant (noise plan, per-epoch epsilon, budget stop, checkpointed state), which plans
+        for the sampling rate of the training data :meth:`training_data` gave."""
+        from trustml.privacy.callback import PrivacyAccountantCallback
+
         return [PrivacyAccountantCallback()]
 
 

@@ -151,8 +151,11 @@ def parse_annotated(
             continue
         if ch == "[":
             if open_at is not None:
-                raise where.error(i, f"nested '[' inside the slot value opened at column {where.column + open_at}; "
-                                     "close the first value with ']' (write '\\[' for a literal bracket)")
+                raise where.error(
+                    i,
+                    f"nested '[' inside the slot value opened at column {where.column + open_at}; "
+                    "close the first value with ']' (write '\\[' for a literal bracket)",
+                )
             open_at, value_start = i, len("".join(text))
             i += 1
             continue
@@ -193,7 +196,7 @@ def _parse_label(
         try:
             obj = json.loads(annotated[i : close + 1])
         except json.JSONDecodeError as exc:
-            raise where.error(i, f"invalid entity object after ']': {exc.msg}; write {{\"entity\": \"slot\"}}") from exc
+            raise where.error(i, f'invalid entity object after \']\': {exc.msg}; write {{"entity": "slot"}}') from exc
         entity = obj.get("entity", "") if isinstance(obj, dict) else ""
         _check_slot_name(str(entity), where, i)
         return close + 1, str(entity), None
@@ -209,8 +212,9 @@ def _parse_label(
         _check_slot_name(catalog, where, i + 2 + len(slot), what="catalog name")
         if catalogs is not None and catalog not in catalogs:
             known = ", ".join(sorted(catalogs)) or "none loaded"
-            raise where.error(i + 2 + len(slot), f"unknown catalog '{catalog}' (known: {known}); "
-                                                 "add a catalog file or fix the name")
+            raise where.error(
+                i + 2 + len(slot), f"unknown catalog '{catalog}' (known: {known}); add a catalog file or fix the name"
+            )
     return close + 1, slot, catalog or None
 
 

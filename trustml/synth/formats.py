@@ -54,8 +54,13 @@ def load_utterances(
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    readers = {".txt": read_text_format, ".md": read_text_format, ".yaml": read_yaml, ".yml": read_yaml,
-               ".jsonl": read_jsonl}
+    readers = {
+        ".txt": read_text_format,
+        ".md": read_text_format,
+        ".yaml": read_yaml,
+        ".yml": read_yaml,
+        ".jsonl": read_jsonl,
+    }
     if suffix == ".json":
         return read_snips_json(path, encoding=encoding)
     if suffix not in readers:
@@ -81,8 +86,9 @@ def read_text_format(
         if stripped.startswith("- "):
             stripped, column = stripped[2:], column + 2
         if intent is None:
-            raise AnnotationError(str(path), number, column, "utterance before any intent header; "
-                                                             "add a line '## IntentName' above it")
+            raise AnnotationError(
+                str(path), number, column, "utterance before any intent header; add a line '## IntentName' above it"
+            )
         out.append(parse_annotated(stripped, intent, where=Location(str(path), number, column), catalogs=catalogs))
     return out
 
@@ -104,8 +110,9 @@ def read_yaml(path: str | Path, *, catalogs: Collection[str] | None = None, enco
     out: list[Utterance] = []
     for key, items in root.value:
         if not isinstance(items, yaml.SequenceNode):
-            raise DataError(f"{path}:{items.start_mark.line + 1}: intent '{key.value}' must map to a list of "
-                            "annotated utterances")
+            raise DataError(
+                f"{path}:{items.start_mark.line + 1}: intent '{key.value}' must map to a list of annotated utterances"
+            )
         for item in items.value:
             if not isinstance(item, yaml.ScalarNode):
                 raise DataError(f"{path}:{item.start_mark.line + 1}: expected an annotated utterance string")
@@ -131,8 +138,10 @@ def _read_rasa_nodes(
             continue  # synonyms, regexes and lookup tables carry no utterances
         examples = fields.get("examples")
         if not isinstance(examples, yaml.ScalarNode):
-            raise DataError(f"{path}:{item.start_mark.line + 1}: intent '{fields['intent'].value}' needs an "
-                            "'examples: |' block of '- utterance' lines")
+            raise DataError(
+                f"{path}:{item.start_mark.line + 1}: intent '{fields['intent'].value}' needs an "
+                "'examples: |' block of '- utterance' lines"
+            )
         first = examples.start_mark.line + (1 if examples.style == "|" else 0)
         for offset, example in enumerate(examples.value.split("\n")):
             body = example.strip()
@@ -164,8 +173,11 @@ def read_jsonl(path: str | Path, *, catalogs: Collection[str] | None = None, enc
             out.append(_utterance_from_spans(obj, path, number))
         else:
             column = line.find('"text"') + 1
-            out.append(parse_annotated(obj["text"], obj["intent"], where=Location(str(path), number, max(column, 1)),
-                                       catalogs=catalogs))
+            out.append(
+                parse_annotated(
+                    obj["text"], obj["intent"], where=Location(str(path), number, max(column, 1)), catalogs=catalogs
+                )
+            )
     return out
 
 
@@ -180,8 +192,10 @@ def _utterance_from_spans(obj: dict[str, Any], path: str | Path, number: int) ->
         if not 0 <= start < end <= len(text) or not slot:
             raise DataError(f"{path}:{number}: span {start}..{end} ('{slot}') lies outside the text or is empty")
         if "value" in span and text[start:end] != span["value"]:
-            raise DataError(f"{path}:{number}: span {start}..{end} is '{text[start:end]}' but its value says "
-                            f"'{span['value']}'; fix the offsets")
+            raise DataError(
+                f"{path}:{number}: span {start}..{end} is '{text[start:end]}' but its value says "
+                f"'{span['value']}'; fix the offsets"
+            )
         spans.append(SlotSpan(start, end, slot, span.get("catalog")))
     spans.sort(key=lambda s: s.start)
     for a, b in zip(spans, spans[1:], strict=False):
@@ -197,7 +211,7 @@ def read_snips_json(path: str | Path, *, encoding: str = "auto") -> list[Utteran
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") from exc
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected the SNIPS format {{\"Intent\": [{{\"data\": [...]}}]}}")
+        raise DataError(f'{path}: expected the SNIPS format {{"Intent": [{{"data": [...]}}]}}')
     out: list[Utterance] = []
     for intent, items in obj.items():
         for k, item in enumerate(items):

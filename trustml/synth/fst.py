@@ -68,8 +68,9 @@ class IntentFst:
         built: dict[Symbol, pynini.Fst] = {}
         for slot in grammar.slot_values:
             probs = grammar.slot_probabilities(slot)
-            built[SlotRef(slot)] = _single_arc_union([(table.id(Label(v, slot)), -math.log(p))
-                                                      for v, p in probs.items()])
+            built[SlotRef(slot)] = _single_arc_union(
+                [(table.id(Label(v, slot)), -math.log(p)) for v, p in probs.items()]
+            )
         for nt in grammar.topological_order():
             alternatives = []
             for rhs, p in grammar.probabilities(nt).items():
@@ -96,8 +97,9 @@ class IntentFst:
     def utterance(self, labels: Sequence[int]) -> Utterance:
         """The annotated utterance a label sequence spells."""
         if len(self._spelling) < len(self.table.labels):
-            self._spelling = [(lab.text, lab.slot, lab.slot is None and is_glued(lab.text))
-                              for lab in self.table.labels]
+            self._spelling = [
+                (lab.text, lab.slot, lab.slot is None and is_glued(lab.text)) for lab in self.table.labels
+            ]
         parts: list[str] = []
         spans: list[SlotSpan] = []
         length = 0

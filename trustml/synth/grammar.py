@@ -164,8 +164,9 @@ class Grammar:
                 rules: Rules = {}
                 for r in g["rules"]:
                     rules.setdefault(Nonterminal(r["lhs"]), {})[tuple(_sym_from_json(s) for s in r["rhs"])] = r["count"]
-                intents[name] = IntentGrammar(name, Nonterminal(g["start"]), rules, g["slot_values"],
-                                              g.get("catalog_extensions", {}))
+                intents[name] = IntentGrammar(
+                    name, Nonterminal(g["start"]), rules, g["slot_values"], g.get("catalog_extensions", {})
+                )
         except (KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{source}: not a grammar written by trustml-synth ({exc!r})") from exc
         return cls(intents)
@@ -219,8 +220,11 @@ class _Renderer:
                     if isinstance(s, Nonterminal):
                         uses[s] = uses.get(s, 0) + 1
         self.words = {nt: rhs[0] for nt, rs in grammar.rules.items() if len(rs) == 1 for rhs in rs if _is_word(rhs)}
-        self.named = [nt for nt in grammar.topological_order()[::-1]
-                      if nt != grammar.start and nt not in self.words and uses.get(nt, 0) > 1]
+        self.named = [
+            nt
+            for nt in grammar.topological_order()[::-1]
+            if nt != grammar.start and nt not in self.words and uses.get(nt, 0) > 1
+        ]
         self.names = {nt: f"<n{k}>" for k, nt in enumerate(self.named, start=1)}
 
     def render(self) -> str:

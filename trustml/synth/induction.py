@@ -66,8 +66,9 @@ class InductionConfig:
         if self.prior_weight < 0:
             raise ConfigError(f"induction.prior_weight must be >= 0, got {self.prior_weight}")
         if self.beam_width < 1 or self.max_chunk < 2 or self.chunk_candidates < 0 or self.max_steps < 0:
-            raise ConfigError("induction needs beam_width >= 1, max_chunk >= 2, chunk_candidates >= 0, "
-                              f"max_steps >= 0 (got {self})")
+            raise ConfigError(
+                f"induction needs beam_width >= 1, max_chunk >= 2, chunk_candidates >= 0, max_steps >= 0 (got {self})"
+            )
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ class _Inducer:
     def score(self, state: _State) -> float:
         """``log P(D|M) - lambda * DL(M)``."""
         return state.total_ll - self.config.prior_weight * state.total_units * math.log(
-            self.fixed_symbols + len(state.rules))
+            self.fixed_symbols + len(state.rules)
+        )
 
     def description_length(self, state: _State) -> float:
         return state.total_units * math.log(self.fixed_symbols + len(state.rules))
@@ -382,8 +384,9 @@ class _Inducer:
                 return SlotRef(self.names[s])
             return names[s]
 
-        rules: Rules = {names[lhs]: {tuple(symbol(s) for s in rhs): c for rhs, c in rs.items()}
-                        for lhs, rs in state.rules.items()}
+        rules: Rules = {
+            names[lhs]: {tuple(symbol(s) for s in rhs): c for rhs, c in rs.items()} for lhs, rs in state.rules.items()
+        }
         slot_values = {slot: dict(values) for slot, values in sorted(self.slot_values.items())}
         return IntentGrammar(intent, names[self.start], rules, slot_values)
 
@@ -453,6 +456,15 @@ def induce_grammar(
         start_score = inducer.score(inducer.state)
         final = inducer.run()
         intents[intent] = inducer.to_grammar(intent, final)
-        traces.append(InductionTrace(intent, final.merges, final.chunks, start_score, inducer.score(final),
-                                     final.total_ll, inducer.description_length(final)))
+        traces.append(
+            InductionTrace(
+                intent,
+                final.merges,
+                final.chunks,
+                start_score,
+                inducer.score(final),
+                final.total_ll,
+                inducer.description_length(final),
+            )
+        )
     return Grammar(intents), traces

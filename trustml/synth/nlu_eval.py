@@ -59,8 +59,9 @@ class Labels:
 def tokenize(tokenizer: PreTrainedTokenizerBase, utterances: Sequence[Utterance], max_length: int) -> dict[str, Tensor]:
     """Sub-word ids of the utterances' words, with ``word_index`` = the word a position starts (else -1)."""
     words = [[t for t, _, _ in u.tokens()] for u in utterances]
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True,
-                    return_tensors="pt")
+    enc = tokenizer(
+        words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
     word_index = torch.full(enc["input_ids"].shape, -1, dtype=torch.long)
     for row in range(len(utterances)):
         previous = None
@@ -86,8 +87,9 @@ def word_states(hidden: Tensor, word_index: Tensor) -> tuple[Tensor, Tensor]:
 class IntentSlotHeads(nn.Module):
     """Intent logits from the pooled state; BIO tag logits from a bidirectional GRU over word states."""
 
-    def __init__(self, hidden_size: int, num_intents: int, num_tags: int, tagger_size: int = 128,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden_size: int, num_intents: int, num_tags: int, tagger_size: int = 128, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.intent = nn.Linear(hidden_size, num_intents)
@@ -97,8 +99,7 @@ class IntentSlotHeads(nn.Module):
     def forward(self, words: Tensor, word_mask: Tensor, pooled: Tensor) -> tuple[Tensor, Tensor]:
         """``(intent logits [B, I], tag logits [B, W, K])``."""
         lengths = word_mask.sum(1).clamp_min(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(words), lengths, batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(words), lengths, batch_first=True, enforce_sorted=False)
         states, _ = self.tagger(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=words.shape[1])
         return self.intent(self.dropout(pooled)), self.tags(self.dropout(states))
@@ -120,8 +121,11 @@ class JointIntentSlotModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits for a batch of sub-word ids (or of precomputed ``words``/``word_mask``/``pooled``)."""
-        feats = batch if "words" in batch else self.features(batch["input_ids"], batch["attention_mask"],
-                                                             batch["word_index"])
+        feats = (
+            batch
+            if "words" in batch
+            else self.features(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+        )
         return self.heads(feats["words"], feats["word_mask"], feats["pooled"])
 
 
@@ -171,8 +175,9 @@ def load_encoder(config: NluTrainingConfig) -> tuple[nn.Module, PreTrainedTokeni
 class FeatureCache:
     """Frozen-encoder features per distinct word sequence, computed once (no gradients)."""
 
-    def __init__(self, model: JointIntentSlotModel, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 batch_size: int = 64) -> None:
+    def __init__(
+        self, model: JointIntentSlotModel, tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int = 64
+    ) -> None:
         self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
         self.store: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
 
@@ -199,8 +204,7 @@ class JointNluModule(pl.LightningModule):
     """Trains a :class:`JointIntentSlotModel` on :func:`joint_loss` with AdamW and a linear warm-up/decay
     schedule over ``steps``; only the heads when ``freeze_encoder``."""
 
-    def __init__(self, model: JointIntentSlotModel, lr: float, steps: int, warmup: float,
-                 freeze_encoder: bool) -> None:
+    def __init__(self, model: JointIntentSlotModel, lr: float, steps: int, warmup: float, freeze_encoder: bool) -> None:
         super().__init__()
         self.model, self.lr, self.steps, self.warmup, self.freeze_encoder = model, lr, steps, warmup, freeze_encoder
 
@@ -245,8 +249,12 @@ class NluModel:
         return tokenize(self.tokenizer, utterances, self.config.max_length)
 
 
-def train(train_set: Sequence[Utterance], config: NluTrainingConfig, labels: Labels | None = None,
-          cache: FeatureCache | None = None) -> NluModel:
+def train(
+    train_set: Sequence[Utterance],
+    config: NluTrainingConfig,
+    labels: Labels | None = None,
+    cache: FeatureCache | None = None,
+) -> NluModel:
     """Train the joint model on ``train_set`` for ``config.steps`` steps (reshuffled each epoch).
 
     A ``cache`` from an earlier frozen-encoder run is reused (its encoder must match ``config``).
@@ -259,8 +267,9 @@ def train(train_set: Sequence[Utterance], config: NluTrainingConfig, labels: Lab
         encoder, tokenizer = cache.model.encoder, cache.tokenizer
     else:
         encoder, tokenizer = load_encoder(config)
-    heads = IntentSlotHeads(encoder.config.hidden_size, len(labels.intents), len(labels.tags), config.tagger_size,
-                            config.dropout)
+    heads = IntentSlotHeads(
+        encoder.config.hidden_size, len(labels.intents), len(labels.tags), config.tagger_size, config.dropout
+    )
     model = JointIntentSlotModel(encoder, heads)
     if config.freeze_encoder:
         encoder.requires_grad_(False)
@@ -270,14 +279,22 @@ def train(train_set: Sequence[Utterance], config: NluTrainingConfig, labels: Lab
     tensors = nlu.inputs(train_set)
     intents, tags = labels.targets(train_set, max(len(u.tokens()) for u in train_set))
     tensors = {**tensors, "intent": intents, "tags": tags}
-    loader = DataLoader(_Rows(tensors), batch_size=config.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(
+        _Rows(tensors), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(config.seed)
+    )
     model.train()
     if config.freeze_encoder:
         encoder.eval()
     module = JointNluModule(model, config.lr, config.steps, config.warmup, config.freeze_encoder)
-    trainer = pl.Trainer(max_steps=config.steps, accelerator=config.accelerator, devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=config.steps,
+        accelerator=config.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, loader)
     model.cpu().eval()
     return nlu

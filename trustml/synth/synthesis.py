@@ -49,8 +49,9 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         if self.allocation not in ALLOCATION_STRATEGIES:
-            raise ConfigError(f"allocation.strategy must be one of {', '.join(ALLOCATION_STRATEGIES)}, "
-                              f"got '{self.allocation}'")
+            raise ConfigError(
+                f"allocation.strategy must be one of {', '.join(ALLOCATION_STRATEGIES)}, got '{self.allocation}'"
+            )
         if self.budget_per_intent < 0 or self.allocation_floor < 0 or self.catalog_weight <= 0:
             raise ConfigError("budget_per_intent and allocation.floor must be >= 0 and catalog_weight > 0")
         if self.catalog_match not in CATALOG_MATCHES:
@@ -111,8 +112,11 @@ def synthesize(golden: Sequence[Utterance], catalogs: Catalogs, config: Synthesi
 
     resampling_report: dict[str, Any] = {"enabled": config.resampling}
     if config.resampling:
-        policy = swap_policy(grammar_value_sets(grammar, config.resampling_by_intent), config.resampling_threshold,
-                             config.resampling_by_intent)
+        policy = swap_policy(
+            grammar_value_sets(grammar, config.resampling_by_intent),
+            config.resampling_threshold,
+            config.resampling_by_intent,
+        )
         generated, swap_report = swap_values(generated, policy, config.seed)
         resampling_report.update(swap_report)
 

@@ -63,8 +63,15 @@ def plot_roc(curves: Mapping[str, RocCurve], path: str | Path, title: str = "Mem
     for name, (fpr, tpr) in curves.items():
         ax.plot(np.clip(fpr, floor, 1), np.clip(tpr, floor, 1), label=name)
     ax.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
-    ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), xlabel="false-positive rate",
-           ylabel="true-positive rate", title=title)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(floor, 1),
+        ylim=(floor, 1),
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        title=title,
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -149,7 +149,11 @@ def checkpoint_position(run_dir: Path, checkpoint: str) -> dict[str, int | None]
         log.warning(
             "%s holds epoch %d but %s trained to epoch %d: it is not the end of training (Lightning >= 2.6 writes "
             "last.ckpt only with a new best checkpoint when save_top_k=1); the audit attacks epoch %d's weights",
-            path, epoch, run_dir, last_epoch, epoch,
+            path,
+            epoch,
+            run_dir,
+            last_epoch,
+            epoch,
         )
     return {
         "checkpoint_epoch": None if epoch is None else int(epoch),
