@@ -31,7 +31,8 @@ def test_batch_loss_is_the_mean_of_the_sample_losses_in_value_and_gradient() -> 
     batch = {"x": torch.randn(7, 5), "y": torch.randint(0, 3, (7,))}
     sgd = functools.partial(torch.optim.SGD, lr=0.1)
     for method_cls in (ERM, DoubledLoss):
-        method = method_cls(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)), sgd, num_classes=3)
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        method = method_cls(ERMConfig(), model=model, optimizer=sgd, num_classes=3)
         loss, grads = gradients(method, batch)
         method.model.zero_grad()
         reference = method.sample_losses(method.model(batch["x"]), batch).mean()

@@ -25,6 +25,9 @@ from trustml.errors import DataError
 from trustml.plugin import DataPlugin
 
 Inputs = Tensor | dict[str, Tensor] | list[str]
+#: One batch as the data modules yield it and methods and optimizers take it: ``{"x": inputs, "y": labels [B],
+#: "index": sample ids [B]}``, plus what a method adds (e.g. cached old-model logits).
+Batch = dict[str, Any]
 SPLITS = ("train", "val", "test")
 
 

@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from trustml.data.base import Batch
 from trustml.plugin import MethodPlugin
 
-Batch = dict[str, Any]
 #: What a method gets as ``optimizer``: an :class:`~trustml.plugin.OptimizerPlugin` (or any callable of the
 #: parameters; a plugin's ``per_sample_gradients`` says whether it does its own backward pass).
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]

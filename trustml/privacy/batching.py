@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-Batch = dict[str, Any]
+from trustml.data.base import Batch
 
 
 def batch_size(batch: Batch) -> int:
