@@ -9,6 +9,7 @@ hands the plugin a planner before the optimizer is built (:meth:`DPOptimizerPlug
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,9 +51,9 @@ class DPOptimizerPlugin(OptimizerPlugin):
         fit.attach(optimizer)
         return optimizer
 
+    @abstractmethod
     def optimizer(self, params: Iterable[torch.nn.Parameter], plan: Any) -> DPOptimizer:
         """The torch DP optimizer of ``params`` with this plugin's options and ``plan``."""
-        raise NotImplementedError
 
     def training_data(self, datamodule: Any, seed: int) -> Any:
         """A view of ``datamodule`` whose training batches are Poisson-sampled (``datamodule`` is left as it is).
