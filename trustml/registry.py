@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 
-from trustml.errors import ConfigError
+from trustml.errors import ConfigError, TrustMLError
 from trustml.plugin import GROUP_BASES, PLUGIN_GROUPS, Plugin
 
 log = logging.getLogger(__name__)
@@ -245,21 +245,22 @@ def plugin_config(group: str, node: Any) -> Any:
     """The options dataclass instance of config node ``node`` (its checks in ``__post_init__`` run here).
 
     ``node`` is a composed structured config (``OmegaConf.to_object`` makes the dataclass) or, for a plugin
-    selected by ``_target_`` alone, a plain node whose keys become the class's ``config_class`` fields.
+    selected by ``_target_`` alone, a plain node whose keys become the class's ``config_class`` fields. A wrong
+    option (an unknown field, a value of the wrong type) is a :class:`ConfigError` naming the group.
     """
     from omegaconf import DictConfig, OmegaConf
 
     cls = plugin_class(group, node)
-    if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (None, dict):
-        config = OmegaConf.to_object(node)
-    else:
+    try:
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) not in (None, dict):
+            return OmegaConf.to_object(node)
         options = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
         options.pop("_target_", None)
-        try:
-            config = cls.config_class(**options)  # type: ignore[misc]
-        except TypeError as exc:
-            raise ConfigError(f"{group}: {exc}") from None
-    return config
+        return cls.config_class(**options)  # type: ignore[misc]
+    except TrustMLError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{group}: {exc}") from None
 
 
 def plugin_class(group: str, node: Any) -> type[Plugin]:
@@ -281,6 +282,16 @@ def plugin_class(group: str, node: Any) -> type[Plugin]:
     return cls
 
 
+def construct_plugin(group: str, cls: type[Plugin], config: Any, **runtime: Any) -> Any:
+    """``cls(config, **runtime)``; a ``TypeError``/``ValueError`` raised while building it is a ConfigError."""
+    try:
+        return cls(config, **runtime)  # type: ignore[call-arg]
+    except TrustMLError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{group}: {exc}") from None
+
+
 def build_plugin(group: str, node: Any, **runtime: Any) -> Any:
     """Build the plugin of config ``node`` as ``Class(config, **runtime)`` (see :mod:`trustml.plugin`)."""
-    return plugin_class(group, node)(plugin_config(group, node), **runtime)
+    return construct_plugin(group, plugin_class(group, node), plugin_config(group, node), **runtime)

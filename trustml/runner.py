@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError, TrustMLError
 from trustml.plugin import FitResult, Plugin
-from trustml.registry import PLUGIN_GROUPS, plugin_class, plugin_config
+from trustml.registry import PLUGIN_GROUPS, construct_plugin, plugin_class, plugin_config
 from trustml.run_record import load_state_dict
 from trustml.safety import check_targets
 
@@ -46,15 +46,7 @@ def plugin_classes(cfg: DictConfig) -> dict[str, type[Plugin]]:
 
 def plugin_configs(cfg: DictConfig) -> dict[str, Any]:
     """Each plugin group's options dataclass instance (the dataclasses' checks run here)."""
-    configs = {}
-    for group in PLUGIN_GROUPS:
-        try:
-            configs[group] = plugin_config(group, cfg[group])
-        except TrustMLError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{group}: {exc}") from None
-    return configs
+    return {group: plugin_config(group, cfg[group]) for group in PLUGIN_GROUPS}
 
 
 def check_compatibility(cfg: DictConfig, classes: Mapping[str, type[Plugin]], choices: Mapping[str, str]) -> None:
@@ -84,16 +76,6 @@ def build(group: str, node: Any, **runtime: Any) -> Any:
         raise
 
 
-def construct(group: str, cls: type[Plugin], config: Any, **runtime: Any) -> Any:
-    """``cls(config, **runtime)``; a ``TypeError``/``ValueError`` raised while building it becomes a ConfigError."""
-    try:
-        return cls(config, **runtime)  # type: ignore[call-arg]
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, TrustMLError):
-            raise
-        raise ConfigError(f"{group}: {exc}") from None
-
-
 def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome:
     """Run the experiment ``cfg`` (its ``seed`` already set) and return its final metrics."""
     choices = dict(choices or {})
@@ -103,16 +85,16 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     check_compatibility(cfg, classes, choices)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    datamodule: TrustDataModule = construct("data", classes["data"], configs["data"])
+    datamodule: TrustDataModule = construct_plugin("data", classes["data"], configs["data"])
     datamodule.setup("fit")
-    model = construct(
+    model = construct_plugin(
         "model", classes["model"], configs["model"], num_classes=datamodule.num_classes, input_dim=datamodule.input_dim
     )
     if datamodule.input_kind == "text":
         datamodule.map_inputs(model.featurize)
-    optimizer = construct("optimizer", classes["optimizer"], configs["optimizer"])
+    optimizer = construct_plugin("optimizer", classes["optimizer"], configs["optimizer"])
     datamodule = optimizer.training_data(datamodule, seed=int(cfg.seed))
-    method = construct(
+    method = construct_plugin(
         "method",
         classes["method"],
         configs["method"],
@@ -120,7 +102,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
         optimizer=optimizer,
         num_classes=datamodule.num_classes,
     )
-    federation = construct("federation", classes["federation"], configs["federation"])
+    federation = construct_plugin("federation", classes["federation"], configs["federation"])
 
     callbacks = [build("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     for cls in classes.values():

@@ -84,7 +84,7 @@ class ClassificationMethod(MethodPlugin, pl.LightningModule):
         """Class logits of the wrapped model."""
         return self.model(x)
 
-    def training_loss(self, batch: Batch, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+    def training_loss(self, batch: Batch, optimizer: torch.optim.Optimizer | None = None) -> tuple[Tensor, Tensor]:
         """One training step's ``(logits, loss)`` on ``batch`` (after :meth:`prepare_batch`).
 
         With a per-sample-gradient optimizer the gradients are already in ``.grad`` (the optimizer computed them
@@ -104,7 +104,7 @@ class ClassificationMethod(MethodPlugin, pl.LightningModule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
-            logits, loss = self.training_loss(batch, None)  # type: ignore[arg-type]
+            logits, loss = self.training_loss(batch)
         self._log_split("train", loss, logits, batch["y"])
         return None if self.uses_per_sample_gradients else loss
 
