@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trustml.privacy",),
     ("trustml.optim",),
     ("trustml.methods", "trustml.callbacks"),
-    ("trustml.knobs", "trustml.synth", "trustml.federation"),
+    ("trustml.knobs", "trustml.synth", "trustml.federation", "trustml.fairness"),
     ("trustml.runner", "trustml.report"),
     ("trustml.cli", "trustml.privacy.audit"),
 )
