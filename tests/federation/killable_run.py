@@ -38,11 +38,7 @@ def main(root: Path, delay: float) -> None:
     datamodule.setup("fit")
     method = make_method(datamodule)
     plugin = federation(
-        FedAvg,
-        rounds=5,
-        partition={"num_clients": 10, "kind": "dirichlet_label"},
-        selection={"clients_per_round": 3},
-        server={"seed": 0},
+        FedAvg, rounds=5, num_clients=10, clients_per_round=3, seed=0, partition={"kind": "dirichlet_label"}
     )
     plugin.run(method, datamodule, trainer_factory(root, [SlowClient(delay)]))
     torch.save(method.model.state_dict(), root / "final.pt")

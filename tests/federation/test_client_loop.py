@@ -15,10 +15,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import make_method, trainer_factory
+from tests.federation.conftest import ClientPrivacyAccountant, dp_sgd, make_method, poisson_digits, trainer_factory
 from tests.pc.conftest import BlobsDataModule, mlp_config, train_mlp, write_run
 from trustml.data.base import TrustDataModule
-from trustml.data.digits import DigitsConfig, DigitsDataModule
 from trustml.federation.client import ClientDidNotTrain, ClientTimeout, ClientTrainer, ClientUpdate
 from trustml.federation.flat_state import FlatLayout, get_flat
 from trustml.federation.local_loop import loop_refusal
@@ -27,18 +26,8 @@ from trustml.methods.base import ClassificationMethod
 from trustml.methods.erm import ERM, ERMConfig
 from trustml.methods.pc import PCConfig, PositiveCongruentTraining
 from trustml.models.mlp import MLP, MLPConfig
-from trustml.privacy.callback import PrivacyAccountantCallback
-from trustml.privacy.options import DPSGDConfig
-from trustml.privacy.plugins import DPSGD
-from trustml.privacy.sampling import PoissonBatchSampler
 
 ROWS = np.arange(3, 123, 3)  # 40 rows: 3 batches of 16 per epoch
-
-
-class ClientPrivacyAccountant(PrivacyAccountantCallback):
-    """The DP-SGD accountant run on every client."""
-
-    federated_scope = "client"
 
 
 def two_rounds(
@@ -88,9 +77,7 @@ def sgd(
     datamodule: TrustDataModule, momentum: float = 0.0, optimizer: Callable[..., Any] | None = None
 ) -> Callable[[], ERM]:
     def new_method() -> ERM:
-        method = make_method(datamodule)
-        factory = optimizer or partial(torch.optim.SGD, lr=0.1, momentum=momentum)
-        return ERM(ERMConfig(), model=method.model, optimizer=factory, num_classes=10)
+        return make_method(datamodule, optimizer=optimizer or partial(torch.optim.SGD, lr=0.1, momentum=momentum))
 
     return new_method
 
@@ -125,14 +112,10 @@ def test_the_client_loop_gives_the_update_of_a_lightning_fit(digits, tmp_path, m
     ids=["fixed_sigma", "calibrated_for_target_epsilon"],
 )
 def test_dp_sgd_in_the_client_loop_gives_the_lightning_update_and_privacy_accounting(tmp_path, dp_options) -> None:
-    datamodule = DigitsDataModule(DigitsConfig(batch_size=16))
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
+    datamodule = poisson_digits(batch_size=16)
 
     def new_method() -> ERM:
-        method = make_method(datamodule)
-        optimizer = DPSGD(DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_seed=0, **dp_options))
-        return ERM(ERMConfig(), model=method.model, optimizer=optimizer, num_classes=10)
+        return make_method(datamodule, optimizer=dp_sgd(lr=0.1, max_grad_norm=1.0, noise_seed=0, **dp_options))
 
     # the client plans its budget for its two fits (the federation's planned_rounds give this per client)
     options = {"local_epochs": 2, "callbacks": [ClientPrivacyAccountant()], "planned_fits": np.array([2])}

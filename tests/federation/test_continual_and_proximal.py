@@ -52,6 +52,19 @@ def test_proximal_term_is_half_mu_times_squared_distance() -> None:
     assert float(proximal_term(w, a, mu=0.5)) == pytest.approx(0.25 * (1 + 4 + 4))
 
 
+def fit_one_step(module: pl.LightningModule, callbacks: list[pl.Callback]) -> None:
+    """One optimizer step of a plain Lightning fit of ``module`` with ``callbacks``."""
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(module)
+
+
 class Linear(pl.LightningModule):
     """A one-layer model trained on fixed data with plain SGD (lr 1), for gradient checks."""
 
@@ -75,8 +88,6 @@ def test_proximal_callback_gives_the_gradient_of_the_loss_plus_the_term() -> Non
     module = Linear()
     start = [p.detach().clone() for p in module.parameters()]
     # one step from a point away from the anchor: move the weights first, anchor = the start weights
-    callback = ProximalTerm(mu=3.0)
-    callback.anchors = start
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.5)
@@ -96,15 +107,7 @@ def test_proximal_callback_gives_the_gradient_of_the_loss_plus_the_term() -> Non
 
     fixed = FixedAnchor(mu=3.0)
     fixed.anchors = start
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[fixed, Capture()],
-    )
-    trainer.fit(module)
+    fit_one_step(module, [fixed, Capture()])
     for got, want in zip(captured, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
 
@@ -113,14 +116,6 @@ def test_proximal_callback_anchors_at_the_weights_the_fit_starts_from() -> None:
     module = Linear()
     start = [p.detach().clone() for p in module.parameters()]
     callback = ProximalTerm(mu=1.0)
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
-    trainer.fit(module)
+    fit_one_step(module, [callback])
     for anchor, s in zip(callback.anchors, start, strict=True):
         torch.testing.assert_close(anchor, s)

@@ -11,26 +11,11 @@ import pytest
 import pytorch_lightning as pl
 
 from tests.conftest import only_run_dir, read_json, run_cli
-from tests.federation.conftest import federation
-from tests.federation.test_simulation import RaiseOnRow
-from tests.federation.test_simulation import run_federation as simulate
-from trustml.data.digits import DigitsDataModule
+from tests.federation.conftest import RaiseOnRow, federation, history_of, run_federation
 from trustml.errors import ConfigError
 from trustml.federation.options import FederationConfig
 from trustml.federation.rounds import ClientsKeepFailingError, round_failure, updated_in_some_round
-from trustml.federation.strategies import FedAvg, FederatedTraining
-
-
-def run_federation(
-    plugin: FederatedTraining, datamodule: DigitsDataModule, root: Path, callbacks: list[pl.Callback] = ()
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The run's round history and results (the simulation tests' runner without the method)."""
-    _, history, results = simulate(plugin, datamodule, root, callbacks)
-    return history, results
-
-
-def history_of(root: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (root / "federation" / "rounds.jsonl").read_text().splitlines()]
+from trustml.federation.strategies import FedAvg
 
 
 class FailFirstFits(pl.Callback):
@@ -89,11 +74,7 @@ def test_a_run_updated_the_model_only_when_some_round_aggregated() -> None:
 def test_a_run_in_which_every_client_always_fails_ends_failed_not_completed(digits, tmp_path: Path) -> None:
     FailFirstFits.fits = 0
     plugin = federation(
-        FedAvg,
-        rounds=2,
-        partition={"num_clients": 4},
-        selection={"clients_per_round": 2},
-        server={"max_failed_rounds": None, "seed": 0},
+        FedAvg, rounds=2, num_clients=4, clients_per_round=2, seed=0, server={"max_failed_rounds": None}
     )
     with pytest.raises(
         ClientsKeepFailingError,
@@ -110,21 +91,15 @@ def test_a_run_in_which_every_client_always_fails_ends_failed_not_completed(digi
 
 def test_a_run_whose_first_round_failed_but_a_later_one_trained_completes(digits, tmp_path: Path) -> None:
     FailFirstFits.fits = 0
-    plugin = federation(
-        FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 2}, server={"seed": 0}
-    )
-    history, results = run_federation(plugin, digits, tmp_path, [FailFirstFits(2)])
+    plugin = federation(FedAvg, rounds=2, num_clients=4, clients_per_round=2, seed=0)
+    _, history, results = run_federation(plugin, digits, tmp_path, [FailFirstFits(2)])
     assert [r["aggregated"] for r in history] == [False, True]
     assert results["federation/aggregated_rounds"] == 1.0 and results["federation/failed_clients"] == 2.0
 
 
 def test_rounds_below_min_clients_count_as_failed_rounds(digits, tmp_path: Path) -> None:
     plugin = federation(
-        FedAvg,
-        rounds=5,
-        partition={"num_clients": 2},
-        selection={"clients_per_round": 2},
-        server={"min_clients": 2, "max_failed_rounds": 2, "seed": 0},
+        FedAvg, rounds=5, num_clients=2, clients_per_round=2, seed=0, server={"min_clients": 2, "max_failed_rounds": 2}
     )
     with pytest.raises(
         ClientsKeepFailingError,
@@ -151,13 +126,7 @@ def test_clients_per_round_above_num_clients_is_refused_with_the_fix() -> None:
 
 def test_more_clients_than_training_samples_is_refused_before_any_round(digits, tmp_path: Path) -> None:
     samples = len(digits.splits["train"])
-    plugin = federation(
-        FedAvg,
-        rounds=1,
-        partition={"num_clients": samples + 7},
-        selection={"clients_per_round": 10},
-        server={"seed": 0},
-    )
+    plugin = federation(FedAvg, rounds=1, num_clients=samples + 7, clients_per_round=10, seed=0)
     with pytest.raises(
         ConfigError,
         match=rf"federation.partition.num_clients={samples + 7} exceeds the {samples} "
@@ -174,13 +143,14 @@ def test_empty_clients_from_skew_and_the_clamped_rounds_are_stated_in_the_result
     plugin = federation(
         FedAvg,
         rounds=2,
-        partition={"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.01},
-        selection={"clients_per_round": 30},
+        num_clients=30,
+        clients_per_round=30,
+        seed=0,
+        partition={"kind": "dirichlet_label", "dirichlet_alpha": 0.01},
         client={"local_steps": 1},
-        server={"seed": 0},
     )
     with caplog.at_level(logging.WARNING, logger="trustml.federation.strategies"):
-        history, results = run_federation(plugin, digits, tmp_path)
+        _, history, results = run_federation(plugin, digits, tmp_path)
     partition = json.loads((tmp_path / "federation" / "partition.json").read_text())
     empty = partition["empty_clients"]
     assert 0 < empty < 30
@@ -192,18 +162,8 @@ def test_empty_clients_from_skew_and_the_clamped_rounds_are_stated_in_the_result
 
 
 def test_without_empty_clients_or_clamping_the_results_say_zero(digits, tmp_path: Path) -> None:
-    _, results = run_federation(
-        federation(
-            FedAvg,
-            rounds=1,
-            partition={"num_clients": 6},
-            selection={"clients_per_round": 3},
-            client={"local_steps": 1},
-            server={"seed": 0},
-        ),
-        digits,
-        tmp_path,
-    )
+    plugin = federation(FedAvg, rounds=1, num_clients=6, clients_per_round=3, seed=0, client={"local_steps": 1})
+    _, _, results = run_federation(plugin, digits, tmp_path)
     assert results["federation/empty_clients"] == 0.0 and results["federation/clamped_rounds"] == 0.0
 
 

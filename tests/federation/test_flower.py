@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,19 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import federation, make_method, trainer_factory
-from trustml.data.digits import DigitsConfig, DigitsDataModule
+from tests.federation.conftest import (
+    RaiseOnRow,
+    dp_sgd,
+    federation,
+    history_of,
+    make_method,
+    poisson_digits,
+    trainer_factory,
+)
 from trustml.errors import ConfigError
 from trustml.federation.partition import iid_partition
 from trustml.federation.strategies import FedAvg
-from trustml.methods.erm import ERMConfig
 from trustml.privacy.callback import PrivacyAccountantCallback
-from trustml.privacy.options import DPSGDConfig
-from trustml.privacy.plugins import DPSGD
-from trustml.privacy.sampling import PoissonBatchSampler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, FIRST_ROUNDS, ROUNDS = 4, 2, 4
@@ -44,56 +46,28 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class CrashOnRow(pl.Callback):
-    """Client-side fault for the client holding ``row`` (runs inside the Ray actor)."""
-
-    federated_scope = "client"
-    client_loop_ready = True
-
-    def __init__(self, row: int) -> None:
-        self.row = row
-
-    def on_fit_start(self, trainer: Any, pl_module: pl.LightningModule) -> None:
-        if self.row in set(trainer.datamodule.rows.tolist()):
-            raise RuntimeError("simulated client crash")
-
-
-def dp_digits() -> DigitsDataModule:
-    """Digits, Poisson-sampled with a fixed seed (reproducible batches: a test, not a private run)."""
-    datamodule = DigitsDataModule(DigitsConfig(batch_size=32))
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
-    return datamodule
-
-
-def dp_method(datamodule: DigitsDataModule) -> pl.LightningModule:
-    """The conftest MLP trained by DP-SGD with a fixed noise multiplier and noise seed, and no budget stop."""
-    base = make_method(datamodule)
-    optimizer = DPSGD(DPSGDConfig(lr=1.0, noise_multiplier=0.7, target_epsilon=None, max_grad_norm=1.0, noise_seed=0))
-    return type(base)(ERMConfig(), model=base.model, num_classes=datamodule.num_classes, optimizer=optimizer)
-
-
 def federate(root: Path, runtime: str, rounds: int, crashing_row: int) -> tuple[pl.LightningModule, dict[str, float]]:
-    """Run (or resume, when ``root`` holds a checkpoint) the DP federation; return the final model and summary."""
-    datamodule = dp_digits()
-    method = dp_method(datamodule)
+    """Run (or resume, when ``root`` holds a checkpoint) the DP federation; return the final model and summary.
+
+    The conftest MLP trains by DP-SGD with a fixed noise multiplier and noise seed, and no budget stop, on digits
+    Poisson-sampled with a fixed seed (reproducible batches: a test, not a private run).
+    """
+    datamodule = poisson_digits()
+    optimizer = dp_sgd(lr=1.0, noise_multiplier=0.7, target_epsilon=None, max_grad_norm=1.0, noise_seed=0)
+    method = make_method(datamodule, optimizer=optimizer)
     plugin = federation(
         FedAvg,
         rounds=rounds,
-        partition={"num_clients": CLIENTS},
-        selection={"clients_per_round": CLIENTS},
+        num_clients=CLIENTS,
+        clients_per_round=CLIENTS,
+        seed=0,
         client={"local_epochs": 2, "timeout_s": 120.0},
-        server={"min_clients": 2, "seed": 0},
+        server={"min_clients": 2},
         runtime={"engine": runtime, "flower_num_cpus": 1},
     )
-    callbacks = [PrivacyAccountantCallback(), CrashOnRow(crashing_row)]
+    callbacks = [PrivacyAccountantCallback(), RaiseOnRow(crashing_row)]
     fit = plugin.run(method, datamodule, trainer_factory(root, callbacks))
     return method, fit.results
-
-
-def history_of(root: Path) -> list[dict[str, Any]]:
-    """The per-round records of the run in ``root``."""
-    return [json.loads(line) for line in (root / "federation" / "rounds.jsonl").read_text().splitlines()]
 
 
 def client_states(root: Path) -> dict[str, Any]:
@@ -116,7 +90,7 @@ class Messages(logging.Handler):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The in-process reference (4 rounds) and the run resumed under Flower after 2 in-process rounds."""
-    crashing_row = int(iid_partition(len(dp_digits().splits["train"]), CLIENTS, np.random.default_rng(0))[0][0])
+    crashing_row = int(iid_partition(len(poisson_digits().splits["train"]), CLIENTS, np.random.default_rng(0))[0][0])
     reference_root, resumed_root = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("resumed")
     reference, reference_results = federate(reference_root, "simulation", ROUNDS, crashing_row)
     federate(resumed_root, "simulation", FIRST_ROUNDS, crashing_row)
@@ -129,7 +103,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     start = time.monotonic()
     try:
         with pytest.MonkeyPatch.context() as patch:
-            # Ray actors unpickle CrashOnRow from this module: give them the repo root.
+            # Ray actors unpickle RaiseOnRow from tests.federation.conftest: give them the repo root.
             patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
             resumed, resumed_results = federate(resumed_root, "flower", ROUNDS, crashing_row)
     finally:

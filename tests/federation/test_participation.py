@@ -3,39 +3,43 @@ retired, and no update without training averaged in."""
 
 from __future__ import annotations
 
-from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy.stats import binom
 
-from tests.federation.conftest import federation, make_method
-from tests.federation.test_simulation import run_federation
-from trustml.data.digits import DigitsConfig, DigitsDataModule
+from tests.federation.conftest import (
+    ClientPrivacyAccountant,
+    dp_sgd,
+    federation,
+    make_method,
+    poisson_digits,
+    run_federation,
+)
 from trustml.errors import ConfigError
 from trustml.federation.participation import inclusion_probabilities, planned_rounds
 from trustml.federation.strategies import FedAvg
-from trustml.methods.erm import ERM, ERMConfig
-from trustml.privacy.callback import PrivacyAccountantCallback
-from trustml.privacy.options import DPSGDConfig
-from trustml.privacy.plugins import DPSGD
-from trustml.privacy.sampling import PoissonBatchSampler
 
 
-class ClientAccountant(PrivacyAccountantCallback):
-    """The DP-SGD accountant run inside every client's local fit."""
-
-    federated_scope = "client"
-
-
-def dp_sgd_on_digits() -> tuple[DigitsDataModule, ERM]:
-    """Digits with seeded Poisson batches and ERM trained by DP-SGD for a budget of epsilon 4."""
-    datamodule = DigitsDataModule(DigitsConfig(batch_size=32))
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
-    method = make_method(datamodule)
-    dp_sgd = DPSGD(DPSGDConfig(lr=0.2, target_epsilon=4.0, max_grad_norm=1.0, noise_seed=0))
-    return datamodule, ERM(ERMConfig(), model=method.model, num_classes=10, optimizer=dp_sgd)
+def dp_sgd_federation(
+    root: Path, *, rounds: int, num_clients: int, clients_per_round: int, dp_rounds: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """FedAvg of ERM trained by DP-SGD for a budget of epsilon 4 on digits with seeded Poisson batches, each client
+    planning its budget for ``dp_rounds`` fits; the round records and results."""
+    datamodule = poisson_digits()
+    method = make_method(datamodule, optimizer=dp_sgd(lr=0.2, target_epsilon=4.0, max_grad_norm=1.0, noise_seed=0))
+    plugin = federation(
+        FedAvg,
+        rounds=rounds,
+        num_clients=num_clients,
+        clients_per_round=clients_per_round,
+        seed=seed,
+        client={"dp_rounds": dp_rounds},
+    )
+    _, history, results = run_federation(plugin, datamodule, root, callbacks=[ClientPrivacyAccountant()], method=method)
+    return history, results
 
 
 def test_inclusion_probability_per_selection_scheme() -> None:
@@ -63,17 +67,8 @@ def test_planned_rounds_are_the_95_percent_quantile_of_participations() -> None:
 
 
 def test_clients_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp_path) -> None:
-    datamodule, method = dp_sgd_on_digits()
     # 4 clients, all selected every round for 6 rounds, but each plans its budget for 2 rounds only
-    plugin = federation(
-        FedAvg,
-        rounds=6,
-        partition={"num_clients": 4},
-        selection={"clients_per_round": 4},
-        client={"dp_rounds": 2},
-        server={"seed": 0},
-    )
-    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()], method=method)
+    history, results = dp_sgd_federation(tmp_path, rounds=6, num_clients=4, clients_per_round=4, dp_rounds=2, seed=0)
     first, second = history[:2]
     assert first["answered"] == second["answered"] == 4 and first["aggregated"] and second["aggregated"]
     assert first["client_budget_spent_max"] == 0.0 and second["client_budget_spent_mean"] == 1.0
@@ -87,16 +82,7 @@ def test_clients_spend_their_budget_over_planned_rounds_and_are_then_retired(tmp
 
 
 def test_a_spent_client_is_never_selected_again(tmp_path) -> None:
-    datamodule, method = dp_sgd_on_digits()
-    plugin = federation(
-        FedAvg,
-        rounds=8,
-        partition={"num_clients": 6},
-        selection={"clients_per_round": 2},
-        client={"dp_rounds": 1},
-        server={"seed": 1},
-    )
-    _, history, results = run_federation(plugin, datamodule, tmp_path, callbacks=[ClientAccountant()], method=method)
+    history, results = dp_sgd_federation(tmp_path, rounds=8, num_clients=6, clients_per_round=2, dp_rounds=1, seed=1)
     # one round each: 6 clients, 2 per round -> 3 rounds, each client selected exactly once, then the run ends
     assert [r["retired"] for r in history] == [2, 4, 6]
     assert all(r["answered"] == 2 and r["failed"] == 0 and r["aggregated"] for r in history)

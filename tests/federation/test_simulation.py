@@ -4,55 +4,27 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from tests.federation.conftest import dp_sgd, federation, make_method, trainer_factory
-from trustml.data.digits import DigitsConfig, DigitsDataModule
+from tests.federation.conftest import (
+    ClientPrivacyAccountant,
+    RaiseOnRow,
+    dp_sgd,
+    federation,
+    history_of,
+    holds_row,
+    make_method,
+    poisson_digits,
+    run_federation,
+)
 from trustml.errors import CheckpointError
 from trustml.federation.flat_state import FlatLayout, get_flat
 from trustml.federation.strategies import FedAdam, FedAvg, FederatedTraining, FedProx, FedYogi
-from trustml.methods.erm import ERMConfig
-from trustml.privacy.callback import PrivacyAccountantCallback
-from trustml.privacy.sampling import PoissonBatchSampler
-
-
-def run_federation(
-    plugin: FederatedTraining,
-    datamodule: DigitsDataModule,
-    root: Path,
-    callbacks: list[pl.Callback] = (),
-    method: pl.LightningModule | None = None,
-    ckpt_path: Path | None = None,
-) -> tuple[pl.LightningModule, list[dict[str, Any]], dict[str, float]]:
-    method = method if method is not None else make_method(datamodule)
-    fit = plugin.run(method, datamodule, trainer_factory(root, list(callbacks)), ckpt_path=ckpt_path)
-    history = [json.loads(line) for line in (root / "federation" / "rounds.jsonl").read_text().splitlines()]
-    return method, history, fit.results
-
-
-def holds_row(trainer: pl.Trainer, row: int) -> bool:
-    return row in set(trainer.datamodule.rows.tolist())
-
-
-class RaiseOnRow(pl.Callback):
-    """Client-side fault: the client holding ``row`` crashes during local training (in a loop or Lightning fit)."""
-
-    federated_scope = "client"
-    client_loop_ready = True
-
-    def __init__(self, row: int) -> None:
-        self.row = row
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if holds_row(trainer, self.row):
-            raise RuntimeError("simulated client crash")
 
 
 class NaNOnRow(RaiseOnRow):
@@ -82,10 +54,11 @@ def test_fedavg_learns_digits_under_label_skew_and_writes_its_records(digits, tm
     plugin = federation(
         FedAvg,
         rounds=6,
-        partition={"num_clients": 20, "kind": "dirichlet_label", "dirichlet_alpha": 1.0},
-        selection={"clients_per_round": 10},
+        num_clients=20,
+        clients_per_round=10,
+        seed=0,
+        partition={"kind": "dirichlet_label", "dirichlet_alpha": 1.0},
         client={"local_epochs": 3},
-        server={"seed": 0},
     )
     method, history, results = run_federation(plugin, digits, tmp_path)
     assert [r["round"] for r in history] == list(range(1, 7))
@@ -106,9 +79,11 @@ def test_a_thousand_clients_train_on_one_shared_model(digits, tmp_path) -> None:
     plugin = federation(
         FedAvg,
         rounds=3,
-        partition={"num_clients": 1000, "kind": "iid"},
-        selection={"clients_per_round": 10},
-        server={"seed": 1, "eval_every": 3},
+        num_clients=1000,
+        clients_per_round=10,
+        seed=1,
+        partition={"kind": "iid"},
+        server={"eval_every": 3},
     )
     _, history, _ = run_federation(plugin, digits, tmp_path, method=method)
     assert all(r["selected"] == 10 and r["answered"] == 10 for r in history)
@@ -123,10 +98,11 @@ def test_crashing_nan_and_straggling_clients_are_skipped_and_logged(digits, tmp_
     plugin = federation(
         FedAvg,
         rounds=2,
-        partition={"num_clients": 4},
-        selection={"clients_per_round": 4},
+        num_clients=4,
+        clients_per_round=4,
+        seed=0,
         client={"timeout_s": 1.5, "loop": client_loop},
-        server={"min_clients": 1, "seed": 0},
+        server={"min_clients": 1},
     )
     train_rows = np.arange(len(digits.splits["train"]))
     from trustml.federation.partition import iid_partition
@@ -148,13 +124,7 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
     method = make_method(digits)
     layout = FlatLayout.of(method.model)
     start = get_flat(method.model, layout)
-    plugin = federation(
-        FedAvg,
-        rounds=1,
-        partition={"num_clients": 2},
-        selection={"clients_per_round": 2},
-        server={"min_clients": 2, "seed": 0},
-    )
+    plugin = federation(FedAvg, rounds=1, num_clients=2, clients_per_round=2, seed=0, server={"min_clients": 2})
     from trustml.federation.partition import iid_partition
     from trustml.federation.rounds import ClientsKeepFailingError
 
@@ -162,16 +132,18 @@ def test_a_round_without_min_clients_leaves_the_global_model_unchanged(digits, t
     # the only round failed, so the run's model is the untrained one: the run fails rather than completes
     with pytest.raises(ClientsKeepFailingError, match="fewer than federation.server.min_clients=2"):
         run_federation(plugin, digits, tmp_path, callbacks=[RaiseOnRow(int(parts[0][0]))], method=method)
-    history = [json.loads(line) for line in (tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()]
+    history = history_of(tmp_path)
     assert history[0]["answered"] == 1 and not history[0]["aggregated"]
     torch.testing.assert_close(get_flat(method.model, layout), start)
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(digits, tmp_path) -> None:
     options = {
-        "partition": {"num_clients": 30, "kind": "dirichlet_label", "dirichlet_alpha": 0.5},
-        "selection": {"clients_per_round": 5, "scheme": "activity"},
-        "server": {"seed": 3},
+        "num_clients": 30,
+        "clients_per_round": 5,
+        "seed": 3,
+        "partition": {"kind": "dirichlet_label", "dirichlet_alpha": 0.5},
+        "selection": {"scheme": "activity"},
     }
     torch.manual_seed(123)
     full, full_history, _ = run_federation(federation(FedAdam, rounds=4, **options), digits, tmp_path / "full")
@@ -185,7 +157,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_run_ends(digits, tmp_
 
 
 def test_ckpt_path_continues_another_runs_round_checkpoint_in_a_new_run_directory(digits, tmp_path) -> None:
-    options = {"partition": {"num_clients": 8}, "selection": {"clients_per_round": 3}, "server": {"seed": 2}}
+    options = {"num_clients": 8, "clients_per_round": 3, "seed": 2}
     torch.manual_seed(5)
     full, full_history, _ = run_federation(federation(FedAvg, rounds=3, **options), digits, tmp_path / "full")
     torch.manual_seed(5)
@@ -203,48 +175,21 @@ def test_ckpt_path_continues_another_runs_round_checkpoint_in_a_new_run_director
         match=r"num_clients: saved 8 vs now 9\); resume with the same options, or "
         r"give ckpt_path",
     ):
-        other = {**options, "partition": {"num_clients": 9}}
+        other = {**options, "num_clients": 9}
         run_federation(federation(FedAvg, rounds=3, **other), digits, tmp_path / "third", ckpt_path=tmp_path / "first")
 
 
 def test_resuming_with_other_options_is_refused_and_resume_false_starts_over(digits, tmp_path) -> None:
-    run_federation(
-        federation(
-            FedAvg, rounds=1, partition={"num_clients": 5}, selection={"clients_per_round": 2}, server={"seed": 0}
-        ),
-        digits,
-        tmp_path,
-    )
+    run_federation(federation(FedAvg, rounds=1, num_clients=5, clients_per_round=2, seed=0), digits, tmp_path)
     with pytest.raises(CheckpointError, match=r"num_clients: saved 5 vs now 6"):
-        run_federation(
-            federation(
-                FedAvg, rounds=2, partition={"num_clients": 6}, selection={"clients_per_round": 2}, server={"seed": 0}
-            ),
-            digits,
-            tmp_path,
-        )
-    _, history, _ = run_federation(
-        federation(
-            FedAvg,
-            rounds=2,
-            partition={"num_clients": 6},
-            selection={"clients_per_round": 2},
-            server={"seed": 0},
-            runtime={"resume": False},
-        ),
-        digits,
-        tmp_path,
-    )
+        run_federation(federation(FedAvg, rounds=2, num_clients=6, clients_per_round=2, seed=0), digits, tmp_path)
+    restart = federation(FedAvg, rounds=2, num_clients=6, clients_per_round=2, seed=0, runtime={"resume": False})
+    _, history, _ = run_federation(restart, digits, tmp_path)
     assert [r["round"] for r in history] == [1, 2]
 
 
 def test_fedprox_keeps_client_updates_closer_to_the_global_model(digits, tmp_path) -> None:
-    options = {
-        "rounds": 1,
-        "partition": {"num_clients": 5},
-        "selection": {"clients_per_round": 5},
-        "server": {"seed": 0},
-    }
+    options = {"rounds": 1, "num_clients": 5, "clients_per_round": 5, "seed": 0}
     _, plain, _ = run_federation(federation(FedAvg, client={"local_epochs": 3}, **options), digits, tmp_path / "avg")
     _, prox, _ = run_federation(
         federation(FedProx, client={"local_epochs": 3, "proximal_mu": 1.0}, **options), digits, tmp_path / "prox"
@@ -254,65 +199,47 @@ def test_fedprox_keeps_client_updates_closer_to_the_global_model(digits, tmp_pat
 
 @pytest.mark.parametrize("plugin_cls", [FedAdam, FedYogi])
 def test_adaptive_server_optimizers_learn(plugin_cls, digits, tmp_path) -> None:
-    plugin = federation(
-        plugin_cls,
-        rounds=5,
-        partition={"num_clients": 10},
-        selection={"clients_per_round": 5},
-        server={"lr": 0.03, "seed": 0},
-    )
+    plugin = federation(plugin_cls, rounds=5, num_clients=10, clients_per_round=5, seed=0, server={"lr": 0.03})
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[-1]["test_acc"] > 0.7
 
 
 def test_local_steps_bound_the_work_per_client(digits, tmp_path) -> None:
-    plugin = federation(
-        FedAvg,
-        rounds=1,
-        partition={"num_clients": 2},
-        selection={"clients_per_round": 2},
-        client={"local_steps": 2},
-        server={"seed": 0},
-    )
+    plugin = federation(FedAvg, rounds=1, num_clients=2, clients_per_round=2, seed=0, client={"local_steps": 2})
     _, history, _ = run_federation(plugin, digits, tmp_path)
     assert history[0]["answered"] == 2
 
 
 def test_continual_setting_grows_each_client_window_up_to_the_storage_cap(digits, tmp_path) -> None:
-    plugin = federation(
-        FedAvg,
-        rounds=4,
-        partition={"num_clients": 10, "setting": "continual", "num_periods": 4},
-        selection={"clients_per_round": 10},
-        server={"seed": 0},
-    )
-    _, history, _ = run_federation(plugin, digits, tmp_path / "uncapped")
+    def continual(**partition: int) -> FederatedTraining:
+        partition = {"setting": "continual", "num_periods": 4, **partition}
+        return federation(FedAvg, rounds=4, num_clients=10, clients_per_round=10, seed=0, partition=partition)
+
+    _, history, _ = run_federation(continual(), digits, tmp_path / "uncapped")
     samples = [r["samples"] for r in history]
     assert samples == sorted(samples) and samples[-1] == len(digits.splits["train"])
     assert samples[0] == pytest.approx(samples[-1] / 4, rel=0.05)
-    capped = federation(
-        FedAvg,
-        rounds=4,
-        partition={"num_clients": 10, "setting": "continual", "num_periods": 4, "storage_cap": 40},
-        selection={"clients_per_round": 10},
-        server={"seed": 0},
-    )
-    _, history, _ = run_federation(capped, digits, tmp_path / "capped")
+    _, history, _ = run_federation(continual(storage_cap=40), digits, tmp_path / "capped")
     assert all(r["samples"] <= 400 for r in history) and history[-1]["samples"] == 400
     stats = json.loads((tmp_path / "capped" / "federation" / "partition.json").read_text())
     assert stats["num_periods"] == 4 and stats["held_samples_per_period"][-1] == 400
 
 
-def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> None:
-    plugin = federation(
+def dp_fedavg(rounds: int, **privacy: float) -> FederatedTraining:
+    """DP-FedAvg: 20 clients, 5 per round in expectation (Poisson selection), updates clipped to norm 1."""
+    return federation(
         FedAvg,
-        rounds=3,
-        partition={"num_clients": 20},
-        selection={"clients_per_round": 5, "scheme": "poisson"},
-        server={"seed": 0},
-        privacy={"clip_norm": 1.0, "noise_multiplier": 1.0},
+        rounds=rounds,
+        num_clients=20,
+        clients_per_round=5,
+        seed=0,
+        selection={"scheme": "poisson"},
+        privacy={"clip_norm": 1.0, **privacy},
     )
-    _, history, results = run_federation(plugin, digits, tmp_path)
+
+
+def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> None:
+    _, history, results = run_federation(dp_fedavg(3, noise_multiplier=1.0), digits, tmp_path)
     eps = [r["dp_epsilon"] for r in history]
     assert 0 < eps[0] < eps[1] < eps[2]
     from opacus.accountants import RDPAccountant
@@ -325,41 +252,16 @@ def test_dp_fedavg_accounts_user_level_epsilon_every_round(digits, tmp_path) -> 
 
 
 def test_dp_fedavg_calibrated_for_a_target_epsilon_spends_it_over_the_planned_rounds(digits, tmp_path) -> None:
-    plugin = federation(
-        FedAvg,
-        rounds=4,
-        partition={"num_clients": 20},
-        selection={"clients_per_round": 5, "scheme": "poisson"},
-        server={"seed": 0},
-        privacy={"clip_norm": 1.0, "target_epsilon": 2.0},
-    )
-    _, history, results = run_federation(plugin, digits, tmp_path)
+    _, history, results = run_federation(dp_fedavg(4, target_epsilon=2.0), digits, tmp_path)
     assert len(history) == 4 and all(r["aggregated"] for r in history)
     assert 2.0 - 0.05 <= results["federation/dp_epsilon"] <= 2.0  # calibrated to Opacus' tolerance, from below
     assert history[1]["dp_epsilon"] < 2.0 - 0.05  # not spent early
 
 
-class ClientPrivacyAccountant(PrivacyAccountantCallback):
-    """The DP-SGD accountant run on every client (what ``federated_scope = "client"`` declares)."""
-
-    federated_scope = "client"
-
-
 def test_example_level_dp_sgd_reports_each_client_epsilon_composed_over_its_rounds(tmp_path) -> None:
-    datamodule = DigitsDataModule(DigitsConfig(batch_size=32))
-    datamodule.setup("fit")
-    datamodule.train_batch_sampler_factory = partial(PoissonBatchSampler.from_batch_size, seed=0)
-    torch.manual_seed(0)
-    method = make_method(datamodule)
-    method = type(method)(
-        ERMConfig(),
-        model=method.model,
-        num_classes=10,
-        optimizer=dp_sgd(lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0),
-    )
-    plugin = federation(
-        FedAvg, rounds=2, partition={"num_clients": 4}, selection={"clients_per_round": 4}, server={"seed": 0}
-    )
+    datamodule = poisson_digits()
+    method = make_method(datamodule, optimizer=dp_sgd(lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=0))
+    plugin = federation(FedAvg, rounds=2, num_clients=4, clients_per_round=4, seed=0)
     _, history, results = run_federation(
         plugin, datamodule, tmp_path, callbacks=[ClientPrivacyAccountant()], method=method
     )
@@ -405,9 +307,9 @@ def test_a_killed_run_resumes_from_its_last_completed_round(tmp_path) -> None:
     assert 2 <= done_before_kill < 5 and not (killed / "final.pt").exists()
 
     subprocess.run([*command, str(killed), "0"], env=env, cwd=repo, check=True, timeout=300)
-    history = [json.loads(line) for line in rounds_file.read_text().splitlines()]
+    history = history_of(killed)
     assert [r["round"] for r in history] == [1, 2, 3, 4, 5]
-    whole_history = [json.loads(line) for line in (tmp_path / "whole" / "federation" / "rounds.jsonl").open()]
+    whole_history = history_of(tmp_path / "whole")
     assert [r["test_acc"] for r in history] == [r["test_acc"] for r in whole_history]
     whole = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
     resumed = torch.load(killed / "final.pt", weights_only=True)
@@ -427,13 +329,7 @@ class AlwaysRaise(pl.Callback):
 def test_a_systematic_client_failure_stops_the_run_with_its_reason(digits, tmp_path) -> None:
     from trustml.federation.rounds import ClientsKeepFailingError
 
-    plugin = federation(
-        FedAvg,
-        rounds=10,
-        partition={"num_clients": 4},
-        selection={"clients_per_round": 2},
-        server={"max_failed_rounds": 2, "seed": 0},
-    )
+    plugin = federation(FedAvg, rounds=10, num_clients=4, clients_per_round=2, seed=0, server={"max_failed_rounds": 2})
     with pytest.raises(ClientsKeepFailingError, match="in 2 rounds in a row .*data.batch_size does not fit"):
         run_federation(plugin, digits, tmp_path, callbacks=[AlwaysRaise()])
-    assert len((tmp_path / "federation" / "rounds.jsonl").read_text().splitlines()) == 2
+    assert len(history_of(tmp_path)) == 2

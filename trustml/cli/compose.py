@@ -41,6 +41,11 @@ class LaunchPlan:
     dir_option: str
 
 
+def config_path(args: argparse.Namespace) -> str:
+    """The primary config location: ``--config-path`` when given, else the packaged ``trustml.conf``."""
+    return args.config_path if args.config_path is not None else f"pkg://{CONFIG_MODULE}"
+
+
 def create_hydra(args: argparse.Namespace, job_name: str) -> Any:
     """A Hydra instance set up as Hydra's ``_run_hydra`` does (search path, ``--config-path/-dir``); the caller
     clears ``GlobalHydra`` when done. Raises :class:`~trustml.errors.ConfigError` when ``--config-dir`` is not a
@@ -50,8 +55,7 @@ def create_hydra(args: argparse.Namespace, job_name: str) -> Any:
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
-    config_path = args.config_path if args.config_path is not None else f"pkg://{CONFIG_MODULE}"
-    search_path = create_automatic_config_search_path(__file__, None, config_path)
+    search_path = create_automatic_config_search_path(__file__, None, config_path(args))
     if args.config_dir is not None:
         config_dir = os.path.abspath(args.config_dir)
         if not os.path.isdir(config_dir):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from trustml.cli.app_help import print_app_help
 from trustml.cli.task import Job, TaskApp, TaskResult, run_app
 from trustml.config_schema import register_config_support
 from trustml.data.topical_chat_files import read_grounded_turns
@@ -31,8 +29,6 @@ from trustml.knobs.evaluation import generate_and_score
 from trustml.knobs.generator import KnobGenerator, KnobSettings
 from trustml.models.hf_seq2seq import HFSeq2SeqConfig, HFSeq2SeqModel
 from trustml.run_record import load_model_from_run
-
-CONFIG_NAME = "generate"
 
 
 @dataclass
@@ -148,18 +144,12 @@ def _prepare() -> None:
     ConfigStore.instance().store(name="generate_schema", node=GenerateSchema, provider="trustml")
 
 
-def _print_help(topics: list[str]) -> int:
-    """``trustml-generate --help``: what it does, the knobs and every option (:mod:`trustml.cli.app_help`)."""
-    print_app_help("trustml-generate", sys.modules[__name__], CONFIG_NAME, [KnobSettings])
-    return 0
-
-
 APP = TaskApp(
     program="trustml-generate",
-    config_name=CONFIG_NAME,
+    config_name="generate",
     job_name="generate",
     body=generate_task,
-    print_help=_print_help,
+    help_sections=(KnobSettings,),  # --help: this docstring, the knobs, conf/generate.yaml
     prepare=_prepare,
 )
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trustml.cli.app_help import print_app_help
 from trustml.cli.task import Job, TaskApp, TaskResult, run_app
 from trustml.errors import ConfigError
+from trustml.synth import formats
 from trustml.synth.catalog import load_catalogs
 from trustml.synth.formats import load_utterances, write_jsonl, write_rasa_yaml, write_snips_json
 from trustml.synth.induction import InductionConfig
@@ -112,20 +111,12 @@ def _prepare() -> None:
     register_config_support()
 
 
-def _print_help(topics: list[str]) -> int:
-    """``trustml-synth --help``: what it does, its input formats and every option (:mod:`trustml.cli.app_help`)."""
-    from trustml.synth import formats
-
-    print_app_help("trustml-synth", sys.modules[__name__], "synth", [formats])
-    return 0
-
-
 APP = TaskApp(
     program="trustml-synth",
     config_name="synth",
     job_name="synth",
     body=synth_task,
-    print_help=_print_help,
+    help_sections=(formats,),  # --help: this docstring, the input formats, conf/synth.yaml
     prepare=_prepare,
 )
 

@@ -24,6 +24,7 @@ metrics. :func:`run_app` is the whole command line around it, the same for every
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import random
@@ -32,6 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from trustml.cli.compose import (
     ConfigCheck,
     check_prefix_source,
     cli_prefixes,
+    config_path,
     create_hydra,
     launch,
     prepare_launch,
@@ -85,15 +88,17 @@ class TaskApp:
 
     ``prepare`` registers what composing needs (schemas in Hydra's ConfigStore, resolvers); ``check`` adds the app's
     own checks of a composed config; ``imports`` are modules a job imports before its record is written (torch for
-    the device description); ``print_help`` prints the app's ``--help`` for the given topics and returns the exit
-    code.
+    the device description). ``--help`` prints :func:`app_help` (the body's module docstring, those of
+    ``help_sections``, the config file), unless ``print_help`` is given: it prints the app's help for the given
+    topics and returns the exit code.
     """
 
     program: str
     config_name: str
     job_name: str
     body: Callable[[DictConfig, Job], TaskResult]
-    print_help: Callable[[list[str]], int]
+    print_help: Callable[[list[str]], int] | None = None
+    help_sections: tuple[object, ...] = ()
     prepare: Callable[[], None] = lambda: None
     check: ConfigCheck | None = None
     imports: tuple[str, ...] = ()
@@ -115,6 +120,21 @@ def format_results(results: dict[str, Any]) -> str:
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def app_help(app: TaskApp) -> str:
+    """The ``--help`` of ``app``: the docstring of its body's module (usage, inputs, outputs), those of
+    ``app.help_sections`` (modules or classes that describe its inputs and options), then its config file as shipped
+    (``conf/<config_name>.yaml``: each option with its default and comment), instead of Hydra's generic page."""
+    module = sys.modules[app.body.__module__]
+    parts = [app.program, inspect.cleandoc(module.__doc__ or "")]
+    parts += [inspect.cleandoc(extra.__doc__ or "") for extra in app.help_sections]
+    config = (files(CONFIG_MODULE) / f"{app.config_name}.yaml").read_text()
+    parts.append(
+        f"Options (conf/{app.config_name}.yaml as shipped; override any with key=value, add new keys with +key=value,"
+        f"\nsweep with -m key=a,b; Hydra's own flags: {app.program} --hydra-help):\n\n{config}"
+    )
+    return "\n\n".join(parts)
 
 
 def _report_error(program: str, message: str) -> None:
@@ -291,6 +311,9 @@ def run_app(app: TaskApp, argv: Sequence[str] | None = None) -> None:
 def _main(app: TaskApp, argv: list[str]) -> None:
     """Parse the command line, compose and check it, lock the run directory, then run it with Hydra."""
     if "--help" in argv or "-h" in argv:
+        if app.print_help is None:
+            sys.stdout.write(app_help(app))
+            return
         code = app.print_help([arg for arg in argv if arg not in ("--help", "-h")])
         if code:
             sys.exit(code)
@@ -312,8 +335,7 @@ def _main(app: TaskApp, argv: list[str]) -> None:
     if any(getattr(args, flag, None) for flag in _NON_RUN_FLAGS):
         from hydra._internal.utils import _run_hydra
 
-        config_path = args.config_path if args.config_path is not None else f"pkg://{CONFIG_MODULE}"
-        _run_hydra(args, parser, _task_function(app, launched), config_path, config_name)
+        _run_hydra(args, parser, _task_function(app, launched), config_path(args), config_name)
         return
     from hydra.core.global_hydra import GlobalHydra
 

@@ -184,7 +184,7 @@ class ClientTrainer:
         self.datamodule = datamodule
         self.make_trainer = make_trainer
         self.config = config if config is not None else ClientConfig()
-        self.proximal_mu, self.timeout_s = proximal_mu, self.config.timeout_s
+        self.proximal_mu = proximal_mu
         self.callback_templates = list(callback_templates)
         self.planned_fits = planned_fits
         self.layout = FlatLayout.of(method.model)
@@ -224,8 +224,8 @@ class ClientTrainer:
         callbacks: list[pl.Callback] = list(client_callbacks)
         if self.proximal_mu > 0:
             callbacks.append(ProximalTerm(self.proximal_mu))
-        if self.timeout_s is not None:
-            callbacks.append(Timer(duration=timedelta(seconds=self.timeout_s), verbose=False))
+        if self.config.timeout_s is not None:
+            callbacks.append(Timer(duration=timedelta(seconds=self.config.timeout_s), verbose=False))
         return callbacks
 
     def choose_loop(self, client_callbacks: list[pl.Callback]) -> ClientLoop | None:
@@ -247,10 +247,10 @@ class ClientTrainer:
 
     def trainer_overrides(self, callbacks: list[pl.Callback]) -> dict[str, Any]:
         """Trainer arguments of one local fit: its length, its callbacks, no validation/logging/checkpoints."""
-        steps = self.config.local_steps is not None
+        max_epochs, max_steps = self.config.fit_length
         return {
-            "max_epochs": -1 if steps else self.config.local_epochs,
-            "max_steps": self.config.local_steps if steps else -1,
+            "max_epochs": max_epochs,
+            "max_steps": max_steps,
             "min_epochs": 0,
             "callbacks": callbacks,
             "logger": False,
@@ -298,8 +298,9 @@ class ClientTrainer:
                 + (" because its privacy budget (optimizer.target_epsilon) is spent" if spent else "")
             )
         seconds = time.perf_counter() - start
-        if self.timeout_s is not None and seconds > self.timeout_s:
-            raise ClientTimeout(f"client {client} took {seconds:.1f}s > federation.client.timeout_s={self.timeout_s}")
+        timeout_s = self.config.timeout_s
+        if timeout_s is not None and seconds > timeout_s:
+            raise ClientTimeout(f"client {client} took {seconds:.1f}s > federation.client.timeout_s={timeout_s}")
         metrics: dict[str, float] = {"seconds": seconds}
         if loss is not None:
             metrics["train_loss"] = loss

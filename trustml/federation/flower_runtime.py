@@ -37,7 +37,7 @@ from torch import Tensor
 from trustml.errors import ConfigError
 from trustml.federation.client import ClientTrainer, ClientUpdate
 from trustml.federation.population import ClientPopulation
-from trustml.federation.rounds import ClientFailure, RoundLoop
+from trustml.federation.rounds import ClientFailure, ClientStates, RoundLoop
 
 # Flower reports usage to its servers unless told not to; runs must stay offline.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -132,26 +132,26 @@ def build_client_app(trainer: ClientTrainer, population: ClientPopulation) -> An
     return app
 
 
-class GridTransport:
+class GridTransport(ClientStates):
     """A :data:`~trustml.federation.rounds.Transport` over a Flower Grid (one ``train`` message per client).
 
     ``client_states`` holds each client's callback states (see module doc): sent with its next
     ``train`` message, replaced by the states its successful reply carries, saved and restored with the run
-    checkpoint through :meth:`state_dict` / :meth:`load_state_dict`. The updates of a round come back in the
-    order the clients were selected, whatever order the replies arrive in, so aggregation does not depend
-    on arrival order.
+    checkpoint in the in-process simulation's form (:class:`~trustml.federation.rounds.ClientStates`). The updates
+    of a round come back in the order the clients were selected, whatever order the replies arrive in, so
+    aggregation does not depend on arrival order.
     """
 
     def __init__(self, grid: Any, node_of_client: dict[int, int], timeout_s: float | None) -> None:
+        super().__init__()
         self.grid, self.node_of_client, self.timeout_s = grid, node_of_client, timeout_s
-        self.client_states: dict[int, CallbackStates] = {}
+        self.client_of_node = {node: client for client, node in node_of_client.items()}
 
     def __call__(
         self, round_index: int, period: int, clients: np.ndarray, global_weights: Tensor
     ) -> tuple[list[ClientUpdate], list[ClientFailure]]:
         from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-        client_of_node = {node: client for client, node in self.node_of_client.items()}
         global_record = ArrayRecord([global_weights.numpy()])
         config = ConfigRecord({"round": round_index, "period": period})
         messages = [
@@ -174,7 +174,7 @@ class GridTransport:
         failures: list[ClientFailure] = []
         answered: set[int] = set()
         for reply in replies:
-            client = client_of_node[reply.metadata.src_node_id]
+            client = self.client_of_node[reply.metadata.src_node_id]
             answered.add(client)
             if reply.has_error():
                 failures.append(ClientFailure(client, f"client error: {reply.error.reason}"))
@@ -194,14 +194,6 @@ class GridTransport:
             if d not in answered
         ]
         return updates, failures
-
-    def state_dict(self) -> dict[str, Any]:
-        """The clients' client-side callback states, for the run checkpoint (the in-process simulation's form)."""
-        return {"client_states": {str(k): v for k, v in self.client_states.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (also one written by the in-process simulation)."""
-        self.client_states = {int(k): list(v) for k, v in state.get("client_states", {}).items()}
 
 
 def wait_for_nodes(grid: Any, count: int, timeout_s: float) -> list[int]:

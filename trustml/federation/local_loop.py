@@ -271,9 +271,7 @@ class ClientLoop:
     """
 
     def __init__(self, device: torch.device, config: ClientConfig, *, proximal_mu: float = 0.0) -> None:
-        self.device = device
-        self.local_epochs, self.local_steps = config.local_epochs, config.local_steps
-        self.proximal_mu, self.timeout_s = proximal_mu, config.timeout_s
+        self.device, self.config, self.proximal_mu = device, config, proximal_mu
         self.reusable: tuple[ClassificationMethod, torch.optim.Optimizer, list[dict[str, Any]]] | None = None
         self.scratch = torch.Generator()
 
@@ -315,14 +313,9 @@ class ClientLoop:
                     "federation=fedprox adds its proximal term to the loss gradient, but a DP optimizer computes its "
                     "own per-sample gradients; use federation=fedavg with it, or a non-DP optimizer with fedprox"
                 )
-            steps = self.local_steps is not None
+            max_epochs, max_steps = self.config.fit_length
             view = ClientFitView(
-                data,
-                loader,
-                [],
-                max_epochs=-1 if steps else self.local_epochs,
-                max_steps=self.local_steps if steps else -1,
-                num_training_batches=len(loader),
+                data, loader, [], max_epochs=max_epochs, max_steps=max_steps, num_training_batches=len(loader)
             )
             hooks = _Hooks(callbacks, view, method)
             hooks("setup", stage="fit")  # as in a Lightning fit: setup, then configure_optimizers, then on_fit_start
@@ -360,7 +353,8 @@ class ClientLoop:
         return LoopResult(view.global_step, train_loss)
 
     def _timed_out(self, start: float) -> bool:
-        return self.timeout_s is not None and time.perf_counter() - start >= self.timeout_s
+        timeout_s = self.config.timeout_s
+        return timeout_s is not None and time.perf_counter() - start >= timeout_s
 
     def _batch_done(self, view: ClientFitView, start: float) -> bool:
         """After a step: the step budget is used, a callback asked to stop, or the client ran out of time."""

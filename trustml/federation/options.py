@@ -110,6 +110,11 @@ class ClientConfig:
     dp_rounds: int | None = None
     loop: str = "auto"
 
+    @property
+    def fit_length(self) -> tuple[int, int]:
+        """``(max_epochs, max_steps)`` of one local fit as Lightning counts them (``-1``: no bound)."""
+        return (-1, self.local_steps) if self.local_steps is not None else (self.local_epochs, -1)
+
     def __post_init__(self) -> None:
         _choice("client.loop", self.loop, CLIENT_LOOPS)
         _at_least("client.local_epochs", self.local_epochs, 1)

@@ -63,6 +63,23 @@ class ClientFailure:
 Transport = Callable[[int, int, np.ndarray, Tensor], tuple[list[ClientUpdate], list[ClientFailure]]]
 
 
+class ClientStates:
+    """What a transport keeps of each client between the rounds it takes part in: the callback states of its last
+    :class:`~trustml.federation.client.ClientUpdate` (e.g. its DP-SGD accountant), saved with the run checkpoint
+    in one form for every runtime, so a run can resume under the other one."""
+
+    def __init__(self) -> None:
+        self.client_states: dict[int, list[dict[str, Any]]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clients' callback states, for the run checkpoint."""
+        return {"client_states": {str(k): v for k, v in self.client_states.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (written under either runtime)."""
+        self.client_states = {int(k): list(v) for k, v in state.get("client_states", {}).items()}
+
+
 def round_failure(record: dict[str, Any], min_clients: int) -> str | None:
     """Why the round of ``record`` left the global model unchanged, in words; ``None`` if it aggregated."""
     if record["aggregated"]:

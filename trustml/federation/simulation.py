@@ -8,25 +8,24 @@ simulated clients cost no more memory than one. Each client keeps its own client
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from trustml.federation.client import ClientTimeout, ClientTrainer, ClientUpdate
 from trustml.federation.population import ClientPopulation
-from trustml.federation.rounds import ClientFailure
+from trustml.federation.rounds import ClientFailure, ClientStates
 
 log = logging.getLogger(__name__)
 
 
-class InProcessClients:
+class InProcessClients(ClientStates):
     """A :data:`~trustml.federation.rounds.Transport` that runs each selected client's local training here."""
 
     def __init__(self, trainer: ClientTrainer, population: ClientPopulation) -> None:
+        super().__init__()
         self.trainer = trainer
         self.population = population
-        self.client_states: dict[int, list[dict[str, Any]]] = {}
 
     def __call__(
         self, round_index: int, period: int, clients: np.ndarray, global_weights: Tensor
@@ -47,11 +46,3 @@ class InProcessClients:
             self.client_states[client] = update.callback_states
             updates.append(update)
         return updates, failures
-
-    def state_dict(self) -> dict[str, Any]:
-        """The clients' own state (client-side callback states), for the run checkpoint."""
-        return {"client_states": {str(k): v for k, v in self.client_states.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.client_states = {int(k): list(v) for k, v in state.get("client_states", {}).items()}

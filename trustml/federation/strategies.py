@@ -115,13 +115,14 @@ def warn_about_population(population: ClientPopulation, selection: SelectionConf
 
 
 def calibrated_privacy(
-    privacy: PrivacyConfig, rounds: int, clients_per_round: int, population: ClientPopulation
+    privacy: PrivacyConfig, rounds: int, clients_per_round: int, final_sizes: np.ndarray
 ) -> PrivacyConfig:
     """``privacy`` with DP-FedAvg's noise multiplier calibrated for its ``target_epsilon`` over ``rounds`` rounds
-    (unchanged without a target)."""
+    at the client rate of the last period, whose clients hold ``final_sizes`` samples (unchanged without a
+    target)."""
     if privacy.target_epsilon is None:
         return privacy
-    eligible = int((population.sizes(population.num_periods - 1) > 0).sum())
+    eligible = int((final_sizes > 0).sum())
     rate = min(clients_per_round, eligible) / max(eligible, 1)
     sigma = calibrate_user_level_noise(privacy.target_epsilon, privacy.delta, rate, rounds)
     log.info(
@@ -210,6 +211,7 @@ class FederatedTraining(FederationPlugin):
         )
         warn_about_population(population, selection)
 
+        final_sizes = population.sizes(population.num_periods - 1)
         clients = ClientTrainer(
             method,
             datamodule,
@@ -218,7 +220,7 @@ class FederatedTraining(FederationPlugin):
             proximal_mu=self.proximal_mu,
             callback_templates=client_callback_templates(trainer.callbacks),
             planned_fits=planned_rounds(
-                population.sizes(population.num_periods - 1),
+                final_sizes,
                 config.rounds,
                 selection.clients_per_round,
                 selection.scheme,
@@ -226,7 +228,7 @@ class FederatedTraining(FederationPlugin):
                 fixed=client.dp_rounds,
             ),
         )
-        privacy = calibrated_privacy(config.privacy, config.rounds, selection.clients_per_round, population)
+        privacy = calibrated_privacy(config.privacy, config.rounds, selection.clients_per_round, final_sizes)
         layout = FlatLayout.of(method.model)
         seed = config.server.seed if config.server.seed is not None else torch.initial_seed()
         server = FederatedServer(

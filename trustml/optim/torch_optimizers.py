@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from trustml.plugin import OptimizerPlugin
 from trustml.registry import register
@@ -39,44 +40,38 @@ class SGDConfig:
     nesterov: bool = False
 
 
-@register("optimizer", "adam", dataclass=AdamConfig)
-class Adam(OptimizerPlugin):
-    """Adam"""
+class _TorchOptimizer(OptimizerPlugin):
+    """A plain ``torch.optim`` optimizer: ``build(params)`` is ``torch.optim.<torch_class>(params, **options)``
+    (the options dataclass's fields are the torch keyword arguments)."""
 
-    def __init__(self, config: AdamConfig) -> None:
+    torch_class: ClassVar[str]
+
+    def __init__(self, config: AdamConfig | AdamWConfig | SGDConfig) -> None:
         self.config = config
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """``torch.optim.Adam`` of ``params`` with this plugin's options."""
+        """``torch.optim.<torch_class>`` of ``params`` with this plugin's options."""
         import torch
 
-        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return getattr(torch.optim, self.torch_class)(params, **dataclasses.asdict(self.config))
+
+
+@register("optimizer", "adam", dataclass=AdamConfig)
+class Adam(_TorchOptimizer):
+    """Adam"""
+
+    torch_class = "Adam"
 
 
 @register("optimizer", "adamw", dataclass=AdamWConfig)
-class AdamW(OptimizerPlugin):
+class AdamW(_TorchOptimizer):
     """AdamW"""
 
-    def __init__(self, config: AdamWConfig) -> None:
-        self.config = config
-
-    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """``torch.optim.AdamW`` of ``params`` with this plugin's options."""
-        import torch
-
-        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+    torch_class = "AdamW"
 
 
 @register("optimizer", "sgd", dataclass=SGDConfig)
-class SGD(OptimizerPlugin):
+class SGD(_TorchOptimizer):
     """SGD with momentum"""
 
-    def __init__(self, config: SGDConfig) -> None:
-        self.config = config
-
-    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """``torch.optim.SGD`` of ``params`` with this plugin's options."""
-        import torch
-
-        c = self.config
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
+    torch_class = "SGD"

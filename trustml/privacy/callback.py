@@ -19,15 +19,16 @@ from trustml.errors import CheckpointError, ConfigError, TrustMLError
 from trustml.privacy.compat import check_per_sample_compatible
 from trustml.privacy.engine import FitSampling, PrivateFit
 from trustml.privacy.options import DPOptimizerConfig
-from trustml.privacy.sampling import PoissonBatchSampler
+from trustml.privacy.plugins import DPOptimizerPlugin
+from trustml.privacy.sampling import PoissonBatchSampler, batches_per_pass, poisson_sample_rate
 
 log = logging.getLogger(__name__)
 
 
-def _dp_plugin(pl_module: pl.LightningModule) -> Any:
+def _dp_plugin(pl_module: pl.LightningModule) -> DPOptimizerPlugin:
     """The DP optimizer plugin the method builds its optimizer with."""
     plugin = getattr(pl_module, "optimizer_factory", None)
-    if not getattr(plugin, "per_sample_gradients", False) or not hasattr(plugin, "expect_fit"):
+    if not isinstance(plugin, DPOptimizerPlugin):
         raise ConfigError("PrivacyAccountantCallback needs a DP optimizer (optimizer=dp_sgd or optimizer=dp_adam)")
     return plugin
 
@@ -75,7 +76,7 @@ def _loader_sampling(trainer: Any) -> tuple[int, float]:
         batch,
         num_samples,
     )
-    return num_samples, min(1.0, batch / num_samples)
+    return num_samples, poisson_sample_rate(num_samples, batch)
 
 
 def _check_min_epochs_fit(trainer: Any, steps_left: int) -> None:
@@ -127,8 +128,8 @@ class PrivacyAccountantCallback(pl.Callback):
         datamodule = trainer.datamodule
         num_samples, batch = _train_size(datamodule), int(datamodule.batch_size)
         poisson = getattr(datamodule, "train_batch_sampler_factory", None) is not None
-        rate = min(1.0, batch / num_samples)
-        per_epoch = max(1, round(1.0 / rate)) if poisson else math.ceil(num_samples / batch)
+        rate = poisson_sample_rate(num_samples, batch)
+        per_epoch = batches_per_pass(rate) if poisson else math.ceil(num_samples / batch)
         steps = _planned_steps(_batches_per_epoch(per_epoch, trainer), trainer)
         self._sampling = FitSampling(num_samples, rate, None if steps is None else steps * self.planned_fits)
         self.fit = None

@@ -94,7 +94,7 @@ class PrivateFit:
     def __init__(
         self, options: DPOptimizerConfig, sampling: FitSampling, restored: dict[str, Any] | None = None
     ) -> None:
-        self.options, self.sampling = options, sampling
+        self.sampling = sampling
         self.target_epsilon = options.target_epsilon
         if restored:
             self.delta = float(restored["delta"])

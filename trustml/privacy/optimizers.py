@@ -79,11 +79,6 @@ class DPOptimizer(PerSampleGradientOptimizer):
     def _init_privacy(self, options: DPOptimizerConfig, plan: NoisePlan | None) -> None:
         self.options = options
         self.plan = plan
-        self.target_epsilon = options.target_epsilon
-        self.max_grad_norm = options.max_grad_norm
-        self.clipping = options.clipping
-        self.per_sample_gradients = options.per_sample_gradients
-        self.max_physical_batch_size = options.max_physical_batch_size
         self.noise_seed = options.noise_seed
         if self.noise_seed is None and options.deterministic:
             # drawn from the global generator, which the runner seeds with the run seed: reproducible, and
@@ -111,8 +106,8 @@ class DPOptimizer(PerSampleGradientOptimizer):
         """
         if self.budget_spent:
             raise PrivacyBudgetSpent(
-                f"the privacy budget optimizer.target_epsilon={self.target_epsilon} is spent; training must stop "
-                f"(remove trainer.min_steps, which forces it to go on)"
+                f"the privacy budget optimizer.target_epsilon={self.options.target_epsilon} is spent; training must "
+                f"stop (remove trainer.min_steps, which forces it to go on)"
             )
         if self.plan is None:
             raise ConfigError(
@@ -125,13 +120,14 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self._check_model(model, params, sample_losses, batch)
         total: dict[str, Tensor] = {}
         logits, losses = [], []
-        for chunk in split_batch(batch, self.max_physical_batch_size):
+        options = self.options
+        for chunk in split_batch(batch, options.max_physical_batch_size):
             result = self._per_sample(model, params, sample_losses, chunk)
-            for name, summed in clipped_sum(result.grads, self.max_grad_norm, self.clipping).items():
+            for name, summed in clipped_sum(result.grads, options.max_grad_norm, options.clipping).items():
                 total[name] = total[name] + summed if name in total else summed
             logits.append(result.logits)
             losses.append(result.losses)
-        noisy = add_gaussian_noise(total, self.plan.noise_multiplier * self.max_grad_norm, self._generator(total))
+        noisy = add_gaussian_noise(total, self.plan.noise_multiplier * options.max_grad_norm, self._generator(total))
         for name, p in params.items():
             p.grad = noisy[name] / self.plan.expected_batch_size
         self.noisy_steps += 1
@@ -146,7 +142,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
                 logits = model(batch["x"])
             empty = {name: p.new_zeros(0, *p.shape) for name, p in params.items()}
             return PerSampleResult(MaterializedGradients(empty), logits, logits.new_zeros(0))
-        return PER_SAMPLE_ENGINES[self.per_sample_gradients](model, params, sample_losses, batch)
+        return PER_SAMPLE_ENGINES[self.options.per_sample_gradients](model, params, sample_losses, batch)
 
     def _trainable_params(self, model: nn.Module) -> dict[str, nn.Parameter]:
         mine = {id(p) for group in self.param_groups for p in group["params"]}
@@ -168,10 +164,11 @@ class DPOptimizer(PerSampleGradientOptimizer):
         if id(model) in self._checked_models:
             return
         check_per_sample_compatible(model)
-        if self.per_sample_gradients == "layerwise":
+        if self.options.per_sample_gradients == "layerwise":
             if batch_size(batch) == 0:
                 return
-            check_layerwise_covers(model, params, sample_losses, next(split_batch(batch, self.max_physical_batch_size)))
+            first_chunk = next(split_batch(batch, self.options.max_physical_batch_size))
+            check_layerwise_covers(model, params, sample_losses, first_chunk)
         self._checked_models.add(id(model))
 
     def _generator(self, tensors: dict[str, Tensor]) -> torch.Generator:

@@ -22,6 +22,16 @@ def secret_seed() -> int:
     return secrets.randbits(62)
 
 
+def poisson_sample_rate(num_samples: int, batch_size: int) -> float:
+    """The Poisson rate whose expected batch is ``batch_size`` of ``num_samples`` samples (at most 1)."""
+    return min(1.0, batch_size / num_samples)
+
+
+def batches_per_pass(sample_rate: float) -> int:
+    """Poisson batches in one pass over the data in expectation: ``round(1 / sample_rate)``, at least 1."""
+    return max(1, round(1.0 / sample_rate))
+
+
 class PoissonBatchSampler(Sampler[list[int]]):
     """Batches in which every training index appears independently with probability ``sample_rate``.
 
@@ -44,7 +54,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"Poisson sampling rate must be in (0, 1], got {sample_rate} (batch size / data size)")
         self.num_samples = num_samples
         self.sample_rate = sample_rate
-        self.num_batches = num_batches if num_batches is not None else max(1, round(1.0 / sample_rate))
+        self.num_batches = num_batches if num_batches is not None else batches_per_pass(sample_rate)
         self.seed = secret_seed() if seed is None else seed
         self.epoch = 0
 
@@ -59,7 +69,7 @@ class PoissonBatchSampler(Sampler[list[int]]):
             raise ConfigError(
                 f"Poisson sampling needs a positive batch size and data size, got {batch_size} and {num_samples}"
             )
-        return cls(num_samples, min(1.0, batch_size / num_samples), seed=seed)
+        return cls(num_samples, poisson_sample_rate(num_samples, batch_size), seed=seed)
 
     @property
     def expected_batch_size(self) -> float:
