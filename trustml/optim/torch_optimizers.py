@@ -42,7 +42,7 @@ class SGDConfig:
 
 class _TorchOptimizer(OptimizerPlugin):
     """A plain ``torch.optim`` optimizer: ``build(params)`` is ``torch.optim.<torch_class>(params, **options)``
-    (the options dataclass's fields are the torch keyword arguments)."""
+    (the options dataclass's fields are the torch keyword arguments; Hydra's ``_target_`` is not one)."""
 
     torch_class: ClassVar[str]
 
@@ -53,7 +53,9 @@ class _TorchOptimizer(OptimizerPlugin):
         """``torch.optim.<torch_class>`` of ``params`` with this plugin's options."""
         import torch
 
-        return getattr(torch.optim, self.torch_class)(params, **dataclasses.asdict(self.config))
+        fields = dataclasses.fields(self.config)
+        options = {f.name: getattr(self.config, f.name) for f in fields if not f.name.startswith("_")}  # no _target_
+        return getattr(torch.optim, self.torch_class)(params, **options)
 
 
 @register("optimizer", "adam", dataclass=AdamConfig)
