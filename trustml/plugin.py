@@ -78,13 +78,13 @@ class MethodPlugin(Plugin):
 class OptimizerPlugin(Plugin):
     """Builds the optimizer of the trained parameters; built as ``Class(config)``, then ``build(params)``.
 
-    ``per_sample_gradients`` is the one place that says whether the optimizer needs per-sample gradients (DP-SGD):
+    ``needs_per_sample_gradients`` is the one place that says whether the optimizer needs per-sample gradients (DP-SGD):
     then the method hands it its per-sample loss instead of calling ``backward`` (see
     :class:`trustml.privacy.optimizers.PerSampleGradientOptimizer`).
     """
 
     group: ClassVar[str] = "optimizer"
-    per_sample_gradients: ClassVar[bool] = False
+    needs_per_sample_gradients: ClassVar[bool] = False
 
     @abstractmethod
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -111,7 +111,7 @@ class FakePerSampleConfig:
 class FakePerSampleOptimizer(OptimizerPlugin):
     """An optimizer plugin that says it needs per-sample gradients."""
 
-    per_sample_gradients = True
+    needs_per_sample_gradients = True
     config_class = FakePerSampleConfig
 
     def __init__(self, config: FakePerSampleConfig | None = None) -> None:

@@ -279,6 +279,6 @@ def test_registered_configs_build_optimizer_plugins() -> None:
         node = OmegaConf.structured(repo[f"{name}.yaml"].node)
         node.noise_multiplier = 1.5
         factory = build_plugin("optimizer", node)
-        assert isinstance(factory, plugin_cls) and factory.per_sample_gradients
+        assert isinstance(factory, plugin_cls) and factory.needs_per_sample_gradients
         optimizer = factory(mlp().parameters())
         assert isinstance(optimizer, cls) and optimizer.noise_multiplier == 1.5

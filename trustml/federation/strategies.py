@@ -329,7 +329,7 @@ class FedProx(FederatedTraining):
         optimizer = cfg.get("optimizer")
         if cfg.federation.client.proximal_mu > 0 and optimizer is not None:
             optimizer_cls = plugin_class("optimizer", optimizer)
-            if optimizer_cls.per_sample_gradients:  # type: ignore[attr-defined]
+            if optimizer_cls.needs_per_sample_gradients:  # type: ignore[attr-defined]
                 raise ConfigError(
                     "federation=fedprox adds its proximal term to the loss gradient, but optimizer="
                     f"{optimizer_cls.__name__} computes its own per-sample gradients; use federation=fedavg with "

@@ -5,7 +5,7 @@ A method owns the objective only: the network comes from the ``model`` group, th
 "index": sample ids}`` (plus anything a method adds, e.g. cached old-model logits). Subclasses implement
 :meth:`ClassificationMethod.sample_losses`, the per-sample loss as a pure function of the model's logits
 and the batch; the mean is the training loss. Optimizers that need per-sample gradients (DP-SGD; their plugin
-says ``per_sample_gradients``) get that function and compute the gradients themselves.
+says ``needs_per_sample_gradients``) get that function and compute the gradients themselves.
 :meth:`ClassificationMethod.training_loss` is the one training step both the Lightning fit and the federation's
 client loop run.
 """
@@ -26,15 +26,15 @@ from trustml.data.base import Batch
 from trustml.plugin import MethodPlugin
 
 #: What a method gets as ``optimizer``: an :class:`~trustml.plugin.OptimizerPlugin` (or any callable of the
-#: parameters; a plugin's ``per_sample_gradients`` says whether it does its own backward pass).
+#: parameters; a plugin's ``needs_per_sample_gradients`` says whether it does its own backward pass).
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def selects_per_sample_optimizer(cfg: DictConfig) -> bool:
-    """Whether the optimizer plugin ``cfg`` selects needs per-sample gradients (its ``per_sample_gradients``)."""
+    """Whether the optimizer plugin ``cfg`` selects needs per-sample gradients (its ``needs_per_sample_gradients``)."""
     from trustml.registry import plugin_class
 
-    return bool(plugin_class("optimizer", cfg.optimizer).per_sample_gradients)
+    return bool(plugin_class("optimizer", cfg.optimizer).needs_per_sample_gradients)
 
 
 class ClassificationMethod(MethodPlugin, pl.LightningModule):
@@ -50,7 +50,7 @@ class ClassificationMethod(MethodPlugin, pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.num_classes = num_classes
-        self.uses_per_sample_gradients = bool(getattr(optimizer, "per_sample_gradients", False))
+        self.uses_per_sample_gradients = bool(getattr(optimizer, "needs_per_sample_gradients", False))
         self.automatic_optimization = not self.uses_per_sample_gradients
         self.save_hyperparameters({"num_classes": num_classes})
         self.metrics = nn.ModuleDict(

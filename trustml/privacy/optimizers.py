@@ -48,7 +48,7 @@ class PrivacyBudgetSpent(TrustMLError):
 class PerSampleGradientOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     """An optimizer that needs per-sample gradients (e.g. DP-SGD) and so does its own backward pass.
 
-    A method whose optimizer plugin says ``per_sample_gradients`` calls, instead of ``loss.backward()``,
+    A method whose optimizer plugin says ``needs_per_sample_gradients`` calls, instead of ``loss.backward()``,
     :meth:`private_gradients` with the model, the method's per-sample loss ``sample_losses(logits, batch) -> [B]``
     and the batch; then ``step()`` (through Lightning, so the trainer counts the step) and ``zero_grad()``.
     """

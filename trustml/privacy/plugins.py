@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class DPOptimizerPlugin(OptimizerPlugin):
     """A DP optimizer plugin: per-sample gradients, noise planned by the privacy engine before it is built."""
 
-    per_sample_gradients: ClassVar[bool] = True
+    needs_per_sample_gradients: ClassVar[bool] = True
 
     def __init__(self, config: DPOptimizerConfig) -> None:
         self.config = config
