@@ -21,7 +21,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "trustml.run_record",
         "trustml.conf",
     ),
-    ("trustml.losses", "trustml.metrics", "trustml.data", "trustml.models"),
+    # fairness.counterfactual is plain text processing (word-pair swaps; imports only trustml.errors): the text
+    # data plugin uses it for data.counterfactual, so it sits with the data layer
+    ("trustml.losses", "trustml.metrics", "trustml.data", "trustml.models", "trustml.fairness.counterfactual"),
     ("trustml.privacy",),
     ("trustml.optim",),
     ("trustml.methods", "trustml.callbacks"),

@@ -143,6 +143,8 @@ class TrustDataModule(DataPlugin, pl.LightningDataModule, metaclass=ABCMeta):
         self.config = config
         self.splits: dict[str, Split] = {}
         self.label_names: list[str] = []
+        #: Each split's texts as read, kept by :meth:`map_inputs` when it replaces them by model inputs.
+        self.raw_texts: dict[str, list[str]] = {}
         #: Optional factory for the training batch sampler (e.g. Poisson sampling for DP-SGD).
         self.train_batch_sampler_factory: Callable[[int, int], Sampler[list[int]]] | None = None
 
@@ -191,8 +193,11 @@ class TrustDataModule(DataPlugin, pl.LightningDataModule, metaclass=ABCMeta):
         return int(inputs.shape[1]) if isinstance(inputs, Tensor) and inputs.dim() == 2 else None
 
     def map_inputs(self, fn: Callable[[Inputs], Inputs]) -> None:
-        """Replace every split's inputs by ``fn(inputs)`` (e.g. tokenize or embed text once)."""
-        for split in self.splits.values():
+        """Replace every split's inputs by ``fn(inputs)`` (e.g. tokenize or embed text once); texts are kept in
+        :attr:`raw_texts` (e.g. for counterfactual evaluation)."""
+        for name, split in self.splits.items():
+            if isinstance(split.inputs, list):
+                self.raw_texts[name] = list(split.inputs)
             split.inputs = fn(split.inputs)
 
     def with_train_batch_sampler(self, factory: Callable[[int, int], Sampler[list[int]]]) -> TrustDataModule:

@@ -12,8 +12,11 @@ import numpy as np
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split, stratified_split
 from trustml.data.text_files import check_encoding, read_text
-from trustml.errors import DataError
+from trustml.errors import ConfigError, DataError
+from trustml.fairness.counterfactual import counterfactual_texts, load_word_pairs
 from trustml.registry import register
+
+COUNTERFACTUAL_MODES = ("none", "swap", "append")
 
 
 @dataclass
@@ -109,6 +112,12 @@ class TextClassificationConfig(DataOptions):
     ``encoding``: how the files are decoded: ``utf-8`` (default; a file that is not UTF-8 is refused with the
     line of the first bad byte), any Python codec name (``latin-1``, ``cp1252``, ...), or ``auto`` (UTF-8, else
     Latin-1 with a warning); see :mod:`trustml.data.text_files`.
+
+    ``counterfactual``: counterfactual augmentation of the training split only (protected words swapped by the
+    word pairs of ``counterfactual_pairs``, default the shipped gender list; see
+    :mod:`trustml.fairness.counterfactual`): ``none`` (default), ``swap`` (each training text that contains a
+    listed word is replaced by its counterfactual; same id and label) or ``append`` (the counterfactuals of
+    those texts are added, with their labels and new sample ids after all existing ones).
     """
 
     path: str | None = None
@@ -122,12 +131,28 @@ class TextClassificationConfig(DataOptions):
     group_field: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    counterfactual: str = "none"
+    counterfactual_pairs: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.path is None and self.train_path is None:
             raise DataError("data=text_classification needs data.path (one file) or data.train_path")
         check_encoding(self.encoding, "data.encoding")
+        if self.counterfactual not in COUNTERFACTUAL_MODES:
+            raise ConfigError(
+                f"data.counterfactual must be one of {list(COUNTERFACTUAL_MODES)}, got {self.counterfactual!r}"
+            )
+        if self.counterfactual_pairs is not None:
+            if self.counterfactual == "none":
+                raise ConfigError(
+                    "data.counterfactual_pairs is set but data.counterfactual=none; set data.counterfactual=swap or "
+                    "append (or drop data.counterfactual_pairs)"
+                )
+            try:
+                load_word_pairs(self.counterfactual_pairs)
+            except ConfigError as exc:
+                raise ConfigError(f"data.counterfactual_pairs: {exc}") from None
 
 
 @register("data", "text_classification", dataclass=TextClassificationConfig)
@@ -175,7 +200,24 @@ class TextClassificationDataModule(TrustDataModule):
                 groups=groups,
             )
             offset += len(records)
+        if c.counterfactual != "none":
+            splits["train"] = self._counterfactual_train(splits["train"], next_id=offset)
         return splits
+
+    def _counterfactual_train(self, train: Split, next_id: int) -> Split:
+        """``data.counterfactual``: the training split with its changed texts swapped or their swaps appended."""
+        c = self.config
+        texts = list(train.inputs)
+        swapped, changed = counterfactual_texts(texts, load_word_pairs(c.counterfactual_pairs))
+        if c.counterfactual == "swap":
+            return Split(inputs=swapped, labels=train.labels, index=train.index, groups=train.groups)
+        rows = np.flatnonzero(changed)
+        return Split(
+            inputs=texts + [swapped[i] for i in rows],
+            labels=np.concatenate([train.labels.numpy(), train.labels.numpy()[rows]]),
+            index=np.concatenate([train.index.numpy(), np.arange(next_id, next_id + len(rows))]),
+            groups={k: np.concatenate([v, v[rows]]) for k, v in train.groups.items()},
+        )
 
     def _split_positions(self, records: list[TextRecord]) -> list[np.ndarray]:
         c = self.config
