@@ -228,3 +228,31 @@ def test_help_lists_the_options(capsys):
     run_app(APP, ["--help"])
     out = capsys.readouterr().out
     assert out.startswith("trustml-fairness") and "crows_pairs/skipped" in out and "n_draws: 1000" in out
+
+
+def test_without_the_fairness_extra_ceat_is_refused_naming_it(models, fairness, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "statsmodels" else find_spec(name, *a)
+    )
+    code, run_dir = fairness(f"encoder={models['encoder']}")
+    err = capsys.readouterr().err
+    assert code == 2 and "needs the `fairness` extra (statsmodels)" in err and 'pip install -e ".[fairness]"' in err
+    assert not (run_dir / "results.json").exists()
+
+
+def test_without_fairlearn_the_fairness_callback_is_refused_naming_the_extra(tmp_path, monkeypatch):
+    from tests.conftest import compose_train
+    from trustml.cli import option_checks
+    from trustml.errors import ConfigError
+
+    cfg = compose_train(["callbacks=fairness"], tmp_path)
+    option_checks.check_extras(cfg)  # installed here: accepted
+    monkeypatch.setattr(option_checks, "_importable", lambda module: module != "fairlearn")
+    with pytest.raises(
+        ConfigError,
+        match=r"callbacks.fairness \(trustml.fairness.callback.FairnessMetrics\) needs the `fairness` extra",
+    ):
+        option_checks.check_extras(cfg)

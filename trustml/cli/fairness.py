@@ -396,6 +396,17 @@ def _prepare() -> None:
     ConfigStore.instance().store(name="fairness_schema", node=FairnessSchema, provider="trustml")
 
 
+def _check(cfg: DictConfig) -> None:
+    """CEAT's random-effects combination needs statsmodels (the ``fairness`` extra)."""
+    import importlib.util
+
+    from trustml.cli.option_checks import install_hint
+
+    if cfg.ceat.enabled and importlib.util.find_spec("statsmodels") is None:
+        hint = install_hint("fairness")
+        raise ConfigError(f"ceat needs the `fairness` extra (statsmodels), which is not installed: {hint}")
+
+
 APP = TaskApp(
     program="trustml-fairness",
     config_name="fairness",
@@ -403,6 +414,7 @@ APP = TaskApp(
     body=fairness_task,
     help_sections=(word_lists,),  # --help: this docstring, the word-list format, conf/fairness.yaml
     prepare=_prepare,
+    check=_check,
     imports=("torch",),
 )
 

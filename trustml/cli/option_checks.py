@@ -29,6 +29,7 @@ EXTRA_FOR_TARGET: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("optuna", ("optuna",), "sweepers"),
     ("hydra_plugins.hydra_joblib_launcher", ("hydra_plugins.hydra_joblib_launcher",), "sweepers"),
     ("hydra_plugins.hydra_submitit_launcher", ("hydra_plugins.hydra_submitit_launcher",), "slurm"),
+    ("trustml.fairness.callback", ("fairlearn",), "fairness"),
 )
 
 #: ``hydra/<group>=<option>`` that exist only with an extra installed.
