@@ -87,6 +87,8 @@ def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
     assert model.encoder.encoder.layer[1].output.dense.weight.grad is not None
     with pytest.raises(ConfigError, match="has 2 layers"):
         HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, trainable_last_layers=5), num_classes=2)
+    with pytest.raises(ConfigError, match="model.freeze_encoder=false trains all of it"):
+        HFEncoderConfig(random_init_config=TINY, trainable_last_layers=1, freeze_encoder=False)
 
 
 def test_offline_minilm_loads_from_its_package(tmp_path: Path) -> None:

@@ -60,6 +60,12 @@ class HFEncoderConfig:
     def __post_init__(self) -> None:
         if self.trainable_last_layers < 0:
             raise ConfigError(f"model.trainable_last_layers must be >= 0, got {self.trainable_last_layers}")
+        if self.trainable_last_layers and not self.freeze_encoder:
+            raise ConfigError(
+                f"model.trainable_last_layers={self.trainable_last_layers} trains only the last layers of a frozen "
+                "encoder, but model.freeze_encoder=false trains all of it; set model.freeze_encoder=true (last "
+                "layers only) or model.trainable_last_layers=0 (the whole encoder)"
+            )
 
 
 @register("model", "hf_encoder", dataclass=HFEncoderConfig)
