@@ -199,6 +199,9 @@ def test_contexts_match_whole_words_case_insensitively_and_fall_back_to_template
     assert [names.sentences[i] for i, _, _ in names.occurrences["Bill"]] == ["Bill said hi."]
     with pytest.raises(DataError, match=r"corpus\.jsonl:1: no string field 'text'"):
         read_corpus(corpus)
+    latin1 = tmp_path / "corpus.txt"
+    latin1.write_bytes("Un café with a rose.\n".encode("latin-1"))  # not UTF-8: decoded, not a bare UnicodeDecodeError
+    assert read_corpus(latin1) == ["Un café with a rose."]
 
 
 def test_word_embedding_is_the_mean_of_its_subword_states(encoder: tuple) -> None:

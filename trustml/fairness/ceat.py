@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trustml.data.text_files import read_text
 from trustml.errors import ConfigError, DataError
 from trustml.fairness.weat import DegenerateEffectError, effect_size_and_variance
 from trustml.fairness.word_lists import WordTest
@@ -131,30 +132,30 @@ class CEATResult:
         return out
 
 
-def read_corpus(path: str | Path, *, text_field: str = "text") -> list[str]:
+def read_corpus(path: str | Path, *, text_field: str = "text", encoding: str = "auto") -> list[str]:
     """Sentences of a corpus file: JSONL (``.jsonl``; the string field ``text_field`` of each line) or plain
-    text (one sentence per line). Blank lines are skipped."""
+    text (one sentence per line). Blank lines are skipped. The file is decoded by ``encoding``
+    (:func:`trustml.data.text_files.read_text`; ``auto``: UTF-8, else the detected legacy encoding, with a warning)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"corpus file {path} does not exist; give a text file (one sentence a line) or JSONL")
     sentences: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix.lower() != ".jsonl":
-                sentences.append(line.strip())
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one object") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{path}:{number}: no string field '{text_field}'; set text_field to the field with the sentence"
-                )
-            sentences.append(text.strip())
+    for number, line in enumerate(read_text(path, encoding, "ceat.corpus").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix.lower() != ".jsonl":
+            sentences.append(line.strip())
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one object") from None
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise DataError(
+                f"{path}:{number}: no string field '{text_field}'; set text_field to the field with the sentence"
+            )
+        sentences.append(text.strip())
     if not sentences:
         raise DataError(f"corpus file {path} holds no sentences")
     return sentences
