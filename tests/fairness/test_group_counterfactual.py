@@ -122,6 +122,10 @@ def test_word_pair_file_errors(tmp_path: Path) -> None:
     conflict.write_text("source: test\npairs:\n  - [him, her]\n  - [his, her]\n")
     with pytest.raises(ConfigError, match="'her' is swapped both"):
         load_word_pairs(conflict)
+    latin1 = tmp_path / "c.yaml"
+    latin1.write_bytes("source: test\npairs:\n  - [garçon, fille]\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"c.yaml:3: not valid utf-8 text.*data.counterfactual_pairs"):
+        load_word_pairs(latin1)
     shipped = load_word_pairs()
     assert "Lu et al." in shipped.source and len(shipped.names) >= 100
 

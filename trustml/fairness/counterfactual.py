@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from trustml.data.text_files import read_text
 from trustml.errors import ConfigError, DataError
 
 DEFAULT_PAIRS_PATH = Path(__file__).with_name("data") / "gender_pairs.yaml"
@@ -81,7 +82,7 @@ def _load_word_pairs(path_str: str) -> WordPairs:
     if not path.is_file():
         raise ConfigError(f"word-pair file {path} not found; pass a YAML with `source:` and `pairs:`")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path, "utf-8", "data.counterfactual_pairs"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("source"), str) or not raw.get("pairs"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trustml.data.text_files import read_text
 from trustml.errors import ConfigError, DataError
 
 REQUIRED_COLUMNS = ("sent_more", "sent_less", "stereo_antistereo", "bias_type")
@@ -62,7 +64,7 @@ def load_crows_pairs(path: str | Path | None = None) -> list[CrowsPair]:
     path = Path(path) if path is not None else default_crows_pairs_path()
     if not path.is_file():
         raise DataError(f"CrowS-Pairs file {path} not found; pass the path of crows_pairs_anonymized.csv")
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, "utf-8", "crows_pairs.path"), newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from trustml.data.text_files import read_text
 from trustml.errors import ConfigError
 
 SET_KEYS = ("X", "Y", "A", "B")
@@ -76,7 +77,7 @@ def load_word_lists(path: str | Path) -> dict[str, WordTest]:
     if not path.is_file():
         raise ConfigError(f"word-list file {path} does not exist; give a YAML file with X, Y, A, B word lists")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "utf-8", "ceat.tests"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"word-list file {path} is not valid YAML: {exc}") from None
     return parse_word_lists(data, where=str(path), default_name=path.stem)
