@@ -24,7 +24,17 @@ BIN = Path(sys.executable).parent
 
 torch.set_num_threads(1)
 
-#: A BERT small enough to build from its config in milliseconds (random weights, MiniLM's vocabulary).
+#: A BERT small enough to build from its config in milliseconds (random weights, MiniLM's vocabulary), as a
+#: ``random_init_config`` / ``AutoConfig.for_model(**TINY_BERT_CONFIG)`` mapping and as a command-line override value.
+TINY_BERT_CONFIG = {
+    "model_type": "bert",
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 30522,
+    "max_position_embeddings": 64,
+}
 TINY_BERT = (
     "{model_type:bert,hidden_size:16,num_hidden_layers:2,num_attention_heads:2,intermediate_size:32,"
     "vocab_size:30522,max_position_embeddings:64}"

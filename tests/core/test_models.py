@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import TINY_BERT_CONFIG
 from trustml.errors import ConfigError
 from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig, mean_pool
 from trustml.models.mlp import MLP, MLPConfig
-
-TINY = {
-    "model_type": "bert",
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "vocab_size": 30522,
-    "max_position_embeddings": 64,
-}
 
 
 def test_mlp_embed_and_head() -> None:
@@ -44,7 +35,9 @@ def test_mean_pool_ignores_padding() -> None:
 
 def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
     texts = ["hello world", "a longer sentence with more tokens", "short"]
-    model = HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, cache_dir=str(tmp_path)), num_classes=2)
+    model = HFEncoderClassifier(
+        HFEncoderConfig(random_init_config=TINY_BERT_CONFIG, cache_dir=str(tmp_path)), num_classes=2
+    )
     first = model.featurize(texts)
     assert first.shape == (3, 16) and len(list(tmp_path.glob("*.pt"))) == 1
     assert model(first).shape == (3, 2)
@@ -55,7 +48,9 @@ def test_cached_embeddings_are_computed_once_and_reused(tmp_path: Path) -> None:
 
 def test_padding_in_a_batch_does_not_change_a_texts_embedding(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, cache_dir=str(tmp_path)), num_classes=2).eval()
+    model = HFEncoderClassifier(
+        HFEncoderConfig(random_init_config=TINY_BERT_CONFIG, cache_dir=str(tmp_path)), num_classes=2
+    ).eval()
     texts = ["short", "a much longer sentence with many more tokens than the first one"]
 
     def pooled(batch: list[str], **padding: object) -> torch.Tensor:
@@ -76,7 +71,8 @@ def test_padding_in_a_batch_does_not_change_a_texts_embedding(tmp_path: Path) ->
 
 def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
     model = HFEncoderClassifier(
-        HFEncoderConfig(random_init_config=TINY, trainable_last_layers=1, cache_dir=str(tmp_path)), num_classes=2
+        HFEncoderConfig(random_init_config=TINY_BERT_CONFIG, trainable_last_layers=1, cache_dir=str(tmp_path)),
+        num_classes=2,
     )
     tokens = model.featurize(["one text", "another text here"])
     assert set(tokens) == {"input_ids", "attention_mask"}
@@ -86,9 +82,11 @@ def test_finetuning_last_layers_trains_only_those(tmp_path: Path) -> None:
     model(tokens).sum().backward()
     assert model.encoder.encoder.layer[1].output.dense.weight.grad is not None
     with pytest.raises(ConfigError, match="has 2 layers"):
-        HFEncoderClassifier(HFEncoderConfig(random_init_config=TINY, trainable_last_layers=5), num_classes=2)
+        HFEncoderClassifier(
+            HFEncoderConfig(random_init_config=TINY_BERT_CONFIG, trainable_last_layers=5), num_classes=2
+        )
     with pytest.raises(ConfigError, match="model.freeze_encoder=false trains all of it"):
-        HFEncoderConfig(random_init_config=TINY, trainable_last_layers=1, freeze_encoder=False)
+        HFEncoderConfig(random_init_config=TINY_BERT_CONFIG, trainable_last_layers=1, freeze_encoder=False)
 
 
 def test_offline_minilm_loads_from_its_package(tmp_path: Path) -> None:

