@@ -76,6 +76,13 @@ def build(group: str, node: Any, **runtime: Any) -> Any:
         raise
 
 
+def parameter_counts(model: torch.nn.Module) -> dict[str, float]:
+    """``params_total``, ``params_trainable`` (``requires_grad``) and ``trainable_fraction`` of ``model``."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_trainable": trainable, "trainable_fraction": trainable / max(total, 1)}
+
+
 def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome:
     """Run the experiment ``cfg`` (its ``seed`` already set) and return its final metrics."""
     choices = dict(choices or {})
@@ -114,7 +121,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
 
     fit: FitResult = federation.run(method, datamodule, make_trainer, ckpt_path=cfg.get("ckpt_path"))
     trainer = fit.trainer
-    results: dict[str, Any] = dict(fit.results)
+    results: dict[str, Any] = {**parameter_counts(method.model), **fit.results}
     checkpoint = next(
         (cb for cb in callbacks if isinstance(cb, pl.callbacks.ModelCheckpoint) and cb.monitor is not None), None
     )

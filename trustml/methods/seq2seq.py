@@ -63,14 +63,15 @@ class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
     def validate_config(cls, cfg: DictConfig) -> None:
         """Refuse models that are not encoder-decoders and optimizers that need per-sample gradients."""
         model_cls = plugin_class("model", cfg.model)
+        method = f"method._target_={cfg.method._target_}"
         if SEQ2SEQ_INPUT_KIND not in (model_cls.accepted_input_kinds or ()):
             raise ConfigError(
-                f"method=seq2seq trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
+                f"{method} trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
                 "use model=hf_seq2seq"
             )
         if selects_per_sample_optimizer(cfg):
             raise ConfigError(
-                f"method=seq2seq does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
+                f"{method} does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
                 "use optimizer=adam or another torch optimizer"
             )
 

@@ -169,7 +169,15 @@ class HFSeq2SeqModel(ModelPlugin, nn.Module):
             what = c.pretrained or tokenizer_source
             raise ConfigError(f"model=hf_seq2seq could not load '{what}' offline ({exc}); give a local path") from None
         except ValueError as exc:
-            raise ConfigError(f"model.random_init_config={c.random_init_config}: {exc}") from None
+            option = (
+                f"model.random_init_config={c.random_init_config}"
+                if c.random_init_config is not None
+                else f"model.tokenizer={c.tokenizer!r} / model.pretrained={c.pretrained!r} / "
+                f"model.warm_start={c.warm_start!r}"
+            )
+            raise ConfigError(
+                f"{option}: {str(exc).splitlines()[0]} (set model.tokenizer to a tokenizer folder)"
+            ) from None
         self.network.train()  # from_pretrained returns eval mode; a new module trains (dropout on) until .eval()
         self.builder = topical_chat_input_builder(
             self.tokenizer, c.knowledge_tokens, c.history_tokens, c.max_source_length
