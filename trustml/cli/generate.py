@@ -2,7 +2,8 @@
 
 Loads a trained encoder-decoder (``model.run_dir`` of a ``method=seq2seq`` run, ``model.pretrained`` a name or
 ``save_pretrained`` folder, or ``model.random_init_config`` for tests), generates for Topical-Chat turns with the
-knobs of ``knobs`` (:class:`~trustml.knobs.KnobSettings`; presets in ``generate/knobs``), and writes
+knobs of ``knobs`` (:class:`~trustml.knobs.KnobSettings`; presets in ``generate/knobs``), optionally with its decoder
+self-attention swapped for a donor's (``swap.donor``: :class:`SwapOptions`), and writes
 ``generations.jsonl``, ``results.json`` (metrics) and ``run.json`` (the run record) into its run directory under
 ``paths.log_dir`` (:mod:`trustml.cli.task`: exit codes as ``trustml --help`` lists them). Sweeps:
 ``-m knobs.mixing_weight=0,0.5``.
@@ -27,6 +28,7 @@ from trustml.data.topical_chat_grounded import grounded_examples
 from trustml.errors import ConfigError
 from trustml.knobs.evaluation import generate_and_score
 from trustml.knobs.generator import KnobGenerator, KnobSettings
+from trustml.models.attention_transplant import load_donor, reinitialize_self_attention, transplant_self_attention
 from trustml.models.hf_seq2seq import HFSeq2SeqConfig, HFSeq2SeqModel
 from trustml.run_record import load_model_from_run
 
@@ -61,6 +63,33 @@ class GenerateData:
 
 
 @dataclass
+class SwapOptions:
+    """Swap the model's decoder self-attention before generating (the swap test of ``method=attention_swap``).
+
+    ``donor``: null (no swap), ``random`` (re-drawn from the model's initialiser with ``seed``), a completed trustml
+    run directory or a Hugging Face name/path (encoder-decoder, decoder-only LM, or an encoder with the same
+    attention shapes); ``layer_map``: the donor layer of each decoder layer (default one-to-one);
+    ``checkpoint``: best or last, when the donor is a run.
+    """
+
+    donor: str | None = None
+    layer_map: list[int] | None = None
+    checkpoint: str = "best"
+
+
+def swap_self_attention(network: torch.nn.Module, options: SwapOptions) -> None:
+    """Replace ``network``'s decoder self-attention as ``options`` say (nothing when no donor is given)."""
+    if options.donor is None:
+        return
+    if options.donor == "random":
+        reinitialize_self_attention(network)
+    elif options.donor == "none":
+        raise ConfigError("swap.donor=none: leave swap.donor unset (null) to keep the model's own self-attention")
+    else:
+        transplant_self_attention(network, load_donor(options.donor, options.checkpoint), options.layer_map)
+
+
+@dataclass
 class GenerateSchema:
     """Top-level options of ``trustml-generate``."""
 
@@ -71,6 +100,7 @@ class GenerateSchema:
     secondary: ModelSource = field(default_factory=ModelSource)
     data: GenerateData = field(default_factory=GenerateData)
     knobs: KnobSettings = field(default_factory=KnobSettings)
+    swap: SwapOptions = field(default_factory=SwapOptions)
     batch_size: int = 16
     generation: dict[str, Any] = field(default_factory=lambda: {"num_beams": 1, "do_sample": False})
     score_perplexity: bool = True
@@ -106,7 +136,9 @@ def generate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
     torch.manual_seed(int(cfg.seed))
-    model = load_seq2seq(model_source, "model").to(cfg.device)
+    model = load_seq2seq(model_source, "model")
+    swap_self_attention(model.network, OmegaConf.to_object(cfg.swap))
+    model = model.to(cfg.device)
     secondary = load_seq2seq(secondary_source, "secondary").to(cfg.device) if secondary_source.is_set else None
     turns = read_grounded_turns(cfg.data.data_dir, cfg.data.split, history_turns=int(cfg.data.history_turns))
     examples = grounded_examples(turns, "response", cfg.data.turn_separator)
@@ -149,7 +181,7 @@ APP = TaskApp(
     config_name="generate",
     job_name="generate",
     body=generate_task,
-    help_sections=(KnobSettings,),  # --help: this docstring, the knobs, conf/generate.yaml
+    help_sections=(KnobSettings, SwapOptions),  # --help: this docstring, the knobs, the swap, conf/generate.yaml
     prepare=_prepare,
 )
 
