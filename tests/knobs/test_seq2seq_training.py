@@ -120,7 +120,6 @@ def test_training_lowers_perplexity_and_the_run_reloads(toy_topical_chat, tmp_pa
     [
         (["method=erm"], r"method=erm works on \['features', 'text'\] inputs but data=topical_chat_grounded"),
         (["model=mlp"], r"model=mlp works on \['features'\] inputs"),
-        (["optimizer=dp_sgd"], "does not support per-sample-gradient optimizers"),
     ],
 )
 def test_classification_plugins_do_not_mix_with_seq2seq(toy_topical_chat, tmp_path, overrides, message):

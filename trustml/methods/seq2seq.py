@@ -5,6 +5,12 @@ knobs (issue 6), depending on ``data.task``. The objective is the token-level cr
 ``L = -(1/N) sum_{i,t} log p(y_{i,t} | y_{i,<t}, x_i)`` over the ``N`` non-padding target tokens of the batch;
 validation and test log it with token accuracy (``val/acc``, what the default checkpoint monitors) and perplexity
 ``exp(L)``.
+
+With a per-sample-gradient optimizer (``optimizer=dp_sgd|dp_adam``) each example is one DP unit: its loss is its
+own mean token NLL, ``l_i = (1/T_i) sum_t -log p(y_{i,t} | y_{i,<t}, x_i)``, and the optimizer clips and noises the
+gradients of these (:meth:`Seq2SeqMethod.sample_losses`) on the batch tokenized into tensors
+(:class:`TeacherForcedLogits`). A word-embedding table tied to the LM head is one parameter owned by two modules;
+the layerwise per-sample engine adds both modules' shares (its attribution check, run once per model, confirms it).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torchmetrics.text import Perplexity
 
 from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND
 from trustml.errors import ConfigError
-from trustml.methods.base import OptimizerFactory, selects_per_sample_optimizer
+from trustml.methods.base import OptimizerFactory
 from trustml.models.hf_seq2seq import IGNORE_INDEX
 from trustml.plugin import MethodPlugin
 from trustml.registry import plugin_class, register
@@ -31,6 +37,29 @@ def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-token negative log-likelihood ``[B, T]`` of ``labels`` under ``logits`` ``[B, T, V]``; 0 at ``-100``."""
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
     return nll.masked_fill(labels == IGNORE_INDEX, 0.0)
+
+
+def mean_token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-example mean token negative log-likelihood ``[B]``: ``(1/T_i) sum_t nll_{i,t}`` over non-padding tokens."""
+    counts = (labels != IGNORE_INDEX).sum(1).clamp(min=1)
+    return token_nll(logits, labels).sum(1) / counts
+
+
+class TeacherForcedLogits(nn.Module):
+    """``forward(x) -> [B, T, vocab]`` for ``x = {input_ids, attention_mask, labels}`` tensors: the one-argument
+    view of an encoder-decoder that per-sample-gradient optimizers call (``model(batch["x"])``)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        labels = x["labels"]
+        if labels.shape[0] == 0:  # an empty Poisson batch
+            return labels.new_zeros(0, labels.shape[1], self.network.config.get_text_config().vocab_size).float()
+        return self.network(
+            input_ids=x["input_ids"], attention_mask=x["attention_mask"], labels=labels, return_dict=True
+        ).logits
 
 
 def token_accuracy_counts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,21 +87,33 @@ class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.perplexity = nn.ModuleDict({split: Perplexity(ignore_index=IGNORE_INDEX) for split in ("val", "test")})
+        self.uses_per_sample_gradients = bool(getattr(optimizer, "needs_per_sample_gradients", False))
+        self.automatic_optimization = not self.uses_per_sample_gradients
+        # kept out of the module tree (its parameters are the model's): the DP optimizer's view of the network
+        self.__dict__["teacher_forced"] = TeacherForcedLogits(model.network)
+
+    def sample_losses(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
+        """Per-example training loss ``[B]`` under a per-sample-gradient optimizer: :func:`mean_token_nll`."""
+        return mean_token_nll(logits, batch["y"])
+
+    def tensor_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` tokenized: ``{"x": {input_ids, attention_mask, labels}, "y": labels, "index"}`` (per-sample
+        tensors, so the DP optimizer can split and vmap it)."""
+        if len(batch["x"]) == 0:
+            empty = torch.zeros(0, 1, dtype=torch.long, device=self.device)
+            return {"x": {"input_ids": empty, "attention_mask": empty, "labels": empty}, "y": empty, "index": empty}
+        inputs, labels = self._tokens(batch)
+        return {"x": {**inputs, "labels": labels}, "y": labels, "index": batch["index"]}
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Refuse models that are not encoder-decoders and optimizers that need per-sample gradients."""
+        """Refuse models that are not encoder-decoders."""
         model_cls = plugin_class("model", cfg.model)
         method = f"method._target_={cfg.method._target_}"
         if SEQ2SEQ_INPUT_KIND not in (model_cls.accepted_input_kinds or ()):
             raise ConfigError(
                 f"{method} trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
                 "use model=hf_seq2seq"
-            )
-        if selects_per_sample_optimizer(cfg):
-            raise ConfigError(
-                f"{method} does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
-                "use optimizer=adam or another torch optimizer"
             )
 
     def _tokens(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
@@ -96,8 +137,17 @@ class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
             self.log(f"{split}/perplexity", self.perplexity[split], on_step=False, on_epoch=True)
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._step("train", batch)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if not self.uses_per_sample_gradients:
+            return self._step("train", batch)
+        optimizer = self.optimizers()
+        tensors = self.tensor_batch(batch)
+        _, loss = optimizer.optimizer.private_gradients(self.teacher_forced, self.sample_losses, tensors)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        size = int(tensors["y"].shape[0])
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=max(size, 1))
+        return None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step("val", batch)
