@@ -52,3 +52,34 @@ def test_dp_on_a_tied_embedding_passes_the_layerwise_attribution_check(tokenizer
     cfg = compose_train(_overrides(toy_topical_chat, folder, *DP, "trainer.max_epochs=1"), tmp_path / "run")
     results = run(cfg).results
     assert results["dp_steps"] >= 1 and results["trainable_fraction"] > 0.9
+
+
+FEDAVG = [
+    "federation=fedavg",
+    "federation.partition.num_clients=4",
+    "federation.selection.clients_per_round=2",
+    "federation.rounds=6",
+    "trainer.max_epochs=1",
+    "optimizer.lr=0.03",
+]
+
+
+def test_federated_training_learns_and_frozen_groups_never_travel(untied_bart, toy_topical_chat, tmp_path):
+    frozen = run(
+        compose_train(
+            _overrides(toy_topical_chat, untied_bart, *FEDAVG, "method.freeze=[decoder_self_attention,embeddings]"),
+            tmp_path / "frozen",
+        )
+    ).results
+    full = run(compose_train(_overrides(toy_topical_chat, untied_bart, *FEDAVG, "method.freeze=[]"), tmp_path / "full"))
+    full = full.results
+    for results in (frozen, full):
+        assert results["federation/aggregated_rounds"] == 6
+        # only trainable weights (and float buffers, e.g. BART's final_logits_bias) are in a message
+        assert (
+            results["params_trainable"] <= results["federation/floats_per_message"] < results["params_trainable"] + 1e5
+        )
+        assert results["test/perplexity"] < VOCABULARY / 4
+    ratio = frozen["federation/bytes_per_round"] / full["federation/bytes_per_round"]
+    assert ratio == pytest.approx(frozen["federation/floats_per_message"] / full["federation/floats_per_message"])
+    assert ratio < 0.3

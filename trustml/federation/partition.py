@@ -105,6 +105,8 @@ def partition_statistics(
 ) -> dict[str, Any]:
     """Samples per client, per-client label counts and label entropy (bits), and their summaries, as JSON."""
     labels = np.asarray(labels)
+    # tasks without classes (seq2seq: every label 0) count as one class
+    num_classes = max(num_classes, int(labels.max(initial=-1)) + 1, 1)
     sizes = np.array([len(rows) for rows in partition], dtype=np.int64)
     owner = np.repeat(np.arange(len(partition)), sizes)
     rows = np.concatenate(partition) if partition else np.zeros(0, dtype=np.int64)

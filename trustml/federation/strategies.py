@@ -58,12 +58,19 @@ log = logging.getLogger(__name__)
 
 
 def summarize(
-    history: list[dict[str, Any]], *, clients_per_round: int | None = None, empty_clients: int | None = None
+    history: list[dict[str, Any]],
+    *,
+    clients_per_round: int | None = None,
+    empty_clients: int | None = None,
+    floats_per_message: int | None = None,
 ) -> dict[str, float]:
     """Run-level numbers from the per-round records.
 
     With ``clients_per_round``, ``federation/clamped_rounds`` counts the rounds in which fewer clients than that
     were eligible; ``empty_clients`` (clients without data) is reported as ``federation/empty_clients``.
+    ``floats_per_message`` (the trainable float entries a model message carries; frozen weights never travel)
+    gives ``federation/bytes_per_round``: the mean over rounds of ``4 * floats * (selected + answered)``, the
+    global model sent to each selected client and each answer's update, as float32.
     """
     evaluated = [r for r in history if "test_acc" in r]
     summary: dict[str, float] = {
@@ -82,6 +89,10 @@ def summarize(
     if evaluated:
         summary["federation/final_test_acc"] = float(evaluated[-1]["test_acc"])
         summary["federation/best_test_acc"] = float(max(r["test_acc"] for r in evaluated))
+    if floats_per_message is not None:
+        summary["federation/floats_per_message"] = float(floats_per_message)
+        messages = [r["selected"] + r["answered"] for r in history]
+        summary["federation/bytes_per_round"] = 4.0 * floats_per_message * float(np.mean(messages)) if messages else 0.0
     if history and "retired" in history[-1]:
         summary["federation/clients_budget_spent"] = float(history[-1]["retired"])
     if history and "dp_epsilon" in history[-1]:
@@ -253,7 +264,8 @@ class FederatedTraining(FederationPlugin):
 
         def evaluate(weights: torch.Tensor) -> dict[str, float]:
             set_flat(method.model, layout, weights)
-            return evaluate_model(method.model, test_loader)
+            own = getattr(method, "evaluate_loader", None)  # methods whose outputs are not class logits
+            return own(test_loader) if own is not None else evaluate_model(method.model, test_loader)
 
         def make_loop(transport: Transport, sizes_at: Callable[[int], np.ndarray]) -> RoundLoop:
             return RoundLoop(
@@ -298,7 +310,10 @@ class FederatedTraining(FederationPlugin):
         set_flat(method.model, layout, server.weights)
         save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
         summary = summarize(
-            history, clients_per_round=selection.clients_per_round, empty_clients=population.empty_clients
+            history,
+            clients_per_round=selection.clients_per_round,
+            empty_clients=population.empty_clients,
+            floats_per_message=layout.size,
         )
         return FitResult(trainer, summary)
 

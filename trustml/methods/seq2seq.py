@@ -15,6 +15,7 @@ the layerwise per-sample engine adds both modules' shares (its attribution check
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -154,6 +155,23 @@ class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step("test", batch)
+
+    @torch.no_grad()
+    def evaluate_loader(self, loader: Any) -> dict[str, float]:
+        """Token accuracy, mean token NLL and perplexity ``exp(NLL)`` over ``loader`` (a federation's per-round
+        evaluation of the global model; the same quantities ``test_step`` logs)."""
+        was_training = self.training
+        self.eval()
+        nll, correct, count = 0.0, 0, 0
+        for batch in loader:
+            inputs, labels = self._tokens(batch)
+            logits = self.model(**inputs, labels=labels)
+            nll += float(token_nll(logits, labels).sum())
+            right, tokens = token_accuracy_counts(logits, labels)
+            correct, count = correct + int(right), count + int(tokens)
+        self.train(was_training)
+        loss = nll / max(count, 1)
+        return {"test_acc": correct / max(count, 1), "test_loss": loss, "test_perplexity": math.exp(min(loss, 50.0))}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
