@@ -120,3 +120,25 @@ def test_reference_likelihood_under_mixing_is_minus_log_of_the_mixture(tokenizer
     generator = KnobGenerator(primary, tokenizer, KnobSettings(mixing_weight=0.5), secondary=secondary)
     nll = generator.reference_token_nll(batch["input_ids"], batch["attention_mask"], labels)
     torch.testing.assert_close(nll, torch.where(labels == -100, 0.0, expected), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_secondary_decoder_projects_the_source_once_per_generate(arch, tokenizer, batch):
+    """With a cache, each decoder computes its cross-attention keys and values over the source once (at the first
+    step) and reads them from its cache afterwards; the secondary's cache rides in the primary's."""
+    from trustml.knobs.sites import decoder_attention_sites
+
+    primary, secondary = tiny_model(arch, "sdpa", tokenizer, seed=0), tiny_model(arch, "sdpa", tokenizer, seed=1)
+    calls = {"primary": 0, "secondary": 0}
+    for name, model in (("primary", primary), ("secondary", secondary)):
+        cross = next(site for site in decoder_attention_sites(model) if site.kind == "cross").module
+        key = next(m for n, m in cross.named_children() if n in ("k_proj", "k", "key"))
+        key.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    DecoderMixing(primary, secondary, 0.5).generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        num_beams=4,
+        min_new_tokens=12,
+        max_new_tokens=12,
+    )
+    assert calls == {"primary": 1, "secondary": 1}
