@@ -7,7 +7,7 @@ Runs from the repository root through the ``trustml`` and ``trustml-generate`` a
 thread each), every run into ``--out`` (a run whose ``results.json`` exists is not redone):
 
 1. **Parameter-reduced training** (``method=attention_swap``), every arm the same recipe and the same number of
-   steps (``--steps``), seeds ``--seeds``: ``full`` (nothing frozen, the model's own self-attention), and the
+   steps (``--steps``): ``full`` and the target arm on every seed of ``--seeds``, the other arms on the first: ``full`` (nothing frozen, the model's own self-attention), and the
    arms of :data:`ARMS` that take the decoder self-attention from the offline MiniLM (``method.donor``, layers
    ``0..L-1``) and freeze it, alone or with other groups. The best validation checkpoint (token accuracy on the
    held-out conversations) is tested — the runner's rule for every run.
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     summary: dict = {"train": {}, "generate": {}, "swap": {}, "knob_d": {}, "drift": {}}
     runs: dict[str, dict[int, Path]] = {}
     for seed in a.seeds:
-        for arm in ARMS:
+        # the CPU budget: every arm on the first seed; the baseline and the target arm on every seed
+        for arm in ARMS if seed == a.seeds[0] else ("full", TARGET_ARM):
             run_dir = a.out / "train" / f"{arm}_seed{seed}"
             if a.tables_only and not (run_dir / "results.json").exists():
                 continue

