@@ -31,6 +31,7 @@ ARMS: dict[str, list[str]] = {
     "self_attention": ["decoder_self_attention"],
     "self_attention+encoder": ["decoder_self_attention", "encoder"],
     "self_attention+embeddings": ["decoder_self_attention", "embeddings", "lm_head"],
+    "self_attention+encoder+encoder_embeddings": ["decoder_self_attention", "encoder", "encoder_embeddings"],
 }
 
 

@@ -80,3 +80,15 @@ def test_unknown_groups_and_unknown_families_are_named():
         freeze_groups(AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model("bart", **SIZES)), ["decoder"])
     with pytest.raises(ConfigError, match="matches no group"):
         parameter_group("frobnicator.weight")
+
+
+def test_embedding_parts_freeze_one_side_or_a_shared_table(tokenizer):
+    bert2bert = tiny_model("bert2bert", "sdpa", tokenizer)
+    freeze_groups(bert2bert, ["encoder_embeddings"])
+    assert not bert2bert.encoder.embeddings.word_embeddings.weight.requires_grad
+    assert bert2bert.decoder.bert.embeddings.word_embeddings.weight.requires_grad
+    counts = {c.group: c for c in count_groups(bert2bert)}
+    assert 0 < counts["embeddings"].trainable < counts["embeddings"].total
+    bart = tiny_model("bart", "sdpa", tokenizer)
+    freeze_groups(bart, ["decoder_embeddings"])  # BART's shared table serves both sides
+    assert not bart.model.shared.weight.requires_grad and bart.model.encoder.embed_positions.weight.requires_grad

@@ -13,6 +13,9 @@ not by per-family code:
 - ``decoder_cross_attention``: the decoder's attention over the encoder states;
 - ``decoder_ffn``: the decoder's feed-forward blocks.
 
+Two finer names select part of ``embeddings`` for freezing: ``encoder_embeddings`` (the tables under the encoder)
+and ``decoder_embeddings`` (under the decoder); a table shared by both sides (BART's, T5's ``shared``) is in both.
+
 Tied tensors (an embedding table that is also the LM head) are one tensor: it is listed under the group of the
 first name ``named_parameters`` gives it, and it is frozen when any group it belongs to is frozen.
 """
@@ -36,6 +39,10 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "lm_head",
     "layer_norms",
 )
+
+#: Parts of ``embeddings`` that ``freeze`` also accepts (not rows of the parameter table).
+EMBEDDING_PARTS: tuple[str, ...] = ("encoder_embeddings", "decoder_embeddings")
+_SIDE = re.compile(r"^(model\.)?(encoder|decoder)\.")
 
 #: ``(group, pattern)`` in the order they are tried on a parameter's dotted name; the first that matches wins.
 GROUP_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -67,12 +74,24 @@ def parameter_group(name: str) -> str:
     )
 
 
+def selectable_groups(name: str) -> set[str]:
+    """Every name ``freeze`` can select the parameter ``name`` by: its group, and for an embedding table the
+    side(s) of :data:`EMBEDDING_PARTS` it sits on."""
+    group = parameter_group(name)
+    if group != "embeddings":
+        return {group}
+    side = _SIDE.match(name)
+    return {group, f"{side.group(2)}_embeddings"} if side else {group, *EMBEDDING_PARTS}
+
+
 def check_group_names(groups: Iterable[str], option: str) -> list[str]:
-    """``groups`` as a list, each checked to be one of :data:`PARAMETER_GROUPS` (ConfigError naming ``option``)."""
+    """``groups`` as a list, each one of :data:`PARAMETER_GROUPS` or :data:`EMBEDDING_PARTS` (ConfigError naming
+    ``option``)."""
     groups = list(groups)
-    unknown = [g for g in groups if g not in PARAMETER_GROUPS]
+    known = (*PARAMETER_GROUPS, *EMBEDDING_PARTS)
+    unknown = [g for g in groups if g not in known]
     if unknown:
-        raise ConfigError(f"{option}: unknown parameter group(s) {unknown}; choose from {list(PARAMETER_GROUPS)}")
+        raise ConfigError(f"{option}: unknown parameter group(s) {unknown}; choose from {list(known)}")
     return groups
 
 
@@ -88,10 +107,10 @@ class GroupCount:
 
 
 def groups_of_tensors(module: nn.Module) -> dict[int, set[str]]:
-    """``{id(tensor): groups}``: every group each parameter tensor belongs to (more than one when tied)."""
+    """``{id(tensor): names}``: every group (and embedding part) each tensor belongs to (more than one when tied)."""
     groups: dict[int, set[str]] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), set()).add(parameter_group(name))
+        groups.setdefault(id(param), set()).update(selectable_groups(name))
     return groups
 
 
@@ -120,7 +139,7 @@ def count_groups(module: nn.Module, sources: dict[str, str] | None = None) -> li
         group = parameter_group(name)
         totals[group] += param.numel()
         trainable[group] += param.numel() if param.requires_grad else 0
-        ties[group] |= tensor_groups[id(param)] - {group}
+        ties[group] |= (tensor_groups[id(param)] & set(PARAMETER_GROUPS)) - {group}
     return [
         GroupCount(g, totals[g], trainable[g], sources.get(g, "model"), tuple(sorted(ties[g])))
         for g in PARAMETER_GROUPS
