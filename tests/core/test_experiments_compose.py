@@ -64,7 +64,7 @@ COMBINATIONS = sorted(
 
 @pytest.fixture(scope="module")
 def old_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A completed one-epoch digits run: the old model of methods that update one (pc, bct)."""
+    """A completed one-epoch digits run: the old model of methods that update one (pc, bcwi, bct)."""
     from trustml.run_record import RunRecord
 
     run_dir = tmp_path_factory.mktemp("old") / "run"
@@ -78,7 +78,8 @@ def old_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def method_overrides(method: str, old_run: Path) -> list[str]:
     """What a method needs beyond its defaults (the old model of an update)."""
-    return {"pc": [f"method.old_run_dirs=[{old_run}]"], "bct": [f"method.old_run_dir={old_run}"]}.get(method, [])
+    old_runs = [f"method.old_run_dirs=[{old_run}]"]
+    return {"pc": old_runs, "bcwi": old_runs, "bct": [f"method.old_run_dir={old_run}"]}.get(method, [])
 
 
 def refusal(method: str, optimizer: str, federation: str) -> str | None:

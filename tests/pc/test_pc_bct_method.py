@@ -86,7 +86,7 @@ def test_classes_absent_from_old_head_get_class_mean_pseudo_classifier(tmp_path,
 @pytest.mark.parametrize(
     ("old_options", "new_options", "message"),
     [
-        ({"hidden_sizes": (12,)}, {}, "embeds into 12 dimensions, the new model into 8"),
+        ({"hidden_sizes": (12,)}, {"projection": "none"}, "embeds into 12 dimensions, the new model into 8"),
         ({"num_classes": 4}, {}, "has 4 classes, more than the new data's 3"),
         ({"num_classes": 2, "label_names": ["c1", "c0"]}, {}, "is not the start of the new data's"),
     ],

