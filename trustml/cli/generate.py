@@ -28,7 +28,7 @@ from trustml.data.topical_chat_grounded import grounded_examples
 from trustml.errors import ConfigError
 from trustml.knobs.evaluation import generate_and_score
 from trustml.knobs.generator import KnobGenerator, KnobSettings
-from trustml.models.attention_transplant import load_donor, reinitialize_self_attention, transplant_self_attention
+from trustml.models.attention_transplant import swap_self_attention
 from trustml.models.hf_seq2seq import HFSeq2SeqConfig, HFSeq2SeqModel
 from trustml.run_record import load_model_from_run
 
@@ -77,16 +77,13 @@ class SwapOptions:
     checkpoint: str = "best"
 
 
-def swap_self_attention(network: torch.nn.Module, options: SwapOptions) -> None:
+def apply_swap(network: torch.nn.Module, options: SwapOptions) -> None:
     """Replace ``network``'s decoder self-attention as ``options`` say (nothing when no donor is given)."""
     if options.donor is None:
         return
-    if options.donor == "random":
-        reinitialize_self_attention(network)
-    elif options.donor == "none":
+    if options.donor == "none":
         raise ConfigError("swap.donor=none: leave swap.donor unset (null) to keep the model's own self-attention")
-    else:
-        transplant_self_attention(network, load_donor(options.donor, options.checkpoint), options.layer_map)
+    swap_self_attention(network, options.donor, options.layer_map, options.checkpoint)
 
 
 @dataclass
@@ -137,7 +134,7 @@ def generate(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         raise ConfigError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
     torch.manual_seed(int(cfg.seed))
     model = load_seq2seq(model_source, "model")
-    swap_self_attention(model.network, OmegaConf.to_object(cfg.swap))
+    apply_swap(model.network, OmegaConf.to_object(cfg.swap))
     model = model.to(cfg.device)
     secondary = load_seq2seq(secondary_source, "secondary").to(cfg.device) if secondary_source.is_set else None
     turns = read_grounded_turns(cfg.data.data_dir, cfg.data.split, history_turns=int(cfg.data.history_turns))

@@ -21,12 +21,7 @@ from torch import nn
 from trustml.errors import ConfigError
 from trustml.methods.base import OptimizerFactory
 from trustml.methods.seq2seq import Seq2SeqMethod
-from trustml.models.attention_transplant import (
-    DONOR_KEYWORDS,
-    load_donor,
-    reinitialize_self_attention,
-    transplant_self_attention,
-)
+from trustml.models.attention_transplant import DONOR_KEYWORDS, swap_self_attention
 from trustml.models.parameter_groups import (
     GroupCount,
     check_group_names,
@@ -75,15 +70,9 @@ class AttentionSwapMethod(Seq2SeqMethod):
     ) -> None:
         super().__init__(config, model=model, optimizer=optimizer, num_classes=num_classes)
         network = model.network
-        sources: dict[str, str] = {}
-        if config.donor == "random":
-            reinitialize_self_attention(network)
-            sources["decoder_self_attention"] = "random"
-        elif config.donor != "none":
-            transplant_self_attention(network, load_donor(config.donor, config.donor_checkpoint), config.layer_map)
-            sources["decoder_self_attention"] = "donor"
+        source = swap_self_attention(network, config.donor, config.layer_map, config.donor_checkpoint)
         freeze_groups(network, config.freeze)
-        self.parameter_groups: list[GroupCount] = count_groups(network, sources)
+        self.parameter_groups: list[GroupCount] = count_groups(network, {"decoder_self_attention": source})
         if not any(c.trainable for c in self.parameter_groups):
             raise ConfigError(
                 f"method.freeze={config.freeze} freezes every parameter of the model; leave at least one group "

@@ -239,3 +239,18 @@ def reinitialize_self_attention(model: nn.Module) -> int:
     for name in owners:
         model._init_weights(model.get_submodule(name))
     return sum(p.numel() for p in params.values())
+
+
+def swap_self_attention(
+    model: nn.Module, donor: str, layer_map: list[int] | None = None, checkpoint: str = "best"
+) -> str:
+    """Give encoder-decoder ``model`` the decoder self-attention ``donor`` names: ``none`` (its own, unchanged),
+    ``random`` (:func:`reinitialize_self_attention`) or a run / model (:func:`load_donor`, then
+    :func:`transplant_self_attention`). Returns where the weights now come from: ``model``, ``random`` or ``donor``."""
+    if donor == "none":
+        return "model"
+    if donor == "random":
+        reinitialize_self_attention(model)
+        return "random"
+    transplant_self_attention(model, load_donor(donor, checkpoint), layer_map)
+    return "donor"
