@@ -148,11 +148,25 @@ def test_an_unwritable_run_directory_is_one_clear_error(tmp_path: Path) -> None:
     assert "set hydra.run.dir to a writable directory" in out.stderr
 
 
+def _default_stop_signals() -> None:
+    """In the child before exec: SIGINT/SIGTERM as an interactive user's process has them. A test run started in
+    the background by a non-interactive shell inherits SIGINT ignored, and trustml keeps an ignored signal ignored
+    (by design), so the signal tests would otherwise depend on how pytest was launched."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRUSTML_CACHE_DIR": str(cwd / "cache")}
     env.pop("TRUSTML_LOG_DIR", None)
     return subprocess.Popen(
-        [str(BIN / "trustml"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(BIN / "trustml"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_stop_signals,  # noqa: PLW1509 - the child is exec'd right after; nothing else runs
     )
 
 
