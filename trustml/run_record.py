@@ -149,15 +149,6 @@ def received_signal() -> int | None:
     return _SignalState.received
 
 
-def raise_if_interrupted() -> None:
-    """Raise :class:`RunInterrupted` for a SIGTERM/SIGINT this process received whose raise never reached the
-    running code: Python ignores an exception raised by a signal handler that fires inside a destructor or a
-    finalizer (it prints "Exception ignored in ..."), so without this check such a run would train on. Nothing
-    while :class:`finishing` defers signals, and nothing in other processes."""
-    if _SignalState.received is not None and not _SignalState.deferred and os.getpid() == _SignalState.owner_pid:
-        raise RunInterrupted(_SignalState.received)
-
-
 class finishing:  # noqa: N801 - used like a function: ``with finishing(): ...``
     """Context in which SIGTERM/SIGINT do not interrupt (writing the final record, reporting)."""
 

@@ -21,7 +21,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trustml.callbacks.interruption import StopOnReceivedSignal
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError, TrustMLError
 from trustml.plugin import FitResult, Plugin
@@ -113,7 +112,6 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     federation = construct_plugin("federation", classes["federation"], configs["federation"])
 
     callbacks = [build("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks.append(StopOnReceivedSignal())
     for cls in classes.values():
         callbacks += cls.runtime_callbacks(cfg, datamodule)
     loggers = [build("logger", node) for node in (cfg.get("logger") or {}).values() if node is not None]
