@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from trustml.data.base import DataOptions, Split, TrustDataModule
 from trustml.data.text_classification import bucketed_or_plain
-from trustml.data.text_files import read_text
+from trustml.data.text_files import jsonl_rows, read_text
 from trustml.errors import ConfigError, DataError
 from trustml.registry import register
 
@@ -69,13 +69,7 @@ def read_utterances(path: Path) -> list[Utterance]:
             f"MASSIVE file not found: {path}; set data.path to the massive_add_data folder (holding old/ and updated/)"
         )
     rows: list[Utterance] = []
-    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
+    for line_no, row in jsonl_rows(path):
         missing = [f for f in FIELDS if not isinstance(row, dict) or f not in row]
         if missing:
             raise DataError(f"{path}:{line_no}: missing field(s) {missing}; a MASSIVE line has {list(FIELDS)}")

@@ -21,8 +21,11 @@ non-UTF-8 training file is refused until ``data.encoding`` says what it is); ``t
 from __future__ import annotations
 
 import codecs
+import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from trustml.errors import DataError
 
@@ -144,3 +147,15 @@ def read_text(path: str | Path, encoding: str = "utf-8", option: str = "data.enc
     except OSError as exc:
         raise DataError(f"{path} cannot be read ({exc.strerror or exc}); check the path and its permissions") from None
     return decode_text(raw, path, encoding, option)
+
+
+def jsonl_rows(path: str | Path, encoding: str = "utf-8", option: str = "data.encoding") -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of a JSONL file (decoded by :func:`read_text`);
+    a line that is not JSON is one :class:`DataError` naming the file and line."""
+    for line_no, line in enumerate(read_text(path, encoding, option).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trustml.data.base import DataOptions, Split, TrustDataModule
-from trustml.data.text_files import check_encoding, read_text
+from trustml.data.text_files import check_encoding, jsonl_rows, read_text
 from trustml.errors import ConfigError, DataError
 from trustml.registry import register
 
@@ -111,13 +111,7 @@ def read_topical_chat_turns(path: Path, encoding: str = "utf-8") -> list[Grouped
 def read_jsonl(path: Path, text_field: str, group_field: str | None, encoding: str = "utf-8") -> list[GroupedText]:
     """Texts of a JSONL file (``text_field``), grouped by ``group_field`` (unset: each line its own group)."""
     texts = []
-    for line_no, line in enumerate(read_text(path, encoding, "data.encoding").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
+    for line_no, row in jsonl_rows(path, encoding):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise DataError(f"{path}:{line_no}: no text field {text_field!r} (set data.text_field)")
         if group_field is not None and group_field not in row:
