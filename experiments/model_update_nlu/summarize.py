@@ -1,8 +1,10 @@
-"""Tables of the MASSIVE add-data update from ``logs/seed*/{old,bcwi_plain,bcwi_fisher}/``: mean and std over seeds.
+"""Tables of the MASSIVE add-data update from ``logs/seed*/``: mean and std over seeds.
 
-Rows: the old model, the untreated update (alpha 0 of the plain BCWI run), BCWI plain and BCWI Fisher at the
-dev-chosen alpha. Verdict per BCWI variant: NFR <= 50% of the untreated update's and error <= +0.5 points.
-Usage: ``.venv/bin/python experiments/model_update_nlu/summarize.py [LOG_DIR]``
+Rows: the old model, the untreated update (alpha 0 of the plain BCWI run), BCWI plain and Fisher at the
+dev-chosen alpha, each distillation arm (``fd_kl``, ``fd_lm``, ``ldi``: the trained model, and BCWI on top of it at
+its dev-chosen alpha) and the old/new ensemble reference (``ensemble.json`` from ``ensemble.py``). Verdict per
+row: NFR <= 50% of the untreated update's and error <= +0.5 points, both against the untreated update of the
+same seeds. Usage: ``.venv/bin/python experiments/model_update_nlu/summarize.py [LOG_DIR]``
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ARMS = {"fd_kl": "FD-KL", "fd_lm": "FD-LM", "ldi": "LDI"}
+REFERENCE_ROWS = ("old", "new (untreated)")
 
 
 def mean_std(values: list[float]) -> str:
@@ -22,63 +26,59 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
+def seed_rows(seed_dir: Path) -> dict[str, tuple[float, float, float | None]]:
+    """``row name -> (ER %, NFR %, chosen alpha or None)`` of one seed (empty if its plain BCWI run is missing)."""
+    plain = seed_dir / "bcwi_plain" / "results.json"
+    if not plain.is_file():
+        return {}
+    r = json.loads(plain.read_text())
+    rows = {
+        "old": (100 * r["test/er_old"], 0.0, None),
+        "new (untreated)": (100 * (1 - r["test/new_acc"]), 100 * r["test/new_nfr"], None),
+        "BCWI plain": (100 * r["test/er_new"], 100 * r["test/nfr"], r["test/bcwi_alpha"]),
+    }
+    fisher = seed_dir / "bcwi_fisher" / "results.json"
+    if fisher.is_file():
+        f = json.loads(fisher.read_text())
+        rows["BCWI Fisher"] = (100 * f["test/er_new"], 100 * f["test/nfr"], f["test/bcwi_alpha"])
+    for arm, label in ARMS.items():
+        path = seed_dir / arm / "results.json"
+        if path.is_file():
+            a = json.loads(path.read_text())
+            rows[label] = (100 * (1 - a["test/new_acc"]), 100 * a["test/new_nfr"], None)
+            rows[f"{label} + BCWI plain"] = (100 * a["test/er_new"], 100 * a["test/nfr"], a["test/bcwi_alpha"])
+    ensemble = seed_dir / "ensemble.json"
+    if ensemble.is_file():
+        e = json.loads(ensemble.read_text())
+        rows["old/new ensemble (2 models)"] = (100 * e["test/er_ensemble"], 100 * e["test/nfr_ensemble"], None)
+    return rows
+
+
 def main(log_dir: Path) -> None:
-    rows: dict[str, dict[str, list[float]]] = {}
-    seeds_of: dict[str, list[str]] = {}
-    alphas: dict[str, list[float]] = {"bcwi_plain": [], "bcwi_fisher": []}
-    seeds = []
-    for seed_dir in sorted(log_dir.glob("seed*")):
-        plain = seed_dir / "bcwi_plain" / "results.json"
-        if not plain.is_file():
-            continue
-        seeds.append(seed_dir.name)
-        r = json.loads(plain.read_text())
-        untreated = {"er": 100 * (1 - r["test/new_acc"]), "nfr": 100 * r["test/new_nfr"]}
-        er_old = 100 * r["test/er_old"]
-        add = rows.setdefault
-        for name, values in (
-            ("old", {"er": er_old, "nfr": 0.0}),
-            ("new (untreated)", untreated),
-            ("bcwi plain", {"er": 100 * r["test/er_new"], "nfr": 100 * r["test/nfr"]}),
-        ):
-            for k, v in values.items():
-                add(name, {}).setdefault(k, []).append(v)
-            seeds_of.setdefault(name, []).append(seed_dir.name)
-        alphas["bcwi_plain"].append(r["test/bcwi_alpha"])
-        fisher = seed_dir / "bcwi_fisher" / "results.json"
-        if fisher.is_file():
-            f = json.loads(fisher.read_text())
-            add("bcwi fisher", {}).setdefault("er", []).append(100 * f["test/er_new"])
-            rows["bcwi fisher"].setdefault("nfr", []).append(100 * f["test/nfr"])
-            seeds_of.setdefault("bcwi fisher", []).append(seed_dir.name)
-            alphas["bcwi_fisher"].append(f["test/bcwi_alpha"])
-    print(f"Seeds: {', '.join(seeds)} ({len(seeds)}); test split, 4,000 utterances; % mean ± std over seeds.\n")
-    print("| model | runs | ER % | NFR % | NFR vs untreated | chosen alphas |")
-    print("|---|---|---|---|---|---|")
-    base = rows.get("new (untreated)", {})
-    for name, values in rows.items():
-        ratio = ""
-        if base and name.startswith("bcwi") and seeds_of[name] == seeds_of["new (untreated)"]:
-            ratio = f"{100 * (statistics.mean(values['nfr']) / statistics.mean(base['nfr']) - 1):+.0f}%"
-        chosen = alphas.get(name.replace(" ", "_"), [])
+    per_seed = {d.name: seed_rows(d) for d in sorted(log_dir.glob("seed*"))}
+    per_seed = {seed: rows for seed, rows in per_seed.items() if rows}
+    names: list[str] = []
+    for rows in per_seed.values():
+        names += [n for n in rows if n not in names]
+    print(f"Seeds: {', '.join(per_seed)} ({len(per_seed)}); test split, 4,000 utterances; % mean ± std over seeds.\n")
+    print("| model | seeds | ER % | NFR % | NFR vs untreated | ER vs untreated | chosen alphas | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        seeds = [s for s, rows in per_seed.items() if name in rows]
+        er = [per_seed[s][name][0] for s in seeds]
+        nfr = [per_seed[s][name][1] for s in seeds]
+        alphas = [per_seed[s][name][2] for s in seeds if per_seed[s][name][2] is not None]
+        ratio = delta = verdict = ""
+        if name not in REFERENCE_ROWS:
+            base_er = statistics.mean(per_seed[s]["new (untreated)"][0] for s in seeds)
+            base_nfr = statistics.mean(per_seed[s]["new (untreated)"][1] for s in seeds)
+            ratio = f"{100 * (statistics.mean(nfr) / base_nfr - 1):+.0f}%"
+            delta = f"{statistics.mean(er) - base_er:+.2f} points"
+            met = statistics.mean(nfr) <= 0.5 * base_nfr and statistics.mean(er) <= base_er + 0.5
+            verdict = "met" if met else "not met"
         print(
-            f"| {name} | {len(values['er'])} | {mean_std(values['er'])} | {mean_std(values['nfr'])} | {ratio} | "
-            f"{', '.join(f'{a:g}' for a in chosen)} |"
-        )
-    print()
-    for name in ("bcwi plain", "bcwi fisher"):
-        if name not in rows or not base:
-            continue
-        # the untreated update of the same seeds
-        same = [seeds_of["new (untreated)"].index(seed) for seed in seeds_of[name]]
-        nfr, er = statistics.mean(rows[name]["nfr"]), statistics.mean(rows[name]["er"])
-        base_nfr = statistics.mean(base["nfr"][i] for i in same)
-        base_er = statistics.mean(base["er"][i] for i in same)
-        met = nfr <= 0.5 * base_nfr and er <= base_er + 0.5
-        print(
-            f"- {name}: NFR {nfr:.2f}% vs {base_nfr:.2f}% ({100 * (nfr / base_nfr - 1):+.0f}%), error {er:.2f}% vs "
-            f"{base_er:.2f}% ({er - base_er:+.2f} points), seeds {', '.join(seeds_of[name])}: "
-            f"target {'met' if met else 'not met'}"
+            f"| {name} | {', '.join(s.removeprefix('seed') for s in seeds)} | {mean_std(er)} | {mean_std(nfr)} | "
+            f"{ratio} | {delta} | {', '.join(f'{a:g}' for a in alphas)} | {verdict} |"
         )
 
 
