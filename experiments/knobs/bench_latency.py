@@ -7,6 +7,10 @@ it is the work done, without time spent waiting for other processes), and their 
 table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
 
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py
+
+``--count-calls`` times nothing: it counts the calls of layer 0's cross-attention key projection of the primary and
+the secondary decoder during one knob-B ``generate()`` (same model, batch and settings), with the KV cache on and
+off, and prints them (a decoder whose cross-attention keys and values are cached projects the source once).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def parse_args() -> argparse.Namespace:
         "--data-dir", type=Path, default=TOPICAL_CHAT, help="Topical-Chat folder (inputs); synthetic text when absent"
     )
     parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--count-calls", action="store_true", help="count cross-attention key projections of B")
     return parser.parse_args()
 
 
@@ -82,6 +87,24 @@ def examples(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
     return [{"knowledge": text, "history": "did you see that? " * (i + 1)} for i in range(args.batch_size)], "synthetic"
 
 
+def count_key_projections(model, secondary, tokenizer, builder, batch, generate_kwargs: dict) -> None:
+    """Print how often layer 0's cross-attention key projection of each decoder runs in one knob-B generate()."""
+    from trustml.knobs.sites import decoder_attention_sites
+
+    calls = {"primary": 0, "secondary": 0}
+    for name, network in (("primary", model), ("secondary", secondary)):
+        cross = next(site for site in decoder_attention_sites(network) if site.kind == "cross").module
+        cross.k_proj.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    generator = KnobGenerator(model, tokenizer, KnobSettings(mixing_weight=0.5), builder.vocabulary, secondary)
+    print("| KV cache | decoder steps | primary k_proj calls | secondary k_proj calls |\n|---|---:|---:|---:|")
+    for use_cache in (True, False):
+        calls.update(primary=0, secondary=0)
+        out = generator.generate(
+            batch["input_ids"], batch["attention_mask"], batch["segment_ids"], use_cache=use_cache, **generate_kwargs
+        )
+        print(f"| {'on' if use_cache else 'off'} | {out.shape[1] - 1} | {calls['primary']} | {calls['secondary']} |")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_grad_enabled(False)
@@ -112,6 +135,9 @@ def main() -> None:
         "B: lambda=0.5 (two decoders)": KnobSettings(mixing_weight=0.5),
     }
     generate_kwargs = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    if args.count_calls:
+        count_key_projections(model, secondary, tokenizer, builder, batch, generate_kwargs)
+        return
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     for name, settings in conditions.items():
         if settings is None:

@@ -21,6 +21,13 @@ EXPERIMENTS = sorted(e.name[:-5] for e in (files("trustml.conf") / "experiment")
 NEEDS: dict[str, list[str]] = {
     "text_classification_minilm": [f"model.random_init_config={TINY_BERT}"],
     "topical_chat_sentiment_minilm": [f"model.random_init_config={TINY_BERT}", "data.max_conversations=12"],
+    "knobs_topical_chat": [
+        "model.warm_start=null",
+        "model.random_init_config={model_type:bart,d_model:16,encoder_layers:1,decoder_layers:1,"
+        "encoder_attention_heads:2,decoder_attention_heads:2,encoder_ffn_dim:32,decoder_ffn_dim:32,"
+        "max_position_embeddings:256}",
+        "data.max_eval_examples=4",
+    ],
 }
 
 
@@ -37,7 +44,7 @@ def test_every_experiment_is_covered() -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path) -> None:
-    for prefix, folder in (("topical_chat", "topical_chat"), ("bold", "bold")):
+    for prefix, folder in (("topical_chat", "topical_chat"), ("knobs_topical_chat", "topical_chat"), ("bold", "bold")):
         if experiment.startswith(prefix) and not (SHARED_DATA / folder).is_dir():
             pytest.skip(f"needs the development data at {SHARED_DATA / folder}")
     overrides = [f"experiment={experiment}", "debug=fast_dev_run", *NEEDS.get(experiment, [])]
@@ -47,6 +54,9 @@ def test_experiment_runs_with_fast_dev_run(experiment: str, tmp_path: Path) -> N
     outcome = run(cfg)
     if experiment.endswith("_lm"):  # language models: no classes, a perplexity
         assert math.isfinite(outcome.results["test/perplexity"])
+        return
+    if experiment.startswith("knobs_"):  # generation only: generated examples and a reference perplexity
+        assert outcome.results["test/examples"] > 0 and math.isfinite(outcome.results["test/reference_perplexity"])
         return
     assert 0.0 <= outcome.results["test/acc"] <= 1.0
     assert outcome.model_spec["num_classes"] >= 2
@@ -84,7 +94,11 @@ def method_overrides(method: str, old_run: Path) -> list[str]:
 
 def refusal(method: str, optimizer: str, federation: str) -> str | None:
     """For a combination that cannot work, a phrase of the reason it must be refused with at start-up."""
-    if method in ("seq2seq", "attention_swap"):  # generation objectives: refused on classification data
+    if method in (
+        "seq2seq",
+        "attention_swap",
+        "knob_generator",
+    ):  # generation objectives: refused on classification data
         return rf"method={method} works on \['seq2seq'\] inputs but data=digits yields 'features'"
     if method in ("lm", "distill_lm"):  # language-model objectives: refused on classification data (tests/lm)
         return rf"method={method} works on \['lm_text'\] inputs but data=digits yields 'features'"

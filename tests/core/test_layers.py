@@ -26,8 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("trustml.losses", "trustml.metrics", "trustml.data", "trustml.models", "trustml.fairness.counterfactual"),
     ("trustml.privacy",),
     ("trustml.optim",),
-    ("trustml.methods", "trustml.callbacks"),
-    ("trustml.knobs", "trustml.synth", "trustml.federation", "trustml.fairness"),
+    ("trustml.methods", "trustml.callbacks", "trustml.knobs"),
+    ("trustml.synth", "trustml.federation", "trustml.fairness"),
     ("trustml.runner", "trustml.report"),
     ("trustml.cli", "trustml.privacy.audit"),
 )

@@ -181,3 +181,16 @@ def test_cross_attention_init_copies_each_decoder_layers_self_attention():
     assert not torch.equal(default.crossattention.self.key.weight, default.attention.self.key.weight)
     with pytest.raises(ConfigError, match=r"model.cross_attention_init='copy' is unknown"):
         _first_decoder_layer(cross_attention_init="copy")
+
+
+def test_seq2seq_training_refuses_a_decoder_only_model(toy_topical_chat, tmp_path):
+    """hf_causal_lm reads seq2seq prompts (for method=knob_generator) but has no encoder to train as one."""
+    import trustml.models.hf_causal_lm  # noqa: F401 - registers model=hf_causal_lm
+    from trustml.methods.seq2seq import Seq2SeqMethod
+
+    overrides = [
+        "model=hf_causal_lm" if o == "model=mlp" else o for o in _seq2seq_overrides(toy_topical_chat, "model=mlp")
+    ]
+    cfg = compose_train(overrides, tmp_path)
+    with pytest.raises(ConfigError, match="trains encoder-decoders, but model._target_=trustml.models.hf_causal_lm"):
+        Seq2SeqMethod.validate_config(cfg)

@@ -7,6 +7,10 @@ self-attention swapped for a donor's (``swap.donor``: :class:`SwapOptions`), and
 ``generations.jsonl``, ``results.json`` (metrics) and ``run.json`` (the run record) into its run directory under
 ``paths.log_dir`` (:mod:`trustml.cli.task`: exit codes as ``trustml --help`` lists them). Sweeps:
 ``-m knobs.mixing_weight=0,0.5``.
+
+The same generation runs through the runner as ``trustml method=knob_generator`` (any segmented data, decoder-only
+models too, paired and scorer metrics; it gives this app's numbers for the same model, turns and knobs): this app
+stays for its Topical-Chat presets (``generate/knobs``) and the decoder self-attention swap (``swap.donor``).
 """
 
 from __future__ import annotations

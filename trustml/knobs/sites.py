@@ -64,8 +64,10 @@ def decoder_of(model: nn.Module) -> nn.Module:
 
 
 def attention_implementation(model: nn.Module) -> str:
-    """The decoder's attention implementation (``config._attn_implementation``), checked to be supported."""
-    implementation = getattr(decoder_of(model).config, "_attn_implementation", None)
+    """The decoder's (or decoder-only model's) attention implementation (``config._attn_implementation``), checked
+    to be supported."""
+    config = decoder_of(model).config if is_encoder_decoder(model) else model.config
+    implementation = getattr(config, "_attn_implementation", None)
     if implementation not in SUPPORTED_ATTENTION:
         raise ConfigError(
             f"{type(model).__name__} uses attn_implementation={implementation!r}; attention knobs need one of "
@@ -88,13 +90,37 @@ def _head_count(module: nn.Module) -> int:
         value = getattr(module, attribute, None)
         if isinstance(value, int):
             return value
+    config = getattr(module, "config", None)  # Llama, Qwen, Mistral: the count lives in the module's config
+    value = getattr(config, "num_attention_heads", None)
+    if isinstance(value, int):
+        return value
     raise ConfigError(f"{type(module).__name__} names its head count none of {list(_HEAD_COUNT_ATTRIBUTES)}")
 
 
 def decoder_attention_sites(model: nn.Module) -> list[AttentionSite]:
     """The decoder's self- and cross-attention modules, in layer order."""
+    return attention_sites(decoder_of(model), type(model).__name__)
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face encoder-decoder (else a decoder-only language model)."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def causal_lm_attention_sites(model: nn.Module) -> list[AttentionSite]:
+    """The self-attention modules of a decoder-only language model, in layer order (refuses an encoder-decoder)."""
+    if is_encoder_decoder(model):
+        raise ConfigError(
+            f"{type(model).__name__} is an encoder-decoder; prompt-span knobs are for decoder-only language models "
+            "(use knobs.cross_attention to bias its encoder segments)"
+        )
+    return attention_sites(model, type(model).__name__)
+
+
+def attention_sites(root: nn.Module, model_name: str) -> list[AttentionSite]:
+    """The attention modules under ``root`` (``is_causal``: self-attention, else cross-attention), in order."""
     sites = []
-    for name, module in decoder_of(model).named_modules():
+    for name, module in root.named_modules():
         is_causal = getattr(module, "is_causal", None)
         layer = getattr(module, "layer_idx", None)
         if not isinstance(is_causal, bool) or not type(module).__name__.endswith("Attention"):
@@ -115,7 +141,7 @@ def decoder_attention_sites(model: nn.Module) -> list[AttentionSite]:
         )
     if not sites:
         raise ConfigError(
-            f"found no attention modules in the decoder of {type(model).__name__}; its attention does not follow "
+            f"found no attention modules in the decoder of {model_name}; its attention does not follow "
             "the transformers 5.x module interface (is_causal, layer_idx)"
         )
     return sites

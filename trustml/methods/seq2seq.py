@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
 
+from trustml.data.text_lm import LM_INPUT_KIND
 from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND
 from trustml.errors import ConfigError
 from trustml.methods.base import OptimizerFactory
@@ -108,10 +109,12 @@ class Seq2SeqMethod(MethodPlugin, pl.LightningModule):
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Refuse models that are not encoder-decoders."""
+        """Refuse models that are not encoder-decoders (decoder-only LMs read seq2seq prompts for generation,
+        ``method=knob_generator``, but this objective needs an encoder)."""
         model_cls = plugin_class("model", cfg.model)
         method = f"method._target_={cfg.method._target_}"
-        if SEQ2SEQ_INPUT_KIND not in (model_cls.accepted_input_kinds or ()):
+        kinds = model_cls.accepted_input_kinds or frozenset()
+        if SEQ2SEQ_INPUT_KIND not in kinds or LM_INPUT_KIND in kinds:
             raise ConfigError(
                 f"{method} trains encoder-decoders, but model._target_={cfg.model._target_} is not one; "
                 "use model=hf_seq2seq"

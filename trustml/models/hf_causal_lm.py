@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from trustml.data.text_lm import LM_INPUT_KIND
+from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND
 from trustml.errors import ConfigError, DataError
 from trustml.models.hf_encoder import OFFLINE_MINILM, resolve_pretrained
 from trustml.plugin import ModelPlugin
@@ -139,7 +140,7 @@ class HFCausalLMConfig:
 class HFCausalLM(ModelPlugin, nn.Module):
     """A Hugging Face decoder-only LM (``network``) and its tokenizer (``tokenizer``; see the module doc)."""
 
-    accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({LM_INPUT_KIND})
+    accepted_input_kinds: ClassVar[frozenset[str]] = frozenset({LM_INPUT_KIND, SEQ2SEQ_INPUT_KIND})
 
     config: HFCausalLMConfig
 
