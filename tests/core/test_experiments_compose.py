@@ -102,6 +102,8 @@ def refusal(method: str, optimizer: str, federation: str) -> str | None:
         return rf"method={method} works on \['seq2seq'\] inputs but data=digits yields 'features'"
     if method in ("lm", "distill_lm"):  # language-model objectives: refused on classification data (tests/lm)
         return rf"method={method} works on \['lm_text'\] inputs but data=digits yields 'features'"
+    if method == "tagging":  # word tagging: refused on classification data (tests/federation/test_tagging.py)
+        return r"method=tagging works on \['text'\] inputs but data=digits yields 'features'"
     if optimizer.startswith("dp_") and method in ("bct", "lqf"):  # lqf: no per-sample gradients of its JVP model
         return "cannot run with a per-sample-gradient optimizer"
     if optimizer.startswith("dp_") and federation == "fedprox":

@@ -24,6 +24,10 @@ from trustml.registry import load_plugins, plugin_config, plugins
     ("options", "message"),
     [
         ({"runtime": {"engine": "ray"}}, "federation.runtime.engine must be one of"),
+        ({"runtime": {"engine": "deployment", "superlink": "10.0.0.5"}}, "superlink must be the SuperLink's host:port"),
+        ({"runtime": {"superlink": "10.0.0.5:9093"}}, "applies to federation.runtime.engine=deployment only"),
+        ({"runtime": {"engine": "deployment", "startup_timeout_s": 0}}, "runtime.startup_timeout_s must be > 0"),
+        ({"runtime": {"deployment_timeout_s": -1.0}}, "runtime.deployment_timeout_s must be > 0"),
         ({"partition": {"kind": "shards"}}, "federation.partition.kind must be one of"),
         ({"selection": {"scheme": "round_robin"}}, "federation.selection.scheme must be one of"),
         ({"selection": {"weighting": "equal"}}, "federation.selection.weighting must be one of"),

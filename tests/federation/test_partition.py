@@ -94,7 +94,8 @@ def test_statistics_report_sizes_entropy_and_empty_clients() -> None:
         labels, [np.array([0, 1]), np.array([2, 3, 4]), np.array([], dtype=int)], 3, ["a", "b", "c"]
     )
     assert stats["num_clients"] == 3 and stats["num_samples"] == 5 and stats["empty_clients"] == 1
-    assert stats["samples_per_client"] == {"min": 0, "median": 2.0, "mean": 5 / 3, "max": 3}
+    skew = {"gini": pytest.approx(0.4), "top10_share": pytest.approx(0.6)}  # sizes 0, 2, 3
+    assert stats["samples_per_client"] == {"min": 0, "median": 2.0, "mean": 5 / 3, "max": 3, **skew}
     assert stats["clients"][1] == {
         "client": "b",
         "samples": 3,

@@ -5,6 +5,11 @@ arrives in period ``floor(j T / n_k)``, so by the end of period ``t`` it holds
 ``a_k(t) = ceil((t + 1) n_k / T)`` samples. A client stores at most ``cap`` samples and drops the oldest,
 so it trains on its window ``rows[max(0, a_k(t) - cap) : a_k(t)]``. Rounds are spread evenly over the
 periods. The static setting is ``T = 1`` with no cap: every client holds all its data from round 0.
+
+With activity growth ``g`` (``federation.partition.arrival_growth``) the data arriving in period ``t`` is
+proportional to ``g^t``: by the end of period ``t`` a client holds ``a_k(t) = ceil(F(t) n_k)`` samples with
+``F(t) = (g^(t+1) - 1) / (g^T - 1)`` (``g = 1``: the even arrival above, ``F(t) = (t + 1) / T``), so devices grow
+more active over time (``g > 1``) and a heavy device fills its storage cap sooner.
 """
 
 from __future__ import annotations
@@ -26,10 +31,16 @@ def arrival_order(partition: Partition, order: str, rng: np.random.Generator) ->
     raise ConfigError(f"federation.partition.arrival_order must be one of {ARRIVAL_ORDERS}, got '{order}'")
 
 
-def arrived_counts(sizes: np.ndarray, period: int, num_periods: int) -> np.ndarray:
-    """Samples each client has received by the end of ``period``: ``ceil((t + 1) n_k / T)``."""
+def arrived_counts(sizes: np.ndarray, period: int, num_periods: int, growth: float = 1.0) -> np.ndarray:
+    """Samples each client has received by the end of ``period``: ``ceil(F(t) n_k)`` (module doc; with ``growth``
+    1, exactly ``ceil((t + 1) n_k / T)`` in integers)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    return -((-(period + 1) * sizes) // num_periods)
+    if growth == 1.0 or period >= num_periods - 1:
+        return -((-(min(period, num_periods - 1) + 1) * sizes) // num_periods)
+    if growth <= 0:
+        raise ConfigError(f"federation.partition.arrival_growth must be > 0, got {growth}")
+    fraction = (growth ** (period + 1) - 1.0) / (growth**num_periods - 1.0)
+    return np.minimum(sizes, np.ceil(fraction * sizes - 1e-9).astype(np.int64))
 
 
 def period_of_round(round_index: int, rounds: int, num_periods: int) -> int:
@@ -37,9 +48,12 @@ def period_of_round(round_index: int, rounds: int, num_periods: int) -> int:
     return min(num_periods - 1, round_index * num_periods // max(rounds, 1))
 
 
-def client_windows(arrivals: Partition, period: int, num_periods: int, storage_cap: int | None) -> Partition:
-    """Rows each client holds at ``period``: the newest ``storage_cap`` of those that have arrived."""
+def client_windows(
+    arrivals: Partition, period: int, num_periods: int, storage_cap: int | None, growth: float = 1.0
+) -> Partition:
+    """Rows each client holds at ``period``: the newest ``storage_cap`` of those that have arrived (``growth``:
+    see :func:`arrived_counts`)."""
     sizes = np.array([len(rows) for rows in arrivals], dtype=np.int64)
-    ends = arrived_counts(sizes, period, num_periods)
+    ends = arrived_counts(sizes, period, num_periods, growth)
     starts = np.zeros_like(ends) if storage_cap is None else np.maximum(0, ends - storage_cap)
     return [rows[s:e] for rows, s, e in zip(arrivals, starts, ends, strict=True)]

@@ -24,6 +24,7 @@ apps run on a SuperLink with SuperNodes for a real deployment.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from trustml.errors import ConfigError
 from trustml.federation.client import ClientTrainer, ClientUpdate
 from trustml.federation.population import ClientPopulation
 from trustml.federation.rounds import ClientFailure, ClientStates, RoundLoop
+
+log = logging.getLogger(__name__)
 
 # Flower reports usage to its servers unless told not to; runs must stay offline.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -94,40 +97,55 @@ def states_of(content: Any) -> CallbackStates:
     return decode_states(str(content[STATE_RECORD]["callback_states"]))
 
 
+def describe_reply(msg: Any, client: int, population: ClientPopulation) -> Any:
+    """The reply to a ``query`` message: which client this node is and its sample count per period."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    sizes = [int(population.sizes(t)[client]) for t in range(population.num_periods)]
+    return Message(RecordDict({"client": ConfigRecord({"client": client, "sizes": sizes})}), reply_to=msg)
+
+
+def train_reply(msg: Any, client: int, trainer: ClientTrainer, population: ClientPopulation) -> Any:
+    """The reply to a ``train`` message: ``client``'s update from the sent global weights, its metrics and its
+    new callback states (see module doc)."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    config = msg.content["config"]
+    weights = torch.from_numpy(msg.content["global"].to_numpy_ndarrays()[0].copy())
+    rows = population.windows(int(config["period"]))[client]
+    update = trainer.train(client, rows, weights, states_of(msg.content))
+    metrics = {"num_examples": update.num_examples, **update.metrics}
+    return Message(
+        RecordDict(
+            {
+                "update": ArrayRecord([update.delta.numpy()]),
+                "metrics": MetricRecord(metrics),
+                STATE_RECORD: state_record(update.callback_states),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+def client_of(context: Any) -> int:
+    """The client a SuperNode serves: its ``node_config["partition-id"]``."""
+    return int(context.node_config[PARTITION_KEY])
+
+
 def build_client_app(trainer: ClientTrainer, population: ClientPopulation) -> Any:
     """The ClientApp of client ``node_config["partition-id"]`` (see module doc)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
-    def client_of(context: Context) -> int:
-        return int(context.node_config[PARTITION_KEY])
-
     @app.query()
     def describe(msg: Message, context: Context) -> Message:
-        client = client_of(context)
-        sizes = [int(population.sizes(t)[client]) for t in range(population.num_periods)]
-        return Message(RecordDict({"client": ConfigRecord({"client": client, "sizes": sizes})}), reply_to=msg)
+        return describe_reply(msg, client_of(context), population)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        client = client_of(context)
-        config = msg.content["config"]
-        weights = torch.from_numpy(msg.content["global"].to_numpy_ndarrays()[0].copy())
-        rows = population.windows(int(config["period"]))[client]
-        update = trainer.train(client, rows, weights, states_of(msg.content))
-        metrics = {"num_examples": update.num_examples, **update.metrics}
-        return Message(
-            RecordDict(
-                {
-                    "update": ArrayRecord([update.delta.numpy()]),
-                    "metrics": MetricRecord(metrics),
-                    STATE_RECORD: state_record(update.callback_states),
-                }
-            ),
-            reply_to=msg,
-        )
+        return train_reply(msg, client_of(context), trainer, population)
 
     return app
 
@@ -170,11 +188,19 @@ class GridTransport(ClientStates):
             for d in clients.tolist()
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
+        # a reply names the message it answers; sending gave each message its id. (Not the replying node: the
+        # SuperLink itself answers, as node 1, for a SuperNode that has gone away.)
+        client_of_message = {m.metadata.message_id: d for m, d in zip(messages, clients.tolist(), strict=True)}
         by_client: dict[int, ClientUpdate] = {}
         failures: list[ClientFailure] = []
         answered: set[int] = set()
         for reply in replies:
-            client = self.client_of_node[reply.metadata.src_node_id]
+            client = client_of_message.get(reply.metadata.reply_to_message_id)
+            if client is None:
+                client = self.client_of_node.get(reply.metadata.src_node_id)
+            if client is None or client in answered:
+                log.warning("federation: ignoring a reply to no message of round %d", round_index)
+                continue
             answered.add(client)
             if reply.has_error():
                 failures.append(ClientFailure(client, f"client error: {reply.error.reason}"))
@@ -226,6 +252,34 @@ def discover_clients(grid: Any, nodes: list[int], timeout_s: float) -> tuple[dic
     return node_of_client, ordered
 
 
+def serve(
+    grid: Any,
+    make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop],
+    num_clients: int,
+    timeout_s: float | None,
+    *,
+    resume: bool = True,
+    source: Path | None = None,
+    startup_timeout_s: float = 120.0,
+) -> RoundLoop:
+    """The ServerApp's work over ``grid``: wait for ``num_clients`` SuperNodes, learn which client each serves,
+    then run the round loop over a :class:`GridTransport`; return the loop (its ``history`` holds the rounds).
+
+    ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
+    checkpoint carries the :class:`GridTransport`'s per-client callback states. With ``resume`` it continues
+    from the run's last checkpoint (else from ``source``, another run's checkpoint, when given), the clients'
+    callback states included (:meth:`RoundLoop.resume`).
+    """
+    nodes = wait_for_nodes(grid, num_clients, startup_timeout_s)
+    node_of_client, sizes = discover_clients(grid, nodes, startup_timeout_s)
+    transport = GridTransport(grid, node_of_client, timeout_s)
+    loop = make_loop(transport, lambda period: sizes[:, period])
+    loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
+    loop.resume(own=resume, source=source)
+    loop.run()
+    return loop
+
+
 def build_server_app(
     make_loop: Callable[[Any, Callable[[int], np.ndarray]], RoundLoop],
     num_clients: int,
@@ -235,13 +289,7 @@ def build_server_app(
     source: Path | None = None,
     startup_timeout_s: float = 120.0,
 ) -> Any:
-    """The ServerApp: connect to the clients, then run the round loop over the Grid.
-
-    ``make_loop(transport, sizes_at)`` builds the same :class:`RoundLoop` the simulation uses; the loop's
-    checkpoint carries the :class:`GridTransport`'s per-client callback states. With ``resume`` it continues
-    from the run's last checkpoint (else from ``source``, another run's checkpoint, when given), the clients'
-    callback states included (:meth:`RoundLoop.resume`).
-    """
+    """The ServerApp: :func:`serve` over the Grid Flower gives it."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -249,13 +297,9 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        nodes = wait_for_nodes(grid, num_clients, startup_timeout_s)
-        node_of_client, sizes = discover_clients(grid, nodes, startup_timeout_s)
-        transport = GridTransport(grid, node_of_client, timeout_s)
-        loop = make_loop(transport, lambda period: sizes[:, period])
-        loop.client_state, loop.restore_client_state = transport.state_dict, transport.load_state_dict
-        loop.resume(own=resume, source=source)
-        loop.run()
+        serve(
+            grid, make_loop, num_clients, timeout_s, resume=resume, source=source, startup_timeout_s=startup_timeout_s
+        )
 
     return app
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from trustml.errors import ConfigError
 from trustml.federation.continual import ARRIVAL_ORDERS
-from trustml.federation.partition import PARTITIONERS
+from trustml.federation.partition import HEAVY_TAILS, PARTITIONERS
 from trustml.federation.selection import SELECTIONS, WEIGHTINGS
 
 SETTINGS = ("static", "continual")
-ENGINES = ("simulation", "flower")
+ENGINES = ("simulation", "flower", "deployment")
 CLIENT_LOOPS = ("auto", "lightning")
 
 
@@ -44,8 +44,12 @@ class PartitionConfig:
 
     ``kind``: ``iid``, ``dirichlet_label`` (``dirichlet_alpha``) or ``dirichlet_quantity`` (``quantity_beta``)
     make ``num_clients`` clients; ``natural`` makes one client per value of the training data's ``group_column``.
-    ``seed`` fixes the partition. ``setting=continual`` spreads each client's data over ``num_periods`` with at
-    most ``storage_cap`` samples kept (``arrival_order``: data or random).
+    ``heavy_tailed`` gives ``num_clients`` devices heavy-tailed sample counts (``heavy_tail``: ``lognormal`` with
+    sigma ``skew``, or ``zipf`` with exponent ``skew``) over IID samples; ``heavy_tailed_natural`` deals the groups of
+    ``group_column`` whole to ``num_clients`` devices with heavy-tailed probabilities
+    (:mod:`trustml.federation.partition`). ``seed`` fixes the partition. ``setting=continual`` spreads each client's
+    data over ``num_periods`` with at most ``storage_cap`` samples kept (``arrival_order``: data or random), the data
+    of period ``t`` proportional to ``arrival_growth^t`` (activity growing over time when > 1).
     """
 
     kind: str = "iid"
@@ -58,6 +62,9 @@ class PartitionConfig:
     num_periods: int = 1
     storage_cap: int | None = None
     arrival_order: str = "data"
+    heavy_tail: str = "lognormal"
+    skew: float = 1.0
+    arrival_growth: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("partition.kind", self.kind, PARTITIONERS)
@@ -68,6 +75,14 @@ class PartitionConfig:
         _at_least("partition.storage_cap", self.storage_cap, 1, optional=True)
         _at_least("partition.dirichlet_alpha", self.dirichlet_alpha, 0, strict=True)
         _at_least("partition.quantity_beta", self.quantity_beta, 0, strict=True)
+        _choice("partition.heavy_tail", self.heavy_tail, HEAVY_TAILS)
+        _at_least("partition.skew", self.skew, 0)
+        _at_least("partition.arrival_growth", self.arrival_growth, 0, strict=True)
+        if self.setting == "static" and self.arrival_growth != 1.0:
+            raise ConfigError(
+                "federation.partition.arrival_growth applies to the continual setting only; set "
+                "federation.partition.setting=continual or leave it at 1"
+            )
         if self.setting == "static" and (self.num_periods != 1 or self.storage_cap is not None):
             raise ConfigError(
                 "federation.partition.num_periods / federation.partition.storage_cap apply to the continual setting "
@@ -216,18 +231,42 @@ class PrivacyConfig:
 
 @dataclass
 class RuntimeConfig:
-    """How rounds run: ``engine`` ``simulation`` (in process) or ``flower`` (Flower's engine, ``flower_num_cpus``
-    CPUs). The server state is saved after every round under ``<run dir>/federation/``; with ``resume`` a run
-    started again in the same run directory (e.g. after it was killed) continues from its last round. (The
-    top-level ``ckpt_path`` continues another run's round checkpoint in a new run directory.)"""
+    """How rounds run: ``engine`` ``simulation`` (in process), ``flower`` (Flower's simulation engine,
+    ``flower_num_cpus`` CPUs) or ``deployment`` (Flower's deployment engine: a SuperLink and one SuperNode per
+    client, each its own process, driven by ``flwr run``; see :mod:`trustml.federation.deployment`).
+
+    ``deployment`` starts the SuperLink and the SuperNodes on 127.0.0.1 itself when ``superlink`` is null, else it
+    submits the run to the SuperLink at ``superlink`` (``host:port``, insecure HTTP), whose SuperNodes were started
+    on their machines beforehand. ``startup_timeout_s`` bounds the wait for every SuperNode to connect,
+    ``deployment_timeout_s`` the whole deployed run. The server state is saved after every round under
+    ``<run dir>/federation/``; with ``resume`` a run started again in the same run directory (e.g. after it was
+    killed) continues from its last round. (The top-level ``ckpt_path`` continues another run's round checkpoint in
+    a new run directory.)"""
 
     engine: str = "simulation"
     flower_num_cpus: int = 2
     resume: bool = True
+    superlink: str | None = None
+    startup_timeout_s: float = 120.0
+    deployment_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
         _choice("runtime.engine", self.engine, ENGINES)
         _at_least("runtime.flower_num_cpus", self.flower_num_cpus, 1)
+        _at_least("runtime.startup_timeout_s", self.startup_timeout_s, 0, strict=True)
+        _at_least("runtime.deployment_timeout_s", self.deployment_timeout_s, 0, strict=True)
+        if self.superlink is not None:
+            host, _, port = self.superlink.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(
+                    f"federation.runtime.superlink must be the SuperLink's host:port (e.g. 10.0.0.5:9093), got "
+                    f"'{self.superlink}'; or null to start a SuperLink and SuperNodes on 127.0.0.1"
+                )
+            if self.engine != "deployment":
+                raise ConfigError(
+                    "federation.runtime.superlink applies to federation.runtime.engine=deployment only; set the engine "
+                    "or leave superlink null"
+                )
 
 
 def _section(value: object, section: type) -> object:
@@ -267,7 +306,7 @@ class FederationConfig:
                 setattr(self, f.name, _section(getattr(self, f.name), f.default_factory))
         _at_least("rounds", self.rounds, 1)
         partition, selection, server = self.partition, self.selection, self.server
-        if partition.kind != "natural" and selection.clients_per_round > partition.num_clients:
+        if partition.kind not in ("natural",) and selection.clients_per_round > partition.num_clients:
             raise ConfigError(
                 f"federation.selection.clients_per_round={selection.clients_per_round} exceeds "
                 f"federation.partition.num_clients={partition.num_clients}: a round cannot select more clients than "

@@ -16,7 +16,9 @@ from trustml.errors import ConfigError
 
 Partition = list[np.ndarray]
 
-PARTITIONERS = ("iid", "dirichlet_label", "dirichlet_quantity", "natural")
+PARTITIONERS = ("iid", "dirichlet_label", "dirichlet_quantity", "natural", "heavy_tailed", "heavy_tailed_natural")
+#: distributions of the device weights of the heavy-tailed partitioners
+HEAVY_TAILS = ("lognormal", "zipf")
 
 
 def _check_num_clients(num_clients: int) -> None:
@@ -75,6 +77,77 @@ def dirichlet_quantity_partition(
     return _split_by_owner(owner, num_clients)
 
 
+def heavy_tailed_weights(num_clients: int, tail: str, skew: float, rng: np.random.Generator) -> np.ndarray:
+    """Device weights ``w_k`` (summing to 1) with a heavy tail, the share of the data each device gets.
+
+    ``lognormal``: ``w_k ∝ exp(skew * z_k)``, ``z_k ~ N(0, 1)`` (``skew`` is the log-normal's sigma; 0 gives equal
+    weights). ``zipf``: ``w_k ∝ r_k^(-skew)`` for a random ranking ``r`` of the devices (a power law in the rank:
+    the ``r``-th heaviest device holds ``r^-skew`` times the heaviest's data).
+    """
+    _check_num_clients(num_clients)
+    if skew < 0:
+        raise ConfigError(f"federation.partition.skew must be >= 0, got {skew}")
+    if tail == "lognormal":
+        weights = np.exp(skew * rng.standard_normal(num_clients))
+    elif tail == "zipf":
+        weights = rng.permutation(np.arange(1, num_clients + 1, dtype=np.float64)) ** -skew
+    else:
+        raise ConfigError(f"federation.partition.heavy_tail must be one of {list(HEAVY_TAILS)}, got '{tail}'")
+    return weights / weights.sum()
+
+
+def heavy_tailed_partition(
+    num_samples: int, num_clients: int, tail: str, skew: float, rng: np.random.Generator
+) -> Partition:
+    """Heavy-tailed device activity over IID samples: device ``k`` gets ``1 + round(w_k (N - M))`` samples (every
+    device holds at least one; the weights ``w`` of :func:`heavy_tailed_weights`), dealt at random (labels IID).
+
+    A few heavy devices hold much of the data and most devices are light, as on real devices (Dupuy et al. 2022).
+    """
+    _check_num_clients(num_clients)
+    if num_clients > num_samples:
+        raise ConfigError(
+            f"federation.partition.num_clients={num_clients} exceeds the {num_samples} training samples; every device "
+            f"of a heavy_tailed partition holds at least one, so lower num_clients to at most {num_samples}"
+        )
+    weights = heavy_tailed_weights(num_clients, tail, skew, rng)
+    spare = num_samples - num_clients
+    cuts = np.round(np.cumsum(weights)[:-1] * spare).astype(np.int64)
+    counts = 1 + np.diff(np.concatenate(([0], cuts, [spare])))
+    owner = np.empty(num_samples, dtype=np.int64)
+    owner[rng.permutation(num_samples)] = np.repeat(np.arange(num_clients), counts)
+    return _split_by_owner(owner, num_clients)
+
+
+def heavy_tailed_natural_partition(
+    groups: np.ndarray, num_clients: int, tail: str, skew: float, rng: np.random.Generator
+) -> Partition:
+    """Heavy-tailed devices on top of a natural partition: each natural group (e.g. a conversation) goes whole to
+    device ``k`` with probability ``w_k`` (:func:`heavy_tailed_weights`), so heavy devices hold many groups and light
+    ones few or none (empty devices are reported and never selected); a group's samples stay together."""
+    _check_num_clients(num_clients)
+    groups = np.asarray(groups)
+    _, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    weights = heavy_tailed_weights(num_clients, tail, skew, rng)
+    device_of_group = rng.choice(num_clients, size=int(inverse.max(initial=-1)) + 1, p=weights)
+    return _split_by_owner(device_of_group[inverse], num_clients)
+
+
+def size_skew(sizes: np.ndarray) -> dict[str, float]:
+    """How unequal the devices' sample counts ``x`` are: the Gini coefficient
+    ``G = sum_i sum_j |x_i - x_j| / (2 M^2 mean(x))`` (0: equal; near 1: one device holds everything), computed as
+    ``(2 sum_i i x_(i)) / (M sum x) - (M + 1) / M`` over the ascending order, and the share of all samples held by
+    the top 10% of devices (the ``ceil(M / 10)`` largest)."""
+    x = np.sort(np.asarray(sizes, dtype=np.float64))
+    m, total = len(x), float(x.sum())
+    if m == 0 or total == 0:
+        return {"gini": 0.0, "top10_share": 0.0}
+    gini = float(2.0 * np.dot(np.arange(1, m + 1), x) / (m * total) - (m + 1) / m)
+    top = int(np.ceil(m / 10))
+    return {"gini": gini, "top10_share": float(x[-top:].sum() / total)}
+
+
 def natural_partition(groups: np.ndarray) -> tuple[Partition, list[str]]:
     """One client per distinct value of a data column (e.g. a Topical-Chat conversation or agent).
 
@@ -123,6 +196,7 @@ def partition_statistics(
             "median": float(np.median(sizes)) if len(sizes) else 0.0,
             "mean": float(sizes.mean()) if len(sizes) else 0.0,
             "max": int(sizes.max(initial=0)),
+            **size_skew(sizes),
         },
         "label_entropy_bits": {
             "mean": float(entropy[nonempty].mean()) if nonempty.any() else 0.0,
@@ -150,6 +224,8 @@ def make_partition(
     quantity_beta: float,
     group_column: str,
     rng: np.random.Generator,
+    heavy_tail: str = "lognormal",
+    skew: float = 1.0,
 ) -> tuple[Partition, list[str] | None]:
     """The partition named by ``federation.partition.kind`` (and client names for the natural partition)."""
     if kind == "iid":
@@ -158,11 +234,15 @@ def make_partition(
         return dirichlet_label_partition(labels, num_clients, dirichlet_alpha, rng), None
     if kind == "dirichlet_quantity":
         return dirichlet_quantity_partition(len(labels), num_clients, quantity_beta, rng), None
-    if kind == "natural":
+    if kind == "heavy_tailed":
+        return heavy_tailed_partition(len(labels), num_clients, heavy_tail, skew, rng), None
+    if kind in ("natural", "heavy_tailed_natural"):
         if group_column not in groups:
             raise ConfigError(
                 f"federation.partition.group_column='{group_column}' is not a group column of the training data "
                 f"(it has {sorted(groups) or 'none'}); pick one of those or another federation.partition.kind"
             )
+        if kind == "heavy_tailed_natural":
+            return heavy_tailed_natural_partition(groups[group_column], num_clients, heavy_tail, skew, rng), None
         return natural_partition(groups[group_column])
     raise ConfigError(f"federation.partition.kind must be one of {PARTITIONERS}, got '{kind}'")

@@ -10,7 +10,7 @@ from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
 from trustml.federation.continual import arrival_order, client_windows
 from trustml.federation.options import PartitionConfig
-from trustml.federation.partition import Partition, make_partition, partition_statistics
+from trustml.federation.partition import Partition, make_partition, partition_statistics, size_skew
 
 
 class ClientPopulation:
@@ -32,6 +32,7 @@ class ClientPopulation:
         self.partition, self.arrivals, self.names = partition, arrivals, names
         self.num_periods = options.num_periods if options.setting == "continual" else 1
         self.storage_cap = options.storage_cap if options.setting == "continual" else None
+        self.growth = options.arrival_growth if options.setting == "continual" else 1.0
         self.labels, self.num_classes = labels, num_classes
         self._cached: tuple[int, Partition, np.ndarray] | None = None
 
@@ -44,8 +45,16 @@ class ClientPopulation:
         cannot all hold data. Empty clients that skew leaves are allowed (see :attr:`empty_clients`).
         """
         train = datamodule.splits["train"]
-        labels = train.labels.numpy()
-        if options.kind != "natural" and options.num_clients > len(labels):
+        labels, num_classes = train.labels.numpy(), datamodule.num_classes
+        if labels.ndim != 1:  # a label per token (tagging): no class per sample to skew or count
+            if options.kind == "dirichlet_label":
+                raise ConfigError(
+                    "federation.partition.kind=dirichlet_label skews each client's classes, but this data has a label "
+                    "per token, not a class per sample; use kind=iid, dirichlet_quantity, heavy_tailed or natural "
+                    "(e.g. group_column=intent)"
+                )
+            labels, num_classes = np.zeros(len(labels), dtype=np.int64), 1
+        if options.kind not in ("natural", "heavy_tailed_natural") and options.num_clients > len(labels):
             raise ConfigError(
                 f"federation.partition.num_clients={options.num_clients} exceeds the {len(labels)} training samples, "
                 f"so at least {options.num_clients - len(labels)} clients would hold no data; lower "
@@ -61,9 +70,11 @@ class ClientPopulation:
             quantity_beta=options.quantity_beta,
             group_column=options.group_column,
             rng=rng,
+            heavy_tail=options.heavy_tail,
+            skew=options.skew,
         )
         arrivals = arrival_order(partition, options.arrival_order, rng)
-        return cls(partition, arrivals, names, options, labels, datamodule.num_classes)
+        return cls(partition, arrivals, names, options, labels, num_classes)
 
     def __len__(self) -> int:
         return len(self.partition)
@@ -76,7 +87,7 @@ class ClientPopulation:
     def _period(self, period: int) -> tuple[int, Partition, np.ndarray]:
         """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round)."""
         if self._cached is None or self._cached[0] != period:
-            windows = client_windows(self.arrivals, period, self.num_periods, self.storage_cap)
+            windows = client_windows(self.arrivals, period, self.num_periods, self.storage_cap, self.growth)
             self._cached = (period, windows, np.array([len(rows) for rows in windows], dtype=np.int64))
         return self._cached
 
@@ -94,4 +105,7 @@ class ClientPopulation:
         stats["num_periods"] = self.num_periods
         stats["storage_cap"] = self.storage_cap
         stats["held_samples_per_period"] = [int(self.sizes(t).sum()) for t in range(self.num_periods)]
+        stats["arrival_growth"] = self.growth
+        # how unequal the devices are in each period (what the server's activity-based selection sees)
+        stats["size_skew_per_period"] = [size_skew(self.sizes(t)) for t in range(self.num_periods)]
         return stats

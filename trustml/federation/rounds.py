@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -113,6 +114,36 @@ def evaluate_model(model: nn.Module, loader: DataLoader) -> dict[str, float]:
         count += len(batch["y"])
     model.train(was_training)
     return {"test_acc": correct / max(count, 1), "test_loss": loss / max(count, 1)}
+
+
+def lightning_test_metrics(
+    method: pl.LightningModule, datamodule: pl.LightningDataModule, make_trainer: Callable[..., pl.Trainer]
+) -> dict[str, float]:
+    """What ``method``'s own ``test_step`` logs over ``datamodule``'s test split, run by a bare Lightning Trainer
+    (no callbacks, logger or checkpoints), each ``test/<name>`` as ``test_<name>`` (e.g. ``test_loss``, ``test_acc``,
+    ``test_perplexity`` of ``method=lm``)."""
+    import logging as _logging
+
+    loggers = [_logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(_logging.WARNING)
+    try:
+        trainer = make_trainer(
+            callbacks=[],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        was_training = method.training
+        tested = trainer.test(method, datamodule=datamodule, verbose=False)
+        method.train(was_training)
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+    metrics = tested[0] if tested else {}
+    return {key.replace("/", "_"): float(value) for key, value in metrics.items()}
 
 
 def _client_metric_summary(updates: list[ClientUpdate]) -> dict[str, float]:

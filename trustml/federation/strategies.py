@@ -44,8 +44,9 @@ from trustml.federation.options import (
     SelectionConfig,
 )
 from trustml.federation.participation import planned_rounds
+from trustml.federation.partition import size_skew
 from trustml.federation.population import ClientPopulation
-from trustml.federation.rounds import RoundLoop, Transport, evaluate_model
+from trustml.federation.rounds import RoundLoop, Transport, evaluate_model, lightning_test_metrics
 from trustml.federation.server import FederatedServer
 from trustml.federation.server_optim import FedAdamServer, FedAvgServer, FedYogiServer, ServerOptimizer
 from trustml.federation.simulation import InProcessClients
@@ -68,9 +69,11 @@ def summarize(
 
     With ``clients_per_round``, ``federation/clamped_rounds`` counts the rounds in which fewer clients than that
     were eligible; ``empty_clients`` (clients without data) is reported as ``federation/empty_clients``.
-    ``floats_per_message`` (the trainable float entries a model message carries; frozen weights never travel)
-    gives ``federation/bytes_per_round``: the mean over rounds of ``4 * floats * (selected + answered)``, the
-    global model sent to each selected client and each answer's update, as float32.
+    Every other ``test_<name>`` metric of the last evaluated round (a method's own, e.g. ``test_slot_f1``) is
+    reported as ``federation/final_test_<name>``. ``floats_per_message`` (the trainable float entries a model
+    message carries; frozen weights never travel) gives ``federation/bytes_per_round``: the mean over rounds of
+    ``4 * floats * (selected + answered)``, the global model sent to each selected client and each answer's update,
+    as float32.
     """
     evaluated = [r for r in history if "test_acc" in r]
     summary: dict[str, float] = {
@@ -89,6 +92,11 @@ def summarize(
     if evaluated:
         summary["federation/final_test_acc"] = float(evaluated[-1]["test_acc"])
         summary["federation/best_test_acc"] = float(max(r["test_acc"] for r in evaluated))
+    # the method's own test metrics of the last evaluated round (e.g. test_slot_f1, test_perplexity)
+    last = next((r for r in reversed(history) if any(k.startswith("test_") for k in r)), None)
+    for key, value in (last or {}).items():
+        if key.startswith("test_") and key not in ("test_acc", "test_loss") and isinstance(value, int | float):
+            summary[f"federation/final_{key}"] = float(value)
     if floats_per_message is not None:
         summary["federation/floats_per_message"] = float(floats_per_message)
         messages = [r["selected"] + r["answered"] for r in history]
@@ -146,10 +154,36 @@ def calibrated_privacy(
     return dataclasses.replace(privacy, noise_multiplier=sigma, target_epsilon=None)
 
 
+#: input kinds whose models output class logits for ``batch["x"]`` and whose labels are class ids
+CLASSIFICATION_INPUT_KINDS = ("features", "text")
+
+
+def evaluate_method(
+    method: pl.LightningModule, datamodule: TrustDataModule, loader: Any, make_trainer: Callable[..., pl.Trainer]
+) -> dict[str, float]:
+    """The test metrics of the global model in ``method``, under the method's own names (``test_<name>``).
+
+    A method with ``evaluate_loader(loader)`` computes them itself (seq2seq, tagging); a classifier (features or
+    text data) gets accuracy and cross-entropy (:func:`~trustml.federation.rounds.evaluate_model`); any other
+    method (e.g. ``method=lm``) is tested by Lightning with its own ``test_step``, and what it logs as ``test/<name>``
+    becomes ``test_<name>`` (:func:`~trustml.federation.rounds.lightning_test_metrics`).
+    """
+    own = getattr(method, "evaluate_loader", None)
+    if own is not None:
+        return own(loader)
+    if datamodule.input_kind in CLASSIFICATION_INPUT_KINDS:
+        return evaluate_model(method.model, loader)
+    return lightning_test_metrics(method, datamodule, make_trainer)
+
+
 def save_final_model(method: pl.LightningModule, path: Path) -> None:
     """The global model as a Lightning-style checkpoint (``state_dict`` with ``model.`` keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {f"model.{k}": v.detach().cpu() for k, v in method.model.state_dict().items()}
+    # entries that are not tensors: a model's extra state (e.g. the tokenizer a causal LM trained)
+    state = {
+        f"model.{k}": v.detach().cpu() if isinstance(v, torch.Tensor) else v
+        for k, v in method.model.state_dict().items()
+    }
     torch.save({"state_dict": state}, path)
 
 
@@ -175,14 +209,16 @@ class FederatedTraining(FederationPlugin):
     # --- runner hooks --------------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Before anything is built: Flower installed for ``runtime.engine=flower``; ``ckpt_path`` (when set) names
-        a federated run's round checkpoint (its ``federation/server_state.pt`` or its run directory)."""
+        """Before anything is built: Flower installed for ``runtime.engine=flower|deployment``; ``ckpt_path`` (when
+        set) names a federated run's round checkpoint (its ``federation/server_state.pt`` or its run directory)."""
         federation = cfg.federation
-        if federation.runtime.engine == "flower":
-            missing = [m for m in ("flwr", "ray") if importlib.util.find_spec(m) is None]
+        engine = federation.runtime.engine
+        if engine in ("flower", "deployment"):
+            needed = ("flwr", "ray") if engine == "flower" else ("flwr",)
+            missing = [m for m in needed if importlib.util.find_spec(m) is None]
             if missing:
                 raise ConfigError(
-                    f"federation.runtime.engine=flower needs {missing}; install 'flwr[simulation]' or use "
+                    f"federation.runtime.engine={engine} needs {missing}; install 'flwr[simulation]' or use "
                     f"federation.runtime.engine=simulation"
                 )
         ckpt_path = cfg.get("ckpt_path")
@@ -193,6 +229,42 @@ class FederatedTraining(FederationPlugin):
             )
 
     # --- the run -------------------------------------------------------------------------------------
+    #: the Flower Grid of a deployed run's ServerApp (set by :mod:`trustml.federation.deployment` in the ServerApp's
+    #: process, where :meth:`run` then serves the rounds over it); ``None`` everywhere else
+    grid: Any = None
+
+    def population(self, datamodule: TrustDataModule) -> ClientPopulation:
+        """The client population of ``datamodule``'s training split (``federation.partition``)."""
+        return ClientPopulation.from_datamodule(datamodule, self.config.partition)
+
+    def client_trainer(
+        self,
+        method: pl.LightningModule,
+        datamodule: TrustDataModule,
+        make_trainer: Callable[..., pl.Trainer],
+        population: ClientPopulation,
+        callbacks: list[pl.Callback],
+    ) -> ClientTrainer:
+        """The clients' local training (the same on every runtime; ``callbacks``: the run's configured ones)."""
+        config = self.config
+        selection, client = config.selection, config.client
+        return ClientTrainer(
+            method,
+            datamodule,
+            make_trainer,
+            client,
+            proximal_mu=self.proximal_mu,
+            callback_templates=client_callback_templates(callbacks),
+            planned_fits=planned_rounds(
+                population.sizes(population.num_periods - 1),
+                config.rounds,
+                selection.clients_per_round,
+                selection.scheme,
+                activity_exponent=selection.activity_exponent,
+                fixed=client.dp_rounds,
+            ),
+        )
+
     def run(
         self,
         method: pl.LightningModule,
@@ -201,7 +273,12 @@ class FederatedTraining(FederationPlugin):
         ckpt_path: str | Path | None = None,
     ) -> FitResult:
         """Train ``method`` federatedly (continuing the round checkpoint of ``ckpt_path`` when given); leave the
-        final global model in it; return a Trainer for testing and the run's summary."""
+        final global model in it; return a Trainer for testing and the run's summary.
+
+        With ``runtime.engine=deployment`` this process launches the run on a SuperLink with SuperNodes and waits
+        for it (:func:`~trustml.federation.deployment.run_deployed`); the rounds run in the ServerApp's process,
+        which calls this method again with :attr:`grid` set.
+        """
         config = self.config
         partition, selection, client, runtime = config.partition, config.selection, config.client, config.runtime
         trainer = make_trainer()
@@ -210,7 +287,16 @@ class FederatedTraining(FederationPlugin):
         state_dir.mkdir(parents=True, exist_ok=True)
         if getattr(method, "uses_per_sample_gradients", False):
             check_per_sample_compatible(method.model)  # else every client fails on its first step
-        population = ClientPopulation.from_datamodule(datamodule, partition)
+        population = self.population(datamodule)
+        layout = FlatLayout.of(method.model)
+        if runtime.engine == "deployment" and self.grid is None:
+            from trustml.federation.deployment import run_deployed
+
+            history = run_deployed(run_dir, runtime, len(population), ckpt_path=ckpt_path)
+            final = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+            method.model.load_state_dict({k.removeprefix("model."): v for k, v in final.items()})
+            return FitResult(trainer, self.summary(history, population, layout))
+
         (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
         log.info(
             "federation: %d clients, %d rounds of %d clients (%s selection, %s setting)",
@@ -223,24 +309,8 @@ class FederatedTraining(FederationPlugin):
         warn_about_population(population, selection)
 
         final_sizes = population.sizes(population.num_periods - 1)
-        clients = ClientTrainer(
-            method,
-            datamodule,
-            make_trainer,
-            client,
-            proximal_mu=self.proximal_mu,
-            callback_templates=client_callback_templates(trainer.callbacks),
-            planned_fits=planned_rounds(
-                final_sizes,
-                config.rounds,
-                selection.clients_per_round,
-                selection.scheme,
-                activity_exponent=selection.activity_exponent,
-                fixed=client.dp_rounds,
-            ),
-        )
+        clients = self.client_trainer(method, datamodule, make_trainer, population, trainer.callbacks)
         privacy = calibrated_privacy(config.privacy, config.rounds, selection.clients_per_round, final_sizes)
-        layout = FlatLayout.of(method.model)
         seed = config.server.seed if config.server.seed is not None else torch.initial_seed()
         server = FederatedServer(
             get_flat(method.model, layout),
@@ -264,8 +334,7 @@ class FederatedTraining(FederationPlugin):
 
         def evaluate(weights: torch.Tensor) -> dict[str, float]:
             set_flat(method.model, layout, weights)
-            own = getattr(method, "evaluate_loader", None)  # methods whose outputs are not class logits
-            return own(test_loader) if own is not None else evaluate_model(method.model, test_loader)
+            return evaluate_method(method, datamodule, test_loader, make_trainer)
 
         def make_loop(transport: Transport, sizes_at: Callable[[int], np.ndarray]) -> RoundLoop:
             return RoundLoop(
@@ -281,7 +350,21 @@ class FederatedTraining(FederationPlugin):
                 max_failed_rounds=config.server.max_failed_rounds,
             )
 
-        if runtime.engine == "flower":
+        if runtime.engine == "deployment":  # this is the deployed run's ServerApp, serving over its Grid
+            from trustml.federation.flower_runtime import serve
+
+            served = serve(
+                self.grid,
+                make_loop,
+                len(population),
+                client.timeout_s,
+                resume=runtime.resume,
+                source=source,
+                startup_timeout_s=runtime.startup_timeout_s,
+            )
+            served.require_training()
+            history = served.history
+        elif runtime.engine == "flower":
             from trustml.federation.flower_runtime import build_client_app, build_server_app, run_flower_simulation
 
             loops: list[RoundLoop] = []
@@ -309,13 +392,24 @@ class FederatedTraining(FederationPlugin):
 
         set_flat(method.model, layout, server.weights)
         save_final_model(method, run_dir / "checkpoints" / "last.ckpt")
-        summary = summarize(
+        return FitResult(trainer, self.summary(history, population, layout))
+
+    def summary(
+        self, history: list[dict[str, Any]], population: ClientPopulation, layout: FlatLayout
+    ) -> dict[str, Any]:
+        """The run's results from its round records (:func:`summarize`) plus how unequal the devices' sample counts
+        are (:func:`~trustml.federation.partition.size_skew`: ``federation/partition_gini``,
+        ``federation/partition_top10_share``)."""
+        summary: dict[str, Any] = summarize(
             history,
-            clients_per_round=selection.clients_per_round,
+            clients_per_round=self.config.selection.clients_per_round,
             empty_clients=population.empty_clients,
             floats_per_message=layout.size,
         )
-        return FitResult(trainer, summary)
+        skew = size_skew(np.array([len(rows) for rows in population.partition]))
+        summary["federation/partition_gini"] = skew["gini"]
+        summary["federation/partition_top10_share"] = skew["top10_share"]
+        return summary
 
 
 @register("federation", "fedavg", dataclass=FederationConfig)
