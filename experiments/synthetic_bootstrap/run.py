@@ -12,8 +12,12 @@ Conditions (per seed, golden = 50 utterances per intent of train_<Intent>.json d
   e   the full training set (train_<Intent>_full.json), the upper bound
 Model: frozen MiniLM (all-MiniLM-L6-v2) with a trained intent head and BiGRU slot tagger
 (trustml.synth.nlu_eval), the same recipe for every condition, evaluated on validate_<Intent>.json
-(intent accuracy, CoNLL slot F1). Also measures the issue's speed targets (induction on 60 golden
-utterances, 100k samples).
+(intent accuracy, CoNLL slot F1). The tag and intent inventory of each model is that of its own training set
+(``Labels.of(data)``): a test slot type the training side never saw counts as an error, as in a deployment.
+Settings: ``--prior-weights`` lists the induction prior weights to choose from; with more than one, each seed
+picks the one with the best slot F1 of condition (c) on a dev split of ``--dev-per-intent`` utterances per
+intent carved from train_<Intent>.json (never golden, never in the catalogs), never on the validate files.
+Also measures the issue's speed targets (induction on 60 golden utterances, 100k samples).
 
     python experiments/synthetic_bootstrap/run.py --snips ../shared/data/snips --seeds 0 1 2
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -45,19 +50,25 @@ HERE = Path(__file__).resolve().parent
 
 
 def speed_benchmark(snips: Path, repeats: int = 3) -> dict[str, float]:
-    """Induction time on 60 golden PlayMusic utterances (median of ``repeats``), grammar size, 100k samples."""
+    """Induction time on 60 golden PlayMusic utterances (median of ``repeats``), grammar size, 100k samples;
+    wall and CPU (``time.process_time``) seconds, and the load average before."""
     golden = select_golden(load_utterances(snips / "train_PlayMusic.json"), 60, seed=0)
-    times = []
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         grammar, _ = induce_grammar(golden, InductionConfig())
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     fst = GrammarFst(grammar)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     samples = fst["PlayMusic"].sample(100_000, seed=0)
-    sample_s = time.perf_counter() - t
+    sample_s, sample_cpu = time.perf_counter() - t, time.process_time() - c
     stats = grammar.stats()["total"]
     return {
+        "load_average_before": load,
+        "induction_cpu_s": statistics.median(cpu),
+        "sample_100k_cpu_s": sample_cpu,
         "induction_s": statistics.median(times),
         "rules": stats["rules"],
         "structural_rules": stats["structural_rules"],
@@ -109,9 +120,36 @@ CONDITIONS = (
 )
 
 
-def conditions(golden, catalogs: Catalogs, small: Catalogs, full, budget: int, seed: int) -> dict[str, Callable]:
-    """For each name of :data:`CONDITIONS`, a function that builds its training set for one seed."""
-    induction = InductionConfig(seed=seed)
+def cut(catalogs: Catalogs, size: int) -> Catalogs:
+    """Each catalog's first ``size`` values (the order in which the training files list them)."""
+    return {name: values[:size] for name, values in catalogs.items()}
+
+
+def sized_name(size: int) -> str:
+    """The condition name of the catalog-size study: (c+cat) with every catalog cut to ``size`` values."""
+    return f"c+cat resampling + catalogs cut to {size} values"
+
+
+def condition_order(name: str) -> tuple[int, int]:
+    """Rows in :data:`CONDITIONS` order, the catalog-size rows after the small-catalog row, by size."""
+    if name in CONDITIONS:
+        return (CONDITIONS.index(name), 0)
+    return (CONDITIONS.index("c+cat resampling + small catalogs"), int(name.split("cut to ")[1].split()[0]))
+
+
+def conditions(
+    golden,
+    catalogs: Catalogs,
+    small: Catalogs,
+    full,
+    budget: int,
+    seed: int,
+    prior_weight: float = 1.0,
+    catalog_sizes: tuple[int, ...] = (),
+) -> dict[str, Callable]:
+    """For each name of :data:`CONDITIONS` (and of the catalog-size rows), a function that builds its training
+    set for one seed."""
+    induction = InductionConfig(seed=seed, prior_weight=prior_weight)
 
     def synth(allocation: str, resampling: bool, cats: Catalogs | None = None, scale: int = 1) -> Callable:
         config = SynthesisConfig(
@@ -138,7 +176,10 @@ def conditions(golden, catalogs: Catalogs, small: Catalogs, full, budget: int, s
         synth("grammar", True, small),
         lambda: list(full),
     )
-    return dict(zip(CONDITIONS, makers, strict=True))
+    out = dict(zip(CONDITIONS, makers, strict=True))
+    for size in catalog_sizes:
+        out[sized_name(size)] = synth("grammar", True, cut(catalogs, size))
+    return out
 
 
 def _mean_std(values: list[float]) -> str:
@@ -147,11 +188,124 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def verdict_lines(slot: dict[str, float]) -> str:
+    """The verdict, golden-only conditions and catalog conditions named separately (target: a (c) or (d)
+    condition closes >= 50% of the slot-F1 gap between (a) and (e))."""
+    low, high = slot.get("a golden", 0.0), slot.get("e full training set", 1.0)
+
+    def closed(name: str) -> float:
+        return 100 * (slot[name] - low) / (high - low) if high != low else 0.0
+
+    synthetic = {n: v for n, v in slot.items() if n[0] in "cd"}
+    groups = (
+        (
+            "Golden-only conditions (no data beyond the 50 golden utterances per intent)",
+            {n: v for n, v in synthetic.items() if "+cat" not in n},
+        ),
+        (
+            "Catalog conditions (slot-value lists harvested from the SNIPS training files train_<Intent>.json and "
+            "train_<Intent>_full.json, values of the non-golden utterances only, no sentences, nothing from the "
+            "validate files; a user needs such gazetteers for every slot type)",
+            {n: v for n, v in synthetic.items() if "+cat" in n},
+        ),
+    )
+    lines = []
+    for label, group in groups:
+        if not group:
+            lines.append(f"- {label}: not run.")
+            continue
+        best = max(group, key=group.get)
+        lines.append(
+            f"- {label}: best is {best}, {closed(best):.0f}% of the slot-F1 gap a→e; target (>= 50%): "
+            f"{'met' if closed(best) >= 50 else 'not met'}."
+        )
+    return "\n".join(lines)
+
+
+def render_growth() -> str:
+    """The growth table of ``benchmark.json`` (written by benchmark.py), or a line saying it was not run."""
+    path = HERE / "benchmark.json"
+    if not path.exists():
+        return "Not run (`benchmark.py` writes `benchmark.json`)."
+    bench = json.loads(path.read_text())
+    rows = [
+        "| utterances | wall s | CPU s | peak RSS MB | rules | steps | stopped | load average before |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in bench["induction"]:
+        if "failed" in r:
+            rows.append(f"| {r['size']} | failed (exit {r['failed']}) | | | | | | {r['load_average_before']} |")
+            continue
+        rows.append(
+            f"| {r['utterances']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['rules']:,} | {r['steps']:,} | {', '.join(r['stopped'])} | {r['load_average_before']} |"
+        )
+    by_size = {str(r["size"]): r for r in bench["induction"] if "failed" not in r}
+    for size, target in (("1000", 5.0), ("10000", 60.0)):
+        r = by_size.get(size)
+        if r is None:
+            rows.append(f"\nTarget {size} utterances <= {target:.0f} s: not measured.")
+            continue
+        rows.append(
+            f"\nTarget {r['utterances']:,} utterances <= {target:.0f} s on one core: CPU {r['cpu_s']:.1f} s, "
+            f"{'met' if r['cpu_s'] <= target else 'not met'}; wall {r['wall_s']:.1f} s on this loaded machine, "
+            f"{'met' if r['wall_s'] <= target else 'not met'}."
+        )
+    peak = max((r["peak_rss_mb"] for r in by_size.values()), default=float("nan"))
+    rows.append(f"\nPeak memory <= 2 GB: largest peak RSS {peak:.0f} MB, {'met' if peak <= 2048 else 'not met'}.")
+    cli = bench["cli"]
+    timings = cli.get("timings") or {}
+    rows.append("")
+    rows.append(
+        f"CLI `{cli['command']}` (2,000 utterances) under a {cli['memory_limit_mb']} MB address-space limit: exit "
+        f"status {cli['exit_status']}, {cli['wall_s']:.1f} s wall, {cli['cpu_s']:.1f} s CPU, peak RSS "
+        f"{cli['peak_rss_mb']:.0f} MB; induction {timings.get('induction_s', float('nan')):.1f} s, compile "
+        f"{timings.get('compile_s', float('nan')):.2f} s, sampling {timings.get('sampling_s', float('nan')):.2f} s "
+        f"(wall); load average before: {cli['load_average_before']}."
+    )
+    rows.append("")
+    rows += [f"    {c}" for c in bench.get("commands", [])]
+    return "\n".join(rows)
+
+
+def render_catalog_study() -> str:
+    """Slot F1 against catalog size from ``results_catsize_seed*.json`` (``--catalog-sizes`` runs), if any."""
+    files = sorted(HERE.glob("results_catsize_seed*.json"))
+    if not files:
+        return (
+            "Not run. Command: `run.py --seeds 0 --catalog-sizes 10 100 1000 --only 'a golden' "
+            "'c+cat resampling + catalogs cut' --out results_catsize_seed0.json`."
+        )
+    rows = [
+        "| condition | catalog values (all slot types) | train size | slot F1 % | intent accuracy % |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    seeds = 0
+    merged: dict[str, list[dict]] = {}
+    commands = []
+    for f in files:
+        record = json.loads(f.read_text())
+        commands += record["commands"]
+        seeds += 1
+        for name, runs in record["results"].items():
+            merged.setdefault(name, []).extend(runs)
+    for name in sorted(merged, key=condition_order):
+        runs = merged[name]
+        values = statistics.mean(r.get("catalog_values", 0) for r in runs) if "cut to" in name else 0
+        rows.append(
+            f"| {name} | {values:,.0f} | {statistics.mean(r['train_size'] for r in runs):.0f} | "
+            f"{_mean_std([r['slot_f1'] for r in runs])} | {_mean_std([r['intent_accuracy'] for r in runs])} |"
+        )
+    rows += ["", f"{seeds} seed(s); tag inventory from each model's training set; commands:", ""]
+    rows += [f"    {c}" for c in commands]
+    return "\n".join(rows)
+
+
 def render_readme(record: dict) -> str:
     """README.md: the claim, the exact commands, the speed targets, the value coverage and the accuracy table."""
     speed, results, coverage = record["speed"], record["results"], record["coverage"]
     command = "\n    ".join(record["commands"])
-    results = {name: results[name] for name in sorted(results, key=CONDITIONS.index)}
+    results = {name: results[name] for name in sorted(results, key=condition_order)}
     slot = {name: statistics.mean(r["slot_f1"] for r in rows) for name, rows in results.items()}
     low, high = slot.get("a golden", 0.0), slot.get("e full training set", 1.0)
     rows = []
@@ -162,29 +316,14 @@ def render_readme(record: dict) -> str:
             f"| {name} | {size:.0f} | {_mean_std([r['intent_accuracy'] for r in runs])} | "
             f"{_mean_std([r['slot_f1'] for r in runs])} | {100 * closed:.0f}% |"
         )
-    synthetic = {n: v for n, v in slot.items() if n[0] in "cd"}
-    with_cat = {n: v for n, v in synthetic.items() if "+cat" in n}
-    without = {n: v for n, v in synthetic.items() if "+cat" not in n}
-
-    def closed(name: str) -> float:
-        return 100 * (slot[name] - low) / (high - low) if name in slot and high != low else 0.0
-
-    parts = [
-        f"best (c)/(d) condition {label}: {max(group, key=group.get)}, "
-        f"{closed(max(group, key=group.get)):.0f}% of the slot-F1 gap"
-        for label, group in (("with catalogs", with_cat), ("without catalogs", without))
-        if group
-    ]
-    best = max(synthetic, key=synthetic.get) if synthetic else None
-    joined = "; ".join(parts)
-    verdict = (
-        joined[:1].upper() + joined[1:] + ". Target (c) or (d) closes >= 50%: "
-        f"{'met' if best and closed(best) >= 50 else 'not met'}."
-    )
+    verdict = verdict_lines(slot)
     template = (HERE / "README.template.md").read_text(encoding="utf-8")
     return template.format(
         command=command,
         induction_s=f"{speed['induction_s']:.2f}",
+        induction_cpu_s=f"{speed.get('induction_cpu_s', float('nan')):.2f}",
+        sample_cpu_s=f"{speed.get('sample_100k_cpu_s', float('nan')):.2f}",
+        speed_load=speed.get("load_average_before", "not recorded"),
         rules=speed["rules"],
         structural_rules=speed["structural_rules"],
         unique_sentences=f"{speed['unique_sentences']:,}",
@@ -196,6 +335,9 @@ def render_readme(record: dict) -> str:
         coverage_small=_mean_std([c["small_catalogs"] for c in coverage]),
         table="\n".join(rows),
         verdict=verdict,
+        growth=render_growth(),
+        catalog_study=render_catalog_study(),
+        labels=record.get("labels", "test"),
     )
 
 
@@ -216,6 +358,14 @@ def load_snips(snips: Path) -> tuple[list, list, list]:
         [u for i in INTENTS for u in load_utterances(snips / pattern.format(i))]
         for pattern in ("train_{}.json", "train_{}_full.json", "validate_{}.json")
     )
+
+
+def golden_and_dev(train_files, per_intent: int, dev_per_intent: int, seed: int) -> tuple[list, list]:
+    """The seed's golden utterances and a disjoint dev split of ``dev_per_intent`` per intent from the rest."""
+    golden = select_golden(train_files, per_intent, seed)
+    taken = {(u.intent, u.text) for u in golden}
+    rest = [u for u in train_files if (u.intent, u.text) not in taken]
+    return golden, select_golden(rest, dev_per_intent, seed + 1000) if dev_per_intent else []
 
 
 def coverage_by_seed(snips: Path, seeds: list[int], per_intent: int) -> list[dict[str, float]]:
@@ -242,6 +392,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run only the conditions whose names start with these")
     parser.add_argument("--merge", type=Path, nargs="+", help="join these results files into --out, run nothing")
     parser.add_argument("--render-only", action="store_true", help="rewrite README.md from --out, run nothing")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="re-measure the speed targets into --out and rewrite README.md"
+    )
+    parser.add_argument("--finetune", action="store_true", help="fine-tune the encoder too (default: frozen)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: NluTrainingConfig's)")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of the NLU model (cpu, gpu)")
+    parser.add_argument("--catalog-sizes", type=int, nargs="*", default=[], help="catalog-size study rows")
+    parser.add_argument("--prior-weights", type=float, nargs="+", default=[1.0], help="chosen on the dev split")
+    parser.add_argument("--dev-per-intent", type=int, default=100, help="dev utterances per intent (train_ files)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     command = "python experiments/synthetic_bootstrap/run.py " + shlex.join(sys.argv[1:])
@@ -256,6 +415,13 @@ def main() -> None:
         args.out.write_text(json.dumps(record, indent=1))
         (HERE / "README.md").write_text(render_readme(record), encoding="utf-8")
         return
+    if args.speed_only:
+        record = json.loads(args.out.read_text())
+        record["speed"] = speed_benchmark(args.snips)
+        record["commands"].append(command)
+        args.out.write_text(json.dumps(record, indent=1))
+        (HERE / "README.md").write_text(render_readme(record), encoding="utf-8")
+        return
     if args.render_only:
         (HERE / "README.md").write_text(render_readme(json.loads(args.out.read_text())), encoding="utf-8")
         return
@@ -263,28 +429,57 @@ def main() -> None:
     speed = speed_benchmark(args.snips)
     print("speed:", json.dumps(speed))
     train_files, full, test = load_snips(args.snips)
-    labels = Labels.of(full + test)
     cache = None
     results: dict[str, list[dict]] = {}
+    selection: list[dict] = []
     for seed in args.seeds:
-        golden = select_golden(train_files, args.golden, seed)
-        catalogs = catalog_values(train_files + full, golden)
-        small = catalog_values(train_files, golden)
-        for name, make in conditions(golden, catalogs, small, full, args.budget, seed).items():
+        golden, dev = golden_and_dev(train_files, args.golden, args.dev_per_intent, seed)
+        catalogs = catalog_values(train_files + full, golden + dev)
+        small = catalog_values(train_files, golden + dev)
+        config = NluTrainingConfig(
+            steps=args.steps,
+            seed=seed,
+            freeze_encoder=not args.finetune,
+            accelerator=args.accelerator,
+            **({"lr": args.lr} if args.lr is not None else {}),
+        )
+        weight = args.prior_weights[0]
+        if len(args.prior_weights) > 1:
+            dev_scores = {}
+            for w in args.prior_weights:
+                data = conditions(golden, catalogs, small, full, args.budget, seed, w)["c + resampling"]()
+                nlu = train(data, config, labels=Labels.of(data), cache=cache)
+                cache = nlu.cache
+                dev_scores[w] = evaluate(nlu, dev)["slot_f1"]
+            weight = max(dev_scores, key=dev_scores.get)
+            selection.append({"seed": seed, "dev_slot_f1": dev_scores, "prior_weight": weight})
+            print(seed, "dev selection", json.dumps(selection[-1]), flush=True)
+        rows = conditions(golden, catalogs, small, full, args.budget, seed, weight, tuple(args.catalog_sizes))
+        for name, make in rows.items():
             if args.only and not any(name.startswith(prefix) for prefix in args.only):
                 continue
             t = time.perf_counter()
             data = make()
-            config = NluTrainingConfig(steps=args.steps, seed=seed)
-            nlu = train(data, config, labels=labels, cache=cache)
+            nlu = train(data, config, labels=Labels.of(data), cache=cache)  # training-side inventory only
             cache = nlu.cache
             scores = {**evaluate(nlu, test), "train_size": len(data), "seconds": time.perf_counter() - t}
+            if name.startswith("c+cat resampling + catalogs cut to"):
+                size = int(name.split("cut to ")[1].split()[0])
+                scores["catalog_values"] = sum(len(v) for v in cut(catalogs, size).values())
             results.setdefault(name, []).append(scores)
             print(seed, name, json.dumps(scores), flush=True)
     coverage = coverage_by_seed(args.snips, args.seeds, args.golden)
-    record = {"commands": [command], "speed": speed, "results": results, "coverage": coverage}
+    record = {
+        "commands": [command],
+        "speed": speed,
+        "results": results,
+        "coverage": coverage,
+        "labels": "train",
+        "selection": selection,
+    }
     args.out.write_text(json.dumps(record, indent=1))
-    (HERE / "README.md").write_text(render_readme(record), encoding="utf-8")
+    if not args.only:  # a partial run (--only) keeps README.md: merge or render its results explicitly
+        (HERE / "README.md").write_text(render_readme(record), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,63 @@ def test_name_matching_ignores_catalogs_that_only_share_a_value(toy) -> None:
     assert grammar.intents["GetWeather"].catalog_extensions == {"city": ["artist", "city"]}
     with pytest.raises(ConfigError, match="catalog_match must be one of values, name, got 'fuzzy'"):
         extend_slot_classes(grammar, catalogs, match="fuzzy")
+
+
+def test_json_and_yaml_catalogs_mappings_and_max_values(tmp_path: Path) -> None:
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    (folder / "genre.txt").write_text("pop\nrock\njazz\n", encoding="utf-8")
+    (folder / "city.json").write_text('["Paris", "Rome", "Paris", 1984]', encoding="utf-8")
+    (folder / "artist.yaml").write_text("- Madonna\n- Miles Davis\n", encoding="utf-8")
+    (folder / "notes.md").write_text("not a catalog\n", encoding="utf-8")
+    assert load_catalogs(folder) == {
+        "artist": ("Madonna", "Miles Davis"),
+        "city": ("Paris", "Rome", "1984"),
+        "genre": ("pop", "rock", "jazz"),
+    }
+    assert load_catalogs(folder, max_values=2) == {
+        "artist": ("Madonna", "Miles Davis"),
+        "city": ("Paris", "Rome"),
+        "genre": ("pop", "rock"),
+    }
+    mapping = tmp_path / "catalogs.yaml"
+    mapping.write_text("genre: [pop, rock, jazz]\ncity:\n  - Oslo\n", encoding="utf-8")
+    assert load_catalogs(mapping, max_values=1) == {"genre": ("pop",), "city": ("Oslo",)}
+    from trustml.synth.catalog import catalog_sizes
+
+    assert catalog_sizes(load_catalogs(folder)) == {"artist": 2, "city": 3, "genre": 3}
+
+
+def test_bad_structured_catalogs_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "city.json").write_text('{"not": "a list"}', encoding="utf-8")
+    with pytest.raises(DataError, match=r"city\.json must hold a list of values"):
+        read_catalog(tmp_path / "city.json")
+    (tmp_path / "bad.yaml").write_text("- [unclosed\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"cannot parse catalog file .*bad\.yaml"):
+        read_catalog(tmp_path / "bad.yaml")
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    (folder / "genre.txt").write_text("pop\n", encoding="utf-8")
+    (folder / "genre.yaml").write_text("- rock\n", encoding="utf-8")
+    with pytest.raises(DataError, match="two files for slot type 'genre'"):
+        load_catalogs(folder)
+    with pytest.raises(ConfigError, match="catalog_max_values must be >= 1"):
+        load_catalogs(folder, max_values=0)
+    mapping = tmp_path / "map.json"
+    mapping.write_text('{"genre": "pop"}', encoding="utf-8")
+    with pytest.raises(DataError, match=r"map\.json \(type 'genre'\) must hold a list"):
+        load_catalogs(mapping)
+
+
+def test_cli_reports_catalog_sizes_and_cuts_them(tmp_path: Path, toy_yaml: Path) -> None:
+    from tests.synth.test_cli import _cfg
+    from trustml.cli.synth import run
+
+    folder = tmp_path / "cats"
+    folder.mkdir()
+    (folder / "genre.json").write_text('["pop", "blues", "soul", "funk"]', encoding="utf-8")
+    report = run(_cfg(f"golden={toy_yaml}", f"catalogs={folder}", "catalog_max_values=2"), tmp_path / "out")
+    assert report["catalogs"] == {"genre": 2} and report["catalog_max_values"] == 2
+    assert report["catalog_extensions"]["PlayMusic"] == {"genre": ["genre"]}
+    text = (tmp_path / "out" / "grammar.txt").read_text()
+    assert "blues" in text and "soul" not in text

@@ -126,3 +126,19 @@ def test_command_line_app(tmp_path: Path, toy_yaml: Path) -> None:
     assert f"trustml-synth: error: {bad}:2:6: unbalanced '['" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+def test_budget_stop_and_progress_are_reported(tmp_path: Path, toy_yaml: Path, capsys, caplog) -> None:
+    """A time budget ends induction with the grammar reached so far, and the report and the log say so; the
+    progress bar shows induction steps and sampled sentences."""
+    cfg = _cfg(f"golden={toy_yaml}", "budget_per_intent=30", "induction.time_budget_s=1e-9", "progress=true")
+    with caplog.at_level("WARNING"):
+        report = run(cfg, tmp_path / "out")
+    assert report["induction_stopped_early"] == ["GetWeather", "PlayMusic"]
+    assert {t["stopped"] for t in report["induction"]} == {"time_budget"}
+    assert report["generated"] == 60 and report["unique_sentences_exact"] == {"GetWeather": True, "PlayMusic": True}
+    assert "stopped at its time budget" in caplog.text
+    err = capsys.readouterr().err
+    assert "induce PlayMusic (8 utterances)" in err and "sample" in err
+    with pytest.raises(ConfigError, match="progress must be true, false or auto"):
+        run(_cfg(f"golden={toy_yaml}", "progress=sometimes"), tmp_path / "bad")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from trustml.cli.task import Job, TaskApp, TaskResult, run_app
 from trustml.errors import ConfigError
 from trustml.synth import formats
-from trustml.synth.catalog import load_catalogs
+from trustml.synth.catalog import catalog_sizes, load_catalogs
 from trustml.synth.formats import load_utterances, write_jsonl, write_rasa_yaml, write_snips_json
+from trustml.synth.fst import MAX_ARCS
 from trustml.synth.induction import InductionConfig
 from trustml.synth.synthesis import SynthesisConfig, select_golden, synthesize
 
@@ -54,7 +56,18 @@ def synthesis_config(cfg: DictConfig) -> SynthesisConfig:
         catalog_match=str(cfg.catalog_match),
         include_golden=bool(cfg.include_golden),
         seed=int(cfg.seed),
+        max_arcs=int(cfg.get("max_arcs", MAX_ARCS)),
+        progress=_progress(cfg.get("progress", "auto")),
     )
+
+
+def _progress(value: Any) -> bool:
+    """``progress``: ``true``/``false``, or ``auto`` (a bar when stderr is a terminal)."""
+    if value == "auto" or value is None:
+        return sys.stderr.isatty()
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"progress must be true, false or auto, got '{value}'")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -65,7 +78,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if unknown:
         raise ConfigError(f"output.formats has unknown {unknown}; choose from {sorted(WRITERS)}")
     config = synthesis_config(cfg)
-    catalogs = load_catalogs(to_absolute_path(cfg.catalogs) if cfg.catalogs else None)
+    max_values = cfg.get("catalog_max_values")
+    catalogs = load_catalogs(
+        to_absolute_path(cfg.catalogs) if cfg.catalogs else None, int(max_values) if max_values is not None else None
+    )
+    if catalogs:
+        log.info("catalogs (values each): %s", ", ".join(f"{k} {n:,}" for k, n in catalog_sizes(catalogs).items()))
     paths = cfg.golden if isinstance(cfg.golden, ListConfig) else [cfg.golden]
     golden = []
     for path in paths:
@@ -76,17 +94,29 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "grammar.txt").write_text(result.grammar.render(int(cfg.output.render_max_values)), encoding="utf-8")
     result.grammar.save(out_dir / "grammar.json")
     files = [str(WRITERS[f][1](result.dataset, out_dir / WRITERS[f][0])) for f in cfg.output.formats]
-    report = {**result.report, "files": files}
+    report = {**result.report, "catalog_max_values": max_values, "files": files}
     (out_dir / "stats.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     g = report["grammar"]["total"]
+    exact = all(report["unique_sentences_exact"].values())
     log.info(
-        "grammar: %d rules, %d unique sentences; data set: %d utterances (%d generated) in %s",
+        "grammar: %d rules, %.4g %s; data set: %d utterances (%d generated) in %s",
         g["rules"],
         sum(report["unique_sentences"].values()),
+        "unique sentences" if exact else "derivations (distinct sentences not counted: flat acceptor above max_arcs)",
         report["dataset"],
         report["generated"],
         out_dir,
     )
+    for trace in report["induction"]:
+        if trace["stopped"] != "converged":
+            log.warning(
+                "induction of intent %s stopped at its %s after %d merges and %d chunks: the grammar is the best "
+                "one reached so far, not a converged one (stats.json: induction[].stopped)",
+                trace["intent"],
+                trace["stopped"].replace("_", " "),
+                trace["merges"],
+                trace["chunks"],
+            )
     return report
 
 
@@ -100,6 +130,8 @@ def synth_task(cfg: DictConfig, job: Job) -> TaskResult:
         "unique_texts": report["unique_texts"],
         "grammar_rules": report["grammar"]["total"]["rules"],
         "unique_sentences": sum(report["unique_sentences"].values()),
+        "unique_sentences_exact": all(report["unique_sentences_exact"].values()),
+        "induction_stopped_early": len(report["induction_stopped_early"]),
     }
     return TaskResult(results)
 

@@ -1,10 +1,18 @@
-"""Catalogs: lists of slot values per slot type (one value per line in ``<type>.txt``) and how they extend
-the slot classes of a grammar."""
+"""Catalogs: lists of slot values per slot type and how they extend the slot classes of a grammar.
+
+A catalog file is ``<type>.txt`` (one value per line, ``#`` comments), or ``<type>.json`` / ``<type>.yaml``
+(``.yml``) holding a list of values; a catalog source is a folder of such files, one JSON/YAML file mapping
+each type to its list, or a mapping ``type -> file``. ``max_values`` keeps the first values of each catalog
+(in file order), so a large gazetteer can be cut to a size.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import yaml
 
 from trustml.data.text_files import AUTO, read_text
 from trustml.errors import ConfigError, DataError
@@ -15,32 +23,80 @@ Catalogs = dict[str, tuple[str, ...]]
 CATALOG_MATCHES = ("values", "name")
 
 
-def read_catalog(path: str | Path) -> tuple[str, ...]:
-    """The values in a catalog file: one per line, blank lines and ``#`` comments skipped, duplicates dropped."""
-    path = Path(path)
-    values: dict[str, None] = {}
-    for line in read_text(path, AUTO, option="encoding").splitlines():
-        value = line.strip()
-        if value and not value.startswith("#"):
-            values.setdefault(value, None)
+CATALOG_SUFFIXES = (".txt", ".json", ".yaml", ".yml")
+
+
+def _values(items: object, path: Path, where: str = "") -> tuple[str, ...]:
+    """The distinct non-empty values of a JSON/YAML list (numbers become text); a :class:`DataError` otherwise."""
+    if not isinstance(items, list) or not all(isinstance(v, str | int | float) for v in items):
+        raise DataError(f'catalog file {path}{where} must hold a list of values (strings), e.g. ["pop", "rock"]')
+    values = dict.fromkeys(str(v).strip() for v in items)
+    values.pop("", None)
     if not values:
-        raise DataError(f"catalog file {path} has no values; write one slot value per line")
+        raise DataError(f"catalog file {path}{where} has no values")
     return tuple(values)
 
 
-def load_catalogs(source: str | Path | Mapping[str, str | Path] | None) -> Catalogs:
-    """Catalogs from a directory (``<name>.txt`` per slot type) or a mapping ``name -> file``; ``None``: none."""
+def _parse(path: Path) -> object:
+    text = read_text(path, AUTO, option="encoding")
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot parse catalog file {path}: {exc}") from exc
+
+
+def read_catalog(path: str | Path, max_values: int | None = None) -> tuple[str, ...]:
+    """The values in a catalog file (``.txt``: one per line, blank lines and ``#`` comments skipped; ``.json`` /
+    ``.yaml`` / ``.yml``: a list), duplicates dropped, the first ``max_values`` kept (all when None)."""
+    path = Path(path)
+    if path.suffix in (".json", ".yaml", ".yml"):
+        values = _values(_parse(path), path)
+    else:
+        lines: dict[str, None] = {}
+        for line in read_text(path, AUTO, option="encoding").splitlines():
+            value = line.strip()
+            if value and not value.startswith("#"):
+                lines.setdefault(value, None)
+        if not lines:
+            raise DataError(f"catalog file {path} has no values; write one slot value per line")
+        values = tuple(lines)
+    return values[:max_values] if max_values is not None else values
+
+
+def load_catalogs(source: str | Path | Mapping[str, str | Path] | None, max_values: int | None = None) -> Catalogs:
+    """Catalogs from a folder (``<type>.txt|json|yaml|yml`` per slot type), one JSON/YAML file mapping types to
+    lists, or a mapping ``type -> file``; ``None``: none. Each keeps its first ``max_values`` values."""
+    if max_values is not None and max_values < 1:
+        raise ConfigError(f"catalog_max_values must be >= 1 (or null for all values), got {max_values}")
     if source is None:
         return {}
     if isinstance(source, Mapping):
-        return {str(name): read_catalog(path) for name, path in source.items()}
+        return {str(name): read_catalog(path, max_values) for name, path in source.items()}
     folder = Path(source)
+    if folder.is_file() and folder.suffix in (".json", ".yaml", ".yml"):
+        mapping = _parse(folder)
+        if not isinstance(mapping, dict) or not mapping:
+            raise DataError(f"catalog file {folder} must map each slot type to a list of values, e.g. genre: [pop]")
+        return {str(k): _values(v, folder, f" (type '{k}')")[:max_values] for k, v in mapping.items()}
     if not folder.is_dir():
-        raise DataError(f"catalog directory {folder} does not exist; give a folder of <slot_type>.txt files")
-    files = sorted(folder.glob("*.txt"))
+        raise DataError(
+            f"catalog directory {folder} does not exist; give a folder of <slot_type>.txt files "
+            "(or .json/.yaml lists) or one .json/.yaml file mapping slot types to lists"
+        )
+    files = sorted(f for f in folder.iterdir() if f.suffix in CATALOG_SUFFIXES)
     if not files:
         raise DataError(f"catalog directory {folder} has no *.txt files; add one <slot_type>.txt per slot type")
-    return {f.stem: read_catalog(f) for f in files}
+    out: Catalogs = {}
+    for f in files:
+        if f.stem in out:
+            raise DataError(f"catalog directory {folder} has two files for slot type '{f.stem}'; keep one")
+        out[f.stem] = read_catalog(f, max_values)
+    return out
+
+
+def catalog_sizes(catalogs: Catalogs) -> dict[str, int]:
+    """The number of values of each catalog."""
+    return {name: len(values) for name, values in sorted(catalogs.items())}
 
 
 def explicit_catalogs(utterances: Iterable[Utterance]) -> dict[tuple[str, str], set[str]]:

@@ -20,15 +20,28 @@ production spelled as its symbols, ``|V|`` = nonterminals + words + slots + 1 en
 beam; it stops when no operation improves the posterior. Ties are broken by a seeded random order, so a
 seed fixes the result. Merges that would make the grammar recursive are not considered, so the language
 stays finite.
+
+The greedy search (:class:`_Greedy`) keeps its candidate index and every candidate's score change up to date
+incrementally, so a step costs what the operation changes rather than the size of the grammar (thousands of
+utterances per intent in seconds); it scores exactly as the from-scratch computation of the beam search
+(``_Inducer._candidates``), and breaks exact ties by a seeded hash of the operation. It stops at convergence
+(no operation gains more than ``min_gain``), at ``max_steps``, or at a time or memory budget, keeping the best
+grammar reached (the search only ever raises the posterior).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import os
 import random
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from trustml.errors import ConfigError
 from trustml.synth.annotation import Utterance
@@ -48,7 +61,12 @@ class InductionConfig:
     ``search``: ``"greedy"`` or ``"beam"`` with ``beam_width`` states; ``max_chunk``: longest symbol
     sequence one chunk operation introduces; ``chunk_candidates``: how many chunks (best by their
     description-length gain) are scored exactly per step; ``lowercase``: lowercase carrier words;
-    ``max_steps``: a safety bound on the number of operations; ``seed``: tie-breaking order.
+    ``max_steps``: a safety bound on the number of operations; ``seed``: tie-breaking order;
+    ``min_gain``: stop when the best operation raises the log posterior by at most this many nats (a
+    description-length stop: larger values stop earlier on large inputs); ``time_budget_s`` /
+    ``memory_budget_mb``: stop the search of an intent when it has run that long or the process holds that much
+    resident memory, keeping the grammar reached so far (the search only ever improves it), and record why in
+    :class:`InductionTrace` (0 = no bound).
     """
 
     prior_weight: float = 1.0
@@ -59,6 +77,9 @@ class InductionConfig:
     lowercase: bool = True
     max_steps: int = 5000
     seed: int = 0
+    min_gain: float = 1e-9
+    time_budget_s: float = 0.0
+    memory_budget_mb: float = 0.0
 
     def __post_init__(self) -> None:
         if self.search not in ("greedy", "beam"):
@@ -69,11 +90,18 @@ class InductionConfig:
             raise ConfigError(
                 f"induction needs beam_width >= 1, max_chunk >= 2, chunk_candidates >= 0, max_steps >= 0 (got {self})"
             )
+        if self.min_gain < 0 or self.time_budget_s < 0 or self.memory_budget_mb < 0:
+            raise ConfigError(
+                "induction.min_gain, induction.time_budget_s and induction.memory_budget_mb must be >= 0 "
+                f"(0 = no bound), got {self.min_gain}, {self.time_budget_s}, {self.memory_budget_mb}"
+            )
 
 
 @dataclass(frozen=True)
 class InductionTrace:
-    """What the search did for one intent: operations applied and the posterior before and after."""
+    """What the search did for one intent: operations applied, the posterior before and after, why it stopped
+    (``converged``, ``max_steps``, ``time_budget``, ``memory_budget``;
+    a budget stop keeps the best grammar reached so far) and its time."""
 
     intent: str
     merges: int
@@ -82,6 +110,9 @@ class InductionTrace:
     log_posterior_end: float
     log_likelihood_end: float
     description_length_end: float
+    utterances: int = 0
+    stopped: str = "converged"
+    seconds: float = 0.0
 
 
 def _xlogx(c: float) -> float:
@@ -337,25 +368,29 @@ class _Inducer:
 
     # -- search -----------------------------------------------------------------------------------------
 
-    def run(self) -> _State:
-        """Greedy or beam search until no operation improves the posterior (or ``max_steps``)."""
-        state = self.state
+    def run(self, progress: Any = None) -> tuple[_State, str]:
+        """Greedy (:class:`_Greedy`) or beam search until no operation improves the posterior by more than
+        ``min_gain`` (or a bound); the final state and why the search stopped."""
+        budget = _Budget(self.config.time_budget_s, self.config.memory_budget_mb)
         if self.config.search == "greedy":
-            for _ in range(self.config.max_steps):
-                candidates = self._candidates(state)
-                if not candidates or candidates[0][0] <= 1e-9:
-                    break
-                state = self._apply(state, candidates[0][2])
-            return state
+            greedy = _Greedy(self, budget, progress)
+            return greedy.run(), greedy.stopped
+        state = self.state
         beam, best = [state], state
+        stopped = "max_steps"
         for _ in range(self.config.max_steps):
+            reason = budget.exceeded()
+            if reason:
+                stopped = reason
+                break
             children: list[tuple[float, float, _State]] = []
             for s in beam:
                 base = self.score(s)
                 for delta, tie, op in self._candidates(s)[: self.config.beam_width]:
-                    if delta > 1e-9:
+                    if delta > self.config.min_gain:
                         children.append((base + delta, tie, self._apply(s, op)))
             if not children:
+                stopped = "converged"
                 break
             children.sort(key=lambda t: (-t[0], t[1]))
             seen: set[float] = set()
@@ -369,7 +404,7 @@ class _Inducer:
                     break
             if self.score(beam[0]) > self.score(best):
                 best = beam[0]
-        return best
+        return best, stopped
 
     def to_grammar(self, intent: str, state: _State) -> IntentGrammar:
         """The :class:`IntentGrammar` of ``state``: start ``S``, the others ``n1, n2, ...`` in creation order."""
@@ -389,6 +424,512 @@ class _Inducer:
         }
         slot_values = {slot: dict(values) for slot, values in sorted(self.slot_values.items())}
         return IntentGrammar(intent, names[self.start], rules, slot_values)
+
+
+class _Budget:
+    """Stops a search at ``time_s`` seconds or ``memory_mb`` MB of resident memory (0 = no bound)."""
+
+    def __init__(self, time_s: float, memory_mb: float) -> None:
+        self.time_s, self.memory_mb = time_s, memory_mb
+        self.t0 = time.perf_counter()
+
+    def exceeded(self) -> str | None:
+        """``"time_budget"`` or ``"memory_budget"`` when that bound is reached, else None."""
+        if self.time_s and time.perf_counter() - self.t0 > self.time_s:
+            return "time_budget"
+        if self.memory_mb and resident_mb() > self.memory_mb:
+            return "memory_budget"
+        return None
+
+
+def resident_mb() -> float:
+    """The process's resident memory in MB (``/proc/self/statm``; the peak from ``getrusage`` elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tie(seed: int, key: tuple[int, ...]) -> float:
+    """A deterministic pseudo-random tie-break in [0, 1) for an operation key and a seed."""
+    h = seed * 0x9E3779B1 + 0x7F4A7C15
+    for x in key:
+        h = ((h ^ (x + 0x632BE5AB)) * 0x5BD1E995) & 0xFFFFFFFFFFFF
+    return h / 2**48
+
+
+class _Greedy:
+    """Greedy best-first merging with incremental indices, so each step costs what it changes, not the grammar.
+
+    Maintained across steps (updated per production added or removed):
+    ``occ[sym]`` the productions whose right-hand side holds ``sym``; the candidate groups of nonterminals
+    that share a context -- ``(lhs, prefix, suffix)`` of a right-hand side (a merge collapses productions),
+    ``(left, right)`` neighbours (context signature) and identical production sets -- and the number of
+    groups supporting each pair; the n-gram counts (chunk candidates) in a lazy max-heap by their
+    description-length gain estimate; the production-local part ``(d_ll, d_units)`` of every candidate
+    merge's score change. A merge's local part depends only on the productions of the two nonterminals and
+    on the productions holding either of them, so after an operation only pairs with a symbol in a changed
+    production are re-scored; the global part (``|V|`` and the grammar size) is applied to all pairs at
+    once with numpy. A merge's cost is proportional to the occurrences of the dropped nonterminal
+    (``occ``), not to the size of its parents.
+    """
+
+    def __init__(self, inducer: _Inducer, budget: _Budget, progress: Any = None) -> None:
+        self.ind = inducer
+        self.config = inducer.config
+        self.kinds = inducer.kinds
+        self.budget = budget
+        self.progress = progress
+        self.start = inducer.start
+        self.rules: RuleSet = {}
+        self.ll: dict[int, float] = {}
+        self.units: dict[int, int] = {}
+        self.count: dict[int, int] = {}
+        self.total_ll = 0.0
+        self.total_units = 0
+        self.merges = self.chunks = 0
+        self.occ: dict[int, dict[tuple[int, tuple[int, ...]], None]] = defaultdict(dict)
+        self.groups: dict[tuple, dict[int, int]] = {}
+        self.signature: dict[int, frozenset] = {}
+        self.single: dict[tuple[int, ...], set[int]] = defaultdict(set)
+        self.support: dict[tuple[int, int], int] = {}
+        self.pairs_of: dict[int, set[tuple[int, int]]] = defaultdict(set)
+        self.ngrams: dict[tuple[int, ...], int] = defaultdict(int)
+        self.heap: list[tuple[int, tuple[int, ...]]] = []
+        self.slot: dict[tuple[int, int], int] = {}
+        self.free: list[int] = []
+        self.pair_at: list[tuple[int, int] | None] = []
+        size = 1024
+        self.d_ll, self.d_units = np.zeros(size), np.zeros(size)
+        self.alive, self.ties = np.zeros(size, dtype=bool), np.zeros(size)
+        self.stale: set[tuple[int, int]] = set()
+        self.shared: dict[tuple[int, int], set[tuple]] = {}
+        self.co: dict[tuple[int, int], set[tuple[int, tuple[int, ...]]]] = {}
+        self.multi: dict[int, set[tuple[int, tuple[int, ...]]]] = {}
+        self.touched: set[tuple[int, ...]] = set()
+        self.chunk_cache: dict[tuple[int, ...], tuple[float, int, int]] = {}
+        self.dirty: set[int] = set()
+        self.fresh: set[tuple[int, int]] = set()
+        self.stopped = "converged"
+        for lhs, rs in inducer.state.rules.items():
+            self._set_rules(lhs, dict(rs))
+        self._rescore()
+
+    # -- indices ----------------------------------------------------------------------------------------
+
+    def _pair_support(self, a: int, b: int, d: int) -> None:
+        pair = (a, b) if a < b else (b, a)
+        n = self.support.get(pair, 0) + d
+        if n > 0:
+            self.support[pair] = n
+            if n == d:  # new pair
+                self.pairs_of[a].add(pair)
+                self.pairs_of[b].add(pair)
+                self.fresh.add(pair)
+            return
+        self.support.pop(pair, None)
+        self.pairs_of[a].discard(pair)
+        self.pairs_of[b].discard(pair)
+        self.fresh.discard(pair)
+        k = self.slot.pop(pair, None)
+        if k is not None:
+            self.alive[k] = False
+            self.pair_at[k] = None
+            self.free.append(k)
+
+    def _group(self, key: tuple, sym: int, d: int) -> None:
+        group = self.groups.setdefault(key, {})
+        c = group.get(sym, 0) + d
+        if c == 0:
+            del group[sym]
+            for other in group:
+                self._pair_support(sym, other, -1)
+                if key[0] == 0:
+                    self._relate(self.shared, sym, other, key, -1)
+            if not group:
+                del self.groups[key]
+        else:
+            if c == d:
+                for other in group:
+                    self._pair_support(sym, other, 1)
+                    if key[0] == 0:
+                        self._relate(self.shared, sym, other, key, 1)
+            group[sym] = c
+
+    @staticmethod
+    def _relate(index: dict, a: int, b: int, item: Any, d: int) -> None:
+        pair = (a, b) if a < b else (b, a)
+        if d > 0:
+            index.setdefault(pair, set()).add(item)
+        else:
+            items = index[pair]
+            items.discard(item)
+            if not items:
+                del index[pair]
+
+    def _index(self, lhs: int, rhs: tuple[int, ...], d: int) -> None:
+        """Add (``d = 1``) or remove (``d = -1``) one production from every index."""
+        if self.kinds[rhs[0]] == _WORD:
+            return
+        entry = (lhs, rhs)
+        for sym in set(rhs):
+            if d > 0:
+                self.occ[sym][entry] = None
+            else:
+                del self.occ[sym][entry]
+        nts = sorted({sym for sym in rhs if self.kinds[sym] == _NT})
+        for k, a in enumerate(nts):
+            for b in nts[k + 1 :]:
+                self._relate(self.co, a, b, entry, d)
+            if rhs.count(a) > 1:
+                if d > 0:
+                    self.multi.setdefault(a, set()).add(entry)
+                else:
+                    self.multi[a].discard(entry)
+        n_max = self.config.max_chunk
+        for i, sym in enumerate(rhs):
+            if self.kinds[sym] == _NT:
+                self._group((0, lhs, rhs[:i], rhs[i + 1 :]), sym, d)
+                self._group((1, rhs[i - 1] if i else -1, rhs[i + 1] if i + 1 < len(rhs) else -1), sym, d)
+            for n in range(2, min(n_max, len(rhs) - i) + 1):
+                seq = rhs[i : i + n]
+                k = self.ngrams[seq] + d
+                if k:
+                    self.ngrams[seq] = k
+                    gain = (n - 1) * k - (n + 1)
+                    if k >= 2 and gain > 0:
+                        heapq.heappush(self.heap, (-gain, seq))
+                else:
+                    del self.ngrams[seq]
+
+    def _set_rules(self, lhs: int, new: dict[tuple[int, ...], int] | None) -> None:
+        """Replace the productions of ``lhs`` (``None`` deletes it), updating indices, caches and dirt."""
+        old = self.rules.get(lhs, {})
+        new_rs = new or {}
+        for rhs, c in old.items():
+            if rhs not in new_rs:
+                self._collisions(lhs, rhs)
+                self._index(lhs, rhs, -1)
+            elif new_rs[rhs] != c:
+                self._collisions(lhs, rhs)
+        for rhs in new_rs:
+            if rhs not in old:
+                self._index(lhs, rhs, 1)
+                self._collisions(lhs, rhs)
+        self.dirty.add(lhs)
+        if len(old) == 1:
+            self.single[next(iter(old))].discard(lhs)
+            self.touched.add(next(iter(old)))
+        if lhs != self.start:
+            if lhs in self.signature:
+                self._group((2, self.signature.pop(lhs)), lhs, -1)
+            if new is not None:
+                self.signature[lhs] = frozenset(new_rs)
+                self._group((2, self.signature[lhs]), lhs, 1)
+        self.total_ll -= self.ll.pop(lhs, 0.0)
+        self.total_units -= self.units.pop(lhs, 0)
+        if new is None:
+            self.rules.pop(lhs, None)
+            self.count.pop(lhs, None)
+            return
+        self.rules[lhs] = new_rs
+        self.count[lhs] = sum(new_rs.values())
+        if len(new_rs) == 1:
+            self.single[next(iter(new_rs))].add(lhs)
+            self.touched.add(next(iter(new_rs)))
+        self.ll[lhs], self.units[lhs] = _rule_ll(new_rs), _rule_units(new_rs)
+        self.total_ll += self.ll[lhs]
+        self.total_units += self.units[lhs]
+
+    # -- scores -----------------------------------------------------------------------------------------
+
+    def _by_parent(self, sym: int) -> dict[int, list[tuple[int, ...]]]:
+        out: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+        for p, rhs in self.occ.get(sym, {}):
+            out[p].append(rhs)
+        return out
+
+    def _merge_local(self, a: int, b: int) -> tuple[float, int]:
+        """``(d_ll, d_units)`` of merging ``a`` and ``b``, as ``_Inducer._merge_delta`` computes it, from the
+        productions that can collapse only: a production of a parent that collapses with none keeps its count and
+        length and adds nothing. A production holding one of ``a``, ``b`` once collapses only with the same
+        production with the other symbol in that place (their shared buckets ``(p, prefix, suffix)``); one
+        holding them at several places is in ``co`` (both) or ``multi`` (one repeated). The merge is the same
+        whichever symbol is kept (the grammars differ by a renaming)."""
+        keep, drop = (a, b) if a < b else (b, a)
+        rk, rd = self.rules[keep], self.rules[drop]
+        # own productions: ll = sum xlogx(c) - xlogx(C); pooling changes only the common right-hand sides
+        d_ll = _xlogx(self.count[keep]) + _xlogx(self.count[drop]) - _xlogx(self.count[keep] + self.count[drop])
+        d_units = 0
+        small, large = (rk, rd) if len(rk) <= len(rd) else (rd, rk)
+        for rhs, c in small.items():
+            other = large.get(rhs)
+            if other:
+                d_ll += _xlogx(c + other) - _xlogx(c) - _xlogx(other)
+                d_units -= len(rhs) + 1
+        pair = (keep, drop)
+        involved: dict[int, set[tuple[int, ...]]] = defaultdict(set)
+        for _, p, prefix, suffix in self.shared.get(pair, ()):
+            involved[p].add((*prefix, drop, *suffix))
+        for p, rhs in self.co.get(pair, ()):
+            involved[p].add(rhs)
+        for p, rhs in self.multi.get(drop, ()):
+            involved[p].add(rhs)
+        for p, rhs in self.multi.get(keep, ()):
+            if drop in rhs:
+                involved[p].add(rhs)
+        for p, rhss in involved.items():
+            rs = self.rules[p]
+            moved: dict[tuple[int, ...], int] = {}
+            for rhs in rhss:
+                c = rs.get(rhs, 0)
+                if not c or drop not in rhs:
+                    continue
+                d_ll -= _xlogx(c)
+                d_units -= len(rhs) + 1
+                new = tuple(keep if s == drop else s for s in rhs)
+                moved[new] = moved.get(new, 0) + c
+            for new, c in moved.items():
+                old = rs.get(new, 0)
+                if old:
+                    d_ll -= _xlogx(old)
+                    d_units -= len(new) + 1
+                d_ll += _xlogx(c + old)
+                d_units += len(new) + 1
+        return d_ll, d_units
+
+    def _collisions(self, p: int, e: tuple[int, ...]) -> None:
+        """Note the pairs whose merge would collapse production ``e`` of ``p`` with another (called when ``e`` is
+        added, removed or recounted). A merge's local part is a sum over such collapses only -- a production
+        that collapses with none keeps its count and length -- so these are the pairs ``e`` can change: ``(s, x)``
+        for ``x`` in the bucket ``(p, prefix, suffix)`` of each nonterminal ``s`` of ``e`` (``e`` with ``x`` in
+        the place of ``s`` is a production of ``p``), every pair of two nonterminals of ``e`` (collapses at
+        several places at once) and every pair of a nonterminal repeated in ``e``."""
+        if self.kinds[e[0]] == _WORD:
+            return
+        n_max = self.config.max_chunk
+        for i in range(len(e) - 1):
+            for n in range(2, min(n_max, len(e) - i) + 1):
+                self.touched.add(e[i : i + n])
+        nts = [sym for sym in e if self.kinds[sym] == _NT]
+        for sym in nts:
+            rs = self.rules.get(sym)
+            if rs is not None and len(rs) == 1:
+                self.touched.add(next(iter(rs)))
+        if len(set(nts)) < len(nts):
+            for sym in {sym for sym in nts if nts.count(sym) > 1}:
+                self.stale |= self.pairs_of.get(sym, set())
+        for k, a in enumerate(nts):
+            for b in nts[k + 1 :]:
+                if a != b:
+                    self.stale.add((a, b) if a < b else (b, a))
+        for i, sym in enumerate(e):
+            if self.kinds[sym] == _NT:
+                for x in self.groups.get((0, p, e[:i], e[i + 1 :]), ()):
+                    if x != sym:
+                        self.stale.add((sym, x) if sym < x else (x, sym))
+
+    def _stale(self) -> set[tuple[int, int]]:
+        """The pairs whose local part an operation may have changed: new pairs, pairs of a nonterminal whose
+        productions changed and the pairs :meth:`_collisions` noted."""
+        todo = self.stale | self.fresh
+        for nt in self.dirty:
+            todo |= self.pairs_of.get(nt, set())
+        self.dirty.clear()
+        self.fresh.clear()
+        self.stale = set()
+        for seq in self.touched:
+            self.chunk_cache.pop(seq, None)
+        self.touched.clear()
+        return {pair for pair in todo if pair in self.support}
+
+    def _rescore(self) -> None:
+        """Recompute the local parts of the pairs :meth:`_stale` names."""
+        todo = self._stale()
+        for pair in todo:
+            k = self.slot.get(pair)
+            if k is None:
+                if not self.free:
+                    self._grow()
+                k = self.free.pop()
+                self.slot[pair] = k
+                self.pair_at[k] = pair
+                self.ties[k] = _tie(self.config.seed, pair)
+                self.alive[k] = True
+            self.d_ll[k], self.d_units[k] = self._merge_local(*pair)
+
+    def _grow(self) -> None:
+        n = len(self.pair_at)
+        size = max(1024, 2 * n)
+        for name in ("d_ll", "d_units", "alive", "ties"):
+            arr = getattr(self, name)
+            grown = np.zeros(size, dtype=arr.dtype)
+            grown[: len(arr)] = arr
+            setattr(self, name, grown)
+        self.pair_at.extend([None] * (size - n))
+        self.free.extend(range(size - 1, n - 1, -1))
+
+    def _global(self, d_units: float | np.ndarray, d_symbols: int) -> float | np.ndarray:
+        """``lambda * (DL after - DL before)`` for a change of ``d_units`` units and ``d_symbols`` symbols."""
+        v = self.ind.fixed_symbols + len(self.rules)
+        return self.config.prior_weight * (
+            (self.total_units + d_units) * math.log(v + d_symbols) - self.total_units * math.log(v)
+        )
+
+    def _chunk_shortlist(self) -> list[tuple[int, ...]]:
+        out: list[tuple[int, tuple[int, ...]]] = []
+        seen: set[tuple[int, ...]] = set()
+        while self.heap and len(out) < self.config.chunk_candidates:
+            neg, seq = heapq.heappop(self.heap)
+            k = self.ngrams.get(seq, 0)
+            if seq in seen or k < 2 or (len(seq) - 1) * k - (len(seq) + 1) != -neg:
+                continue
+            seen.add(seq)
+            out.append((neg, seq))
+        for item in out:
+            heapq.heappush(self.heap, item)
+        if len(self.heap) > 4 * len(self.ngrams) + 4096:
+            self.heap = [
+                (-((len(q) - 1) * k - (len(q) + 1)), q)
+                for q, k in self.ngrams.items()
+                if k >= 2 and (len(q) - 1) * k - (len(q) + 1) > 0
+            ]
+            heapq.heapify(self.heap)
+        return [seq for _, seq in out]
+
+    def _chunk_plan(self, seq: tuple[int, ...]) -> tuple[int | None, dict[int, dict[tuple[int, ...], int]], int]:
+        """For chunking ``seq``: the reused nonterminal (or None), the new productions of every changed lhs
+        (only the entries that change; ``0`` removes one) and the number of occurrences replaced."""
+        targets = self.single.get(seq)
+        existing = min(targets - {self.start}) if targets and targets - {self.start} else None
+        name = existing if existing is not None else -1
+        plan: dict[int, dict[tuple[int, ...], int]] = defaultdict(dict)
+        total = 0
+        for lhs, rhs in list(self.occ.get(seq[0], {})):
+            if lhs == name:
+                continue
+            new, k = _replace(rhs, seq, name)
+            if not k:
+                continue
+            c = self.rules[lhs][rhs]
+            total += c * k
+            change = plan[lhs]
+            change[rhs] = change.get(rhs, 0) - c
+            change[new] = change.get(new, 0) + c
+        return existing, plan, total
+
+    def _chunk_score(self, seq: tuple[int, ...]) -> float:
+        """The score change of chunking ``seq``; its local part is cached until a production holding ``seq``
+        (or the nonterminal it would reuse) changes (:meth:`_collisions` notes those n-grams)."""
+        if seq not in self.chunk_cache:
+            existing, plan, _ = self._chunk_plan(seq)
+            d_ll, d_units = 0.0, 0
+            for lhs, change in plan.items():
+                rs = self.rules[lhs]
+                for rhs, dc in change.items():
+                    old = rs.get(rhs, 0)
+                    d_ll += _xlogx(old + dc) - _xlogx(old)
+                    d_units += (len(rhs) + 1) * ((old + dc > 0) - (old > 0))
+            if existing is None:
+                d_units += len(seq) + 1
+            self.chunk_cache[seq] = (d_ll, d_units, 0 if existing is not None else 1)
+        d_ll, d_units, d_symbols = self.chunk_cache[seq]
+        return d_ll - self._global(d_units, d_symbols)
+
+    # -- operations -------------------------------------------------------------------------------------
+
+    def _apply_merge(self, a: int, b: int) -> None:
+        keep, drop = (a, b) if a < b else (b, a)
+        merged = dict(self.rules[keep])
+        for rhs, c in self.rules[drop].items():
+            merged[rhs] = merged.get(rhs, 0) + c
+        for p, rhss in self._by_parent(drop).items():
+            rs = dict(self.rules[p])
+            for rhs in rhss:
+                c = rs.pop(rhs)
+                new = tuple(keep if s == drop else s for s in rhs)
+                rs[new] = rs.get(new, 0) + c
+            self._set_rules(p, rs)
+        self._set_rules(drop, None)
+        self._set_rules(keep, merged)
+        self.merges += 1
+
+    def _apply_chunk(self, seq: tuple[int, ...]) -> None:
+        existing, plan, total = self._chunk_plan(seq)
+        name = existing if existing is not None else self.ind._new_nonterminal()
+        for lhs, change in plan.items():
+            rs = dict(self.rules[lhs])
+            for rhs, dc in change.items():
+                rhs = tuple(name if s == -1 else s for s in rhs)
+                c = rs.get(rhs, 0) + dc
+                if c:
+                    rs[rhs] = c
+                else:
+                    del rs[rhs]
+            self._set_rules(lhs, rs)
+        self._set_rules(name, {seq: self.rules.get(name, {}).get(seq, 0) + total})
+        self.chunks += 1
+
+    def _best_merge(self) -> tuple[float, float, tuple[int, int]] | None:
+        n = len(self.pair_at)
+        if not n:
+            return None
+        scores = np.where(self.alive[:n], self.d_ll[:n] - self._global(self.d_units[:n], -1), -np.inf)
+        reach = _Reachability(self.rules)
+        while True:
+            top = scores.max()
+            if not np.isfinite(top):
+                return None
+            tied = np.flatnonzero(scores == top)
+            k = int(tied[np.argmin(self.ties[tied])])
+            a, b = self.pair_at[k]  # type: ignore[misc]
+            if reach.reaches(a, b) or reach.reaches(b, a):
+                scores[k] = -np.inf
+                continue
+            return float(top), float(self.ties[k]), (a, b)
+
+    def score(self) -> float:
+        """``log P(D|M) - lambda * DL(M)`` of the current grammar."""
+        v = self.ind.fixed_symbols + len(self.rules)
+        return self.total_ll - self.config.prior_weight * self.total_units * math.log(v)
+
+    def run(self) -> _State:
+        """Greedy steps until no operation improves the posterior by more than ``min_gain`` (or a bound)."""
+        self.stopped = "max_steps"
+        for _ in range(self.config.max_steps):
+            reason = self.budget.exceeded()
+            if reason:
+                self.stopped = reason
+                break
+            best: tuple[float, float, tuple] | None = None
+            merge = self._best_merge()
+            if merge is not None:
+                best = (merge[0], merge[1], ("merge", *merge[2]))
+            for seq in self._chunk_shortlist():
+                cand = (self._chunk_score(seq), _tie(self.config.seed, (-1, *seq)), ("chunk", seq))
+                if best is None or (cand[0], -cand[1]) > (best[0], -best[1]):
+                    best = cand
+            if best is None or best[0] <= self.config.min_gain:
+                self.stopped = "converged"
+                break
+            if best[2][0] == "merge":
+                self._apply_merge(best[2][1], best[2][2])
+            else:
+                self._apply_chunk(best[2][1])
+            self._rescore()
+            if self.progress is not None:
+                self.progress.update(1)
+                self.progress.set_postfix(
+                    merges=self.merges, chunks=self.chunks, rules=self.rules_count(), score=f"{self.score():.0f}"
+                )
+        return _State(self.rules, self.merges, self.chunks)
+
+    def rules_count(self) -> int:
+        """Productions in the grammar (without slot values)."""
+        return sum(len(rs) for rs in self.rules.values())
 
 
 def _replace(rhs: tuple[int, ...], seq: tuple[int, ...], name: int) -> tuple[tuple[int, ...], int]:
@@ -440,9 +981,12 @@ def _segments(u: Utterance, lowercase: bool) -> list[str | SlotRef]:
 
 
 def induce_grammar(
-    utterances: Iterable[Utterance], config: InductionConfig | None = None
+    utterances: Iterable[Utterance], config: InductionConfig | None = None, progress: bool = False
 ) -> tuple[Grammar, list[InductionTrace]]:
-    """Induce one grammar per intent by Bayesian model merging (see the module doc); return it and a trace."""
+    """Induce one grammar per intent by Bayesian model merging (see the module doc); return it and a trace.
+
+    ``progress``: show a progress bar per intent (utterances, steps, merges, chunks, productions, log posterior).
+    """
     config = config or InductionConfig()
     by_intent: dict[str, list[Utterance]] = {}
     for u in utterances:
@@ -452,9 +996,19 @@ def induce_grammar(
     intents: dict[str, IntentGrammar] = {}
     traces = []
     for intent in sorted(by_intent):
+        t = time.perf_counter()
         inducer = _Inducer(by_intent[intent], config)
         start_score = inducer.score(inducer.state)
-        final = inducer.run()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=f"induce {intent} ({len(by_intent[intent])} utterances)", unit="step", mininterval=1.0)
+        try:
+            final, stopped = inducer.run(bar)
+        finally:
+            if bar is not None:
+                bar.close()
         intents[intent] = inducer.to_grammar(intent, final)
         traces.append(
             InductionTrace(
@@ -465,6 +1019,9 @@ def induce_grammar(
                 inducer.score(final),
                 final.total_ll,
                 inducer.description_length(final),
+                len(by_intent[intent]),
+                stopped,
+                time.perf_counter() - t,
             )
         )
     return Grammar(intents), traces

@@ -22,8 +22,8 @@ import numpy as np
 from trustml.errors import ConfigError
 from trustml.synth.allocation import allocate, allocation_report, pattern_stats
 from trustml.synth.annotation import Utterance
-from trustml.synth.catalog import CATALOG_MATCHES, Catalogs, explicit_catalogs, extend_slot_classes
-from trustml.synth.fst import GrammarFst
+from trustml.synth.catalog import CATALOG_MATCHES, Catalogs, catalog_sizes, explicit_catalogs, extend_slot_classes
+from trustml.synth.fst import MAX_ARCS, GrammarFst
 from trustml.synth.grammar import Grammar
 from trustml.synth.induction import InductionConfig, induce_grammar
 from trustml.synth.resampling import grammar_value_sets, swap_policy, swap_values
@@ -46,6 +46,8 @@ class SynthesisConfig:
     catalog_match: str = "values"
     include_golden: bool = True
     seed: int = 0
+    max_arcs: int = MAX_ARCS
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.allocation not in ALLOCATION_STRATEGIES:
@@ -56,6 +58,8 @@ class SynthesisConfig:
             raise ConfigError("budget_per_intent and allocation.floor must be >= 0 and catalog_weight > 0")
         if self.catalog_match not in CATALOG_MATCHES:
             raise ConfigError(f"catalog_match must be one of {', '.join(CATALOG_MATCHES)}, got '{self.catalog_match}'")
+        if self.max_arcs < 0:
+            raise ConfigError(f"max_arcs must be >= 0 (0: never count distinct sentences exactly), got {self.max_arcs}")
 
 
 @dataclass
@@ -89,25 +93,34 @@ def synthesize(golden: Sequence[Utterance], catalogs: Catalogs, config: Synthesi
         raise ConfigError("no golden utterances: check the 'golden' files")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    grammar, traces = induce_grammar(golden, config.induction)
+    grammar, traces = induce_grammar(golden, config.induction, progress=config.progress)
     timings["induction_s"] = time.perf_counter() - t
     extend_slot_classes(grammar, catalogs, config.catalog_weight, explicit_catalogs(golden), config.catalog_match)
 
     t = time.perf_counter()
-    fst = GrammarFst(grammar)
+    fst = GrammarFst(grammar, config.max_arcs)
     timings["compile_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     stats = pattern_stats(golden, grammar)
     budget = {intent: config.budget_per_intent for intent in grammar.intents}
-    if config.allocation == "grammar":
-        counts: dict[tuple[str, tuple[str, ...]], int] = {}
-        generated = fst.sample(budget, config.seed)
-    else:
-        counts = allocate(stats, budget, config.allocation, config.allocation_floor)
-        generated = []
-        for k, ((intent, pattern), n) in enumerate(sorted(counts.items())):
-            generated += fst[intent].sample(n, config.seed + k, pattern=pattern)
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(budget.values()), desc="sample", unit="sentence", mininterval=1.0)
+    try:
+        if config.allocation == "grammar":
+            counts: dict[tuple[str, tuple[str, ...]], int] = {}
+            generated = fst.sample(budget, config.seed, progress=bar)
+        else:
+            counts = allocate(stats, budget, config.allocation, config.allocation_floor)
+            generated = []
+            for k, ((intent, pattern), n) in enumerate(sorted(counts.items())):
+                generated += fst[intent].sample(n, config.seed + k, pattern=pattern, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     timings["sampling_s"] = time.perf_counter() - t
 
     resampling_report: dict[str, Any] = {"enabled": config.resampling}
@@ -121,15 +134,22 @@ def synthesize(golden: Sequence[Utterance], catalogs: Catalogs, config: Synthesi
         resampling_report.update(swap_report)
 
     dataset = (list(golden) if config.include_golden else []) + generated
+    counts_report = fst.count_report()
     report = {
         "config": asdict(config),
         "golden": len(golden),
+        "catalogs": catalog_sizes(catalogs),
+        "catalog_extensions": {
+            name: {slot: cats for slot, cats in g.catalog_extensions.items()} for name, g in grammar.intents.items()
+        },
         "generated": len(generated),
         "dataset": len(dataset),
         "unique_texts": len({(u.intent, u.text) for u in dataset}),
         "grammar": grammar.stats(),
-        "unique_sentences": fst.count(),
+        "unique_sentences": {name: c["sentences"] for name, c in counts_report.items()},
+        "unique_sentences_exact": {name: c["exact"] for name, c in counts_report.items()},
         "induction": [asdict(tr) for tr in traces],
+        "induction_stopped_early": sorted(tr.intent for tr in traces if tr.stopped != "converged"),
         "allocation": {"strategy": config.allocation, "patterns": allocation_report(stats, counts)},
         "resampling": resampling_report,
         "timings": timings,
