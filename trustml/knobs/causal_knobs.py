@@ -9,6 +9,8 @@ encoder-decoder):
   (``tau >= 0``) to the prompt tokens of a named segment is re-weighted, ``a' = a * b / sum(a * b)`` (``log b``
   added to the attention logits of the chosen layers and heads, scaled by the schedule ``s(tau)``). Prompt
   queries (``tau < 0``) are left as they are, so the prompt is read the same with the KV cache on or off.
+  :class:`PromptAttentionBias` restricts A to chosen layers, heads, or (layer, head) pairs (``layer_heads``);
+  ``head_selection="profiled"`` picks the pairs by PASTA's model profiling (:mod:`~trustml.knobs.pasta`).
 - D (self-attention over the generated text): decoder segments as for encoder-decoders, with the prompt as
   ``start`` (keys at ``tau < start_length``), earlier generated tokens as ``previous`` and the query as ``current``.
 - C (soft prompt): the control phrases' input embeddings, pooled (:func:`pool_phrase_states`), are prepended to
@@ -22,6 +24,7 @@ Every knob at its neutral value installs nothing, so generation is then ``model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +47,95 @@ from trustml.knobs.sites import AttentionSite, attention_implementation, causal_
 from trustml.models.segments import SegmentVocabulary
 
 _UNCHANGED = object()
+
+#: How knob A's heads are chosen: as given (``layers``/``heads``/``layer_heads``), or by PASTA profiling.
+HEAD_SELECTIONS = ("given", "profiled")
+
+
+@dataclass
+class PromptAttentionBias(CrossAttentionBias):
+    """Knob A on a decoder-only model: bias ``b`` per named prompt segment, on chosen layers and heads.
+
+    ``layers``/``heads`` (as in :class:`CrossAttentionBias`: the same heads in every chosen layer), or
+    ``layer_heads``: explicit ``[layer, head]`` pairs (PASTA's per-head steering set). ``head_selection``:
+    ``"given"`` (those options) or ``"profiled"``: before generating, :func:`~trustml.knobs.pasta.profile_heads`
+    steers every candidate head alone (candidates: ``layers`` x ``heads``, default all) on the first
+    ``profile_examples`` examples (or those of ``profile_file``) and keeps the ``top_k`` best.
+    """
+
+    layer_heads: list[list[int]] | None = None
+    head_selection: str = "given"
+    profile_examples: int = 8
+    top_k: int = 4
+    profile_file: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        knob = "knobs.prompt_attention"
+        if self.head_selection not in HEAD_SELECTIONS:
+            raise ConfigError(
+                f"{knob}.head_selection={self.head_selection!r} is unknown; use one of {list(HEAD_SELECTIONS)}"
+            )
+        if self.layer_heads is not None:
+            pairs = [[int(v) for v in pair] for pair in self.layer_heads]
+            bad = [pair for pair in pairs if len(pair) != 2]
+            if bad:
+                raise ConfigError(f"{knob}.layer_heads={bad}: give [layer, head] pairs, e.g. [[0,1],[2,3]]")
+            self.layer_heads = pairs
+            if self.layers is not None or self.heads is not None:
+                raise ConfigError(
+                    f"{knob}.layer_heads names (layer, head) pairs itself; leave {knob}.layers and {knob}.heads unset"
+                )
+            if self.head_selection == "profiled":
+                raise ConfigError(
+                    f"{knob}.head_selection='profiled' chooses the (layer, head) pairs; leave {knob}.layer_heads "
+                    "unset (or use head_selection='given' with your pairs)"
+                )
+        if self.profile_examples < 1:
+            raise ConfigError(f"{knob}.profile_examples={self.profile_examples} must be >= 1")
+        if self.top_k < 1:
+            raise ConfigError(f"{knob}.top_k={self.top_k} must be >= 1 (the number of heads to steer)")
+        if self.head_selection == "profiled" and self.is_neutral:
+            raise ConfigError(
+                f"{knob}.head_selection='profiled' ranks heads by steering them, but every bias value is 1; set "
+                f"{knob}.values.<segment> (e.g. +method.knobs.prompt_attention.values.instruction=5)"
+            )
+        if self.profile_file is not None and self.head_selection != "profiled":
+            raise ConfigError(f"{knob}.profile_file is read by head_selection='profiled' only; set that or drop it")
+
+
+def layer_head_weights(sites: list[AttentionSite], pairs: list[list[int]], knob: str) -> dict[int, Tensor]:
+    """0/1 head weights ``[H]`` per layer for explicit ``[layer, head]`` ``pairs`` (layers absent: not steered)."""
+    heads_of = {site.layer: site.num_heads for site in sites}
+    weights: dict[int, Tensor] = {}
+    for layer, head in pairs:
+        if layer not in heads_of:
+            raise ConfigError(f"{knob}.layer_heads: layer {layer} does not exist; layers are {sorted(heads_of)}")
+        if not 0 <= head < heads_of[layer]:
+            raise ConfigError(
+                f"{knob}.layer_heads: head {head} of layer {layer} out of range; it has {heads_of[layer]} heads "
+                f"(0..{heads_of[layer] - 1})"
+            )
+        weights.setdefault(layer, torch.zeros(heads_of[layer]))[head] = 1.0
+    return weights
+
+
+def _steered_sites(
+    sites: list[AttentionSite], rule: CrossAttentionBias | SelfAttentionBias, knob: str
+) -> list[tuple[AttentionSite, Tensor | None]]:
+    """The attention sites a rule steers, each with its 0/1 head weights (``None``: every head)."""
+    if getattr(rule, "head_selection", "given") == "profiled" and getattr(rule, "layer_heads", None) is None:
+        raise ConfigError(
+            f"{knob}.head_selection='profiled': the heads are not profiled yet; run trustml.knobs.pasta.profile_heads "
+            "and steer with its with_heads() rule"
+        )
+    pairs = getattr(rule, "layer_heads", None)
+    if pairs is not None:
+        weights = layer_head_weights(sites, pairs, knob)
+        return [(site, weights[site.layer]) for site in sites if site.layer in weights]
+    chosen = _select_layers(sites, rule.layers, knob)
+    heads = _head_weights(rule.heads, chosen, knob)
+    return [(site, heads) for site in chosen]
 
 
 def prompt_segment_ids(query: Tensor, key_length: int, prompt_length: int, start_length: int) -> Tensor:
@@ -107,9 +199,7 @@ class PromptAttentionBiasing:
             ):
                 if rule is None:
                     continue
-                chosen = _select_layers(sites, rule.layers, knob)
-                heads = _head_weights(rule.heads, chosen, knob)
-                for site in chosen:
+                for site, heads in _steered_sites(sites, rule, knob):
                     by_module.setdefault(id(site.module), (site, []))[1].append((fn, heads))
             for site, parts in by_module.values():
                 self._install(site, parts)

@@ -20,6 +20,7 @@ from trustml.knobs.attention_knobs import AttentionBiasing, CrossAttentionBias, 
 from trustml.knobs.cache_argument import cache_given
 from trustml.knobs.causal_knobs import (
     CausalDecoderMixing,
+    PromptAttentionBias,
     PromptAttentionBiasing,
     prepend_soft_prompt,
     soft_prompt_code,
@@ -35,14 +36,15 @@ class KnobSettings:
     """Values of the four knobs; the defaults are neutral.
 
     ``cross_attention`` (A on an encoder-decoder: cross-attention over encoder segments), ``prompt_attention`` (A on
-    a decoder-only model: self-attention to prompt segments, :mod:`~trustml.knobs.causal_knobs`),
+    a decoder-only model: self-attention to prompt segments, :mod:`~trustml.knobs.causal_knobs`; PASTA head
+    profiling: :mod:`~trustml.knobs.pasta`),
     ``mixing_weight``/``mixing_space`` (B, needs a secondary model), ``control_phrases``/``context_pooling`` (C;
     bias the appended code with the A knob's ``values["control"]``), ``self_attention`` (D). Plain field types, so
     the class doubles as a Hydra structured config.
     """
 
     cross_attention: CrossAttentionBias = field(default_factory=CrossAttentionBias)
-    prompt_attention: CrossAttentionBias = field(default_factory=CrossAttentionBias)
+    prompt_attention: PromptAttentionBias = field(default_factory=PromptAttentionBias)
     self_attention: SelfAttentionBias = field(default_factory=SelfAttentionBias)
     mixing_weight: float = 0.0
     mixing_space: str = "probability"

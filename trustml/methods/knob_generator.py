@@ -17,6 +17,11 @@ the output with neutral knobs, and per-example metrics. ``results.json`` gets th
   ``paired_<m>_higher`` / ``paired_<m>_lower`` (fractions of examples whose ``m`` rose / fell) and
   ``paired_<m>_delta`` (mean change).
 
+PASTA head selection (decoder-only, ``method.knobs.prompt_attention.head_selection=profiled``): before the first
+batch, knob A's heads are profiled (:mod:`trustml.knobs.pasta`) on the first ``profile_examples`` test examples (or
+those of ``profile_file``), the ``top_k`` best are steered, and the choice goes to ``<generations>.heads.json`` and
+``results.json`` (``pasta/heads``, ``pasta/neutral_nll``, ``pasta/best_head_nll``, ``pasta/profile_examples``).
+
 Training: the method can also fit the model first with maximum likelihood on the segments -> reference pairs
 (token cross-entropy of the reference, the prompt masked out for a decoder-only model) for ``trainer.max_epochs``
 epochs; ``trainer.max_epochs=0`` generates with the weights the model plugin loaded (``model.pretrained``, or a
@@ -26,7 +31,7 @@ completed run's weights through ``method.model_run_dir``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,11 +42,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from trustml.atomic_files import write_bytes_atomic
-from trustml.data.segments_jsonl import SAMPLES_DIR, InputTemplate
+from trustml.data.segments_jsonl import SAMPLES_DIR, InputTemplate, read_segment_examples, resolve_sample_path
 from trustml.data.topical_chat_grounded import SEQ2SEQ_INPUT_KIND, Seq2SeqExample
 from trustml.errors import ConfigError, DataError
 from trustml.knobs.generator import CausalKnobGenerator, KnobGenerator, KnobSettings, knob_generator
 from trustml.knobs.metrics import distinct_n, mean_length, question_ratio, unigram_f1
+from trustml.knobs.pasta import HeadProfile, profile_heads
 from trustml.knobs.prompts import TemplateInputBuilder
 from trustml.methods.base import OptimizerFactory
 from trustml.models.hf_causal_lm import HFCausalLM, HFCausalLMConfig
@@ -128,6 +134,12 @@ class GenerationsFile(pl.Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.profile: HeadProfile | None = None
+
+    @property
+    def profile_path(self) -> Path:
+        """Where the PASTA head profile goes: ``<generations stem>.heads.json`` beside the generations."""
+        return self.path.with_name(f"{self.path.stem}.heads.json")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import json
@@ -138,6 +150,23 @@ class GenerationsFile(pl.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         write_bytes_atomic(self.path, text.encode("utf-8"))
+        self.profile = getattr(pl_module, "head_profile", None)
+        if self.profile is not None:
+            record = json.dumps(self.profile.as_dict(), indent=1) + "\n"
+            write_bytes_atomic(self.profile_path, record.encode("utf-8"))
+
+    def final_results(self) -> dict[str, Any]:
+        """The steered heads PASTA profiling chose (``pasta/heads``: ``[layer, head]`` pairs, best first), its
+        neutral and best per-token reference NLL, for ``results.json``; nothing without profiling."""
+        if self.profile is None:
+            return {}
+        best = self.profile.scores[tuple(self.profile.heads[0])]
+        return {
+            "pasta/heads": self.profile.heads,
+            "pasta/neutral_nll": self.profile.neutral_score,
+            "pasta/best_head_nll": best,
+            "pasta/profile_examples": self.profile.examples,
+        }
 
 
 @register("method", "knob_generator", dataclass=KnobGeneratorConfig)
@@ -169,6 +198,7 @@ class KnobGeneratorMethod(MethodPlugin, pl.LightningModule):
         self.generation_rows: list[dict[str, Any]] = []
         self._builder: Any = None
         self._generators: dict[str, KnobGenerator | CausalKnobGenerator] = {}
+        self.head_profile: HeadProfile | None = None
 
     # --- building -------------------------------------------------------------------------------------
     @classmethod
@@ -303,11 +333,71 @@ class KnobGeneratorMethod(MethodPlugin, pl.LightningModule):
             self._generators[key] = knob_generator(
                 self.model.network,
                 self.model.tokenizer,
-                KnobSettings() if neutral else self.config.knobs,
+                KnobSettings() if neutral else self._knob_settings(),
                 vocabulary=self._builder.vocabulary if self._builder is not None else None,
                 secondary=self.secondary.network if self.secondary is not None else None,
             )
         return self._generators[key]
+
+    def _knob_settings(self) -> KnobSettings:
+        """The configured knobs, knob A's heads replaced by the profiled ones under ``head_selection='profiled'``."""
+        settings = self.config.knobs
+        if settings.prompt_attention.head_selection != "profiled":
+            return settings
+        if self.head_profile is None:
+            raise RuntimeError("PASTA head profiling has not run; generate_batch profiles before generating")
+        return replace(settings, prompt_attention=self.head_profile.with_heads(settings.prompt_attention))
+
+    def _profiling_examples(self) -> list[Seq2SeqExample]:
+        """PASTA's profiling examples: the first ``profile_examples`` of ``profile_file`` (read with the data's
+        template and reference field), else of the data being generated for."""
+        rule = self.config.knobs.prompt_attention
+        wanted = rule.profile_examples
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if rule.profile_file is not None:
+            option = "method.knobs.prompt_attention.profile_file"
+            template = getattr(datamodule, "input_template", None)
+            if template is None:
+                raise ConfigError(f"{option} is a segments JSONL file read with data=segments_jsonl's template")
+            c = datamodule.config
+            path = resolve_sample_path(rule.profile_file, option)
+            return read_segment_examples(path, template, c.target, c.id_field, c.encoding)[:wanted]
+        loaders = self.trainer.predict_dataloaders if self.trainer.predicting else self.trainer.test_dataloaders
+        examples: list[Seq2SeqExample] = []
+        for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+            for batch in loader:
+                examples += list(batch["x"])
+                if len(examples) >= wanted:
+                    return examples[:wanted]
+        return examples
+
+    def profile(self, examples: list[Seq2SeqExample]) -> HeadProfile:
+        """PASTA head profiling (:func:`~trustml.knobs.pasta.profile_heads`) on ``examples``, batched as the data
+        batch evaluation (``data.eval_batch_size``, else 8); the result is kept in :attr:`head_profile`."""
+        if not self.causal:
+            raise ConfigError(
+                "method.knobs.prompt_attention.head_selection='profiled' selects heads of a decoder-only model "
+                "(model=hf_causal_lm)"
+            )
+        missing = [e.conversation_id for e in examples if not e.target]
+        if not examples or missing:
+            raise DataError(
+                f"PASTA profiling needs examples with references; {'none given' if not examples else missing} "
+                "(set method.knobs.prompt_attention.profile_file to a file with references)"
+            )
+        size = int(getattr(getattr(self.trainer, "datamodule", None), "eval_batch_size", None) or 8)
+        batches = []
+        for start in range(0, len(examples), size):
+            chunk = examples[start : start + size]
+            batches.append({**self._sources(chunk), "targets": self._causal_targets([e.target for e in chunk])})
+        self.head_profile = profile_heads(
+            self.model.network,
+            self.model.tokenizer,
+            self.config.knobs.prompt_attention,
+            self._builder.vocabulary,
+            batches,
+        )
+        return self.head_profile
 
     def _generate_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.config.generation)
@@ -360,6 +450,8 @@ class KnobGeneratorMethod(MethodPlugin, pl.LightningModule):
         """Generation rows of one batch (module doc): outputs under the knobs and neutral, per-example metrics."""
         examples: list[Seq2SeqExample] = list(batch["x"])
         sources = self._sources(examples)
+        if self.config.knobs.prompt_attention.head_selection == "profiled" and self.head_profile is None:
+            self.profile(self._profiling_examples())
         seed = int(self.config.generation_seed) + batch_idx
         settings = self.config.knobs
         outputs, generator = self._outputs(False, sources, seed)
@@ -403,9 +495,11 @@ class KnobGeneratorMethod(MethodPlugin, pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.generation_rows = []
         self._generators.clear()  # the weights may have changed since (training, a reloaded checkpoint)
+        self.head_profile = None
 
     def on_predict_epoch_start(self) -> None:
         self._generators.clear()
+        self.head_profile = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.generation_rows.extend(self.generate_batch(batch, batch_idx))
