@@ -6,8 +6,9 @@ Arms, each timed as one full optimizer step (forward, loss, backward, Adam updat
 - ``lqf``: the linearized model ``f(x; w0) + J delta`` (one ``torch.func.jvp``), MSE loss, no preconditioner;
 - ``lqf+kfac``: the same plus ``grad <- G^-1 grad A^-1`` per layer (factors fixed, as with ``kfac_update_every=0``).
 
-Also reported: the one-off K-FAC factor computation (``KFAC.update`` on ``--kfac-samples`` inputs) and the bytes
-held by the factors and their inverses, next to the bytes of the trained parameters.
+Also reported: the one-off K-FAC factor computation (``KFAC.update`` on ``--kfac-samples`` inputs), with the exact
+Fisher (one backward per class, ``kfac_update_ms``) and the sampled one (one backward, ``kfac_update_sampled_ms``;
+median of 5), and the bytes held by the factors and their inverses, next to the bytes of the trained parameters.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/lqf/bench_step.py --out experiments/lqf/bench_step.json
 """
@@ -75,6 +76,9 @@ def bench(setting: str, linearize: str, repeats: int, kfac_samples: int) -> dict
     start = time.perf_counter()
     kfac.update(torch.randn(kfac_samples, input_dim))
     kfac_update_ms = 1000 * (time.perf_counter() - start)
+    sampled = KFAC(lin.network, layers, "mse", damping=1.0, fisher="sampled")
+    kfac_x = torch.randn(kfac_samples, input_dim)
+    kfac_update_sampled_ms = median_ms(lambda: sampled.update(kfac_x), repeats=5, warmup=1)
     deltas = dict(zip(lin.names, lin.delta, strict=True))
 
     def lqf(precondition: bool) -> Callable[[], None]:
@@ -105,6 +109,8 @@ def bench(setting: str, linearize: str, repeats: int, kfac_samples: int) -> dict
         "lqf_over_plain": round(lqf_ms / plain_ms, 2),
         "lqf_kfac_over_plain": round(kfac_ms / plain_ms, 2),
         "kfac_update_ms": round(kfac_update_ms, 1),
+        "kfac_update_sampled_ms": round(kfac_update_sampled_ms, 1),
+        "kfac_exact_over_sampled": round(kfac_update_ms / kfac_update_sampled_ms, 1),
         "kfac_samples": kfac_samples,
         "kfac_factor_bytes": kfac.memory_bytes(),
         "param_bytes": param_bytes,

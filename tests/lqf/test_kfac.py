@@ -104,3 +104,73 @@ def test_kfac_refuses_a_layer_it_does_not_cover_naming_it_and_the_choices() -> N
     net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     with pytest.raises(ConfigError, match=r"linearized layer '1' is a LayerNorm; use method.precondition=none"):
         KFAC(net, ["0", "1", "2"], "mse", damping=0.1)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_sampled_fisher_agrees_with_the_exact_expectation(loss: str) -> None:
+    """The one-backward sampled ``G`` is unbiased: averaged over many draws it equals the exact ``G``.
+
+    11 inputs, each repeated 4,000 times in one batch: the sampled ``G`` averages 4,000 target draws per input, while
+    ``A`` (no sampling) is the same. The tolerance (4 % relative Frobenius error) is below the error of the likely
+    mistakes, which the test also measures: a CE gradient without the ``- p`` term (``E[e_y e_y^T] = diag(p)``) or an
+    MSE draw without the ``sqrt(2)`` (half the Fisher).
+    """
+    net = toy_network(2)
+    x = torch.randn(11, 3, dtype=torch.float64)
+    exact = KFAC(net, ["0", "2"], loss, damping=0.1)
+    exact.update(x)
+    sampled = KFAC(net, ["0", "2"], loss, damping=0.1, fisher="sampled", seed=0)
+    sampled.update(x.repeat(4000, 1))
+    p = torch.softmax(net(x), 1).detach()
+    for name in ("0", "2"):
+        G, G_hat = exact.factors[name].G, sampled.factors[name].G
+        torch.testing.assert_close(sampled.factors[name].A, exact.factors[name].A)
+        error = float(torch.linalg.norm(G_hat - G) / torch.linalg.norm(G))
+        assert error < 0.04, (name, error)
+        # what the likely mistakes would give, computed exactly with the hook code: they are far outside the tolerance
+        wrong_roots = p.sqrt().unsqueeze(2) * torch.eye(2, dtype=x.dtype) if loss == "ce" else None
+        wrong = KFAC(net, ["0", "2"], loss, damping=0.1)
+        if wrong_roots is None:
+            wrong.update(x)
+            wrong_G = wrong.factors[name].G / 2  # z without sqrt(2)
+        else:
+            from unittest.mock import patch
+
+            with patch("trustml.optim.kfac.output_hessian_roots", return_value=wrong_roots):
+                wrong.update(x)
+            wrong_G = wrong.factors[name].G
+        assert float(torch.linalg.norm(wrong_G - G) / torch.linalg.norm(G)) > 0.15, name
+
+
+def test_sampled_fisher_runs_one_backward_per_update_and_depends_on_the_seed() -> None:
+    net = toy_network(3)
+    x = torch.randn(64, 3, dtype=torch.float64)
+    calls: list[int] = []
+    original = torch.autograd.grad
+
+    def counting_grad(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    from unittest.mock import patch
+
+    factors = []
+    for seed in (0, 0, 1):
+        kfac = KFAC(net, ["2"], "ce", damping=0.1, fisher="sampled", seed=seed)
+        calls.clear()
+        with patch("torch.autograd.grad", counting_grad):
+            kfac.update(x)
+        assert len(calls) == 1
+        factors.append(kfac.factors["2"].G)
+    torch.testing.assert_close(factors[0], factors[1])
+    assert not torch.allclose(factors[0], factors[2])
+    exact = KFAC(net, ["2"], "ce", damping=0.1)
+    calls.clear()
+    with patch("torch.autograd.grad", counting_grad):
+        exact.update(x)
+    assert len(calls) == 2  # one per class
+
+
+def test_unknown_fisher_kind_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"kfac_fisher must be one of \('exact', 'sampled'\), got 'mc'"):
+        KFAC(toy_network(), ["2"], "mse", damping=0.1, fisher="mc")

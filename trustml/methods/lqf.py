@@ -16,7 +16,10 @@ linearized model fine-tune as well as the nonlinear one with three changes, none
    linearized Linear layer is replaced by ``G^-1 grad_W A^-1`` before the configured optimizer's step. With the
    squared loss the factors are constant, so ``kfac_update_every=0`` computes them once (at the start of training,
    from up to ``kfac_samples`` training samples); ``k > 0`` recomputes them from the current batch every ``k``
-   steps (needed for ``loss=ce``, whose Fisher depends on the current predictions).
+   steps (needed for ``loss=ce``, whose Fisher depends on the current predictions). ``kfac_fisher=exact`` computes
+   the output-gradient factor as the exact expectation over the model's predictive distribution (one backward
+   pass per class); ``sampled`` uses one backward pass per update with targets sampled from the model (an unbiased
+   Monte-Carlo estimate; cheaper with many classes). ``kfac_damping`` is the factored Tikhonov damping.
 
 Implementation: :class:`LinearizedNetwork` keeps the network, in eval mode, at ``w0`` (all its parameters frozen)
 and trains only ``delta = w - w0`` of the linearized set (``linearize=head|last_k_layers|all``; a *layer* is a leaf
@@ -54,7 +57,7 @@ from torch.func import functional_call, jvp
 
 from trustml.errors import CheckpointError, ConfigError
 from trustml.methods.base import Batch, ClassificationMethod, OptimizerFactory, selects_per_sample_optimizer
-from trustml.optim.kfac import KFAC, check_covered, precondition_before_step
+from trustml.optim.kfac import FISHER_KINDS, KFAC, check_covered, precondition_before_step
 from trustml.registry import register
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,9 @@ class LQFConfig:
     ``k``, or ``all``); every other parameter stays frozen at ``w0``. ``loss``: ``mse`` on one-hot targets times
     ``target_scale``, or ``ce``. ``leaky_relu_slope``: ReLU/GELU modules after the first linearized layer become
     LeakyReLU with this slope (0 keeps them). ``precondition``: ``kfac`` (damping ``kfac_damping``, factors from
-    up to ``kfac_samples`` training samples, recomputed every ``kfac_update_every`` steps; 0 = once at the start)
-    or ``none``. ``init_run_dir`` / ``init_checkpoint``: take ``w0`` from a completed run's checkpoint.
+    up to ``kfac_samples`` training samples, recomputed every ``kfac_update_every`` steps; 0 = once at the start;
+    ``kfac_fisher``: ``exact`` expectation, one backward per class, or ``sampled``, one backward with targets drawn
+    from the model) or ``none``. ``init_run_dir`` / ``init_checkpoint``: take ``w0`` from a completed run's checkpoint.
     """
 
     linearize: str = "all"
@@ -87,6 +91,7 @@ class LQFConfig:
     kfac_damping: float = 1.0
     kfac_update_every: int = 0
     kfac_samples: int = 2048
+    kfac_fisher: str = "exact"
     init_run_dir: str | None = None
     init_checkpoint: str = "best"
 
@@ -107,6 +112,11 @@ class LQFConfig:
             raise ConfigError(f"method.target_scale must be > 0, got {self.target_scale}")
         if self.precondition == "kfac" and self.kfac_damping <= 0:
             raise ConfigError(f"method.kfac_damping must be > 0, got {self.kfac_damping}")
+        if self.kfac_fisher not in FISHER_KINDS:
+            raise ConfigError(
+                f"method.kfac_fisher must be one of {FISHER_KINDS} (exact: one backward per class; sampled: one "
+                f"backward with targets drawn from the model), got '{self.kfac_fisher}'"
+            )
         if self.kfac_update_every < 0:
             raise ConfigError(
                 f"method.kfac_update_every must be >= 0 (0 = once at the start), got {self.kfac_update_every}"
@@ -256,7 +266,11 @@ class LinearQuadraticFineTuning(ClassificationMethod):
         self.loss_kind, self.target_scale = config.loss, config.target_scale
         self.kfac_update_every, self.kfac_samples = config.kfac_update_every, config.kfac_samples
         kfac = config.precondition == "kfac"
-        self.kfac = KFAC(self.model.network, layers, config.loss, config.kfac_damping) if kfac else None
+        self.kfac: KFAC | None = None
+        if kfac:
+            # the sampled Fisher's generator is seeded from the global RNG (the run's seed), not a fixed constant
+            seed = int(torch.randint(0, 2**31 - 1, (1,))) if config.kfac_fisher == "sampled" else 0
+            self.kfac = KFAC(self.model.network, layers, config.loss, config.kfac_damping, config.kfac_fisher, seed)
         self.last_x: Any = None
         self.steps = 0
 

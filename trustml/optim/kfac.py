@@ -7,13 +7,27 @@ Hessian in the network's output, ``H_i = sum_c v_ic v_ic^T``. K-FAC approximates
 
     F ~ A (x) G,   A = (1/N) sum_i a~_i a~_i^T,   G = (1/N) sum_i sum_c g_ic g_ic^T,
 
-so that ``F^-1 vec(grad_W~) = vec(G^-1 grad_W~ A^-1)`` (column-major ``vec``). The ``G`` here is the *true*
-Fisher / Gauss-Newton factor, the expectation over the model's output distribution computed exactly with one
-backward pass per output direction (not a sampled Fisher):
+so that ``F^-1 vec(grad_W~) = vec(G^-1 grad_W~ A^-1)`` (column-major ``vec``). Two ways to compute ``G``
+(``fisher``):
+
+``exact`` (default): the *true* Fisher / Gauss-Newton factor, the expectation over the model's output distribution
+computed exactly with one backward pass per output direction (``C`` backward passes per update, ``C`` = classes):
 
 - ``loss=mse`` (``l = ||f - t||^2``): ``H = 2 I``, ``v_ic = sqrt(2) e_c``; for a linear model this is the exact,
   constant Hessian, so the factors can be computed once;
 - ``loss=ce``: ``H = diag(p) - p p^T = sum_c p_c (e_c - p)(e_c - p)^T``, ``v_ic = sqrt(p_ic)(e_c - p_i)``.
+
+``sampled``: the Monte-Carlo Fisher of Martens & Grosse (their section 5), *one* backward pass per update: for each
+input draw a target from the model's predictive distribution and take the loss gradient in the logits at that
+target, ``v_i = d l(f_i, t~_i) / d f_i``, so that ``E[v_i v_i^T] = H_i`` and ``G~ = (1/N) sum_i g_i g_i^T`` with
+``g_i = J_s(x_i)^T v_i`` is an unbiased estimate of ``G``:
+
+- ``loss=mse``: the likelihood of ``l = ||f - t||^2`` is ``t ~ N(f, I/2)``, so ``v_i = 2 (f_i - t~_i) = sqrt(2) z_i``
+  with ``z_i ~ N(0, I)``;
+- ``loss=ce``: ``y~_i ~ Categorical(p_i)`` and ``v_i = p_i - e_{y~_i}``.
+
+The estimate has rank at most ``N`` in ``G``'s ``out`` dimensions: use it with enough inputs per update (the
+damping below keeps the inverse defined either way).
 
 Damping is Martens & Grosse's factored Tikhonov damping (their section 6.3): with ``lambda`` the damping and
 ``pi = sqrt( (tr(A) / dim A) / (tr(G) / dim G) )``,
@@ -35,6 +49,8 @@ from trustml.errors import ConfigError
 
 #: Layer types K-FAC covers.
 COVERED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear,)
+#: How ``G`` is computed (module doc).
+FISHER_KINDS = ("exact", "sampled")
 
 
 @dataclass
@@ -89,6 +105,18 @@ def output_hessian_roots(logits: Tensor, loss: str) -> Tensor:
     return p.sqrt().unsqueeze(2) * (eye.unsqueeze(0) - p.unsqueeze(1))
 
 
+def sampled_output_gradients(logits: Tensor, loss: str, generator: torch.Generator | None = None) -> Tensor:
+    """``V [N, C]``: one draw per sample of the loss gradient in the logits at a target sampled from the model,
+    with ``E[V[i] V[i]^T] = H_i`` (module doc): ``sqrt(2) z`` for ``mse``, ``p - onehot(y~), y~ ~ p`` for ``ce``."""
+    n, c = logits.shape
+    if loss == "mse":
+        z = torch.randn(n, c, generator=generator, dtype=logits.dtype)
+        return math.sqrt(2.0) * z.to(logits.device)
+    p = torch.softmax(logits.detach(), dim=1)
+    y = torch.multinomial(p.cpu().to(torch.float64), 1, generator=generator).squeeze(1).to(logits.device)
+    return p - torch.nn.functional.one_hot(y, c).to(p.dtype)
+
+
 def check_covered(layers: dict[str, nn.Module]) -> None:
     """Refuse a layer K-FAC does not cover, naming it and the choices."""
     for name, layer in layers.items():
@@ -104,12 +132,22 @@ class KFAC:
     """K-FAC factors of the given ``nn.Linear`` layers of ``network`` around its current weights.
 
     :meth:`update` runs ``network`` on ``x`` (in whatever mode it is in) and computes, for every layer, ``A``
-    from its inputs and ``G`` from the output gradients along the loss-Hessian roots (module doc) of
-    ``logits_for_hessian`` (for ``loss=ce``: the logits whose softmax gives ``p``; default: the network's own).
-    :meth:`precondition` maps each layer's weight/bias gradients to ``G^-1 grad A^-1``.
+    from its inputs and ``G`` from the output gradients along the loss-Hessian roots (``fisher="exact"``, one
+    backward per class) or along one sampled loss gradient per input (``fisher="sampled"``, one backward; drawn
+    from a generator seeded with ``seed``) of ``logits_for_hessian`` (for ``loss=ce``: the logits whose softmax
+    gives ``p``; default: the network's own). :meth:`precondition` maps each layer's weight/bias gradients to
+    ``G^-1 grad A^-1``.
     """
 
-    def __init__(self, network: nn.Module, layers: Sequence[str], loss: str, damping: float) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        layers: Sequence[str],
+        loss: str,
+        damping: float,
+        fisher: str = "exact",
+        seed: int = 0,
+    ) -> None:
         modules = dict(network.named_modules())
         self.layers = {name: modules[name] for name in layers}
         check_covered(self.layers)
@@ -117,7 +155,10 @@ class KFAC:
             raise ConfigError(f"K-FAC: loss must be 'mse' or 'ce', got '{loss}'")
         if damping <= 0:
             raise ConfigError(f"method.kfac_damping must be > 0, got {damping}")
-        self.network, self.loss, self.damping = network, loss, damping
+        if fisher not in FISHER_KINDS:
+            raise ConfigError(f"method.kfac_fisher must be one of {FISHER_KINDS}, got '{fisher}'")
+        self.network, self.loss, self.damping, self.fisher = network, loss, damping, fisher
+        self.generator = torch.Generator().manual_seed(seed)
         self.factors: dict[str, KFACFactors] = {}
         self.updates = 0
 
@@ -142,7 +183,11 @@ class KFAC:
         finally:
             for handle in handles:
                 handle.remove()
-        roots = output_hessian_roots(logits if logits_for_hessian is None else logits_for_hessian, self.loss)
+        hessian_logits = logits if logits_for_hessian is None else logits_for_hessian
+        if self.fisher == "sampled":
+            roots = sampled_output_gradients(hessian_logits, self.loss, self.generator).unsqueeze(1)  # [N, 1, C]
+        else:
+            roots = output_hessian_roots(hessian_logits, self.loss)  # [N, C, C]
         names = list(self.layers)
         grads: dict[str, list[Tensor]] = {name: [] for name in names}
         for c in range(roots.shape[1]):
