@@ -7,9 +7,15 @@ non-private step, and the peak memory of its steps above the memory held before 
 
 * ``digits``: scikit-learn digits (64 features, 10 classes), MLP 64-256-128-10, batch 256;
 * ``minilm``: the offline all-MiniLM-L6-v2 encoder (mean pooled) + linear head on Topical-Chat turns
-  (8 sentiment classes), last two transformer layers and the head trained, batch 32, max 64 tokens.
+  (8 sentiment classes), last two transformer layers and the head trained, batch 32, max 64 tokens;
+* full fine-tuning: ``minilm-layers6-BxT`` (all six transformer layers and the head trained, embeddings frozen)
+  and ``minilm-all-BxT`` (every weight: word/position/token-type embeddings, every LayerNorm, attention, FFN,
+  head), each at ``32x64`` and ``64x128`` (batch x max tokens; the texts are the longest turns so that batches
+  fill ``T``).
 
-Usage: ``python experiments/dp/bench_speed.py [--cases digits minilm] [--rounds 20] [--write-readme]``.
+A variant that cannot run a case (Opacus on every weight: "Per sample gradient is not initialized") is reported
+with its error instead of numbers. Usage: ``python experiments/dp/bench_speed.py [--cases digits minilm
+minilm-all-32x64 ...] [--rounds 20] [--write-readme]``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +74,35 @@ def _topical_chat_turns(count: int) -> tuple[list[str], list[int]]:
     return [turn["message"] for turn in turns], [labels.index(turn["sentiment"]) for turn in turns]
 
 
-def minilm_case(device: torch.device) -> tuple[nn.Module, Batch]:
-    """MiniLM classifier fine-tuning its last two layers on 32 Topical-Chat turns (64 tokens at most)."""
+def minilm_case(
+    device: torch.device, trainable: str = "last2", size: int = 32, tokens: int = 64
+) -> tuple[nn.Module, Batch]:
+    """MiniLM classifier on ``size`` Topical-Chat turns (``tokens`` at most), trained: ``last2`` (last two layers
+    and head), ``layers6`` (all six layers and head, embeddings frozen) or ``all`` (every weight)."""
     from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
 
-    config = HFEncoderConfig(trainable_last_layers=2, cache_embeddings=False, max_length=64)
+    layers = {"last2": {"trainable_last_layers": 2}, "layers6": {"trainable_last_layers": 6}}
+    options = layers.get(trainable, {"freeze_encoder": False})
+    config = HFEncoderConfig(cache_embeddings=False, max_length=tokens, **options)
     model = HFEncoderClassifier(config, num_classes=8)
-    texts, labels = _topical_chat_turns(32)
+    if trainable == "last2":
+        texts, labels = _topical_chat_turns(size)
+    else:  # the longest of the first 2,000 turns: batches of the full T tokens
+        texts, labels = _topical_chat_turns(2000)
+        longest = sorted(range(len(texts)), key=lambda i: -len(texts[i]))[:size]
+        texts, labels = [texts[i] for i in longest], [labels[i] for i in longest]
     x = model.featurize(texts)
     batch = {"x": {k: v.to(device) for k, v in x.items()}, "y": torch.tensor(labels, device=device) % 8}
-    batch["index"] = torch.arange(32, device=device)
+    batch["index"] = torch.arange(size, device=device)
     return model.to(device), batch
 
 
-CASES = {"digits": digits_case, "minilm": minilm_case}
+CASES: dict[str, Callable[[torch.device], tuple[nn.Module, Batch]]] = {"digits": digits_case, "minilm": minilm_case}
+for _trainable in ("layers6", "all"):
+    for _size, _tokens in ((32, 64), (64, 128)):
+        CASES[f"minilm-{_trainable}-{_size}x{_tokens}"] = partial(
+            minilm_case, trainable=_trainable, size=_size, tokens=_tokens
+        )
 
 
 # --- the four training steps -----------------------------------------------------------------------------
@@ -203,19 +225,29 @@ def _memory_probe(case: str, variant: str, steps: int) -> None:
 def run_case(case: str, rounds: int, warmup: int, device: torch.device) -> list[dict[str, Any]]:
     """Measured rows (variant, median ms, ratio, peak MiB) of one case."""
     model, batch = CASES[case](device)
-    steps = {variant: make_step(variant, model, batch) for variant in VARIANTS}
+    steps, errors = {}, {}
+    for variant in VARIANTS:
+        try:
+            steps[variant] = make_step(variant, model, batch)
+            steps[variant]()  # a variant that cannot run this case fails here, not in the timed rounds
+        except Exception as exc:  # noqa: BLE001 - reported in the table (e.g. Opacus on embeddings)
+            steps.pop(variant, None)
+            errors[variant] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     medians = median_step_times(steps, rounds, warmup, device)
     rows = []
     for variant in VARIANTS:
-        rows.append(
-            {
-                "case": case,
-                "variant": variant,
-                "median_ms": 1e3 * medians[variant],
-                "ratio": medians[variant] / medians["non-private"],
-                "peak_mib": peak_memory_mib(case, variant, device),
-            }
-        )
+        if variant in errors:
+            rows.append({"case": case, "variant": variant, "error": errors[variant]})
+        else:
+            rows.append(
+                {
+                    "case": case,
+                    "variant": variant,
+                    "median_ms": 1e3 * medians[variant],
+                    "ratio": medians[variant] / medians["non-private"],
+                    "peak_mib": peak_memory_mib(case, variant, device),
+                }
+            )
         print(rows[-1], flush=True)
     return rows
 
@@ -224,10 +256,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The measured rows as a Markdown table."""
     lines = ["| case | variant | median step (ms) | x non-private | peak step memory (MiB) |"]
     lines.append("|---|---|---:|---:|---:|")
-    lines += [
-        f"| {r['case']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f} | {r['peak_mib']:.1f} |"
-        for r in rows
-    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['variant']} | fails: {r['error']} | | |")
+        else:
+            lines.append(
+                f"| {r['case']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f} | {r['peak_mib']:.1f} |"
+            )
     return "\n".join(lines)
 
 

@@ -28,9 +28,11 @@ def _reference_update(
         one = take(batch, i)
         loss = cross_entropy(model(one["x"]), one).sum()
         grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
         if mode == "flat":
-            norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
             scales = dict.fromkeys(grads, min(1.0, bound / (norm + 1e-6)))
+        elif mode == "automatic":  # Bu et al. 2023: g_i * C / (||g_i|| + gamma), gamma = 0.01; never left unscaled
+            scales = dict.fromkeys(grads, bound / (norm + 0.01))
         else:
             layer_bound = bound / math.sqrt(len(grads))
             scales = {n: min(1.0, layer_bound / (float(g.norm()) + 1e-6)) for n, g in grads.items()}
@@ -44,7 +46,7 @@ def _reference_update(
 
 
 @pytest.mark.parametrize("engine", ["layerwise", "vmap"])
-@pytest.mark.parametrize("mode", ["flat", "per_layer"])
+@pytest.mark.parametrize("mode", ["flat", "per_layer", "automatic"])
 def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> None:
     torch.manual_seed(0)
     model, batch = mlp().eval(), feature_batch(8)
@@ -155,6 +157,7 @@ def test_an_empty_poisson_batch_still_takes_a_noise_only_step() -> None:
         ({"noise_multiplier": 1.0, "delta": 1.5}, "delta"),
         ({"noise_multiplier": 1.0, "clipping": "global"}, "clipping"),
         ({"noise_multiplier": 1.0, "accountant": "moments"}, "accountant"),
+        ({"noise_multiplier": 1.0, "clipping": "automatic", "clipping_gamma": 0.0}, "clipping_gamma must be positive"),
         ({"noise_multiplier": 1.0, "per_sample_gradients": "loop"}, "per_sample_gradients"),
         ({"noise_multiplier": 1.0, "max_physical_batch_size": 0}, "max_physical_batch_size"),
         ({"noise_multiplier": 1.0, "betas": (0.9, 0.9)}, "betas"),

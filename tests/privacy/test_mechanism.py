@@ -66,3 +66,15 @@ def test_noise_is_seeded_and_has_the_requested_std() -> None:
     assert not torch.equal(first, other)
     assert abs(float(first.std()) - 0.7) < 0.01
     assert abs(float(first.mean())) < 0.01
+
+
+def test_automatic_clipping_normalizes_every_sample_below_the_bound() -> None:
+    grads, bound, gamma = _grads(), 2.0, 0.01
+    weights = clipping_weights(MaterializedGradients(grads).squared_norms(), bound, "automatic", gamma)
+    total = torch.cat([(g * weights[n].view(-1, *[1] * (g.dim() - 1))).flatten(1) for n, g in grads.items()], 1)
+    norms = torch.cat([g.flatten(1) for g in grads.values()], 1).norm(dim=1)
+    # ||g_i C / (||g_i|| + gamma)|| = C ||g_i|| / (||g_i|| + gamma) < C: the same sensitivity as flat clipping
+    torch.testing.assert_close(total.norm(dim=1), bound * norms / (norms + gamma))
+    assert (total.norm(dim=1) < bound).all()
+    # unlike flat clipping, a small gradient is scaled up towards norm C (no bound below which g is left alone)
+    assert norms[1] < 1.6 and total.norm(dim=1)[1] > 1.95  # flat clipping at C = 2 would leave it at 1.52

@@ -300,3 +300,29 @@ def test_the_attribution_probe_runs_a_few_samples_once_per_model() -> None:
     calls.clear()
     optimizer.private_step(model, cross_entropy, feature_batch(10, seed=1))
     assert calls == [10]  # later steps run no check
+
+
+def test_layerwise_covers_every_layer_type_of_a_fully_fine_tuned_encoder_plugin() -> None:
+    # model=hf_encoder with model.freeze_encoder=false, as users fine-tune MiniLM: word, position and token-type
+    # embeddings, every LayerNorm, the attention projections, the FFN and the head are all trainable
+    from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
+
+    torch.manual_seed(0)
+    bert = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2}
+    bert |= {"intermediate_size": 32, "vocab_size": 30522, "max_position_embeddings": 32}
+    config = HFEncoderConfig(random_init_config=bert, freeze_encoder=False, max_length=16, dropout=0.0)
+    model = HFEncoderClassifier(config, num_classes=3).eval()
+    texts = ["my pin code is 4 7 1 9", "play a song", "what is the weather in paris today", "hi"]
+    batch = {"x": model.featurize(texts), "y": torch.tensor([0, 1, 2, 1]), "index": torch.arange(4)}
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert len(params) == len(list(model.parameters()))
+    owners = {type(m).__name__ for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+    assert owners == {"Embedding", "LayerNorm", "Linear"}
+    expected = reference_per_sample_grads(model, params, cross_entropy, batch)
+    result = layerwise_per_sample_gradients(model, params, cross_entropy, batch)
+    grads = result.grads.materialize()
+    for name, want in expected.items():
+        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
+    norms = result.grads.squared_norms()  # ghost norms (Linear, Embedding) equal the materialized ones
+    for name, want in expected.items():
+        torch.testing.assert_close(norms[name], want.flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-8)

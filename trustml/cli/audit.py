@@ -6,6 +6,10 @@
   canary sentence inserted K times (spec in ``DEST.canary.json``).
 - ``trustml-audit canary RUN --spec DEST.canary.json --out DIR``: the canary's rank and exposure under the
   run's model; writes ``canary.json``.
+- ``trustml-audit invert RUN --spec DEST.canary.json --out DIR`` (or ``--template/--num-unknown/--alphabet/--label``
+  without a spec): ModIvA model inversion of the canary's unknown tokens (:mod:`trustml.privacy.audit.inversion`);
+  writes ``inversion.json`` (recovered tokens, the secret's rank among all candidates, success@1/@10) and the
+  audit's run record (``run.json``, ``results.json``) to DIR.
 
 ``mia`` and ``canary`` also report ``test_acc``: the test accuracy of the checkpoint they attacked
 (``--checkpoint best|last``), recomputed on the run's test split, and ``checkpoint_epoch``: the epoch those
@@ -76,10 +80,94 @@ def _parser() -> argparse.ArgumentParser:
         help="which weights to rank the canary under (their test accuracy is reported as test_acc)",
     )
     canary.add_argument("--batch-size", type=int, default=512)
+
+    invert = commands.add_parser("invert", help="recover a canary's unknown tokens by model inversion (ModIvA)")
+    invert.add_argument("run", help="run directory of a text classifier (model=hf_encoder)")
+    invert.add_argument(
+        "--spec", default=None, help="insert-canary's DEST.canary.json: template, length, label, secret"
+    )
+    invert.add_argument("--out", required=True, help="output directory for inversion.json and the audit's run.json")
+    invert.add_argument("--template", default=None, help="known text around the secret, with {secret}")
+    invert.add_argument("--num-unknown", type=int, default=None, help="number of unknown tokens")
+    invert.add_argument(
+        "--alphabet", default=None, help="digits, letters, any (every token), or symbols (one per character or a,b,c)"
+    )
+    invert.add_argument("--label", default=None, help="the canary's label (a label name of the run)")
+    invert.add_argument("--secret", default=None, help="the true secret, space-separated, to score the attack")
+    invert.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    invert.add_argument("--steps", type=int, default=300)
+    invert.add_argument("--lr", type=float, default=0.1)
+    invert.add_argument("--restarts", type=int, default=8, help="independent starts, optimized as one batch")
+    invert.add_argument("--temperature-start", type=float, default=1.0)
+    invert.add_argument("--temperature-end", type=float, default=0.1)
+    invert.add_argument("--entropy-weight", type=float, default=0.0, help="prior towards one token per position")
+    invert.add_argument("--init-scale", type=float, default=0.1)
+    invert.add_argument("--seed", type=int, default=0)
     return parser
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _inversion_request(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
+    from trustml.errors import ConfigError
+    from trustml.privacy.audit.canary_text import CanarySpec
+    from trustml.privacy.audit.inversion import InversionOptions, InversionRequest
+
+    options = InversionOptions(
+        steps=args.steps,
+        lr=args.lr,
+        restarts=args.restarts,
+        temperature_start=args.temperature_start,
+        temperature_end=args.temperature_end,
+        entropy_weight=args.entropy_weight,
+        init_scale=args.init_scale,
+        seed=args.seed,
+    )
+    if args.spec is not None:
+        request = InversionRequest.from_spec(CanarySpec.load(args.spec), options, args.alphabet)
+        for name in ("template", "num_unknown", "label"):
+            if getattr(args, name) is not None:
+                setattr(request, name, getattr(args, name))
+        return request
+    missing = [f"--{n.replace('_', '-')}" for n in ("template", "num_unknown", "label") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"invert needs --spec (from insert-canary) or {', '.join(missing)}")
+    return InversionRequest(
+        template=args.template,
+        num_unknown=args.num_unknown,
+        alphabet=args.alphabet or "digits",
+        label=args.label,
+        secret=tuple(args.secret.split()) if args.secret else None,
+        options=options,
+    )
+
+
+def _invert(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Run the inversion audit with its own run record in ``--out`` (``run.json``; ``results.json`` = the result)."""
+    from trustml.privacy.audit.inversion import invert_run
+    from trustml.run_record import RunRecord
+
+    request = _inversion_request(args)
+    record = RunRecord(args.out)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    record.start(
+        seed=args.seed,
+        seed_source="--seed",
+        overrides=argv,
+        source_dir=Path(__file__).resolve().parent,
+        task="trustml-audit invert",
+        audited_run=str(args.run),
+    )
+    try:
+        result = invert_run(args.run, request, args.out, args.checkpoint)
+    except BaseException as exc:
+        record.fail(exc)
+        raise
+    record.complete(result)
+    return result
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> dict:
+    if args.command == "invert":
+        return _invert(args, argv)
     if args.command == "mia":
         from trustml.privacy.audit.membership_audit import audit_membership
 
@@ -118,10 +206,11 @@ def _run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``trustml-audit``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     register_config_support()
     try:
-        result = _run(args)
+        result = _run(args, argv)
     except TrustMLError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         sys.exit(2)

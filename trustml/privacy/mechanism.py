@@ -3,6 +3,13 @@
 Each sample's gradient is clipped to L2 norm at most ``C``: ``g_i * min(1, C / ||g_i||)``; the clipped
 gradients are summed and Gaussian noise ``N(0, sigma^2 C^2 I)`` is added, so adding or removing one sample
 changes the sum by at most ``C`` and the noise multiplier ``sigma`` sets the privacy cost per step.
+
+Automatic clipping (Bu et al., "Automatic Clipping: Differentially Private Deep Learning Made Easier and
+Stronger", NeurIPS 2023; AUTO-S, fastDP's default) normalizes instead: ``g_i * C / (||g_i|| + gamma)``. Every
+scaled gradient has norm below ``C``, so the sensitivity, the noise ``N(0, sigma^2 C^2 I)`` and the accountant
+are those of flat clipping; but no gradient is left unscaled, so ``C`` only multiplies the whole update (like the
+learning rate) and there is no bound to tune. ``gamma > 0`` keeps small gradients from being blown up to norm
+``C`` (their direction is unreliable).
 """
 
 from __future__ import annotations
@@ -24,15 +31,26 @@ def clip_factors(norms: Tensor, max_norm: float) -> Tensor:
     return (max_norm / (norms + _EPS)).clamp(max=1.0)
 
 
-def clipping_weights(squared_norms: Mapping[str, Tensor], max_grad_norm: float, mode: str) -> dict[str, Tensor]:
+def automatic_factors(norms: Tensor, scale: float, gamma: float) -> Tensor:
+    """Per-sample scale ``C / (||g_i|| + gamma)`` of automatic clipping (AUTO-S): each ``g_i`` ends below norm ``C``."""
+    return scale / (norms + gamma)
+
+
+def clipping_weights(
+    squared_norms: Mapping[str, Tensor], max_grad_norm: float, mode: str, gamma: float = 0.01
+) -> dict[str, Tensor]:
     """Per-parameter, per-sample clipping factors from the squared norms ``{name: [B]}``.
 
     ``flat`` clips the whole gradient vector to ``C`` (one factor per sample); ``per_layer`` clips each
     parameter tensor to ``C / sqrt(K)`` (``K`` parameter tensors), so the whole vector still has norm at
-    most ``C``.
+    most ``C``; ``automatic`` scales the whole vector by ``C / (||g_i|| + gamma)`` (:func:`automatic_factors`).
     """
-    if mode == "flat":
-        factors = clip_factors(torch.stack(list(squared_norms.values())).sum(0).sqrt(), max_grad_norm)
+    if mode in ("flat", "automatic"):
+        norms = torch.stack(list(squared_norms.values())).sum(0).sqrt()
+        if mode == "flat":
+            factors = clip_factors(norms, max_grad_norm)
+        else:
+            factors = automatic_factors(norms, max_grad_norm, gamma)
         return dict.fromkeys(squared_norms, factors)
     if mode == "per_layer":
         layer_norm = max_grad_norm / math.sqrt(len(squared_norms))
@@ -40,9 +58,11 @@ def clipping_weights(squared_norms: Mapping[str, Tensor], max_grad_norm: float, 
     raise ValueError(f"clipping mode must be one of {CLIPPING_MODES}, got {mode!r}")
 
 
-def clipped_sum(grads: PerSampleGradients, max_grad_norm: float, mode: str = "flat") -> dict[str, Tensor]:
+def clipped_sum(
+    grads: PerSampleGradients, max_grad_norm: float, mode: str = "flat", gamma: float = 0.01
+) -> dict[str, Tensor]:
     """``sum_i clip_C(g_i)`` for every parameter (see :func:`clipping_weights` for the modes)."""
-    return grads.weighted_sum(clipping_weights(grads.squared_norms(), max_grad_norm, mode))
+    return grads.weighted_sum(clipping_weights(grads.squared_norms(), max_grad_norm, mode, gamma))
 
 
 def gaussian_noise(like: Tensor, std: float, generator: torch.Generator) -> Tensor:

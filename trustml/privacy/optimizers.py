@@ -1,7 +1,8 @@
 """DP-SGD and DP-Adam: per-sample clipped, Gaussian-noised updates (Abadi et al., 2016).
 
 Each logical batch (Poisson-sampled, see :class:`trustml.privacy.sampling.PoissonBatchSampler`) gives the
-update direction ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the expected batch size,
+update direction ``(sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the expected batch size
+(``clip_C``: flat, per-layer or automatic, :mod:`trustml.privacy.mechanism`),
 which the wrapped ``torch.optim`` rule (SGD with momentum, or Adam) then applies. Per-sample gradients
 come layer by layer from activations and output gradients (ghost norms and book-keeping: never
 materialized for linear and embedding layers; ``torch.func`` for other layers), or from a whole-model
@@ -31,7 +32,7 @@ from trustml.privacy.batching import Batch, batch_size, split_batch
 from trustml.privacy.compat import check_per_sample_compatible
 from trustml.privacy.engine import NoisePlan
 from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum
-from trustml.privacy.options import DPAdamConfig, DPOptimizerConfig, DPSGDConfig
+from trustml.privacy.options import MIXED_PRECISION_REFUSAL, DPAdamConfig, DPOptimizerConfig, DPSGDConfig
 from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult, SampleLossFn
 from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
 from trustml.privacy.per_sample_vmap import vmap_per_sample_gradients
@@ -43,6 +44,13 @@ Params = Iterable[nn.Parameter] | Iterable[dict[str, Any]]
 
 class PrivacyBudgetSpent(TrustMLError):
     """A noisy step was requested after the privacy budget (``target_epsilon``) was spent."""
+
+
+def refuse_autocast() -> None:
+    """Raise :class:`ConfigError` inside a ``torch.autocast`` region (CPU or CUDA): mixed precision is refused."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            raise ConfigError(MIXED_PRECISION_REFUSAL.format(where=f"torch.autocast on {device}"))
 
 
 class PerSampleGradientOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
@@ -116,6 +124,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
                 "In a Trainer, PrivacyAccountantCallback (the DP plugin's runtime_callbacks) plans it before the "
                 "optimizer is built; outside one pass plan=NoisePlan(noise_multiplier, expected_batch_size)"
             )
+        refuse_autocast()
         params = self._trainable_params(model)
         self._check_model(model, params, sample_losses, batch)
         total: dict[str, Tensor] = {}
@@ -123,7 +132,8 @@ class DPOptimizer(PerSampleGradientOptimizer):
         options = self.options
         for chunk in split_batch(batch, options.max_physical_batch_size):
             result = self._per_sample(model, params, sample_losses, chunk)
-            for name, summed in clipped_sum(result.grads, options.max_grad_norm, options.clipping).items():
+            clipped = clipped_sum(result.grads, options.max_grad_norm, options.clipping, options.clipping_gamma)
+            for name, summed in clipped.items():
                 total[name] = total[name] + summed if name in total else summed
             logits.append(result.logits)
             losses.append(result.losses)

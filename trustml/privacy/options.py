@@ -10,11 +10,19 @@ from dataclasses import dataclass
 from trustml.errors import ConfigError
 
 #: How per-sample gradients are clipped (:mod:`trustml.privacy.mechanism`).
-CLIPPING_MODES = ("flat", "per_layer")
+CLIPPING_MODES = ("flat", "per_layer", "automatic")
 #: Opacus accountants (:mod:`trustml.privacy.accounting`).
 ACCOUNTANTS = ("rdp", "prv")
 #: Per-sample gradient engines (:data:`trustml.privacy.optimizers.PER_SAMPLE_ENGINES`).
 PER_SAMPLE_GRADIENT_ENGINES = ("vmap", "layerwise")
+#: ``trainer.precision`` values the DP optimizers support: full precision only (no autocast).
+FULL_PRECISION = (None, 32, 64, "32", "64", "32-true", "64-true")
+MIXED_PRECISION_REFUSAL = (
+    "the DP optimizers do not support mixed precision ({where}): the per-sample "
+    "gradients and their norms would be computed in half precision, and the layerwise engine's check that each "
+    "gradient is attributed to its own sample compares them at float32 tolerance; train with "
+    "trainer.precision=32-true (the default)"
+)
 
 
 @dataclass
@@ -24,7 +32,9 @@ class DPOptimizerConfig:
     Give ``noise_multiplier`` (sigma), or ``target_epsilon`` alone to calibrate sigma before training from
     the planned steps and sampling rate; with both, sigma is fixed and ``target_epsilon`` is a budget that
     stops training once spent. ``delta`` defaults to ``0.1 / N`` (N training samples) and must be below
-    ``1 / N``. ``clipping``: ``flat`` or ``per_layer``. ``accountant``: ``rdp`` or ``prv``.
+    ``1 / N``. ``clipping``: ``flat``, ``per_layer`` or ``automatic`` (Bu et al. 2023: each per-sample gradient
+    scaled by ``C / (||g_i|| + clipping_gamma)``; no bound to tune, ``C`` acts as a learning-rate factor; same
+    noise and accountant). ``accountant``: ``rdp`` or ``prv``.
     ``per_sample_gradients``: ``layerwise`` (ghost norms and book-keeping per layer; any forward, including
     Hugging Face encoders) or ``vmap`` (whole-model ``torch.func``; for parameters used outside their own
     module's forward, e.g. tied weights). ``max_physical_batch_size`` splits a logical batch into chunks
@@ -46,6 +56,8 @@ class DPOptimizerConfig:
     delta: float | None = None
     max_grad_norm: float = 1.0
     clipping: str = "flat"
+    # stability constant gamma of clipping=automatic: g_i * C / (||g_i|| + gamma)
+    clipping_gamma: float = 0.01
     accountant: str = "rdp"
     per_sample_gradients: str = "layerwise"
     max_physical_batch_size: int | None = None
@@ -71,6 +83,11 @@ class DPOptimizerConfig:
             raise ConfigError(f"optimizer.max_grad_norm (clipping bound C) must be positive, got {self.max_grad_norm}")
         if self.clipping not in CLIPPING_MODES:
             raise ConfigError(f"optimizer.clipping must be one of {CLIPPING_MODES}, got {self.clipping!r}")
+        if self.clipping_gamma <= 0:
+            raise ConfigError(
+                f"optimizer.clipping_gamma must be positive, got {self.clipping_gamma} (with 0, automatic clipping "
+                "scales a near-zero gradient up to norm C); the paper's default is 0.01"
+            )
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"optimizer.accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         if self.per_sample_gradients not in PER_SAMPLE_GRADIENT_ENGINES:

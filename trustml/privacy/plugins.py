@@ -13,8 +13,15 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from trustml.errors import ConfigError
 from trustml.plugin import OptimizerPlugin
-from trustml.privacy.options import DPAdamConfig, DPOptimizerConfig, DPSGDConfig
+from trustml.privacy.options import (
+    FULL_PRECISION,
+    MIXED_PRECISION_REFUSAL,
+    DPAdamConfig,
+    DPOptimizerConfig,
+    DPSGDConfig,
+)
 from trustml.registry import register
 
 if TYPE_CHECKING:
@@ -69,12 +76,58 @@ class DPOptimizerPlugin(OptimizerPlugin):
         return datamodule.with_train_batch_sampler(PoissonSamplerFactory(seed if self.config.deterministic else None))
 
     @classmethod
+    def validate_config(cls, cfg: DictConfig) -> None:
+        """Refuse DP training on several processes (``trainer.strategy=ddp``, ``trainer.devices>1``, several nodes).
+
+        Under Lightning's DDP every process would draw its own Poisson batches from its shard of the data (the
+        sampling rate the accountant counts would be wrong) and add its own noise before gradients are averaged
+        (noise once per process, not once per step): the epsilon reported would not be the guarantee. DP training
+        runs on one device; see :func:`multi_process_reason`.
+        """
+        trainer = cfg.get("trainer") or {}
+        precision = trainer.get("precision", None)
+        if precision not in FULL_PRECISION:
+            raise ConfigError(MIXED_PRECISION_REFUSAL.format(where=f"trainer.precision={precision}"))
+        reason = multi_process_reason(trainer)
+        if reason:
+            raise ConfigError(
+                f"optimizer={cls.__name__} does not support training on several processes ({reason}): each "
+                "process would Poisson-sample only its own shard of the data "
+                "and add its own noise, so the accountant's sampling rate and noise would not be those of the update. "
+                "Train DP models on one device (trainer.devices=1 and no trainer.strategy/num_nodes); for a bigger "
+                "logical batch raise data.batch_size and bound memory with optimizer.max_physical_batch_size"
+            )
+
+    @classmethod
     def runtime_callbacks(cls, cfg: DictConfig, datamodule: Any) -> list[Any]:
         """The privacy accountant (noise plan, per-epoch epsilon, budget stop, checkpointed state), which plans
         for the sampling rate of the training data :meth:`training_data` gave."""
         from trustml.privacy.callback import PrivacyAccountantCallback
 
         return [PrivacyAccountantCallback()]
+
+
+SINGLE_PROCESS_STRATEGIES = ("auto", "single_device", None)
+
+
+def multi_process_reason(trainer: Any) -> str | None:
+    """Which ``trainer.*`` setting asks for more than one training process, or ``None``."""
+    strategy = trainer.get("strategy", "auto")
+    if not (strategy is None or isinstance(strategy, str)) or strategy not in SINGLE_PROCESS_STRATEGIES:
+        return f"trainer.strategy={strategy}"
+    nodes = trainer.get("num_nodes", 1)
+    if nodes not in (1, "1"):
+        return f"trainer.num_nodes={nodes}"
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices in (0, 1):
+        return None
+    if devices == "auto" and trainer.get("accelerator", "auto") == "cpu":
+        return None
+    if not isinstance(devices, int | str) and len(devices) == 1:  # a list of one device id
+        return None
+    return f"trainer.devices={devices}"
 
 
 @register("optimizer", "dp_sgd", dataclass=DPSGDConfig)
