@@ -42,7 +42,7 @@ from trustml.knobs.attention_knobs import (
 )
 from trustml.knobs.cache_argument import cache_in, cache_keyword, output_cache
 from trustml.knobs.context_augmentation import Pooling, pool_phrase_states
-from trustml.knobs.decoder_mixing import MIXING_SPACES, MixingSpace, mix_logits
+from trustml.knobs.decoder_mixing import MIXING_SPACES, MixingSpace, PartnerCache, mix_logits
 from trustml.knobs.sites import AttentionSite, attention_implementation, causal_lm_attention_sites, is_encoder_decoder
 from trustml.models.segments import SegmentVocabulary
 
@@ -318,37 +318,9 @@ def prepend_soft_prompt(
     return {"inputs_embeds": torch.cat([code, embeds], dim=1), "attention_mask": mask}, segments
 
 
-class MixingDynamicCache(DynamicCache):
+class MixingDynamicCache(PartnerCache, DynamicCache):
     """The primary model's KV cache carrying the secondary model's (``partner``): beam reordering, cropping and
     batch selection act on both, so the two models stay aligned."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.partner: DynamicCache | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.partner = None
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
-        if self.partner is not None:
-            self.partner.reorder_cache(beam_idx)
-
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        if self.partner is not None:
-            self.partner.crop(tokens_to_remove)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        if self.partner is not None:
-            self.partner.batch_repeat_interleave(repeats)
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        super().batch_select_indices(indices)
-        if self.partner is not None:
-            self.partner.batch_select_indices(indices)
 
 
 def _vocab_rows(model: nn.Module) -> int:

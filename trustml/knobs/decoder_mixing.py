@@ -44,39 +44,46 @@ def mix_logits(primary: Tensor, secondary: Tensor, weight: float, space: MixingS
     )
 
 
-class MixingCache(EncoderDecoderCache):
-    """The primary decoder's cache, carrying the secondary decoder's cache (``partner``) along.
+class PartnerCache:
+    """Mixin for a KV cache that carries a second model's cache (``partner``) along: beam reordering, cropping and
+    batch selection in ``generate()`` act on both, so the two models stay aligned (knob B on either family)."""
 
-    Beam reordering, cropping and batch selection in ``generate()`` act on both, so the two decoders stay aligned.
-    """
+    partner: Any
 
-    def __init__(self, *caches) -> None:
-        super().__init__(*caches)
-        self.partner: EncoderDecoderCache | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.partner = None
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # type: ignore[misc]
         self.partner = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        super().reorder_cache(beam_idx)
+        super().reorder_cache(beam_idx)  # type: ignore[misc]
         if self.partner is not None:
             self.partner.reorder_cache(beam_idx)
 
     def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
+        super().crop(tokens_to_remove)  # type: ignore[misc]
         if self.partner is not None:
             self.partner.crop(tokens_to_remove)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
+        super().batch_repeat_interleave(repeats)  # type: ignore[misc]
         if self.partner is not None:
             self.partner.batch_repeat_interleave(repeats)
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        super().batch_select_indices(indices)
+        super().batch_select_indices(indices)  # type: ignore[misc]
         if self.partner is not None:
             self.partner.batch_select_indices(indices)
+
+
+class MixingCache(PartnerCache, EncoderDecoderCache):
+    """The primary decoder's cache, carrying the secondary decoder's cache (``partner``) along.
+
+    Beam reordering, cropping and batch selection in ``generate()`` act on both, so the two decoders stay aligned.
+    """
 
 
 def _encoder_width(model: nn.Module) -> int:
