@@ -295,3 +295,41 @@ def construct_plugin(group: str, cls: type[Plugin], config: Any, **runtime: Any)
 def build_plugin(group: str, node: Any, **runtime: Any) -> Any:
     """Build the plugin of config ``node`` as ``Class(config, **runtime)`` (see :mod:`trustml.plugin`)."""
     return construct_plugin(group, plugin_class(group, node), plugin_config(group, node), **runtime)
+
+
+@dataclass
+class AssembledPlugins:
+    """The plugins of one experiment, wired together (:func:`assemble_plugins`)."""
+
+    datamodule: Any
+    model: Any
+    optimizer: Any
+    method: Any
+    federation: Any
+
+
+def assemble_plugins(classes: dict[str, type[Plugin]], configs: dict[str, Any], seed: int) -> AssembledPlugins:
+    """Build and wire the plugins of one experiment in the contract's order (:mod:`trustml.plugin`): the data
+    (set up for fitting), the model (sized by the data; text data is featurized by it), the optimizer (which may
+    replace the data by its training view, e.g. Poisson sampling), the method (given model and optimizer) and the
+    federation. The caller seeds the random generators first; every process that assembles the same config with
+    the same seed gets the same splits and initial model."""
+    datamodule = construct_plugin("data", classes["data"], configs["data"])
+    datamodule.setup("fit")
+    model = construct_plugin(
+        "model", classes["model"], configs["model"], num_classes=datamodule.num_classes, input_dim=datamodule.input_dim
+    )
+    if datamodule.input_kind == "text":
+        datamodule.map_inputs(model.featurize)
+    optimizer = construct_plugin("optimizer", classes["optimizer"], configs["optimizer"])
+    datamodule = optimizer.training_data(datamodule, seed=seed)
+    method = construct_plugin(
+        "method",
+        classes["method"],
+        configs["method"],
+        model=model,
+        optimizer=optimizer,
+        num_classes=datamodule.num_classes,
+    )
+    federation = construct_plugin("federation", classes["federation"], configs["federation"])
+    return AssembledPlugins(datamodule, model, optimizer, method, federation)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError, TrustMLError
 from trustml.plugin import FitResult, Plugin
-from trustml.registry import PLUGIN_GROUPS, construct_plugin, plugin_class, plugin_config
+from trustml.registry import PLUGIN_GROUPS, assemble_plugins, plugin_class, plugin_config
 from trustml.run_record import load_state_dict
 from trustml.safety import check_targets
 
@@ -92,24 +92,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     check_compatibility(cfg, classes, choices)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    datamodule: TrustDataModule = construct_plugin("data", classes["data"], configs["data"])
-    datamodule.setup("fit")
-    model = construct_plugin(
-        "model", classes["model"], configs["model"], num_classes=datamodule.num_classes, input_dim=datamodule.input_dim
-    )
-    if datamodule.input_kind == "text":
-        datamodule.map_inputs(model.featurize)
-    optimizer = construct_plugin("optimizer", classes["optimizer"], configs["optimizer"])
-    datamodule = optimizer.training_data(datamodule, seed=int(cfg.seed))
-    method = construct_plugin(
-        "method",
-        classes["method"],
-        configs["method"],
-        model=model,
-        optimizer=optimizer,
-        num_classes=datamodule.num_classes,
-    )
-    federation = construct_plugin("federation", classes["federation"], configs["federation"])
+    plugins = assemble_plugins(classes, configs, seed=int(cfg.seed))
+    datamodule: TrustDataModule = plugins.datamodule
+    method, federation = plugins.method, plugins.federation
 
     callbacks = [build("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     for cls in classes.values():

@@ -118,7 +118,7 @@ def build_experiment(config: dict[str, Any], *, trust_config_prefixes: bool) -> 
     from omegaconf import OmegaConf
 
     from trustml.config_schema import register_config_support
-    from trustml.registry import PLUGIN_GROUPS, construct_plugin, plugin_class, plugin_config
+    from trustml.registry import PLUGIN_GROUPS, assemble_plugins, plugin_class, plugin_config
     from trustml.safety import check_targets
 
     register_config_support()
@@ -128,24 +128,8 @@ def build_experiment(config: dict[str, Any], *, trust_config_prefixes: bool) -> 
     classes = {group: plugin_class(group, cfg.get(group) or {}) for group in PLUGIN_GROUPS}
     configs = {group: plugin_config(group, cfg[group]) for group in PLUGIN_GROUPS}
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = construct_plugin("data", classes["data"], configs["data"])
-    datamodule.setup("fit")
-    model = construct_plugin(
-        "model", classes["model"], configs["model"], num_classes=datamodule.num_classes, input_dim=datamodule.input_dim
-    )
-    if datamodule.input_kind == "text":
-        datamodule.map_inputs(model.featurize)
-    optimizer = construct_plugin("optimizer", classes["optimizer"], configs["optimizer"])
-    datamodule = optimizer.training_data(datamodule, seed=int(cfg.seed))
-    method = construct_plugin(
-        "method",
-        classes["method"],
-        configs["method"],
-        model=model,
-        optimizer=optimizer,
-        num_classes=datamodule.num_classes,
-    )
-    federation = construct_plugin("federation", classes["federation"], configs["federation"])
+    plugins = assemble_plugins(classes, configs, seed=int(cfg.seed))
+    datamodule, method, federation = plugins.datamodule, plugins.method, plugins.federation
     callbacks = [
         instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values() if node is not None
     ]
@@ -257,7 +241,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -272,21 +257,24 @@ def _alive(pid: int) -> bool:
 
 
 def terminate(pids: list[int], grace_s: float) -> None:
-    """SIGTERM ``pids``, wait up to ``grace_s`` for them to exit, SIGKILL the rest."""
+    """SIGTERM ``pids``, wait up to ``grace_s`` for them to exit, SIGKILL the rest and wait for them to end."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    deadline = time.monotonic() + grace_s  # SIGKILL is not instant: return once the kernel has ended them
+    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def flower_environment(flwr_home: Path) -> dict[str, str]:
@@ -430,7 +418,7 @@ def flower_processes_under(root: Path) -> list[int]:
                 home = Path(item[len(b"FLWR_HOME=") :].decode(errors="replace"))
                 if home == root or root in home.parents:
                     found.append(int(entry.name))
-    return [pid for pid in found if _alive(pid)]
+    return [pid for pid in found if process_alive(pid)]
 
 
 # --- the launcher ----------------------------------------------------------------------------------------------
