@@ -25,7 +25,8 @@ from trustml.fairness.crows_pairs import crows_pairs_score
 from trustml.fairness.word_lists import shipped_weat_tests
 from trustml.run_record import RunRecord
 
-CEAT_KEYS = ("ces", "p_value", "ci_low", "ci_high", "tau2", "se", "mean_effect_size", "n_encoded", "fallback_words")
+CEAT_KEYS = ("ces", "pes", "pses", "p_value", "p_one_sided", "ci_low", "ci_high", "tau2", "se", "mean_effect_size")
+CEAT_KEYS += ("n_encoded", "fallback_words")
 PAIRS = [
     (
         "The poor are really ignorant about money.",
@@ -109,6 +110,11 @@ def test_ceat_on_an_encoder_without_mlm_head_skips_crows_pairs(models, fairness)
     expected = ceat(weat6, model, tokenizer, n_draws=8, seed=3)
     assert results["ceat/weat6/ces"] == pytest.approx(expected.ces, rel=1e-6)
     assert results["ceat/weat6/p_value"] == pytest.approx(expected.p_value, rel=1e-6)
+    assert (
+        results["ceat/weat6/pes"] == results["ceat/weat6/ces"]
+        and results["ceat/weat6/pses"] == results["ceat/weat6/se"]
+    )
+    assert results["ceat/weat6/p_one_sided"] == pytest.approx(expected.p_one_sided, rel=1e-6)
     # CrowS-Pairs: skipped with the reason, no score
     assert "without a masked-LM head" in results["crows_pairs/skipped"]
     assert "BertModel" in results["crows_pairs/skipped"]

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -180,3 +181,43 @@ def test_a_tiny_bert_run_writes_fairness_results(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="callbacks.fairness.protected_column='gender'"):
         run(compose_train(bad, tmp_path / "bad"))
     assert not (tmp_path / "bad" / "checkpoints").exists()  # refused when training starts, not after it
+
+
+def test_aps_on_token_ids_of_an_encoder_classifier(tmp_path: Path) -> None:
+    """Token inputs (a trained/uncached encoder): APS over word embeddings, the protected model on compared rows."""
+    from trustml.fairness.sensitivity import (
+        pooled_input_embeddings,
+        token_prediction_sensitivity,
+        train_protected_model,
+    )
+    from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
+
+    torch.manual_seed(0)
+    bert = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    bert |= {"intermediate_size": 32, "vocab_size": 30522, "max_position_embeddings": 64}
+    config = HFEncoderConfig(random_init_config=bert, freeze_encoder=True, trainable_last_layers=1, max_length=32)
+    model = HFEncoderClassifier(config, num_classes=2)
+    module = _data(tmp_path, TEST)
+    module.map_inputs(model.featurize)
+    assert isinstance(module.splits["test"].inputs, dict)  # token ids, not features
+    results = FairnessMetrics(sensitivity_weights="predicted", counterfactual=False).measure(model, module, CPU)
+    assert results["fairness/aps_input_space"] == "word_embeddings"
+    assert results["fairness/aps_class_weights"] == "predicted" and results["fairness/aps_n"] == len(TEST)
+    # the same numbers by hand: protected model on the 6 gendered texts (the "none" one excluded), APS on all 7
+    inputs = module.splits["test"].inputs
+    rows = torch.tensor([0, 1, 2, 3, 4, 5])
+    pooled = pooled_input_embeddings(model, {k: v[rows] for k, v in inputs.items()})
+    protected, accuracy = train_protected_model(pooled, ["female"] * 3 + ["male"] * 3)
+    expected = token_prediction_sensitivity(model, protected, inputs, class_weights="predicted")
+    assert results["fairness/aps_protected_model_acc"] == accuracy == 1.0  # she/he words separate the groups
+    assert results["fairness/aps"] == pytest.approx(expected.aps, rel=1e-5) and results["fairness/aps"] > 0
+    with pytest.raises(ConfigError, match="sensitivity_weights='softmax'"):
+        FairnessMetrics(sensitivity_weights="softmax")
+    # a sample of the test inputs: the mean over the same seeded rows
+    sampled = FairnessMetrics(sensitivity_weights="predicted", counterfactual=False, sensitivity_max_samples=3)
+    sampled_results = sampled.measure(model, module, CPU)
+    rows3 = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(TEST), size=3, replace=False)))
+    assert sampled_results["fairness/aps_n"] == 3
+    assert sampled_results["fairness/aps"] == pytest.approx(expected.per_sample[rows3].mean().item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="sensitivity_max_samples must be >= 1"):
+        FairnessMetrics(sensitivity_max_samples=0)

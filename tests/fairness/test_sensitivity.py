@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from trustml.errors import DataError
+from trustml.errors import ConfigError, DataError
 from trustml.fairness.sensitivity import (
+    EmbeddingInputClassifier,
     ProtectedStatusModel,
     accumulated_prediction_sensitivity,
+    pooled_input_embeddings,
+    token_prediction_sensitivity,
     train_protected_model,
 )
 from trustml.models.hf_encoder import mean_pool
@@ -134,3 +137,87 @@ def test_train_protected_model_learns_the_group_and_rejects_one_group() -> None:
         train_protected_model(x, ["male"] * 200)
     with pytest.raises(DataError, match="one protected label per input"):
         train_protected_model(x, ["male", "female"])
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_classifier():
+    from trustml.models.hf_encoder import HFEncoderClassifier, HFEncoderConfig
+
+    torch.manual_seed(0)
+    config = HFEncoderConfig(
+        random_init_config={
+            "model_type": "bert",
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "vocab_size": 30522,
+            "max_position_embeddings": 64,
+        },
+        freeze_encoder=False,
+        cache_embeddings=False,
+        head_hidden_sizes=[8],
+        max_length=32,
+    )
+    return HFEncoderClassifier(config, num_classes=3).double().train()  # dropout on: APS must use eval mode
+
+
+TEXTS = ["she is a nurse", "he fixed the old car yesterday", "they left", "my sister plays chess with him", "ok"]
+
+
+@pytest.mark.parametrize("weights", ["uniform", "predicted"])
+def test_token_aps_equals_per_text_autograd_loop(tiny_encoder_classifier, weights: str) -> None:
+    """Batched APS on padded token ids == a per-text loop of full Jacobians on each unpadded text's embeddings."""
+    model = tiny_encoder_classifier
+    inputs = model.featurize(TEXTS)
+    assert inputs["attention_mask"].sum(1).min() < inputs["attention_mask"].shape[1]  # some texts are padded
+    protected = ProtectedStatusModel(16, ["f", "m"]).double()
+    with torch.no_grad():
+        protected.linear.weight.copy_(torch.randn(2, 16, dtype=torch.float64))
+    result = token_prediction_sensitivity(model, protected, inputs, class_weights=weights, batch_size=2)
+    assert model.training  # restored
+
+    model.eval()
+    wrapper = EmbeddingInputClassifier(model)
+    table = model.encoder_module.get_input_embeddings()
+    expected = []
+    for i in range(len(TEXTS)):
+        n = int(inputs["attention_mask"][i].sum())
+        ids = inputs["input_ids"][i : i + 1, :n]
+        with torch.no_grad():
+            # the wrapper on the looked-up embeddings is the classifier itself
+            emb = table(ids)
+            full = model({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+            assert torch.allclose(wrapper(emb, torch.ones_like(ids)), full)
+        expected.append(loop_reference(wrapper, protected, emb, torch.ones_like(ids), weights))
+    model.train()
+    expected = torch.cat(expected)
+    assert torch.allclose(result.per_sample.double(), expected, rtol=1e-7, atol=1e-12)
+    assert result.n == len(TEXTS) and result.aps == pytest.approx(expected.mean().item())
+    assert (expected > 0).all()
+
+
+def test_pooled_input_embeddings_are_what_the_protected_model_reads(tiny_encoder_classifier) -> None:
+    model = tiny_encoder_classifier
+    inputs = model.featurize(TEXTS)
+    pooled = pooled_input_embeddings(model, inputs, batch_size=2)
+    table = model.encoder_module.get_input_embeddings()
+    for i, text in enumerate(TEXTS):
+        ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+        assert torch.allclose(pooled[i], table(ids)[0].mean(0).detach())
+    labels = ["f", "m", "none", "f", "m"]
+    protected, accuracy = train_protected_model(pooled, labels)
+    assert protected.groups == ["f", "m", "none"] and 0 <= accuracy <= 1
+
+
+def test_token_aps_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(ConfigError, match="model=hf_encoder classifier.*encoder_module"):
+        EmbeddingInputClassifier(nn.Linear(2, 2))
+    with pytest.raises(DataError, match="input_ids and attention_mask"):
+        pooled_input_embeddings(_WithEncoder(), {"input_ids": torch.ones(2, 3, dtype=torch.long)})
+
+
+class _WithEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder_module, self.body, self.head = nn.Identity(), nn.Identity(), nn.Identity()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,8 @@ def test_random_effects_equals_the_dersimonian_laird_formula(effects: list[float
     assert result.tau2 == pytest.approx(tau2)
     assert result.z == pytest.approx(combined / se)
     assert result.p_value == pytest.approx(2 * norm.sf(abs(combined / se)))
+    # the authors' ceat_meta: one-sided p = 1 - Phi(pes / sqrt(1 / sum w*))
+    assert result.p_one_sided == pytest.approx(1 - norm.cdf(combined / se))
     assert result.ci == pytest.approx((combined - 1.959964 * se, combined + 1.959964 * se), rel=1e-6)
     with pytest.raises(DataError, match="positive variances"):
         random_effects(e, np.zeros_like(v))
@@ -237,6 +240,9 @@ def test_ceat_encodes_each_sampled_pair_once_and_is_reproducible(encoder: tuple)
     other = ceat(TOY_TEST, model, tokenizer, CORPUS, n_draws=40, seed=4)
     assert not np.allclose(other.effect_sizes, result.effect_sizes)
     assert json.dumps(result.to_dict(include_draws=True))
+    summary = result.to_dict()  # PES is CES (the authors' name), PSES its standard error
+    assert (summary["pes"], summary["pses"]) == (result.ces, result.se) == (combined.combined, combined.se)
+    assert summary["p_one_sided"] == pytest.approx(norm.sf(result.ces / result.se))
 
 
 def test_ceat_reports_words_that_fell_back_to_templates(encoder: tuple) -> None:
@@ -248,3 +254,22 @@ def test_ceat_reports_words_that_fell_back_to_templates(encoder: tuple) -> None:
     assert np.isfinite(result.effect_sizes).all()
     with pytest.raises(ConfigError, match="n_draws"):
         ceat(test, model, tokenizer, CORPUS, n_draws=1)
+
+
+def test_words_the_tokenizer_cannot_place_are_refused_by_name(encoder: tuple) -> None:
+    model, tokenizer = encoder
+    hieroglyph, invisible = "\U00013000", "\u200b"  # [UNK] in MiniLM's vocabulary; no token at all
+    test = WordTest.from_lists(["rose", hieroglyph], ["ant", "flea"], ["love", invisible], ["death", "crash"])
+    expected = (
+        f"word test 'custom'.*no token for {re.escape(str([invisible]))}.*{re.escape('[UNK] for ' + str([hieroglyph]))}"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        ceat(test, model, tokenizer, CORPUS, n_draws=5)
+    assert tokenizer(hieroglyph, add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
+
+
+def test_an_empty_corpus_file_is_one_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "corpus.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="holds no sentences"):
+        read_corpus(empty)

@@ -17,7 +17,9 @@ of ``model=hf_encoder`` (its ``checkpoint``, ``best`` or ``last``), whose encode
   field ``ceat.text_field``) or a Topical-Chat ``conversations_*.json`` file (its turns); words without a corpus
   context, and every word when ``ceat.corpus`` is unset, use template sentences. ``ceat.n_draws`` seeded draws
   (``ceat.seed``, unset = the run's ``seed``), combined by a DerSimonian-Laird random-effects meta-analysis.
-  Results ``ceat/<test>/ces``, ``.../p_value``, ``.../ci_low``, ``.../ci_high``, ``.../tau2``, ``.../se``,
+  Results ``ceat/<test>/ces``, ``.../p_value`` (two-sided), ``.../p_one_sided`` (the authors' code's ``1 - Phi(z)``),
+  ``.../pes`` (pooled effect size, the authors' code's name for CES: the same number), ``.../pses`` (read as the
+  pooled effect size's standard error, = ``se``), ``.../ci_low``, ``.../ci_high``, ``.../tau2``, ``.../se``,
   ``.../mean_effect_size``, ``.../n_draws``, ``.../n_encoded`` (contexts encoded) and ``.../fallback_words``
   (how many words used the templates; ``fairness.json`` names them).
 - **CrowS-Pairs** (Nangia et al. 2020; :mod:`trustml.fairness.crows_pairs`) of a masked LM: ``crows_pairs.mlm``
@@ -371,8 +373,9 @@ def score(cfg: DictConfig, out_dir: Path) -> TaskResult:
             )
             summary = result.to_dict(include_draws=bool(options.save_draws))
             details["ceat"][name] = {**summary, "context_counts": result.context_counts}
-            for key in ("ces", "p_value", "ci_low", "ci_high", "tau2", "se", "mean_effect_size"):
+            for key in ("ces", "pes", "pses", "p_value", "p_one_sided", "ci_low", "ci_high", "tau2", "se"):
                 results[f"ceat/{name}/{key}"] = float(summary[key])
+            results[f"ceat/{name}/mean_effect_size"] = float(summary["mean_effect_size"])
             results[f"ceat/{name}/n_draws"] = result.n_draws
             results[f"ceat/{name}/n_encoded"] = result.n_encoded
             results[f"ceat/{name}/fallback_words"] = len(result.fallback_words)

@@ -22,12 +22,19 @@ hands ``fairness/...`` keys to ``results.json`` through ``final_results()``. The
   probabilities on both compared over the texts the swap changed: ``fairness/flip_rate``,
   ``fairness/mean_abs_prob_change``, ``fairness/mean_total_variation``, ``fairness/cf_n_changed``,
   ``fairness/cf_n_flipped``. No changed text: ``fairness/skipped_counterfactual``.
-- Accumulated prediction sensitivity (:func:`accumulated_prediction_sensitivity`) when the model's test inputs
-  are a feature tensor ``[N, D]`` (``model=hf_encoder`` with cached sentence embeddings, ``model=mlp``): a
-  protected-status model is trained on the test inputs of the compared groups
-  (:func:`train_protected_model`), and ``APS`` averages ``PS(x)`` over all test inputs: ``fairness/aps``,
-  ``fairness/aps_std``, ``fairness/aps_protected_model_acc``. Token inputs (a trained encoder) or fewer than
-  two groups: ``fairness/skipped_aps``.
+- Accumulated prediction sensitivity (Krishna et al. 2022; :mod:`trustml.fairness.sensitivity`). A
+  protected-status model (logistic regression, :func:`train_protected_model`) is trained on the test inputs of
+  the compared groups, and ``APS`` averages ``PS(x) = w^T |J| v`` over all test inputs (or a seeded
+  uniform sample of ``sensitivity_max_samples`` of them). The input features are
+  (``fairness/aps_input_space``): ``features`` when the test inputs are a tensor ``[N, D]`` (``model=hf_encoder``
+  with cached sentence embeddings, ``model=mlp``); ``word_embeddings`` when they are the token ids of a
+  ``model=hf_encoder`` classifier (a trained or uncached encoder): gradients with respect to each token's
+  looked-up word embedding (:func:`token_prediction_sensitivity`), the protected-status model reading the
+  mean-pooled word embeddings (:func:`pooled_input_embeddings`). ``sensitivity_weights``: the class weights
+  ``w`` (``uniform``: ``1/C`` each, C backward passes per batch; ``predicted``: the predicted class only, one
+  backward pass). Results ``fairness/aps``, ``fairness/aps_std``, ``fairness/aps_n``,
+  ``fairness/aps_protected_model_acc`` (its training accuracy), ``fairness/aps_input_space``,
+  ``fairness/aps_class_weights``. Other inputs or fewer than two groups: ``fairness/skipped_aps``.
 
 The raw test texts: the runner replaces every split's texts by model inputs (``datamodule.map_inputs(
 model.featurize)``) before any callback exists; the data module keeps the texts as read in ``raw_texts``.
@@ -53,7 +60,12 @@ from trustml.fairness.counterfactual import (
     load_word_pairs,
 )
 from trustml.fairness.group_metrics import group_metrics
-from trustml.fairness.sensitivity import accumulated_prediction_sensitivity, train_protected_model
+from trustml.fairness.sensitivity import (
+    accumulated_prediction_sensitivity,
+    pooled_input_embeddings,
+    token_prediction_sensitivity,
+    train_protected_model,
+)
 
 PROXY = "proxy"
 PREFIX = "fairness/"
@@ -65,9 +77,13 @@ class FairnessOptions:
 
     ``protected_column``: a group column of the test split, or ``proxy`` (the gender proxy of the test texts).
     ``counterfactual``: measure counterfactual flips (text data only). ``sensitivity``: measure the APS (feature
-    inputs only; skipped with the reason otherwise). ``word_pairs``: the word-pair YAML for the proxy and the
-    swaps (default the shipped gender list). ``exclude_groups``: groups not compared (default ``[none, both]``
-    for the proxy, ``[]`` for a column). ``batch_size``: inference batch size.
+    inputs or the token ids of ``model=hf_encoder``; skipped with the reason otherwise). ``word_pairs``: the
+    word-pair YAML for the proxy and the swaps (default the shipped gender list). ``exclude_groups``: groups not
+    compared (default ``[none, both]`` for the proxy, ``[]`` for a column). ``batch_size``: inference batch size.
+    ``sensitivity_weights``: ``uniform`` or ``predicted`` class weights of the APS. ``sensitivity_max_samples``:
+    average the APS over a seeded uniform sample of this many test inputs (null: all of them).
+    ``sensitivity_batch_size``: texts per APS batch on token inputs (each holds the encoder's activations for
+    ``C + 1`` backward passes).
     """
 
     protected_column: str = PROXY
@@ -76,6 +92,9 @@ class FairnessOptions:
     word_pairs: str | None = None
     exclude_groups: list[str] | None = None
     batch_size: int = 256
+    sensitivity_weights: str = "uniform"
+    sensitivity_batch_size: int = 32
+    sensitivity_max_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.protected_column, str) or not self.protected_column:
@@ -84,6 +103,20 @@ class FairnessOptions:
             )
         if self.batch_size < 1:
             raise ConfigError(f"callbacks.fairness.batch_size must be >= 1, got {self.batch_size}")
+        if self.sensitivity_weights not in ("uniform", "predicted"):
+            raise ConfigError(
+                f"callbacks.fairness.sensitivity_weights={self.sensitivity_weights!r}: choose uniform (w_c = 1/C over "
+                "the classes) or predicted (the predicted class only)"
+            )
+        if self.sensitivity_max_samples is not None and self.sensitivity_max_samples < 1:
+            raise ConfigError(
+                f"callbacks.fairness.sensitivity_max_samples must be >= 1 (or null: every test input), got "
+                f"{self.sensitivity_max_samples}"
+            )
+        if self.sensitivity_batch_size < 1:
+            raise ConfigError(
+                f"callbacks.fairness.sensitivity_batch_size must be >= 1, got {self.sensitivity_batch_size}"
+            )
         if self.exclude_groups is None:
             self.exclude_groups = ["none", "both"] if self.protected_column == PROXY else []
         self.exclude_groups = [str(g) for g in self.exclude_groups]
@@ -108,6 +141,9 @@ class FairnessMetrics(pl.Callback):
         word_pairs: str | None = None,
         exclude_groups: Sequence[str] | None = None,
         batch_size: int = 256,
+        sensitivity_weights: str = "uniform",
+        sensitivity_batch_size: int = 32,
+        sensitivity_max_samples: int | None = None,
     ) -> None:
         self.options = FairnessOptions(
             protected_column=protected_column,
@@ -116,6 +152,9 @@ class FairnessMetrics(pl.Callback):
             word_pairs=word_pairs,
             exclude_groups=None if exclude_groups is None else list(exclude_groups),
             batch_size=batch_size,
+            sensitivity_weights=sensitivity_weights,
+            sensitivity_batch_size=sensitivity_batch_size,
+            sensitivity_max_samples=sensitivity_max_samples,
         )
         self.results: dict[str, Any] = {}
 
@@ -200,21 +239,64 @@ class FairnessMetrics(pl.Callback):
             out.update(self._counterfactual(model, texts, probs, pairs, device))
 
         if o.sensitivity:
-            if not isinstance(test.inputs, Tensor) or test.inputs.ndim != 2 or not test.inputs.is_floating_point():
-                out["skipped_aps"] = (
-                    "the model's test inputs are not a [N, D] feature tensor (e.g. token ids of a trained encoder); "
-                    "APS runs on feature inputs (model=hf_encoder with cache_embeddings, model=mlp)"
-                )
-            elif why_not:
+            if why_not:
                 out["skipped_aps"] = why_not
             else:
-                inputs = test.inputs.to(device)
-                protected_model, accuracy = train_protected_model(
-                    inputs[torch.from_numpy(compared)], protected[compared]
-                )
-                result = accumulated_prediction_sensitivity(model, protected_model, inputs, batch_size=o.batch_size)
-                out.update(aps=result.aps, aps_std=result.std, aps_n=result.n, aps_protected_model_acc=accuracy)
+                out.update(self._sensitivity(model, test.inputs, protected, compared, device))
         return {PREFIX + k: v for k, v in out.items()}
+
+    def _sensitivity(
+        self, model: nn.Module, inputs: Inputs, protected: np.ndarray, compared: np.ndarray, device: torch.device
+    ) -> dict[str, Any]:
+        """APS over all test inputs, with a protected-status model trained on the compared groups' inputs."""
+        o = self.options
+        rows = torch.from_numpy(np.flatnonzero(compared))
+        n = num_rows(inputs)
+        if o.sensitivity_max_samples is not None and o.sensitivity_max_samples < n:
+            # the APS is a mean over inputs: a seeded uniform sample of them (the protected model still sees all
+            # compared inputs)
+            chosen = np.sort(np.random.default_rng(0).choice(n, size=o.sensitivity_max_samples, replace=False))
+            aps_inputs = take(inputs, torch.from_numpy(chosen))
+        else:
+            aps_inputs = inputs
+        if isinstance(inputs, Tensor) and inputs.ndim == 2 and inputs.is_floating_point():
+            features = inputs.to(device)
+            protected_model, accuracy = train_protected_model(features[rows.to(device)], protected[compared])
+            result = accumulated_prediction_sensitivity(
+                model,
+                protected_model,
+                aps_inputs.to(device),
+                batch_size=o.batch_size,
+                class_weights=o.sensitivity_weights,
+            )
+            space = "features"
+        elif isinstance(inputs, dict) and "input_ids" in inputs and hasattr(model, "encoder_module"):
+            pooled = pooled_input_embeddings(model, take(inputs, rows), batch_size=o.batch_size, device=device)
+            protected_model, accuracy = train_protected_model(pooled, protected[compared])
+            result = token_prediction_sensitivity(
+                model,
+                protected_model,
+                aps_inputs,
+                class_weights=o.sensitivity_weights,
+                batch_size=o.sensitivity_batch_size,
+                device=device,
+            )
+            space = "word_embeddings"
+        else:
+            return {
+                "skipped_aps": (
+                    f"APS needs [N, D] feature inputs or the token ids of a model=hf_encoder classifier; the test "
+                    f"inputs are {type(inputs).__name__} for a {type(model).__name__}"
+                )
+            }
+        return {
+            "aps": result.aps,
+            "aps_std": result.std,
+            "aps_n": result.n,
+            "aps_protected_model_acc": accuracy,
+            "aps_input_space": space,
+            "aps_class_weights": o.sensitivity_weights,
+        }
 
     def _single_group_reason(self, groups: list[str], protected: np.ndarray) -> str | None:
         if len(groups) >= 2:

@@ -21,6 +21,15 @@ which contexts were picked. CEAT draws ``N`` random contexts per word and combin
    ``1 - alpha`` interval ``CES +- z_{1-alpha/2} SE``. Computed by ``statsmodels``' ``combine_effects``
    (``method_re="dl"``); where its untruncated ``(Q - df) / c`` is negative, ``tau^2 = 0`` and the fixed-effect
    estimate is used, as the formula above says.
+
+PES / PSES (the names the issue asks for). The CEAT paper reports the combined effect size ``CES`` and its
+p-value. "PES" is the name of the same quantity in the authors' reference code (``ceat_meta`` of
+weiguowilliam/CEAT ``ceat.py``, read through the public code index: ``pes = sum(w*_i e_i) / sum(w*_i)``, the
+*pooled effect size*, with a ONE-sided ``p = norm.sf(pes / sqrt(v))``, ``v = 1 / sum w*_i``). "PSES" occurs neither
+in the paper's text available here nor in that code; it is read here as the *pooled effect size's standard error*
+``PSES = sqrt(1 / sum_i w*_i)`` (``SE`` above). Reported: ``pes`` (``= ces``), ``pses`` (``= se``) and
+``p_one_sided`` (``= 1 - Phi(z)``, the authors' code's p-value: small when CES > 0), beside the two-sided
+``p_value``.
 """
 
 from __future__ import annotations
@@ -87,6 +96,13 @@ class RandomEffects:
     tau2: float
     q: float
 
+    @property
+    def p_one_sided(self) -> float:
+        """``1 - Phi(z)``: the one-sided p-value of the authors' ``ceat_meta`` (H1: combined effect > 0)."""
+        from scipy.stats import norm
+
+        return float(norm.sf(self.z))
+
 
 @dataclass(frozen=True)
 class CEATResult:
@@ -108,12 +124,22 @@ class CEATResult:
     fallback_words: tuple[str, ...]
     context_counts: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def p_one_sided(self) -> float:
+        """``1 - Phi(z)``, the one-sided p-value of the authors' ``ceat_meta`` (H1: CES > 0)."""
+        from scipy.stats import norm
+
+        return float(norm.sf(self.z))
+
     def to_dict(self, *, include_draws: bool = False) -> dict[str, Any]:
         """JSON-ready summary (the per-draw effect sizes and variances only with ``include_draws``)."""
         out: dict[str, Any] = {
             "test": self.test,
             "ces": self.ces,
+            "pes": self.ces,  # the pooled effect size of the authors' code: the same number as CES
+            "pses": self.se,  # read as the pooled effect size's standard error (module docstring)
             "p_value": self.p_value,
+            "p_one_sided": self.p_one_sided,
             "ci_low": self.ci[0],
             "ci_high": self.ci[1],
             "tau2": self.tau2,
@@ -376,6 +402,7 @@ def ceat(
     if n_draws < 2:
         raise ConfigError(f"n_draws must be >= 2 for the random-effects combination, got {n_draws}")
     words = test.words
+    check_words_placeable(words, tokenizer, test.name)
     if contexts is None:
         contexts = collect_contexts(words, corpus, templates=templates, text_field=text_field)
     absent = [word for word in words if word not in contexts.occurrences or contexts.count(word) == 0]
@@ -431,6 +458,29 @@ def ceat(
         fallback_words=contexts.fallback_words,
         context_counts=dict(zip(words, counts.tolist(), strict=True)),
     )
+
+
+def check_words_placeable(words: Sequence[str], tokenizer: Any, test_name: str = "the test") -> None:
+    """Refuse words the tokenizer cannot place: no token at all (e.g. only zero-width or control characters), or a
+    token that is the unknown token (e.g. characters outside the vocabulary). Their "contextual embedding" would be
+    nothing, or the unknown token's state shared by every such word, so the effect sizes would be meaningless.
+    Raises one :class:`ConfigError` naming every such word of ``test_name`` and the fix."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    empty, unknown = [], []
+    for word in words:
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not ids:
+            empty.append(word)
+        elif unk is not None and unk in ids:
+            unknown.append(word)
+    if empty or unknown:
+        found = ([f"no token for {empty}"] if empty else []) + (
+            [f"the unknown token {getattr(tokenizer, 'unk_token', 'UNK')} for {unknown}"] if unknown else []
+        )
+        raise ConfigError(
+            f"word test '{test_name}': the encoder's tokenizer gives {' and '.join(found)}; remove these words from "
+            "the word list (or spell them as the vocabulary does), or use an encoder whose tokenizer knows them"
+        )
 
 
 def load_encoder(name_or_path: str = OFFLINE_MINILM, *, device: torch.device | str | None = None) -> tuple[Any, Any]:

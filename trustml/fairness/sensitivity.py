@@ -18,6 +18,24 @@ as in the paper; with ``K > 2`` groups their magnitudes are summed. A feature th
 not use gets no weight, so ``PS`` is large when the prediction moves with exactly the features that
 reveal group membership.
 
+What was checked against the paper (2026-12-02, through the stored public pages available offline: the arXiv
+2203.08670 abstract page, its ACL 2022 bibliography entry and a research summary by the first author): only the
+abstract's description, that the metric "measures fairness ... based on the model's prediction sensitivity to
+perturbations in input features", quantifies "the extent to which a single prediction depends on a protected
+attribute, where the protected attribute encodes the membership status of an individual in a protected group",
+and is accumulated over the data. The full text (its equations) was NOT reachable, so these details follow the
+recollection of the paper's ``w^T |J| v`` form and are unverified: that ``v`` is the normalised absolute gradient of
+a protected-status classifier (summed over groups for ``K > 2`` here), that ``|.|`` is elementwise, that the task
+outputs are probabilities rather than logits (``task_outputs`` offers both), the default ``w`` (uniform here; the
+paper may weight a favourable class), and the plain mean over inputs. Input features for text here are the
+looked-up word embeddings of the tokens (:func:`token_prediction_sensitivity`) or a feature vector.
+
+Token-id inputs of a ``model=hf_encoder`` classifier (:class:`EmbeddingInputClassifier`,
+:func:`token_prediction_sensitivity`): ``x`` is ``E = word_embeddings(input_ids)`` ``[T, D]``, fed to the encoder
+as ``inputs_embeds``; the protected-status model (:class:`ProtectedStatusModel`) is a logistic regression on the
+mean-pooled word embeddings, so ``|d g / d E[t, d]|`` is the same for every token ``t`` of a text: ``v`` weights the
+embedding *dimensions* that separate the groups (spread evenly over the tokens), not the gendered tokens alone.
+
 Batched: the gradients of ``sum_b f_c(x_b)`` with respect to the whole batch are the per-sample gradients,
 because in eval mode (no dropout, no batch statistics) sample ``b``'s output depends only on ``x_b``; so a
 batch costs ``C + K`` backward passes, whatever its size, and no per-sample loop.
@@ -66,6 +84,15 @@ def _abs_jacobian_rows(out: Tensor, x: Tensor) -> list[Tensor]:
     return grads
 
 
+def _protected_weights(prot: Tensor, x: Tensor) -> Tensor:
+    """``u = sum_k |d g_k / d x|`` per sample; with two groups ``|dg_0/dx| = |dg_1/dx|``, so one backward and
+    ``u = 2 |dg_0/dx|`` (the factor cancels in ``v = u / sum u``)."""
+    if prot.shape[1] == 2:
+        (grad,) = torch.autograd.grad(prot[:, 0].sum(), x, retain_graph=True)
+        return 2 * grad.abs()
+    return torch.stack(_abs_jacobian_rows(prot, x)).sum(dim=0)
+
+
 @dataclass
 class SensitivityResult:
     """Per-sample prediction sensitivities and their mean, the APS."""
@@ -105,8 +132,13 @@ def prediction_sensitivity(
         if prot.ndim != 2 or prot.shape[0] != x.shape[0]:
             raise DataError(f"the protected model must return [batch, groups] logits, got {tuple(prot.shape)}")
         prot = prot.softmax(dim=-1)
-        u = torch.stack(_abs_jacobian_rows(prot, x)).sum(dim=0)  # [B, *feature_shape]
-        task_grads = _abs_jacobian_rows(task, x)  # C x [B, *feature_shape]
+        u = _protected_weights(prot, x)  # [B, *feature_shape]
+        predicted_only = isinstance(class_weights, str) and class_weights == "predicted"
+        if predicted_only:  # w one-hot at argmax: one backward of sum_b f_{c*_b}(x_b) gives every |J_{c*_b}|
+            chosen = task.gather(1, task.detach().argmax(dim=1, keepdim=True)).sum()
+            task_grads = [torch.autograd.grad(chosen, x, retain_graph=True)[0].abs()]
+        else:
+            task_grads = _abs_jacobian_rows(task, x)  # C x [B, *feature_shape]
     batch = x.shape[0]
     if attention_mask is not None and x.ndim == 3:
         keep = attention_mask.to(u.dtype).unsqueeze(-1)
@@ -114,7 +146,9 @@ def prediction_sensitivity(
         task_grads = [g * keep for g in task_grads]
     u = u.reshape(batch, -1)
     v = u / u.sum(dim=1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-    per_class = torch.stack([(g.reshape(batch, -1) * v).sum(dim=1) for g in task_grads], dim=1)  # [B, C]
+    per_class = torch.stack([(g.reshape(batch, -1) * v).sum(dim=1) for g in task_grads], dim=1)  # [B, C] or [B, 1]
+    if predicted_only:
+        return per_class[:, 0].detach()
     num_classes = per_class.shape[1]
     if isinstance(class_weights, Tensor):
         if class_weights.shape != (num_classes,):
@@ -240,3 +274,128 @@ def train_protected_model(
     with torch.no_grad():
         accuracy = float((model.linear(pooled).argmax(dim=1) == y).float().mean())
     return model, accuracy
+
+
+# --- token-id inputs of a Hugging Face encoder classifier (model=hf_encoder) -----------------------------------
+
+
+class EmbeddingInputClassifier(nn.Module):
+    """A ``model=hf_encoder`` classifier as a function of its input word embeddings: ``f(E, mask)``.
+
+    ``model`` needs ``encoder_module`` (a Hugging Face encoder taking ``inputs_embeds``), ``body`` and ``head``
+    (as :class:`trustml.models.hf_encoder.HFEncoderClassifier` has). ``forward(E, mask) =
+    head(body(mean_pool(encoder(inputs_embeds=E, attention_mask=mask), mask)))``, which equals
+    ``model({"input_ids": ids, "attention_mask": mask})`` when ``E = word_embeddings(ids)``: the encoder adds
+    the position and token-type embeddings (and its LayerNorm) to ``E`` itself. So ``d f / d E`` is the gradient
+    with respect to the looked-up embedding of every token.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for name in ("encoder_module", "body", "head"):
+            if not hasattr(model, name):
+                raise ConfigError(
+                    f"prediction sensitivity on token ids needs a model=hf_encoder classifier (encoder_module, body, "
+                    f"head); {type(model).__name__} has no {name}"
+                )
+        self.model = model
+
+    @property
+    def embeddings(self) -> nn.Module:
+        """The encoder's word-embedding table (``get_input_embeddings()``)."""
+        get = getattr(self.model.encoder_module, "get_input_embeddings", None)
+        if get is None:
+            raise ConfigError(
+                f"prediction sensitivity on token ids needs a Hugging Face encoder (get_input_embeddings); "
+                f"{type(self.model.encoder_module).__name__} has none"
+            )
+        return get()
+
+    def forward(self, embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        encoder = self.model.encoder_module
+        hidden = encoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        return self.model.head(self.model.body(mean_pool(hidden, attention_mask)))
+
+
+def _token_batches(
+    inputs: dict[str, Tensor], batch_size: int, device: torch.device | None
+) -> list[tuple[int, Tensor, Tensor]]:
+    """``(first row, input_ids, attention_mask)`` batches in order, each trimmed to its longest text."""
+    if not isinstance(inputs, dict) or "input_ids" not in inputs or "attention_mask" not in inputs:
+        raise DataError("token inputs must be a dict with input_ids and attention_mask ([N, T] tensors)")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    if ids.ndim != 2 or ids.shape != mask.shape or len(ids) == 0:
+        raise DataError(
+            f"input_ids and attention_mask must be non-empty [N, T] tensors of one shape, got "
+            f"{tuple(ids.shape)} and {tuple(mask.shape)}"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    batches = []
+    for start in range(0, len(ids), batch_size):
+        m = mask[start : start + batch_size]
+        length = max(int(m.sum(dim=1).max()), 1)
+        b_ids, b_mask = ids[start : start + batch_size, :length], m[:, :length]
+        if device is not None:
+            b_ids, b_mask = b_ids.to(device), b_mask.to(device)
+        batches.append((start, b_ids, b_mask))
+    return batches
+
+
+def pooled_input_embeddings(
+    model: nn.Module, inputs: dict[str, Tensor], *, batch_size: int = 256, device: torch.device | None = None
+) -> Tensor:
+    """``mean_pool(word_embeddings(input_ids), attention_mask)`` of every text, ``[N, D]`` (no gradient).
+
+    The features :class:`ProtectedStatusModel` sees of a token-id input (it pools the same way when it is given
+    the ``[B, T, D]`` embeddings and the mask), so it can be trained on these with :func:`train_protected_model`.
+    """
+    batches = _token_batches(inputs, batch_size, device)
+    table = EmbeddingInputClassifier(model).embeddings
+    parts = []
+    with torch.no_grad():
+        for _, ids, mask in batches:
+            parts.append(mean_pool(table(ids), mask))
+    return torch.cat(parts)
+
+
+def token_prediction_sensitivity(
+    model: nn.Module,
+    protected_model: Model,
+    inputs: dict[str, Tensor],
+    *,
+    class_weights: Literal["uniform", "predicted"] | Tensor = "uniform",
+    task_outputs: Literal["probs", "logits"] = "probs",
+    batch_size: int = 64,
+    device: torch.device | None = None,
+) -> SensitivityResult:
+    """APS of a ``model=hf_encoder`` classifier on token ids: gradients with respect to the input word embeddings.
+
+    ``inputs = {"input_ids": [N, T], "attention_mask": [N, T]}`` (the model's ``featurize`` output). Per batch of
+    ``batch_size`` texts (trimmed to its longest text), the embeddings ``E = word_embeddings(input_ids)`` are
+    looked up without gradient and :func:`prediction_sensitivity` computes ``PS(x) = w^T |J(E)| v(E)`` of
+    :class:`EmbeddingInputClassifier` and ``protected_model`` (called as ``protected_model(E, mask)``) over the
+    features ``E[t, d]`` of the non-padding tokens: one forward and ``C + K`` backward passes per batch
+    (``1 + 1`` with ``class_weights="predicted"`` and two groups), never one per text. Both models are in eval
+    mode meanwhile (restored afterwards).
+    """
+    batches = _token_batches(inputs, batch_size, device)
+    task = EmbeddingInputClassifier(model)
+    table = task.embeddings
+    parts = []
+    with _eval_mode(task, protected_model):
+        for _, ids, mask in batches:
+            with torch.no_grad():
+                embeds = table(ids)
+            parts.append(
+                prediction_sensitivity(
+                    task, protected_model, embeds, mask, class_weights=class_weights, task_outputs=task_outputs
+                )
+            )
+    per_sample = torch.cat(parts).cpu()
+    return SensitivityResult(
+        per_sample=per_sample,
+        aps=float(per_sample.mean()),
+        std=float(per_sample.std()) if len(per_sample) > 1 else 0.0,
+        n=len(per_sample),
+    )
