@@ -18,8 +18,8 @@ LOCK_FILE = "run.lock"
 _HELD_LOCKS: dict[Path, RunLock] = {}
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this host)."""
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie, dead but not yet reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -28,7 +28,12 @@ def _pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    if not Path("/proc").is_dir():  # not Linux: the signal check is all there is
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # it ended meanwhile
+        return False
 
 
 class RunDirectoryInUse(ConfigError):
@@ -109,7 +114,7 @@ class RunLock:
         pid, host = owner
         if host != socket.gethostname():
             return False  # cannot tell from here: treat as alive
-        return pid == os.getpid() or not _pid_alive(pid)
+        return pid == os.getpid() or not pid_alive(pid)
 
     def _in_use(self, owner: tuple[int, str] | None) -> RunDirectoryInUse:
         """The error for a run directory another live run holds."""

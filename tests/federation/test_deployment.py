@@ -35,10 +35,10 @@ from trustml.federation.deployment import (
     build_experiment,
     descendants,
     flower_processes_under,
-    process_alive,
     run_config_of,
     terminate,
 )
+from trustml.run_lock import pid_alive
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("flwr") is None, reason="needs flwr: pip install -e '.[flower]'"
@@ -115,7 +115,7 @@ def test_a_local_federation_stops_every_process_it_started_even_when_the_run_fai
         assert len(started) >= 5  # SuperLink, its SuperExec, 2 SuperNodes, their SuperExecs
         raise RuntimeError("the run failed")
     assert not flower_processes_under(workdir)
-    assert not [pid for pid in started if process_alive(pid)], "a started process is still there"
+    assert not [pid for pid in started if pid_alive(pid)], "a started process is still there"
 
 
 class OneNodeGone:

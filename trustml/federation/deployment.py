@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from trustml.errors import ConfigError, TrustMLError
+from trustml.run_lock import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -241,21 +242,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is dead for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def terminate(pids: list[int], grace_s: float) -> None:
     """SIGTERM ``pids``, wait up to ``grace_s`` for them to exit, SIGKILL the rest and wait for them to end."""
     for pid in pids:
@@ -264,16 +250,16 @@ def terminate(pids: list[int], grace_s: float) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace_s
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if process_alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace_s  # SIGKILL is not instant: return once the kernel has ended them
-    while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -418,7 +404,7 @@ def flower_processes_under(root: Path) -> list[int]:
                 home = Path(item[len(b"FLWR_HOME=") :].decode(errors="replace"))
                 if home == root or root in home.parents:
                     found.append(int(entry.name))
-    return [pid for pid in found if process_alive(pid)]
+    return [pid for pid in found if pid_alive(pid)]
 
 
 # --- the launcher ----------------------------------------------------------------------------------------------
