@@ -175,3 +175,38 @@ def test_bold_prompts_filtered_by_entity_and_capped(tmp_path: Path) -> None:
     assert len(load_bold_prompts(path, max_per_group=1)["a"]) == 1
     with pytest.raises(DataError, match="no prompt left"):
         load_bold_prompts(path, entities=["nobody"])
+
+
+def test_ceat_scores_a_causal_lm_run_on_its_left_context_states(
+    teacher_run: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """``trustml-fairness run_dir=<model=hf_causal_lm run>`` scores CEAT on the base model's hidden states: the same
+    numbers as the library on the run's network (the representation check of the role-reversal study)."""
+    from trustml.cli.fairness import APP, resolve_tests
+    from trustml.fairness.ceat import LeftContextEncoder, ceat
+
+    words = tmp_path / "professions.yaml"
+    words.write_text(
+        "tests:\n"
+        "  professions:\n"
+        "    X: {name: women's jobs, words: [nurse, dancer]}\n"
+        "    Y: {name: men's jobs, words: [engineer, pilot]}\n"
+        "    A: {name: female, words: [she, her, mother]}\n"
+        "    B: {name: male, words: [he, his, father]}\n"
+    )
+    overrides = [f"run_dir={teacher_run}", f"ceat.tests=[{words}]", f"ceat.corpus={corpus}", "ceat.n_draws=12",
+                 "ceat.seed=5", "crows_pairs.enabled=false", "print_results=false"]  # fmt: skip
+    assert run_app_in_process(tmp_path / "ceat", overrides, app=APP) == 0
+    results = json.loads((tmp_path / "ceat" / "results.json").read_text())
+    ((name, test),) = resolve_tests([str(words)]).items()
+    model, _ = load_model_from_run(teacher_run)
+    expected = ceat(
+        test, LeftContextEncoder(model.network.base_model), model.tokenizer, str(corpus), n_draws=12, seed=5
+    )
+    assert results[f"ceat/{name}/ces"] == pytest.approx(expected.to_dict()["ces"])
+    assert math.isfinite(results[f"ceat/{name}/ces"]) and results[f"ceat/{name}/fallback_words"] == 0
+    # token-type ids never reach GPT-2 (it would add their embeddings): the states are the LM's own
+    ids = model.tokenizer(["The nurse said that she"], return_tensors="pt")
+    own = model.network(**{k: ids[k] for k in ("input_ids", "attention_mask")}, output_hidden_states=True)
+    states = LeftContextEncoder(model.network.base_model)(ids["input_ids"], ids["attention_mask"]).last_hidden_state
+    assert torch.allclose(states, own.hidden_states[-1], atol=1e-6)

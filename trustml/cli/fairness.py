@@ -230,22 +230,31 @@ class Encoder:
 
 
 def load_scored_encoder(cfg: DictConfig) -> Encoder:
-    """The encoder of ``encoder`` (name/path, default the offline MiniLM) or of ``run_dir`` (a trained run)."""
+    """The encoder of ``encoder`` (name/path, default the offline MiniLM) or of ``run_dir`` (a trained
+    ``model=hf_encoder`` run, or a ``model=hf_causal_lm`` run: its base model's left-context hidden states)."""
     from trustml.fairness.ceat import load_encoder
 
     if cfg.run_dir is None:
         name = cfg.encoder if cfg.encoder is not None else OFFLINE_MINILM
         model, tokenizer = load_encoder(_local(name), device=cfg.device)
         return Encoder(model, tokenizer, f"encoder {name}", name)
+    from trustml.fairness.ceat import LeftContextEncoder
+    from trustml.models.hf_causal_lm import HFCausalLM
     from trustml.models.hf_encoder import HFEncoderClassifier
     from trustml.run_record import load_model_from_run
 
     run_dir = to_absolute_path(cfg.run_dir)
     network, _ = load_model_from_run(run_dir, cfg.checkpoint, list(cfg.trusted_target_prefixes or []))
+    if isinstance(network, HFCausalLM):
+        encoder = LeftContextEncoder(network.network.base_model).eval().to(cfg.device)
+        description = (
+            f"run {run_dir} ({cfg.checkpoint} checkpoint of the causal LM {network.source}: left-context states)"
+        )
+        return Encoder(encoder, network.tokenizer, description, None)
     if not isinstance(network, HFEncoderClassifier):
         raise ConfigError(
             f"run_dir={cfg.run_dir} holds a {type(network).__name__}, not a text encoder; give a run of "
-            "model=hf_encoder, or encoder=<Hugging Face name or path>"
+            "model=hf_encoder or model=hf_causal_lm, or encoder=<Hugging Face name or path>"
         )
     encoder = network.encoder_module.eval().to(cfg.device)
     return Encoder(encoder, network.tokenizer, f"run {run_dir} ({cfg.checkpoint} checkpoint of {network.source})", None)

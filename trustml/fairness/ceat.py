@@ -483,6 +483,20 @@ def check_words_placeable(words: Sequence[str], tokenizer: Any, test_name: str =
         )
 
 
+class LeftContextEncoder(torch.nn.Module):
+    """A decoder-only LM's base model as a CEAT encoder: its last hidden states from the input ids and attention
+    mask only (no token-type ids, which e.g. GPT-2 would embed), so each word's embedding sees its left context."""
+
+    def __init__(self, base_model: torch.nn.Module) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.config = base_model.config
+        self.train(base_model.training)  # a fresh module is in training mode: take the wrapped model's mode
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Any:
+        return self.base_model(input_ids=input_ids, attention_mask=attention_mask)
+
+
 def load_encoder(name_or_path: str = OFFLINE_MINILM, *, device: torch.device | str | None = None) -> tuple[Any, Any]:
     """``(model, fast tokenizer)`` of a local Hugging Face encoder (never downloads), in eval mode.
 
