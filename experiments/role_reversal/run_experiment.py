@@ -172,6 +172,34 @@ def row(results: list[dict]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def plot(rows: dict[str, dict], path: Path) -> None:
+    """Per model: held-out perplexity, equitability mean (mean +- std over seeds) and the female share of gendered
+    texts (pooled, +- binomial s.e.; 0.5 = parity), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    panels = (
+        ("test/perplexity", "held-out perplexity"),
+        ("generation/equitability_mean", "equitability mean"),
+        ("female_share_of_gendered", "female share of gendered texts"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        means = [rows[n][metric][0] for n in names]
+        errors = [rows[n][metric][1] for n in names]
+        ax.bar(names, means, yerr=errors, capsize=4, color=["0.6"] + ["C0"] * (len(names) - 1))
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    axes[2].axhline(0.5, color="k", linestyle=":", linewidth=1)
+    fig.suptitle("Role-reversal distillation at CPU scale (error bars: std over seeds; share: binomial s.e.)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def tabulate(args: argparse.Namespace) -> None:
     teacher = args.out / "teacher"
     rows: dict[str, dict] = {}
@@ -216,6 +244,8 @@ def tabulate(args: argparse.Namespace) -> None:
                 lines.append(f"| {name} | {ppl:+.1%} | {disparity:+.1%} |")
     (args.out / "tables.md").write_text("\n".join(lines) + "\n")
     (args.out / "summary.json").write_text(json.dumps({"rows": rows, "runs": per_run}, indent=1, default=str))
+    if rows:
+        plot(rows, HERE / "role_reversal.png")
     print("\n".join(lines))
 
 
