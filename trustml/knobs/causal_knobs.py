@@ -43,7 +43,13 @@ from trustml.knobs.attention_knobs import (
 from trustml.knobs.cache_argument import cache_in, cache_keyword, output_cache
 from trustml.knobs.context_augmentation import Pooling, pool_phrase_states
 from trustml.knobs.decoder_mixing import MIXING_SPACES, MixingSpace, PartnerCache, mix_logits
-from trustml.knobs.sites import AttentionSite, attention_implementation, causal_lm_attention_sites, is_encoder_decoder
+from trustml.knobs.sites import (
+    AttentionSite,
+    attention_implementation,
+    causal_lm_attention_sites,
+    decoder_query_positions,
+    is_encoder_decoder,
+)
 from trustml.models.segments import SegmentVocabulary
 
 _UNCHANGED = object()
@@ -220,16 +226,8 @@ class PromptAttentionBiasing:
         self._positions = None
 
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        tokens = kwargs.get("input_ids")
-        if tokens is None:
-            tokens = kwargs.get("inputs_embeds")
-        if tokens is None and args:
-            tokens = args[0]
-        if tokens is None:
-            raise ConfigError("the model was called without input_ids or inputs_embeds; cannot tell decoding steps")
-        cache = cache_in(kwargs)
-        offset = int(cache.get_seq_length()) if cache is not None else 0
-        self._positions = torch.arange(offset, offset + int(tokens.shape[1]))
+        offset, length = decoder_query_positions(args, kwargs)
+        self._positions = torch.arange(offset, offset + length)
         self._memo.clear()
 
     def _install(self, site: AttentionSite, parts: list) -> None:
