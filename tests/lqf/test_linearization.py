@@ -103,3 +103,24 @@ def test_layer_selection_and_activation_swap() -> None:
         select_layers(net, "everything")
     with pytest.raises(ConfigError, match="method.k=9 but MLP has 3 layers"):
         select_layers(net, "last_k_layers", 9)
+
+
+def test_exclude_keeps_matching_layers_at_w0_and_bad_patterns_are_refused() -> None:
+    torch.manual_seed(0)
+    net = MLP(MLPConfig(hidden_sizes=[5], dropout=0.0, norm="layer"), num_classes=3, input_dim=4).double()
+    assert select_layers(net, "all") == ["body.0", "body.1", "head"]
+    assert select_layers(net, "all", exclude=["body.1"]) == ["body.0", "head"]
+    assert select_layers(net, "last_k_layers", 2, exclude=["*.1"]) == ["head"]
+    names = [f"{layer}.{p}" for layer in ("body.0", "head") for p in ("weight", "bias")]
+    lin = LinearizedNetwork(net, names)
+    random_delta(lin)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    # the LayerNorm is frozen at w0: f_lin is the first-order expansion in the Linear layers' weights only
+    w0 = lin.base_parameters()
+    full = jacobian(lambda *ws: functional_call(net, dict(zip(names, ws, strict=True)), (x,)), w0)
+    expected = net(x) + sum((j.flatten(2) @ d.flatten()) for j, d in zip(full, lin.delta, strict=True))
+    torch.testing.assert_close(lin(x), expected)
+    with pytest.raises(ConfigError, match=r"method.exclude pattern '\*Norm' matches none of the layers"):
+        select_layers(net, "all", exclude=["*Norm"])
+    with pytest.raises(ConfigError, match="excludes every layer method.linearize=head selects"):
+        select_layers(net, "head", exclude=["head"])

@@ -102,6 +102,10 @@ def test_kfac_on_an_uncovered_layer_is_refused_naming_it_and_the_choices(tmp_pat
         ["method=lqf", "model.norm=layer", "method.precondition=none", "trainer.max_epochs=1"], tmp_path / "none"
     )
     assert run(cfg).results["test/acc"] > 0.3  # without K-FAC the same model trains
+    cfg = compose_train(
+        ["method=lqf", "model.norm=layer", "method.exclude=[body.1]", "trainer.max_epochs=1"], tmp_path / "exclude"
+    )
+    assert run(cfg).results["test/acc"] > 0.3  # K-FAC on the Linear layers, the LayerNorm kept at w0
 
 
 def test_dp_optimizers_are_refused(tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ def _task_function(app: TaskApp, launched: _Launch) -> Callable[[DictConfig], An
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
+        if follower_process():
+            return _run_follower(app, cfg, hydra_cfg)
         run_dir = Path(hydra_cfg.runtime.output_dir)
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         lock = RunLock(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
@@ -187,6 +189,30 @@ def _task_function(app: TaskApp, launched: _Launch) -> Callable[[DictConfig], An
                 lock.release()
 
     return task
+
+
+#: Environment variables that give a process's rank in a multi-process (DDP) job: Lightning's launcher (LOCAL_RANK,
+#: NODE_RANK), torchrun (RANK) and Slurm (SLURM_PROCID).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def follower_process() -> bool:
+    """Whether this process is a rank > 0 of a multi-process (DDP) run: process 0 records the run, not this one."""
+    return any(int(os.environ.get(name, "0") or 0) > 0 for name in RANK_VARIABLES)
+
+
+def _run_follower(app: TaskApp, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """Run the body on a rank > 0 process of a DDP run: no lock, no run record, no results (process 0 writes them);
+    the seed is the run's (``seed=<int>``, or the one process 0 drew, which Lightning passes as PL_GLOBAL_SEED)."""
+    if cfg.seed is None:
+        drawn = os.environ.get("PL_GLOBAL_SEED")
+        if drawn is None:
+            raise ConfigError("a multi-process run needs seed=<int>: every process must build the same data and model")
+        cfg.seed = int(drawn)
+    for module in app.imports:
+        importlib.import_module(module)
+    seed_everything(int(cfg.seed))
+    app.body(cfg, Job(Path(hydra_cfg.runtime.output_dir), _choices(hydra_cfg), False))
 
 
 def _choices(hydra_cfg: DictConfig) -> dict[str, str]:
@@ -348,7 +374,7 @@ def _main(app: TaskApp, argv: list[str]) -> None:
             plan = prepare_launch(hydra, args, config_name, app.check)
         except ConfigError as exc:
             _refuse(app.program, argv, str(exc))
-        if plan.directory is not None:
+        if plan.directory is not None and not follower_process():
             try:
                 RunLock(plan.directory, plan.dir_option).acquire()
             except ConfigError as exc:

@@ -44,9 +44,10 @@ per-sample gradients do not cover the JVP model.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -73,17 +74,21 @@ SWAPPABLE = (nn.ReLU, nn.GELU)
 class LQFConfig:
     """Options of ``method=lqf``.
 
-    ``linearize``: which layers are linearized around their weights ``w0`` (``head``, ``last_k_layers`` with
-    ``k``, or ``all``); every other parameter stays frozen at ``w0``. ``loss``: ``mse`` on one-hot targets times
+    ``linearize``: which layers are linearized around their weights ``w0`` (``head``, ``last_k_layers`` with ``k``,
+    or ``all``); every other parameter stays frozen at ``w0``. ``exclude``: shell-style patterns (``fnmatch``) of
+    layer names that stay frozen at ``w0`` although ``linearize`` selects them, e.g. ``["*LayerNorm"]`` to linearize
+    a transformer block's Linear layers only (which K-FAC covers). ``loss``: ``mse`` on one-hot targets times
     ``target_scale``, or ``ce``. ``leaky_relu_slope``: ReLU/GELU modules after the first linearized layer become
-    LeakyReLU with this slope (0 keeps them). ``precondition``: ``kfac`` (damping ``kfac_damping``, factors from
-    up to ``kfac_samples`` training samples, recomputed every ``kfac_update_every`` steps; 0 = once at the start;
+    LeakyReLU with this slope (0 keeps them). ``precondition``: ``kfac`` (damping ``kfac_damping``, factors from up
+    to ``kfac_samples`` training samples, recomputed every ``kfac_update_every`` steps; 0 = once at the start;
     ``kfac_fisher``: ``exact`` expectation, one backward per class, or ``sampled``, one backward with targets drawn
-    from the model) or ``none``. ``init_run_dir`` / ``init_checkpoint``: take ``w0`` from a completed run's checkpoint.
+    from the model) or ``none``. ``init_run_dir`` / ``init_checkpoint``: take ``w0`` from a completed run's
+    checkpoint.
     """
 
     linearize: str = "all"
     k: int = 1
+    exclude: list[str] = field(default_factory=list)
     loss: str = "mse"
     target_scale: float = 1.0
     leaky_relu_slope: float = 0.1
@@ -132,20 +137,31 @@ def parameter_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def select_layers(network: nn.Module, linearize: str, k: int = 1) -> list[str]:
-    """Names of the layers of ``network`` that ``linearize`` (and ``k``) select."""
+def select_layers(network: nn.Module, linearize: str, k: int = 1, exclude: Sequence[str] = ()) -> list[str]:
+    """Names of the layers of ``network`` that ``linearize`` (and ``k``) select, less those matching ``exclude``."""
     if linearize not in LINEARIZE:
         raise ConfigError(f"method.linearize must be one of {LINEARIZE}, got '{linearize}'")
     layers = [name for name, _ in parameter_layers(network)]
     if not layers:
         raise ConfigError(f"{type(network).__name__} has no layer with parameters to linearize")
     if linearize == "head":
-        return layers[-1:]
-    if linearize == "last_k_layers":
+        selected = layers[-1:]
+    elif linearize == "last_k_layers":
         if k < 1 or k > len(layers):
             raise ConfigError(f"method.k={k} but {type(network).__name__} has {len(layers)} layers with parameters")
-        return layers[-k:]
-    return layers
+        selected = layers[-k:]
+    else:
+        selected = layers
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in selected):
+            raise ConfigError(
+                f"method.exclude pattern '{pattern}' matches none of the layers method.linearize={linearize} selects "
+                f"({selected}); fix the pattern (shell-style, e.g. '*LayerNorm') or remove it"
+            )
+    kept = [name for name in selected if not any(fnmatch.fnmatchcase(name, p) for p in exclude)]
+    if not kept:
+        raise ConfigError(f"method.exclude={list(exclude)} excludes every layer method.linearize={linearize} selects")
+    return kept
 
 
 def swap_activations(network: nn.Module, first_layer: str, slope: float) -> list[str]:
@@ -245,7 +261,7 @@ class LinearQuadraticFineTuning(ClassificationMethod):
     def __init__(self, config: LQFConfig, *, model: nn.Module, optimizer: OptimizerFactory, num_classes: int) -> None:
         if config.init_run_dir:
             _load_w0(model, config.init_run_dir, config.init_checkpoint, num_classes)
-        layers = select_layers(model, config.linearize, config.k)
+        layers = select_layers(model, config.linearize, config.k, config.exclude)
         if config.precondition == "kfac":
             modules = dict(model.named_modules())
             check_covered({name: modules[name] for name in layers})

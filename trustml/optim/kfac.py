@@ -63,14 +63,18 @@ class KFACFactors:
     G_inv: Tensor
 
 
-def kronecker_factors(inputs: Tensor, output_grads: Tensor, bias: bool) -> tuple[Tensor, Tensor]:
-    """``A = (1/N) sum_i a~_i a~_i^T`` from ``inputs [N, in]`` and ``G = (1/N) sum_i sum_c g_ic g_ic^T`` from
-    ``output_grads [N, C, out]`` (``C`` output directions per sample); ``a~ = [a; 1]`` when ``bias``."""
+def input_factor(inputs: Tensor, bias: bool) -> Tensor:
+    """``A = (1/N) sum_i a~_i a~_i^T`` from ``inputs [N, in]``; ``a~ = [a; 1]`` when ``bias``."""
     n = inputs.shape[0]
     a = torch.cat([inputs, inputs.new_ones(n, 1)], dim=1) if bias else inputs
-    A = a.T @ a / n
-    G = torch.einsum("nco,ncp->op", output_grads, output_grads) / n
-    return A, G
+    return a.T @ a / n
+
+
+def kronecker_factors(inputs: Tensor, output_grads: Tensor, bias: bool) -> tuple[Tensor, Tensor]:
+    """``A`` (:func:`input_factor`) and ``G = (1/N) sum_i sum_c g_ic g_ic^T`` from ``output_grads [N, C, out]``
+    (``C`` output directions per sample)."""
+    G = torch.einsum("nco,ncp->op", output_grads, output_grads) / inputs.shape[0]
+    return input_factor(inputs, bias), G
 
 
 def damped_inverses(A: Tensor, G: Tensor, damping: float) -> tuple[Tensor, Tensor]:
@@ -124,7 +128,8 @@ def check_covered(layers: dict[str, nn.Module]) -> None:
             raise ConfigError(
                 f"method.precondition=kfac covers {[t.__name__ for t in COVERED_LAYERS]} layers only, but the "
                 f"linearized layer '{name}' is a {type(layer).__name__}; use method.precondition=none, or linearize "
-                "only Linear layers (method.linearize=head, or last_k_layers with a k that stops before it)"
+                "only Linear layers (method.linearize=head, last_k_layers with a k that stops before it, or "
+                f"method.exclude=['{name}'] to keep it at w0)"
             )
 
 
@@ -189,17 +194,17 @@ class KFAC:
         else:
             roots = output_hessian_roots(hessian_logits, self.loss)  # [N, C, C]
         names = list(self.layers)
-        grads: dict[str, list[Tensor]] = {name: [] for name in names}
+        # G accumulated one output direction at a time: memory of one direction's gradients, not C of them
+        moments: dict[str, Tensor] = {}
         for c in range(roots.shape[1]):
             outs = torch.autograd.grad(logits, [probes[n] for n in names], grad_outputs=roots[:, c], retain_graph=True)
             for name, g in zip(names, outs, strict=True):
-                grads[name].append(g.detach())
+                rows = g.detach().reshape(-1, g.shape[-1])  # every position of a sequence is a row
+                moments[name] = rows.T @ rows + moments[name] if name in moments else rows.T @ rows
         for name in names:
             layer = self.layers[name]
             a = inputs[name].reshape(-1, inputs[name].shape[-1])
-            g = torch.stack(grads[name], dim=-2)  # [..., C, out]
-            g = g.reshape(-1, g.shape[-2], g.shape[-1])
-            A, G = kronecker_factors(a, g, bias=layer.bias is not None)
+            A, G = input_factor(a, bias=layer.bias is not None), moments[name] / a.shape[0]
             A_inv, G_inv = damped_inverses(A, G, self.damping)
             self.factors[name] = KFACFactors(A, G, A_inv, G_inv)
         self.updates += 1

@@ -14,6 +14,8 @@ import math
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from torch.utils.data import DistributedSampler
 
 from trustml.errors import CheckpointError, ConfigError, TrustMLError
 from trustml.privacy.compat import check_per_sample_compatible
@@ -79,6 +81,76 @@ def _loader_sampling(trainer: Any) -> tuple[int, float]:
     return num_samples, poisson_sample_rate(num_samples, batch)
 
 
+def _processes(trainer: Any) -> int:
+    """Data-parallel training processes of the fit (a federated client's fit view has one)."""
+    return int(getattr(trainer, "world_size", 1))
+
+
+def _check_process_shards(trainer: Any) -> None:
+    """Under DDP, refuse a training loader that is not this process's shard of one global Poisson sample.
+
+    A per-process sampler (Lightning's ``DistributedSampler``, or any batch sampler that is not
+    :class:`PoissonBatchSampler` sharded over the processes) would give every process fixed-size batches or its
+    own sampling rate: the union of the processes' batches would not be a Poisson sample of the training set at
+    the rate the accountant counts (:mod:`trustml.privacy.distributed`).
+    """
+    world = _processes(trainer)
+    if world == 1:
+        return
+    loader = trainer.train_dataloader
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    rank = int(trainer.global_rank)
+    if isinstance(batch_sampler, PoissonBatchSampler) and (batch_sampler.shard, batch_sampler.num_shards) == (
+        rank,
+        world,
+    ):
+        _check_same_training_set(trainer)
+        return
+    if isinstance(batch_sampler, PoissonBatchSampler):
+        found = f"PoissonBatchSampler of shard {batch_sampler.shard} of {batch_sampler.num_shards}"
+    else:
+        sampler = getattr(loader, "sampler", None)
+        found = type(sampler if isinstance(sampler, DistributedSampler) else batch_sampler).__name__
+    raise ConfigError(
+        f"DP training on {world} processes (trainer.strategy=ddp) needs each process to Poisson-sample its shard "
+        f"of the training set (trustml.privacy.PoissonBatchSampler with shard={rank}, num_shards={world}, which "
+        f"the DP optimizer's training data gives), but process {rank}'s training loader uses {found}: a "
+        "per-device sampler such as Lightning's DistributedSampler gives every process a fixed slice of the "
+        "data, not one Poisson sample of the whole set at the rate the accountant counts. Keep "
+        "trainer.use_distributed_sampler=false and the data module's train loader built from its "
+        "train_batch_sampler_factory"
+    )
+
+
+def _training_set_fingerprint(datamodule: Any) -> tuple[int, int]:
+    """``(N, checksum of the training samples' ids and labels)``: equal on processes that hold the same training set."""
+    splits = getattr(datamodule, "splits", None)
+    if not splits or "train" not in splits:
+        return _train_size(datamodule), 0
+    train = splits["train"]
+    weights = torch.arange(1, len(train) + 1, dtype=torch.int64)
+    return len(train), int(((train.index.long() * 1_000_003 + train.labels.long()) * weights).sum())
+
+
+def _check_same_training_set(trainer: Any) -> None:
+    """Refuse DDP processes whose training sets differ (e.g. splits drawn from different run seeds): their shards
+    would not partition one training set."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    mine = _training_set_fingerprint(trainer.datamodule)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if len(set(gathered)) > 1:
+        sizes = [n for n, _ in gathered]
+        raise ConfigError(
+            f"the {len(gathered)} DDP processes of this DP run hold different training sets (sizes {sizes} or "
+            "different samples), so their Poisson shards do not partition one data set; give every process the "
+            "same seed and data options (set seed=<int> rather than drawing one per process)"
+        )
+
+
 def _check_min_epochs_fit(trainer: Any, steps_left: int) -> None:
     """Refuse a ``min_epochs`` that would force training past the privacy budget."""
     min_epochs = trainer.fit_loop.min_epochs or 0
@@ -131,7 +203,8 @@ class PrivacyAccountantCallback(pl.Callback):
         rate = poisson_sample_rate(num_samples, batch)
         per_epoch = batches_per_pass(rate) if poisson else math.ceil(num_samples / batch)
         steps = _planned_steps(_batches_per_epoch(per_epoch, trainer), trainer)
-        self._sampling = FitSampling(num_samples, rate, None if steps is None else steps * self.planned_fits)
+        planned = None if steps is None else steps * self.planned_fits
+        self._sampling = FitSampling(num_samples, rate, planned, processes=_processes(trainer))
         self.fit = None
         _dp_plugin(pl_module).expect_fit(self.start_fit)
 
@@ -149,6 +222,7 @@ class PrivacyAccountantCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.fit is None:
             raise ConfigError("PrivacyAccountantCallback needs a DP optimizer (optimizer=dp_sgd or optimizer=dp_adam)")
+        _check_process_shards(trainer)
         num_samples, rate = _loader_sampling(trainer)
         planned = self.fit.sampling
         if (num_samples, rate) != (planned.num_samples, planned.sample_rate):

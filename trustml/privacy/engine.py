@@ -33,10 +33,14 @@ class NoisePlan:
     """What a DP optimizer needs before its first step: sigma and the expected logical batch size ``L = qN``.
 
     ``L`` is the denominator of the noisy mean; it must not depend on the realised (private) batch size.
+    ``processes``: the data-parallel processes that share each step (DDP): each sums its shard's clipped
+    gradients, process 0 alone adds the noise and the sums are all-reduced (:mod:`trustml.privacy.distributed`);
+    ``L`` is then the expected size of the global batch.
     """
 
     noise_multiplier: float
     expected_batch_size: float
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier > 0:
@@ -46,16 +50,21 @@ class NoisePlan:
                 f"the expected batch size must be positive (sampling rate q times the N training samples), got "
                 f"{self.expected_batch_size}"
             )
+        if self.processes < 1:
+            raise ConfigError(f"a DP step needs at least one training process, got {self.processes}")
 
 
 @dataclass(frozen=True)
 class FitSampling:
-    """How one fit samples its training data: ``num_samples`` (N), Poisson rate ``sample_rate`` (q) and the
-    number of noisy steps it plans (``planned_steps``: every fit the budget is planned for, not only this one)."""
+    """How one fit samples its training data: ``num_samples`` (N), Poisson rate ``sample_rate`` (q), the
+    number of noisy steps it plans (``planned_steps``: every fit the budget is planned for, not only this one) and
+    the data-parallel ``processes`` that draw each step's Poisson sample together (each its shard of the N
+    samples at rate q; ``N`` and ``q`` are those of the whole training set, as the accountant counts them)."""
 
     num_samples: int
     sample_rate: float
     planned_steps: int
+    processes: int = 1
 
 
 def default_delta(configured: float | None, num_samples: int) -> float:
@@ -131,7 +140,8 @@ class PrivateFit:
     @property
     def plan(self) -> NoisePlan:
         """The noise plan the fit's optimizer is built with."""
-        return NoisePlan(self.noise_multiplier, self.sampling.sample_rate * self.sampling.num_samples)
+        sampling = self.sampling
+        return NoisePlan(self.noise_multiplier, sampling.sample_rate * sampling.num_samples, sampling.processes)
 
     @property
     def budget_spent(self) -> bool:

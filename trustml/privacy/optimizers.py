@@ -9,7 +9,9 @@ materialized for linear and embedding layers; ``torch.func`` for other layers), 
 ``torch.func`` ``vmap(grad)``. A logical batch is processed in physical chunks of
 ``max_physical_batch_size`` samples, so a large batch fits in memory (virtual batches). Sigma and ``L`` come
 with the optimizer when it is built (a :class:`~trustml.privacy.engine.NoisePlan`, which the privacy engine
-computes before; :mod:`trustml.privacy.engine`).
+computes before; :mod:`trustml.privacy.engine`). On several data-parallel processes (DDP) the plan says how many:
+each process sums its shard's clipped gradients, process 0 alone adds the noise and the sums are all-reduced, so
+the update is the one-process update of the global batch (:mod:`trustml.privacy.distributed`).
 
 Secrecy of the randomness: amplification by subsampling (what the accountant counts) assumes that nobody
 learns which samples each batch holds, and the Gaussian mechanism that nobody learns the noise. By default
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from trustml.errors import ConfigError, TrustMLError
 from trustml.privacy.batching import Batch, batch_size, split_batch
 from trustml.privacy.compat import check_per_sample_compatible
+from trustml.privacy.distributed import all_reduce_sum, check_process_group
 from trustml.privacy.engine import NoisePlan
 from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum
 from trustml.privacy.options import MIXED_PRECISION_REFUSAL, DPAdamConfig, DPOptimizerConfig, DPSGDConfig
@@ -110,7 +113,8 @@ class DPOptimizer(PerSampleGradientOptimizer):
 
         ``g = (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I)) / L`` with ``L`` the plan's expected batch size (never the
         realised batch size ``|B|``, which depends on the private Poisson draw); returns detached (logits, mean
-        loss).
+        loss) of this process's batch. Under DDP ``batch`` is this process's shard of the global Poisson batch and
+        the sum runs over the global batch (:meth:`_noisy_sum`).
         """
         if self.budget_spent:
             raise PrivacyBudgetSpent(
@@ -137,12 +141,26 @@ class DPOptimizer(PerSampleGradientOptimizer):
                 total[name] = total[name] + summed if name in total else summed
             logits.append(result.logits)
             losses.append(result.losses)
-        noisy = add_gaussian_noise(total, self.plan.noise_multiplier * options.max_grad_norm, self._generator(total))
+        noisy = self._noisy_sum(total)
         for name, p in params.items():
             p.grad = noisy[name] / self.plan.expected_batch_size
         self.noisy_steps += 1
         all_losses = torch.cat(losses)
         return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
+
+    def _noisy_sum(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``sum_i clip(g_i) + N(0, sigma^2 C^2 I)`` over the step's whole (global) batch.
+
+        Across the plan's ``processes`` (DDP), ``total`` is this process's shard sum: process 0 alone adds the
+        noise, then the sums are all-reduced, so every process holds the same noisy sum with the noise drawn once
+        (:mod:`trustml.privacy.distributed`).
+        """
+        std = self.plan.noise_multiplier * self.options.max_grad_norm  # type: ignore[union-attr]
+        processes = self.plan.processes  # type: ignore[union-attr]
+        if processes == 1:
+            return add_gaussian_noise(total, std, self._generator(total))
+        rank = check_process_group(processes)
+        return all_reduce_sum(add_gaussian_noise(total, std, self._generator(total)) if rank == 0 else total)
 
     def _per_sample(
         self, model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch

@@ -42,9 +42,10 @@ class DPOptimizerConfig:
 
     ``deterministic`` (default false): the Poisson sampler's seeds and, unless ``noise_seed`` is set, the noise
     seed come from OS entropy, so that the batches and the noise stay secret. With ``deterministic=true`` the
-    sampler seeds are drawn from a stream seeded by the run ``seed`` and the noise seed from torch's global
-    generator (which the runner seeds with the run ``seed``), so two runs with the same seed train identically:
-    for reproducible tests and debugging only. A deterministic run's privacy guarantee does not hold against
+    sampler seeds are drawn from a stream seeded by the run ``seed`` and the noise seeds from another stream of the
+    run ``seed`` (the plugin's; an optimizer built outside a plugin draws it from torch's global generator), so two
+    runs with the same seed train identically, on one process or several (DDP): for reproducible tests and
+    debugging only. A deterministic run's privacy guarantee does not hold against
     anyone who reads the run directory (the recorded seed gives away which samples every batch held and the
     noise added to every step), only against those who see the trained model alone.
     """

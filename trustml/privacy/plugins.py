@@ -40,6 +40,8 @@ class DPOptimizerPlugin(OptimizerPlugin):
     def __init__(self, config: DPOptimizerConfig) -> None:
         self.config = config
         self._planner: Callable[[DPOptimizerConfig], PrivateFit] | None = None
+        #: with ``deterministic=true``: the stream the noise seed of every optimizer built is drawn from (run seed)
+        self._noise_seeds: torch.Generator | None = None
 
     def expect_fit(self, planner: Callable[[DPOptimizerConfig], PrivateFit]) -> None:
         """The next :meth:`build` is for the fit ``planner`` plans (called by the fit's accountant callback)."""
@@ -55,6 +57,12 @@ class DPOptimizerPlugin(OptimizerPlugin):
             return self.optimizer(params, None)
         fit = planner(self.config)
         optimizer = self.optimizer(params, fit.plan)
+        if self._noise_seeds is not None and self.config.noise_seed is None:
+            import torch
+
+            # before its first step (its generators are made then): a noise seed that depends on the run seed
+            # only, not on how much of torch's global generator the trainer used (Lightning's DDP reseeds it)
+            optimizer.noise_seed = int(torch.randint(0, 2**62, (), generator=self._noise_seeds))
         fit.attach(optimizer)
         return optimizer
 
@@ -67,35 +75,61 @@ class DPOptimizerPlugin(OptimizerPlugin):
 
         A data module with ``with_train_batch_sampler`` (``TrustDataModule``) gets
         :class:`~trustml.privacy.sampling.PoissonBatchSampler` batches (expected batch size ``data.batch_size``):
-        secret seeds from OS entropy, or seeds drawn from the run ``seed`` with ``optimizer.deterministic=true``.
+        secret seeds from OS entropy, or seeds drawn from the run ``seed`` with ``optimizer.deterministic=true``
+        (then the noise seeds of the optimizers this plugin builds are drawn from the run ``seed`` too, from a
+        stream of their own: the same on every DDP process and in a one-process run of the same seed).
         """
         from trustml.privacy.sampling import PoissonSamplerFactory
 
+        if self.config.deterministic:
+            import torch
+
+            self._noise_seeds = torch.Generator().manual_seed(seed + NOISE_SEED_STREAM)
         if not hasattr(datamodule, "with_train_batch_sampler"):
             return datamodule
         return datamodule.with_train_batch_sampler(PoissonSamplerFactory(seed if self.config.deterministic else None))
 
     @classmethod
     def validate_config(cls, cfg: DictConfig) -> None:
-        """Refuse DP training on several processes (``trainer.strategy=ddp``, ``trainer.devices>1``, several nodes).
+        """Refuse mixed precision, and training on several processes other than DP-correct DDP.
 
-        Under Lightning's DDP every process would draw its own Poisson batches from its shard of the data (the
-        sampling rate the accountant counts would be wrong) and add its own noise before gradients are averaged
-        (noise once per process, not once per step): the epsilon reported would not be the guarantee. DP training
-        runs on one device; see :func:`multi_process_reason`.
+        On several processes (``trainer.strategy=ddp``, ``trainer.devices>1``, several nodes) every process
+        Poisson-samples its shard of the training set at the global rate and process 0 alone adds the noise to the
+        all-reduced sum of clipped gradients (:mod:`trustml.privacy.distributed`), so the accounting is that of one
+        process. That needs ``trainer.use_distributed_sampler=false`` (Lightning's ``DistributedSampler`` is a
+        per-device sampler: fixed slices, not Poisson sampling) and Lightning's ``ddp`` strategy (subprocess
+        launch: each process runs the whole run, so the accountant of process 0 is the run's).
         """
         trainer = cfg.get("trainer") or {}
         precision = trainer.get("precision", None)
         if precision not in FULL_PRECISION:
             raise ConfigError(MIXED_PRECISION_REFUSAL.format(where=f"trainer.precision={precision}"))
         reason = multi_process_reason(trainer)
-        if reason:
+        if not reason:
+            return
+        strategy = trainer.get("strategy", "auto")
+        if strategy not in DDP_STRATEGIES:
             raise ConfigError(
-                f"optimizer={cls.__name__} does not support training on several processes ({reason}): each "
-                "process would Poisson-sample only its own shard of the data "
-                "and add its own noise, so the accountant's sampling rate and noise would not be those of the update. "
-                "Train DP models on one device (trainer.devices=1 and no trainer.strategy/num_nodes); for a bigger "
-                "logical batch raise data.batch_size and bound memory with optimizer.max_physical_batch_size"
+                f"optimizer={cls.__name__} on several processes ({reason}) supports trainer.strategy=ddp only, got "
+                f"trainer.strategy={strategy}: sharded strategies (fsdp, deepspeed) split the parameters the "
+                "per-sample gradients are computed on, and spawned or forked processes (ddp_spawn, ddp_fork) keep "
+                "the privacy accountant out of the run's results. Use trainer.strategy=ddp "
+                "trainer.use_distributed_sampler=false"
+            )
+        if trainer.get("use_distributed_sampler", True) not in (False, "false", "False"):
+            raise ConfigError(
+                f"optimizer={cls.__name__} on several processes ({reason}) needs trainer.use_distributed_sampler="
+                "false: Lightning's DistributedSampler is a per-device sampler that gives every process a fixed "
+                "slice of the data each epoch, which is not Poisson sampling, so the accountant's sampling rate "
+                "would not be the update's. With it off, each process Poisson-samples its own shard of the training "
+                "set at the global rate q = data.batch_size / N (together one Poisson sample of the whole set) and "
+                "the noise is added once per step; add +trainer.use_distributed_sampler=false"
+            )
+        federation = (cfg.get("federation") or {}).get("_target_", None)
+        if federation is not None and str(federation) != "trustml.federation.centralized.Centralized":
+            raise ConfigError(
+                f"optimizer={cls.__name__} on several processes ({reason}) trains one centralized model; a "
+                "federation simulates its devices in one process: run it with trainer.devices=1"
             )
 
     @classmethod
@@ -107,7 +141,13 @@ class DPOptimizerPlugin(OptimizerPlugin):
         return [PrivacyAccountantCallback()]
 
 
+#: Offset of the deterministic noise-seed stream from the run seed (the sampler seeds' stream starts at the seed).
+NOISE_SEED_STREAM = 0x6E6F697365
+
 SINGLE_PROCESS_STRATEGIES = ("auto", "single_device", None)
+#: Lightning strategies under which DP training on several processes is accounted correctly (subprocess DDP; "auto"
+#: picks it for several devices).
+DDP_STRATEGIES = ("ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "auto", None)
 
 
 def multi_process_reason(trainer: Any) -> str | None:
