@@ -148,6 +148,7 @@ def ceat_cmd(a: argparse.Namespace, source: str, run_dir: Path, mlm: str | None 
         f"ceat.corpus={CORPUS}",
         f"ceat.n_draws={a.ceat_draws}",
         *([f"crows_pairs.mlm={mlm}"] if mlm else []),
+        "extrinsic.enabled=false",  # the classifiers' extrinsic metrics come from their callbacks=fairness
         *common(run_dir, a.out, 0),
     ]
 

@@ -1,8 +1,10 @@
-"""``trustml-fairness``: intrinsic fairness metrics of an encoder, scored without training (Hydra app).
+"""``trustml-fairness``: fairness metrics of an encoder or a trained run, scored without training (Hydra app).
 
     trustml-fairness                                          # the offline MiniLM, CEAT on WEAT 6-8
     trustml-fairness encoder=/path/to/hf_model ceat.tests=[weat6,my_lists.yaml] ceat.n_draws=200
-    trustml-fairness run_dir=logs/runs/<time>                 # the encoder of a trained model=hf_encoder run
+    trustml-fairness run_dir=logs/runs/<time>                 # a trained classifier: CEAT + extrinsic metrics
+    trustml-fairness run_dir=logs/runs/<time> ceat.enabled=false crows_pairs.enabled=false   # extrinsic only
+    trustml-fairness run_dir=logs/runs/<time> extrinsic.data_path=other_test.jsonl extrinsic.max_samples=500
     trustml-fairness ceat.corpus=../shared/data/topical_chat/conversations_test_freq.json
     trustml-fairness encoder=/path/to/bert-base-uncased       # a masked LM: CrowS-Pairs is scored too
     trustml-fairness generation run_dir=logs/runs/<time>      # gender disparity of a causal LM's generations
@@ -30,6 +32,21 @@ of ``model=hf_encoder`` (its ``checkpoint``, ``best`` or ``last``), whose encode
   ``crows_pairs/n_pairs``, ``crows_pairs/n_neutral`` and ``crows_pairs/<bias type>/metric`` / ``.../n_pairs``.
   ``crows_pairs.path`` is the CrowS-Pairs CSV (default: the shared ``crows_pairs_anonymized.csv``).
 
+- **Extrinsic metrics** of a trained classifier (``run_dir`` of any text or feature classifier, e.g.
+  ``model=hf_encoder`` after ``method=erm``/``pc``/...; :mod:`trustml.fairness.extrinsic`, the same measurement
+  as ``callbacks=fairness``): on the run's test split, rebuilt from its recorded ``.hydra/config.yaml`` (or every row
+  of ``extrinsic.data_path``, a JSONL/CSV file with ``extrinsic.text_field``/``label_field``/``group_field``; its
+  labels must be the run's classes), optionally a seeded sample of ``extrinsic.max_samples`` rows, the protected
+  attribute ``extrinsic.protected_column`` (``proxy``: the gender proxy of the texts; or a group column) and
+  ``extrinsic.metrics`` of ``group`` (per-group accuracy/F1, demographic parity and equalized odds differences),
+  ``counterfactual`` (flip rate and probability change when the protected words are swapped) and ``aps``
+  (accumulated prediction sensitivity, ``extrinsic.sensitivity_weights``/``sensitivity_max_samples``). Results
+  ``fairness/...`` with the callback's keys (``fairness/overall_accuracy``, ``fairness/accuracy/<group>``,
+  ``fairness/demographic_parity_difference``, ``fairness/flip_rate``, ``fairness/aps``, ...).
+  ``extrinsic.enabled``: null (default) measures them when ``run_dir`` holds a classifier (not for ``encoder=`` or
+  a causal LM run), true requires them, false skips them. A requested metric that cannot be computed is an error
+  naming the option (fewer than two compared groups for ``group``/``aps``, no swappable word for
+  ``counterfactual``, a feature data set with ``protected_column=proxy``), never a NaN.
 - **Generation bias** (``trustml-fairness generation run_dir=<a model=hf_causal_lm run>``;
   :mod:`trustml.fairness.generation_bias`): ``generation.k`` seeded top-p continuations of each BOLD prompt of
   ``generation.prompts`` (default: the 18 profession groups; with ``generation.prompt_split=test`` only the
@@ -53,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
@@ -68,6 +86,7 @@ MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")
 CROWS_PAIRS_DEFAULT = "${paths.shared_data_dir}/crows_pairs/crows_pairs_anonymized.csv"
 BOLD_PROFESSION_PROMPTS = "${paths.shared_data_dir}/bold/prompts/profession_prompt.json"
 PROMPT_SPLITS = ("test", "val", "all")
+EXTRINSIC_METRICS = ("group", "counterfactual", "aps")
 
 
 # --------------------------------------------------------------------------------------------------- options
@@ -117,6 +136,27 @@ class GenerationOptions:
 
 
 @dataclass
+class ExtrinsicOptions:
+    """``extrinsic.*``: group, counterfactual and sensitivity metrics of a trained classifier (``run_dir``)."""
+
+    # null: on when run_dir holds a classifier; true: required (an error otherwise); false: off
+    enabled: bool | None = None
+    metrics: list[str] = field(default_factory=lambda: list(EXTRINSIC_METRICS))
+    protected_column: str = "proxy"
+    exclude_groups: list[str] | None = None
+    word_pairs: str | None = None
+    data_path: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    group_field: str | None = None
+    max_samples: int | None = None
+    batch_size: int = 256
+    sensitivity_weights: str = "uniform"
+    sensitivity_batch_size: int = 32
+    sensitivity_max_samples: int | None = None
+
+
+@dataclass
 class FairnessSchema:
     """Top-level options of ``trustml-fairness``."""
 
@@ -129,6 +169,7 @@ class FairnessSchema:
     ceat: CEATOptions = field(default_factory=CEATOptions)
     crows_pairs: CrowsPairsOptions = field(default_factory=CrowsPairsOptions)
     generation: GenerationOptions = field(default_factory=GenerationOptions)
+    extrinsic: ExtrinsicOptions = field(default_factory=ExtrinsicOptions)
     trusted_target_prefixes: list[str] = field(default_factory=list)
     print_results: bool = True
     paths: Any = None
@@ -142,8 +183,31 @@ def check_options(cfg: DictConfig) -> None:
         )
     if cfg.checkpoint not in ("best", "last"):
         raise ConfigError(f"checkpoint={cfg.checkpoint}: choose best or last")
-    if not cfg.ceat.enabled and not cfg.crows_pairs.enabled:
-        raise ConfigError("ceat.enabled=false and crows_pairs.enabled=false: nothing to score; enable one")
+    extrinsic = cfg.extrinsic
+    if not cfg.ceat.enabled and not cfg.crows_pairs.enabled and (extrinsic.enabled is False or cfg.run_dir is None):
+        raise ConfigError(
+            "ceat.enabled=false and crows_pairs.enabled=false"
+            + (" and extrinsic.enabled=false" if cfg.run_dir is not None else "")
+            + ": nothing to score; enable one"
+            + ("" if cfg.run_dir is not None else " (or give run_dir=<a trained classification run> for extrinsic.*)")
+        )
+    if extrinsic.enabled:
+        if cfg.run_dir is None:
+            raise ConfigError(
+                "extrinsic.enabled=true needs run_dir=<a trained classification run> (an encoder alone has no "
+                "classifier: train one, e.g. trustml model=hf_encoder data=... , and score its run dir), or set "
+                "extrinsic.enabled=false"
+            )
+    if extrinsic.enabled is not False:
+        unknown = sorted(set(map(str, extrinsic.metrics)) - set(EXTRINSIC_METRICS))
+        if unknown or not extrinsic.metrics:
+            raise ConfigError(
+                f"extrinsic.metrics={list(extrinsic.metrics)}: "
+                + (f"unknown {unknown}; " if unknown else "empty; ")
+                + f"choose from {list(EXTRINSIC_METRICS)} (or extrinsic.enabled=false)"
+            )
+        if extrinsic.max_samples is not None and extrinsic.max_samples < 1:
+            raise ConfigError(f"extrinsic.max_samples={extrinsic.max_samples}: must be >= 1 (or null: every row)")
     if cfg.ceat.enabled:
         if not cfg.ceat.tests:
             raise ConfigError("ceat.tests is empty; name WEAT tests (weat1 ... weat10) or word-list YAML files")
@@ -229,9 +293,27 @@ class Encoder:
     name_or_path: str | None  # None for a run: its checkpoint has no masked-LM head
 
 
-def load_scored_encoder(cfg: DictConfig) -> Encoder:
+def load_run_network(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """The trained network of ``run_dir`` (its ``checkpoint`` weights, eval mode) and the run's ``model_spec``."""
+    from trustml.models.hf_encoder import HFEncoderClassifier
+    from trustml.run_record import load_model_from_run
+
+    network, spec = load_model_from_run(
+        to_absolute_path(cfg.run_dir), cfg.checkpoint, list(cfg.trusted_target_prefixes or [])
+    )
+    if isinstance(network, HFEncoderClassifier) and network.frozen and network.config.random_init_config:
+        raise ConfigError(
+            f"run_dir={cfg.run_dir}: its encoder is a frozen random initialisation (model.random_init_config with "
+            "model.freeze_encoder=true, trainable_last_layers=0), which checkpoints do not store, so the trained "
+            "model cannot be rebuilt; score a run whose encoder is pretrained (model.pretrained) or trained"
+        )
+    return network, spec
+
+
+def load_scored_encoder(cfg: DictConfig, network: Any = None) -> Encoder:
     """The encoder of ``encoder`` (name/path, default the offline MiniLM) or of ``run_dir`` (a trained
-    ``model=hf_encoder`` run, or a ``model=hf_causal_lm`` run: its base model's left-context hidden states)."""
+    ``model=hf_encoder`` run, or a ``model=hf_causal_lm`` run: its base model's left-context hidden states);
+    ``network``: the run's network when already loaded (:func:`load_run_network`)."""
     from trustml.fairness.ceat import load_encoder
 
     if cfg.run_dir is None:
@@ -241,10 +323,10 @@ def load_scored_encoder(cfg: DictConfig) -> Encoder:
     from trustml.fairness.ceat import LeftContextEncoder
     from trustml.models.hf_causal_lm import HFCausalLM
     from trustml.models.hf_encoder import HFEncoderClassifier
-    from trustml.run_record import load_model_from_run
 
     run_dir = to_absolute_path(cfg.run_dir)
-    network, _ = load_model_from_run(run_dir, cfg.checkpoint, list(cfg.trusted_target_prefixes or []))
+    if network is None:
+        network, _ = load_run_network(cfg)
     if isinstance(network, HFCausalLM):
         encoder = LeftContextEncoder(network.network.base_model).eval().to(cfg.device)
         description = (
@@ -254,7 +336,8 @@ def load_scored_encoder(cfg: DictConfig) -> Encoder:
     if not isinstance(network, HFEncoderClassifier):
         raise ConfigError(
             f"run_dir={cfg.run_dir} holds a {type(network).__name__}, not a text encoder; give a run of "
-            "model=hf_encoder or model=hf_causal_lm, or encoder=<Hugging Face name or path>"
+            "model=hf_encoder or model=hf_causal_lm, or encoder=<Hugging Face name or path>, or set "
+            "ceat.enabled=false crows_pairs.enabled=false to score only its extrinsic metrics"
         )
     encoder = network.encoder_module.eval().to(cfg.device)
     return Encoder(encoder, network.tokenizer, f"run {run_dir} ({cfg.checkpoint} checkpoint of {network.source})", None)
@@ -293,7 +376,7 @@ def load_masked_lm(name: str) -> tuple[Any, Any] | str:
     return model.eval(), tokenizer
 
 
-def resolve_mlm(cfg: DictConfig, encoder: Encoder) -> tuple[Any, Any, str] | str:
+def resolve_mlm(cfg: DictConfig, encoder: Encoder | None) -> tuple[Any, Any, str] | str:
     """The masked LM CrowS-Pairs scores (model, tokenizer, description), or why CrowS-Pairs is skipped."""
     options = cfg.crows_pairs
     if not options.enabled:
@@ -303,10 +386,10 @@ def resolve_mlm(cfg: DictConfig, encoder: Encoder) -> tuple[Any, Any, str] | str
         if isinstance(loaded, str):
             raise ConfigError(f"crows_pairs.mlm: {loaded}; give a masked LM (e.g. a *ForMaskedLM checkpoint)")
         return (*loaded, f"masked LM {options.mlm}")
-    if encoder.name_or_path is None:
+    if encoder is None or encoder.name_or_path is None:
         return (
-            f"the encoder of {encoder.description} has no masked-LM head; set crows_pairs.mlm=<masked LM name or "
-            "path> to score one"
+            f"the encoder of {encoder.description if encoder else 'the run'} has no masked-LM head; set "
+            "crows_pairs.mlm=<masked LM name or path> to score one"
         )
     loaded = load_masked_lm(encoder.name_or_path)
     if isinstance(loaded, str):
@@ -338,6 +421,190 @@ def _local(name: str) -> str:
     return str(absolute) if absolute.exists() else name
 
 
+# --------------------------------------------------------------------------------------------------- extrinsic
+
+
+@dataclass
+class ScoredSplit:
+    """The labelled rows the extrinsic metrics are measured on, as the run's model reads them."""
+
+    split: Any  # trustml.data.base.Split: inputs featurized by the model, labels in the run's label order
+    texts: list[str] | None  # the same rows as read (None for feature data)
+    label_names: list[str]
+    input_kind: str  # text | features
+    description: str
+
+
+def extrinsic_options(cfg: DictConfig) -> Any:
+    """The :class:`~trustml.fairness.extrinsic.FairnessOptions` of ``extrinsic.*`` (checked; errors name them)."""
+    from trustml.fairness.extrinsic import FairnessOptions
+
+    e = cfg.extrinsic
+    metrics = set(map(str, e.metrics))
+    return FairnessOptions(
+        protected_column=str(e.protected_column),
+        group="group" in metrics,
+        counterfactual="counterfactual" in metrics,
+        sensitivity="aps" in metrics,
+        word_pairs=to_absolute_path(str(e.word_pairs)) if e.word_pairs else None,
+        exclude_groups=None if e.exclude_groups is None else [str(g) for g in e.exclude_groups],
+        batch_size=int(e.batch_size),
+        sensitivity_weights=str(e.sensitivity_weights),
+        sensitivity_batch_size=int(e.sensitivity_batch_size),
+        sensitivity_max_samples=e.sensitivity_max_samples,
+        option_prefix="extrinsic",
+    )
+
+
+def classifier_reason(network: Any, spec: dict[str, Any]) -> str | None:
+    """Why the run's network is not a classifier the extrinsic metrics can score (None when it is one)."""
+    from trustml.models.hf_causal_lm import HFCausalLM
+    from trustml.models.hf_seq2seq import HFSeq2SeqModel
+
+    if isinstance(network, HFCausalLM | HFSeq2SeqModel):
+        return f"it holds a {type(network).__name__} (a language model), not a classifier"
+    if not spec.get("label_names"):
+        return "its run record names no class labels (model_spec.label_names), so it is not a classification run"
+    return None
+
+
+def extrinsic_wanted(cfg: DictConfig, network: Any, spec: dict[str, Any]) -> bool:
+    """Whether ``extrinsic.*`` is measured: ``extrinsic.enabled`` (null: when ``run_dir`` holds a classifier)."""
+    if cfg.run_dir is None or cfg.extrinsic.enabled is False:
+        return False
+    reason = classifier_reason(network, spec)
+    if reason is None:
+        return True
+    if cfg.extrinsic.enabled:
+        raise ConfigError(
+            f"extrinsic.enabled=true: run_dir={cfg.run_dir} cannot be scored: {reason}; give a run of a classifier "
+            "(e.g. model=hf_encoder on data=text_classification), or set extrinsic.enabled=false"
+        )
+    log.info("extrinsic metrics not measured: %s", reason)
+    return False
+
+
+def _run_test_split(cfg: DictConfig, spec: dict[str, Any]) -> tuple[Any, list[str], dict[str, Any], str, str]:
+    """The test split of ``run_dir``'s data, rebuilt from its recorded config: (split, label names, group columns
+    by name, input kind, description)."""
+    from omegaconf import OmegaConf
+
+    from trustml.errors import CheckpointError
+    from trustml.privacy.audit.runs import build_datamodule, run_config
+
+    run_dir = Path(to_absolute_path(cfg.run_dir))
+    recorded = run_config(run_dir)
+    try:
+        data_cfg = OmegaConf.create(OmegaConf.to_container(recorded.data, resolve=True))
+    except Exception as exc:  # noqa: BLE001 - any resolver failure means the recorded data cannot be rebuilt
+        raise CheckpointError(
+            f"{run_dir}/.hydra/config.yaml: the data config cannot be resolved here ({exc}); give the data file "
+            "as extrinsic.data_path=<JSONL/CSV with text and label fields>"
+        ) from None
+    datamodule = build_datamodule(data_cfg, list(cfg.trusted_target_prefixes or []))
+    if list(datamodule.label_names) != list(spec["label_names"]):
+        raise DataError(
+            f"run_dir={cfg.run_dir}: its data now yields the labels {datamodule.label_names[:5]}... but the model was "
+            f"trained on {list(spec['label_names'])[:5]}... (the data files changed?); give the test file as "
+            "extrinsic.data_path=FILE"
+        )
+    test = datamodule.splits["test"]
+    return test, list(datamodule.label_names), test.groups, datamodule.input_kind, f"test split of {run_dir}"
+
+
+def _data_name(cfg: DictConfig) -> str:
+    """How the scored data is named in messages about its columns."""
+    e = cfg.extrinsic
+    return f"extrinsic.data_path={e.data_path}" if e.data_path else f"the data of run_dir={cfg.run_dir}"
+
+
+def _file_split(cfg: DictConfig, spec: dict[str, Any]) -> tuple[Any, list[str], dict[str, Any], str, str]:
+    """Every row of ``extrinsic.data_path`` (JSONL/CSV), labels mapped to the run's label order."""
+    from trustml.data.base import Split
+    from trustml.data.text_classification import read_records
+
+    e = cfg.extrinsic
+    path = Path(to_absolute_path(str(e.data_path)))
+    if not path.is_file():
+        raise DataError(f"extrinsic.data_path={e.data_path}: no such file; give a JSONL or CSV file of labelled texts")
+    try:
+        records = read_records(path, str(e.text_field), str(e.label_field), e.group_field)
+    except DataError as exc:
+        raise DataError(
+            f"extrinsic.data_path: {exc} (the fields are extrinsic.text_field/label_field/group_field)"
+        ) from None
+    if not records:
+        raise DataError(f"extrinsic.data_path={e.data_path}: the file holds no rows")
+    label_names = [str(n) for n in spec["label_names"]]
+    label_id = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({r.label for r in records} - set(label_id))
+    if unknown:
+        raise DataError(
+            f"extrinsic.data_path={e.data_path}: labels {unknown[:5]} are not among the run's classes "
+            f"{label_names[:10]}{'...' if len(label_names) > 10 else ''}; give a file of the same task"
+        )
+    groups = {"group": np.array([r.group for r in records], dtype=object)} if e.group_field else {}
+    split = Split(
+        inputs=[r.text for r in records],
+        labels=np.array([label_id[r.label] for r in records]),
+        index=np.arange(len(records)),
+        groups=groups,
+    )
+    return split, label_names, groups, "text", f"{path}"
+
+
+def load_extrinsic_split(cfg: DictConfig, network: Any, spec: dict[str, Any], options: Any) -> ScoredSplit:
+    """The rows to score: ``extrinsic.data_path`` or the run's test split; ``extrinsic.max_samples`` of them (a
+    seeded uniform sample); checked against ``options`` (errors name the ``extrinsic.*`` option and the fix),
+    texts featurized by the run's model as its training run did."""
+    from trustml.fairness.extrinsic import check_data, protected_attribute
+
+    e = cfg.extrinsic
+    loaded = _file_split(cfg, spec) if e.data_path else _run_test_split(cfg, spec)
+    split, label_names, groups, input_kind, description = loaded
+    check_data(options, input_kind, list(groups), _data_name(cfg))
+    if e.max_samples is not None and e.max_samples < len(split):
+        rows = np.sort(np.random.default_rng(int(cfg.seed or 0)).choice(len(split), e.max_samples, replace=False))
+        split = split.subset(rows)
+        description += f" (a seeded sample of {e.max_samples} rows)"
+    texts = [str(t) for t in split.inputs] if input_kind == "text" else None
+    attribute = protected_attribute(options, split, texts)
+    if attribute.single_group_reason and (options.group or options.sensitivity):
+        wanted = [m for m, on in (("group", options.group), ("aps", options.sensitivity)) if on]
+        raise DataError(
+            f"extrinsic.metrics={list(e.metrics)}: {wanted} compare protected groups, but the {description} has "
+            f"{attribute.single_group_reason}; give data with two groups (extrinsic.data_path=FILE, "
+            "extrinsic.protected_column=<group column>) or set extrinsic.metrics=[counterfactual]"
+        )
+    if options.counterfactual:
+        from trustml.fairness.counterfactual import counterfactual_texts
+
+        if not counterfactual_texts(texts or [], options.pairs)[1].any():
+            raise DataError(
+                f"extrinsic.metrics: counterfactual swaps the words of {options.pairs.source}, but no text of the "
+                f"{description} contains one; give other data (extrinsic.data_path=FILE) or another list "
+                "(extrinsic.word_pairs=FILE), or leave counterfactual out of extrinsic.metrics"
+            )
+    if input_kind == "text":
+        featurize = getattr(network, "featurize", None)
+        if featurize is None:
+            raise ConfigError(f"run_dir={cfg.run_dir}: its {type(network).__name__} reads no text (no featurize)")
+        split.inputs = featurize(texts)
+    return ScoredSplit(split, texts, label_names, input_kind, description)
+
+
+def score_extrinsic(network: Any, scored: ScoredSplit, options: Any, device: str) -> dict[str, Any]:
+    """The group, counterfactual and APS metrics of ``network`` on ``scored`` (the callback's measurement)."""
+    import torch
+
+    from trustml.fairness.extrinsic import measure_extrinsic
+
+    network.to(device)
+    with torch.enable_grad():
+        results = measure_extrinsic(network, scored.split, scored.texts, scored.label_names, options, device)
+    return results
+
+
 # --------------------------------------------------------------------------------------------------- scoring
 
 
@@ -353,16 +620,32 @@ def score(cfg: DictConfig, out_dir: Path) -> TaskResult:
     corpus = (
         read_sentences(str(options.corpus), str(options.text_field)) if options.enabled and options.corpus else None
     )
-    encoder = load_scored_encoder(cfg)
+    network, spec = load_run_network(cfg) if cfg.run_dir is not None else (None, {})
+    intrinsic = bool(options.enabled or cfg.crows_pairs.enabled)
+    encoder = load_scored_encoder(cfg, network) if intrinsic else None
+    scored = None
+    if extrinsic_wanted(cfg, network, spec):
+        extrinsic = extrinsic_options(cfg)
+        scored = load_extrinsic_split(cfg, network, spec, extrinsic)  # bad data fails here, before any scoring
+    elif not intrinsic:
+        raise ConfigError(
+            f"ceat.enabled=false and crows_pairs.enabled=false, and run_dir={cfg.run_dir} cannot be scored by "
+            f"extrinsic.*: {classifier_reason(network, spec)}; nothing to score, enable ceat"
+        )
     mlm = resolve_mlm(cfg, encoder)
     pairs = None
     if not isinstance(mlm, str):
         from trustml.fairness.crows_pairs import load_crows_pairs
 
         pairs = load_crows_pairs(crows_pairs_file(cfg))
-    log.info("scoring %s", encoder.description)
+    description = encoder.description if encoder is not None else f"run {to_absolute_path(cfg.run_dir)}"
+    log.info("scoring %s", description)
     results: dict[str, Any] = {}
-    details: dict[str, Any] = {"encoder": encoder.description, "ceat": {}, "crows_pairs": {}}
+    details: dict[str, Any] = {"encoder": description, "ceat": {}, "crows_pairs": {}}
+    if scored is not None:
+        log.info("extrinsic metrics on the %s (%d rows)", scored.description, len(scored.split))
+        results.update(score_extrinsic(network, scored, extrinsic, str(cfg.device)))
+        details["extrinsic"] = {"data": scored.description, "metrics": list(map(str, cfg.extrinsic.metrics))}
     if tests:
         from trustml.fairness.ceat import ceat
 
@@ -415,7 +698,9 @@ def score(cfg: DictConfig, out_dir: Path) -> TaskResult:
     (out_dir / "fairness.json").write_text(json.dumps(details, indent=1, ensure_ascii=False), encoding="utf-8")
     record = {
         "fairness": {
-            "encoder": encoder.description,
+            "encoder": description,
+            "extrinsic_data": scored.description if scored is not None else None,
+            "extrinsic_metrics": list(map(str, cfg.extrinsic.metrics)) if scored is not None else [],
             "mlm": None if isinstance(mlm, str) else mlm[2],
             "ceat_tests": sorted(tests),
             "corpus": str(options.corpus) if options.corpus else None,
@@ -438,7 +723,8 @@ def _prepare() -> None:
 
 
 def _check(cfg: DictConfig) -> None:
-    """CEAT's random-effects combination needs statsmodels (the ``fairness`` extra)."""
+    """CEAT's random-effects combination needs statsmodels, the extrinsic metrics Fairlearn (the ``fairness``
+    extra)."""
     import importlib.util
 
     from trustml.cli.option_checks import install_hint
@@ -446,6 +732,13 @@ def _check(cfg: DictConfig) -> None:
     if cfg.ceat.enabled and importlib.util.find_spec("statsmodels") is None:
         hint = install_hint("fairness")
         raise ConfigError(f"ceat needs the `fairness` extra (statsmodels), which is not installed: {hint}")
+    extrinsic = cfg.run_dir is not None and cfg.extrinsic.enabled is not False
+    if extrinsic and importlib.util.find_spec("fairlearn") is None:
+        hint = install_hint("fairness")
+        raise ConfigError(
+            f"extrinsic.* (run_dir={cfg.run_dir}) needs the `fairness` extra (Fairlearn), which is not installed: "
+            f"{hint}; or set extrinsic.enabled=false"
+        )
 
 
 APP = TaskApp(
