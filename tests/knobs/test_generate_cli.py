@@ -154,3 +154,15 @@ def test_method_knob_generator_reproduces_trustml_generate(trained_run, toy_topi
     rows = [json.loads(line) for line in (tmp_path / "method" / "generations.jsonl").read_text().splitlines()]
     responses = [json.loads(line)["response"] for line in (tmp_path / "generate" / "generations.jsonl").open()]
     assert [r["output"] for r in rows] == responses
+
+
+def test_a_model_loaded_from_a_run_trains_in_train_mode(trained_run):
+    """``method.model_run_dir`` loads the run's model in eval mode; the method puts it back in train mode (dropout
+    on) for fine-tuning, while generation runs in eval mode through Lightning's test loop."""
+    from trustml.methods.knob_generator import KnobGeneratorConfig, KnobGeneratorMethod
+    from trustml.run_record import load_model_from_run
+
+    placeholder, _ = load_model_from_run(str(trained_run), "last")
+    assert not placeholder.training
+    method = KnobGeneratorMethod(KnobGeneratorConfig(model_run_dir=str(trained_run)), model=placeholder, optimizer=None)
+    assert all(module.training for module in method.model.modules())

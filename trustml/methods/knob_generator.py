@@ -186,7 +186,8 @@ class KnobGeneratorMethod(MethodPlugin, pl.LightningModule):
         super().__init__()
         self.config = config
         if config.model_run_dir is not None:
-            model = self._run_model(config.model_run_dir, type(model), "method.model_run_dir")
+            # the run's model comes back in eval mode; training it (trainer.max_epochs > 0) needs its dropout back
+            model = self._run_model(config.model_run_dir, type(model), "method.model_run_dir").train()
         self.model = model
         self.optimizer_factory = optimizer
         self.causal = isinstance(model, HFCausalLM)

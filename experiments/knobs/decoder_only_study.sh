@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The decoder-only knob study on Topical-Chat (experiments/knobs/README.md, "Decoder-only study").
+# Usage: experiments/knobs/decoder_only_study.sh data|train|sweep [WORK]
+#   data:  writes WORK/data/train_lm.jsonl and WORK/data/test_segments.jsonl (decoder_only_data.py)
+#   train: trains the GPT-2 (method=lm, data=text_lm) for MINUTES (env, default 30) of wall time into WORK/lm/runs/;
+#          RESUME=<a run's checkpoints/last.ckpt> continues it (MINUTES then counts that run's time too)
+#   sweep: knob sweeps with method=knob_generator on the test turns into SWEEP/<knob>/ (SWEEP: env, default
+#          WORK/sweep; LM_RUN: the lm run, default the newest under WORK/lm/runs), then decoder_only_tables.py
+#          collects them; ONLY_A=1 stops after the neutral run and knob A; A_VALUES, D_VALUES: their -m lists
+# WORK defaults to /tmp/knobs_do (runs and checkpoints stay out of the repository). One torch thread, nice 10.
+set -euo pipefail
+stage=${1:?data, train or sweep}
+work=${2:-/tmp/knobs_do}
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+run() { nice -n "${NICE:-10}" .venv/bin/trustml "$@" logger=none trainer.enable_progress_bar=false; }
+case $stage in
+  data)
+    .venv/bin/python experiments/knobs/decoder_only_data.py --out "$work/data" --knowledge-words 32 --history-words 24
+    ;;
+  train)
+    TRUSTML_LOG_DIR=$work/lm run experiment=topical_chat_lm seed=0 "data.paths=[$work/data/train_lm.jsonl]" \
+      data.format=jsonl data.group_field=conversation data.val_fraction=0.05 data.test_fraction=0.02 \
+      data.max_eval_texts=300 data.batch_size=32 model.tokenizer_train_vocab_size=5000 \
+      "model.random_init_config={model_type: gpt2, n_embd: 192, n_layer: 4, n_head: 4, n_positions: 256}" \
+      model.max_length=256 trainer.max_epochs=10 +trainer.val_check_interval=150 \
+      +trainer.max_time=00:00:$(printf %02d "${MINUTES:-30}"):00 ${RESUME:+"ckpt_path=$RESUME"}
+    ;;
+  sweep)
+    lm=${LM_RUN:-$(ls -d "$work"/lm/runs/* | tail -1)}
+    sweep=${SWEEP:-$work/sweep}
+    common=(data=segments_jsonl model=hf_causal_lm method=knob_generator trainer.max_epochs=0 seed=0
+      "data.path=$work/data/test_segments.jsonl" "data.template='knowledge: {knowledge} history: {history} response:'"
+      data.eval_batch_size=20 "method.model_run_dir=$lm" model.tokenizer_train_vocab_size=5000
+      "model.random_init_config={model_type: gpt2, n_embd: 192, n_layer: 4, n_head: 4, n_positions: 256}"
+      model.max_length=256 "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 24}")
+    TRUSTML_LOG_DIR=$sweep/neutral run "${common[@]}"
+    TRUSTML_LOG_DIR=$sweep/A run -m "${common[@]}" "+method.knobs.prompt_attention.values.knowledge=${A_VALUES:-2,5,10}"
+    [ -z "${ONLY_A:-}" ] || exit 0
+    TRUSTML_LOG_DIR=$sweep/C run -m "${common[@]}" method.control_phrases_file=sample:questions \
+      "+method.knobs.prompt_attention.values.control=1,5,20"
+    TRUSTML_LOG_DIR=$sweep/D run -m "${common[@]}" "+method.knobs.self_attention.values.current=${D_VALUES:-2,5}"
+    ;;
+  *) echo "decoder_only_study.sh: stage '$stage' is not data, train or sweep" >&2; exit 2 ;;
+esac

@@ -1,0 +1,278 @@
+"""PASTA steering on an instruction-following toy task (experiments/knobs/README.md, "PASTA steering ...").
+
+Task. A prompt ``instruction: I text: T answer:`` where ``T`` is five distinct words drawn from 30 nouns and ``I``
+one of three phrasings (``say/give/write the first word``) of the *default* request, answered by the first word of
+``T``, or the same phrasings with ``last``, answered by the last word of ``T``. Every phrasing is four tokens, so
+the two requests differ in one token of the instruction span. In the training texts only ``--rare-fraction`` of
+the instructions ask for the last word, so a model that reads the instruction weakly answers with the first word.
+Dev, test and the PASTA profile set hold last-word instructions only; compliance is the share of outputs whose
+first word is the last word of ``T``, ``default`` the share answering with the first word of ``T``.
+
+Stages (each a ``trustml`` command run with one torch thread, ``nice 10``; everything under ``--work``):
+
+- ``data``: ``train_lm.jsonl`` (``{"text": "instruction: ... answer: ..."}``), ``dev.jsonl``, ``test.jsonl``,
+  ``profile.jsonl`` (segments ``instruction``, ``text``, ``reference``);
+- ``train``: per seed, a GPT-2 from a random config with its own WordPiece vocabulary, ``method=lm data=text_lm``;
+- ``sweep --split dev|test``: per seed, ``method=knob_generator`` on the split: knob A on the instruction span on
+  all heads (``values.instruction`` = ``--values``), and PASTA (``head_selection=profiled``, profiled on
+  ``profile.jsonl``) for every ``--top-k`` x ``--values``; the unsteered outputs are each run's ``neutral_output``;
+- ``report --split``: compliance per condition and seed, mean +- std over seeds, into ``--out`` (JSON) and a
+  markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = (
+    "apple bird chair dog egg fish goat hat ink jar kite lamp moon nest owl pen queen ring sun tree cup van "
+    "wolf box yarn zoo bell cake door frog"
+).split()
+VERBS = ("say", "give", "write")
+TEMPLATE = "instruction: {instruction} text: {text} answer:"
+MODEL = "{model_type: gpt2, n_embd: 64, n_layer: 3, n_head: 4, n_positions: 64}"
+MODEL_OPTIONS = ["model.tokenizer_train_vocab_size=300", f"model.random_init_config={MODEL}", "model.max_length=64"]
+
+
+def example(rng: random.Random, rare: bool) -> dict[str, str]:
+    """One example: instruction (first or, if ``rare``, last word), text (5 distinct words) and the answer."""
+    words = rng.sample(WORDS, 5)
+    instruction = f"{rng.choice(VERBS)} the {'last' if rare else 'first'} word"
+    return {"instruction": instruction, "text": " ".join(words), "reference": words[-1] if rare else words[0]}
+
+
+def write_data(work: Path, n_train: int, rare_fraction: float, n_eval: int, n_profile: int, seed: int) -> None:
+    """The four files of the ``data`` stage (module doc)."""
+    rng = random.Random(seed)
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    train_rows = [{"id": f"train{i}", **example(rng, rng.random() < rare_fraction)} for i in range(n_train)]
+    lines = [json.dumps({"text": TEMPLATE.format(**e) + " " + e["reference"]}) for e in train_rows]
+    (data / "train_lm.jsonl").write_text("\n".join(lines) + "\n")
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+    for name, count in (("dev", n_eval), ("test", n_eval), ("profile", n_profile)):
+        rows = [{"id": f"{name}{i}", **example(rng, True)} for i in range(count)]
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"{data}: {n_train} training texts ({rare_fraction:.0%} last-word), dev/test {n_eval}, profile {n_profile}")
+
+
+def trustml(args: list[str], log_dir: Path) -> None:
+    """Run the trustml CLI (one thread, nice 10) with ``TRUSTML_LOG_DIR=log_dir``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TRUSTML_LOG_DIR": str(log_dir)}
+    command = ["nice", "-n", "10", str(ROOT / ".venv/bin/trustml"), *args, "logger=none"]
+    command.append("trainer.enable_progress_bar=false")
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+def lm_run(work: Path, seed: int, stage: str = "finetune") -> Path:
+    """The newest run of ``seed`` of ``stage`` (``lm``: the language model, ``finetune``: its fine-tuned copy)."""
+    runs = sorted((work / stage / f"seed{seed}" / "runs").glob("*/results.json"))
+    if not runs:
+        sys.exit(f"no completed run for seed {seed} under {work / stage}; run the {stage} stage")
+    return runs[-1].parent
+
+
+def train(work: Path, seeds: list[int], epochs: int) -> None:
+    """The ``train`` stage: one LM per seed."""
+    for seed in seeds:
+        trustml(
+            [
+                "data=text_lm",
+                "model=hf_causal_lm",
+                "method=lm",
+                "optimizer=adamw",
+                "optimizer.lr=3e-3",
+                f"seed={seed}",
+                f"data.paths=[{work / 'data' / 'train_lm.jsonl'}]",
+                "data.format=jsonl",
+                "data.val_fraction=0.05",
+                "data.test_fraction=0.05",
+                "data.batch_size=64",
+                *MODEL_OPTIONS,
+                f"trainer.max_epochs={epochs}",
+                "callbacks.model_checkpoint.monitor=val/loss",
+                "callbacks.model_checkpoint.mode=min",
+            ],
+            work / "lm" / f"seed{seed}",
+        )
+
+
+def finetune(work: Path, seeds: list[int], epochs: int) -> None:
+    """The ``finetune`` stage: per seed, the LM fine-tuned on the answers of ``train.jsonl`` (``method=knob_generator``
+    training: the answer's token cross-entropy given the prompt, the prompt masked out), then tested on dev."""
+    for seed in seeds:
+        trustml(
+            [
+                "data=segments_jsonl",
+                "model=hf_causal_lm",
+                "method=knob_generator",
+                "optimizer=adamw",
+                "optimizer.lr=1e-3",
+                f"seed={seed}",
+                f"data.train_path={work / 'data' / 'train.jsonl'}",
+                f"data.path={work / 'data' / 'dev.jsonl'}",
+                f"data.template='{TEMPLATE}'",
+                "data.batch_size=64",
+                "data.eval_batch_size=50",
+                f"method.model_run_dir={lm_run(work, seed, 'lm')}",
+                *MODEL_OPTIONS,
+                "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
+                f"trainer.max_epochs={epochs}",
+            ],
+            work / "finetune" / f"seed{seed}",
+        )
+
+
+def sweep(work: Path, split: str, seeds: list[int], values: str, top_k: str, profile_examples: int) -> None:
+    """The ``sweep`` stage: all-heads knob A and PASTA, per seed, on ``split``."""
+    for seed in seeds:
+        common = [
+            "data=segments_jsonl",
+            "model=hf_causal_lm",
+            "method=knob_generator",
+            "trainer.max_epochs=0",
+            f"seed={seed}",
+            f"data.path={work / 'data' / f'{split}.jsonl'}",
+            f"data.template='{TEMPLATE}'",
+            "data.eval_batch_size=50",
+            f"method.model_run_dir={lm_run(work, seed)}",
+            *MODEL_OPTIONS,
+            "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
+            "method.score_reference=false",
+        ]
+        base = work / "sweep" / split / f"seed{seed}"
+        trustml(["-m", *common, f"+method.knobs.prompt_attention.values.instruction={values}"], base / "all_heads")
+        pasta = [
+            "method.knobs.prompt_attention.head_selection=profiled",
+            f"method.knobs.prompt_attention.profile_file={work / 'data' / 'profile.jsonl'}",
+            f"method.knobs.prompt_attention.profile_examples={profile_examples}",
+            f"method.knobs.prompt_attention.top_k={top_k}",
+        ]
+        trustml(["-m", *common, *pasta, f"+method.knobs.prompt_attention.values.instruction={values}"], base / "pasta")
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def job_record(job: Path) -> dict[str, Any]:
+    """One sweep job: knob settings and shares of last-word / first-word answers, steered and not."""
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    options = dict(o.lstrip("+").split("=", 1) for o in overrides)
+    rows = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
+    results = json.loads((job / "results.json").read_text())
+
+    def share(field: str, position: int) -> float:
+        """Share of outputs whose first word is the text's word at ``position`` (0: first, -1: last)."""
+        return sum(_words(r[field])[:1] == [_words(r["segments"]["text"])[position]] for r in rows) / len(rows)
+
+    record = {
+        "value": float(options["method.knobs.prompt_attention.values.instruction"]),
+        "top_k": int(options["method.knobs.prompt_attention.top_k"])
+        if "method.knobs.prompt_attention.top_k" in options
+        else None,
+        "compliance": share("output", -1),
+        "default": share("output", 0),
+        "neutral_compliance": share("neutral_output", -1),
+        "neutral_default": share("neutral_output", 0),
+        "changed": results.get("test/paired_changed"),
+        "examples": len(rows),
+    }
+    heads = job / "generations.heads.json"
+    if heads.is_file():
+        record["heads"] = json.loads(heads.read_text())["heads"]
+    return record
+
+
+def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
+    """The ``report`` stage: per condition, compliance per seed and mean +- std (sample std over seeds)."""
+    per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    for seed in seeds:
+        for family in ("all_heads", "pasta"):
+            for result in sorted((work / "sweep" / split / f"seed{seed}" / family).glob("multiruns/*/*/results.json")):
+                r = job_record(result.parent)
+                if family == "all_heads":
+                    name = f"A, all heads, b={r['value']:g}"
+                else:
+                    name = f"PASTA top-{r['top_k']}, b={r['value']:g}"
+                per_seed.setdefault(name, {})[seed] = r
+                per_seed.setdefault("no steering", {})[seed] = {
+                    "compliance": r["neutral_compliance"],
+                    "default": r["neutral_default"],
+                    "changed": 0.0,
+                }
+    table = {}
+    header = "compliance mean ± std | per seed | first-word (default) mean | changed mean"
+    print(f"| condition ({split}, {len(seeds)} seeds) | {header} |")
+    print("|---|---:|---|---:|---:|")
+
+    def order(name: str) -> tuple[bool, str, float]:
+        """No steering first, then by family and top-k, then by bias value."""
+        family, _, value = name.partition(", b=")
+        return name != "no steering", family, float(value or 0)
+
+    for name in sorted(per_seed, key=order):
+        runs = per_seed[name]
+        comp = [runs[s]["compliance"] for s in sorted(runs)]
+        default = [runs[s]["default"] for s in sorted(runs)]
+        changed = [runs[s]["changed"] or 0.0 for s in sorted(runs)]
+        std = statistics.stdev(comp) if len(comp) > 1 else 0.0
+        table[name] = {
+            "per_seed": runs,
+            "compliance_mean": statistics.mean(comp),
+            "compliance_std": std,
+            "default_mean": statistics.mean(default),
+            "changed_mean": statistics.mean(changed),
+        }
+        print(
+            f"| {name} | {statistics.mean(comp):.3f} ± {std:.3f} | {' / '.join(f'{c:.3f}' for c in comp)} | "
+            f"{statistics.mean(default):.3f} | {statistics.mean(changed):.3f} |"
+        )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"split": split, "seeds": seeds, "conditions": table}, indent=1) + "\n")
+
+
+def main() -> None:
+    """Command line (module doc)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["data", "train", "finetune", "sweep", "report"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/knobs_pasta"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--n-train", type=int, default=10000)
+    parser.add_argument("--rare-fraction", type=float, default=0.03)
+    parser.add_argument("--n-eval", type=int, default=200)
+    parser.add_argument("--n-profile", type=int, default=32)
+    parser.add_argument("--data-seed", type=int, default=1234)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--split", default="dev", choices=["dev", "test"])
+    parser.add_argument("--values", default="2,5,10", help="knob A bias values on the instruction span (-m list)")
+    parser.add_argument("--top-k", default="1,2,4", help="PASTA top-k heads (-m list)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.stage == "data":
+        write_data(args.work, args.n_train, args.rare_fraction, args.n_eval, args.n_profile, args.data_seed)
+    elif args.stage == "train":
+        train(args.work, args.seeds, args.epochs)
+    elif args.stage == "finetune":
+        finetune(args.work, args.seeds, args.epochs)
+    elif args.stage == "sweep":
+        sweep(args.work, args.split, args.seeds, args.values, args.top_k, args.n_profile)
+    else:
+        report(args.work, args.split, args.seeds, args.out)
+
+
+if __name__ == "__main__":
+    main()
