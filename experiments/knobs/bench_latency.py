@@ -135,6 +135,31 @@ def count_key_projections(model, secondary, tokenizer, builder, batch, generate_
         print(f"| {'on' if use_cache else 'off'} | {out.shape[1] - 1} | {calls['primary']} | {calls['secondary']} |")
 
 
+def timed_calls(
+    model,
+    conditions: dict[str, KnobSettings | None],
+    batch,
+    generate_kwargs: dict,
+    generator_class,
+    tokenizer,
+    builder,
+    secondary,
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """One call per condition: ``model.generate`` for ``None`` (vanilla), else ``generator_class``'s ``generate``."""
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    for name, settings in conditions.items():
+        if settings is None:
+            runs[name] = lambda: model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+            )
+        else:
+            generator = generator_class(model, tokenizer, settings, builder.vocabulary, secondary=secondary)
+            runs[name] = lambda g=generator: g.generate(
+                batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
+            )
+    return runs
+
+
 def seq2seq_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Tensor]], str, int]:
     """Timed calls of the encoder-decoder family: vanilla ``generate()`` and each knob condition."""
     builder = topical_chat_input_builder(tokenizer, knowledge_tokens=96, history_tokens=32, max_length=160)
@@ -164,17 +189,7 @@ def seq2seq_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Te
     if args.count_calls:
         count_key_projections(model, secondary, tokenizer, builder, batch, generate_kwargs)
         raise SystemExit(0)
-    runs: dict[str, Callable[[], torch.Tensor]] = {}
-    for name, settings in conditions.items():
-        if settings is None:
-            runs[name] = lambda: model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
-            )
-        else:
-            generator = KnobGenerator(model, tokenizer, settings, vocabulary=builder.vocabulary, secondary=secondary)
-            runs[name] = lambda g=generator: g.generate(
-                batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
-            )
+    runs = timed_calls(model, conditions, batch, generate_kwargs, KnobGenerator, tokenizer, builder, secondary)
     model_text = (
         f"random BART ({args.layers}+{args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn})"
     )
@@ -221,17 +236,7 @@ def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Ten
         "min_new_tokens": args.new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    runs: dict[str, Callable[[], torch.Tensor]] = {}
-    for name, settings in conditions.items():
-        if settings is None:
-            runs[name] = lambda: model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
-            )
-        else:
-            generator = CausalKnobGenerator(model, tokenizer, settings, builder.vocabulary, secondary=secondary)
-            runs[name] = lambda g=generator: g.generate(
-                batch["input_ids"], batch["attention_mask"], batch["segment_ids"], **generate_kwargs
-            )
+    runs = timed_calls(model, conditions, batch, generate_kwargs, CausalKnobGenerator, tokenizer, builder, secondary)
     model_text = f"random GPT-2 ({2 * args.layers} layers, d_model {args.d_model}, {args.heads} heads, {args.attn})"
     return runs, model_text, batch["input_ids"].shape[1]
 

@@ -155,18 +155,31 @@ def finetune(net: nn.Module, options: dict[str, Any] | None, train: Data, lr: fl
             method.kfac.update(x, method.model(x).detach() if options["loss"] == "ce" else None)
         model, opt = method.model, method.configure_optimizers()
         loss_fn, prepare = method.batch_loss, method.prepare_batch
+    sgd_steps(model, opt, loss_fn, prepare, lambda rows: {"x": x[rows], "y": y[rows]}, len(y), seed)
+    return model
+
+
+def sgd_steps(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Any,
+    prepare: Any,
+    batch_of: Any,
+    n: int,
+    seed: int,
+) -> None:
+    """``STEPS`` optimizer steps over shuffled batches of ``min(32, n)`` rows (reshuffled each epoch, seeded):
+    ``batch_of(rows)`` builds the batch, ``prepare`` is the method's batch hook, ``loss_fn(logits, batch)``."""
     g = torch.Generator().manual_seed(seed)
-    batch_size = min(32, len(y))
+    batch_size = min(32, n)
     order: list[Tensor] = []
     for _ in range(STEPS):
         if not order:
-            order = list(torch.randperm(len(y), generator=g).split(batch_size))
-        rows = order.pop(0)
-        batch = prepare({"x": x[rows], "y": y[rows]})
+            order = list(torch.randperm(n, generator=g).split(batch_size))
+        batch = prepare(batch_of(order.pop(0)))
         opt.zero_grad()
         loss_fn(model(batch["x"]), batch).backward()
         opt.step()
-    return model
 
 
 @torch.no_grad()
