@@ -17,17 +17,23 @@ from __future__ import annotations
 import numpy as np
 
 from trustml.errors import ConfigError
-from trustml.federation.partition import Partition
+from trustml.federation.partition import Partition, Segments
 
 ARRIVAL_ORDERS = ("data", "random")
 
 
 def arrival_order(partition: Partition, order: str, rng: np.random.Generator) -> Partition:
-    """Each client's rows in the order they arrive: as in the data (``data``) or shuffled (``random``)."""
+    """Each client's rows in the order they arrive: as in the data (``data``) or shuffled (``random``; one
+    ``rng.permutation`` per client with data, in client order)."""
+    parts = Segments.of(partition)
     if order == "data":
-        return [np.asarray(rows) for rows in partition]
+        return parts
     if order == "random":
-        return [rng.permutation(rows) for rows in partition]
+        rows = parts.rows.copy()
+        for start, end in zip(parts.starts.tolist(), parts.ends.tolist(), strict=True):
+            if end - start > 1:  # permuting 0 or 1 rows draws nothing from rng
+                rows[start:end] = rng.permutation(rows[start:end])
+        return Segments(rows, parts.starts, parts.ends)
     raise ConfigError(f"federation.partition.arrival_order must be one of {ARRIVAL_ORDERS}, got '{order}'")
 
 
@@ -53,7 +59,7 @@ def client_windows(
 ) -> Partition:
     """Rows each client holds at ``period``: the newest ``storage_cap`` of those that have arrived (``growth``:
     see :func:`arrived_counts`)."""
-    sizes = np.array([len(rows) for rows in arrivals], dtype=np.int64)
-    ends = arrived_counts(sizes, period, num_periods, growth)
+    parts = Segments.of(arrivals)
+    ends = arrived_counts(parts.sizes, period, num_periods, growth)
     starts = np.zeros_like(ends) if storage_cap is None else np.maximum(0, ends - storage_cap)
-    return [rows[s:e] for rows, s, e in zip(arrivals, starts, ends, strict=True)]
+    return Segments(parts.rows, parts.starts + starts, parts.starts + ends)

@@ -1,20 +1,86 @@
 """Partitioners: which training samples live on which client, as pure functions of labels or group columns.
 
-Each partitioner returns ``list[np.ndarray]``: entry ``k`` holds the positions (into the training split)
-of client ``k``'s samples, in ascending order. Every position is assigned to exactly one client. Random
-partitioners draw only from the ``numpy.random.Generator`` they are given, so a seed fixes the partition.
-Clients may be empty under strong skew; the statistics report them and client selection skips them.
+Each partitioner returns a :class:`Segments` (a sequence of ``np.ndarray``): entry ``k`` holds the positions (into
+the training split) of client ``k``'s samples, in ascending order. It is stored CSR-style (one flat array of
+positions and each client's start and end in it), so a population of a million devices costs a few arrays rather
+than a million Python objects; a client's rows are a view made when asked for (when it is selected). Every position
+is assigned to exactly one client. Random partitioners draw only from the ``numpy.random.Generator`` they are given,
+so a seed fixes the partition. Clients may be empty under strong skew; the statistics report them and client
+selection skips them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, overload
 
 import numpy as np
 
 from trustml.errors import ConfigError
 
-Partition = list[np.ndarray]
+
+class Segments(Sequence[np.ndarray]):
+    """Every client's rows in one flat array: client ``k`` holds ``rows[starts[k]:ends[k]]`` (CSR layout).
+
+    ``segments[k]`` is that slice (a view, made on demand); ``sizes`` is ``ends - starts`` without touching the
+    clients one by one. Memory is ``rows`` plus two int64 entries per client, whatever the number of clients.
+    """
+
+    __slots__ = ("ends", "rows", "starts")
+
+    def __init__(self, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ends = np.asarray(ends, dtype=np.int64)
+
+    @classmethod
+    def from_owner(cls, owner: np.ndarray, num_clients: int) -> Segments:
+        """Positions grouped by ``owner[position]`` (client id), each group in ascending position order."""
+        order = np.argsort(owner, kind="stable")
+        offsets = np.zeros(num_clients + 1, dtype=np.int64)
+        np.cumsum(np.bincount(owner, minlength=num_clients), out=offsets[1:])
+        return cls(order, offsets[:-1], offsets[1:])
+
+    @classmethod
+    def of(cls, parts: Sequence[np.ndarray]) -> Segments:
+        """``parts`` as segments (itself when it already is one; a list of arrays is copied into one array)."""
+        if isinstance(parts, Segments):
+            return parts
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        rows = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if len(parts) else np.zeros(0, np.int64)
+        return cls(rows, offsets[:-1], offsets[1:])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Number of rows of every client (int64)."""
+        return self.ends - self.starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> Segments: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | Segments:
+        if isinstance(index, slice):
+            return Segments(self.rows, self.starts[index], self.ends[index])
+        return self.rows[self.starts[index] : self.ends[index]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rows = self.rows
+        for start, end in zip(self.starts.tolist(), self.ends.tolist(), strict=True):
+            yield rows[start:end]
+
+    def __repr__(self) -> str:
+        return f"Segments({len(self)} clients, {len(self.rows)} rows)"
+
+
+Partition = Segments
 
 PARTITIONERS = ("iid", "dirichlet_label", "dirichlet_quantity", "natural", "heavy_tailed", "heavy_tailed_natural")
 #: distributions of the device weights of the heavy-tailed partitioners
@@ -28,9 +94,7 @@ def _check_num_clients(num_clients: int) -> None:
 
 def _split_by_owner(owner: np.ndarray, num_clients: int) -> Partition:
     """Positions grouped by ``owner[position]`` (client id), each group in ascending position order."""
-    order = np.argsort(owner, kind="stable")
-    counts = np.bincount(owner, minlength=num_clients)
-    return np.split(order, np.cumsum(counts)[:-1])
+    return Segments.from_owner(owner, num_clients)
 
 
 def iid_partition(num_samples: int, num_clients: int, rng: np.random.Generator) -> Partition:
@@ -173,22 +237,92 @@ def label_entropy_bits(counts: np.ndarray) -> np.ndarray:
     return -(p * logs).sum(axis=1)
 
 
+#: populations up to this many clients list every client in the statistics (``clients``); larger ones only summarize
+#: (the per-client arrays go to a compact file instead, see :func:`client_arrays`)
+LISTED_CLIENTS = 1000
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """Every client's label counts in sparse form: the non-zero ``(client, label, count)`` triples, sorted by client
+    then label (at most one per training row, so O(rows) memory rather than ``clients x classes``)."""
+
+    client: np.ndarray
+    label: np.ndarray
+    count: np.ndarray
+    num_clients: int
+    num_classes: int
+
+    @classmethod
+    def of(cls, labels: np.ndarray, partition: Partition, num_classes: int) -> LabelCounts:
+        """From the labels of the training split and the partition (one ``np.unique`` over ``client * C + y``)."""
+        parts = Segments.of(partition)
+        owner = np.repeat(np.arange(len(parts), dtype=np.int64), parts.sizes)
+        keys, count = np.unique(
+            owner * num_classes + np.asarray(labels)[parts.rows[gather_index(parts)]], return_counts=True
+        )
+        return cls(keys // num_classes, keys % num_classes, count, len(parts), num_classes)
+
+    def dense(self, clients: np.ndarray | None = None) -> np.ndarray:
+        """The ``[clients, classes]`` count matrix (int64), of the given ``clients`` only when given."""
+        if clients is None:
+            clients = np.arange(self.num_clients)
+        where = np.full(self.num_clients, -1, dtype=np.int64)
+        where[clients] = np.arange(len(clients))
+        matrix = np.zeros((len(clients), self.num_classes), dtype=np.int64)
+        keep = where[self.client] >= 0
+        matrix[where[self.client[keep]], self.label[keep]] = self.count[keep]
+        return matrix
+
+    @cached_property
+    def entropy_bits(self) -> np.ndarray:
+        """Every client's label entropy ``H = -sum_c p_c log2 p_c`` (0 for an empty client), as
+        :func:`label_entropy_bits` of :meth:`dense`, summed over the non-zero counts only."""
+        totals = np.bincount(self.client, weights=self.count, minlength=self.num_clients)
+        p = self.count / totals[self.client] if len(self.count) else np.zeros(0)
+        return np.bincount(self.client, weights=-p * np.log2(p), minlength=self.num_clients) + 0.0
+
+
+def gather_index(parts: Segments) -> np.ndarray:
+    """Positions in ``parts.rows`` of every client's rows, client after client (``np.concatenate(list(parts))``
+    equals ``parts.rows[gather_index(parts)]``), without a Python loop over the clients."""
+    sizes = parts.sizes
+    packed = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=packed[1:])
+    return np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(parts.starts - packed, sizes)
+
+
+def size_histogram(sizes: np.ndarray) -> dict[str, list[int]]:
+    """How many clients hold 0, 1, 2-3, 4-7, ... samples: ``clients[i]`` counts the clients with ``lower[i] <= n <
+    lower[i + 1]`` (power-of-two bins; the last bin is open)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    top = int(sizes.max(initial=0))
+    lower = [0, 1] + [2**i for i in range(1, max(top, 1).bit_length())]
+    bins = np.searchsorted(np.array(lower), sizes, side="right") - 1
+    return {"lower": lower, "clients": np.bincount(bins, minlength=len(lower)).tolist()}
+
+
 def partition_statistics(
-    labels: np.ndarray, partition: Partition, num_classes: int, client_names: list[str] | None = None
+    labels: np.ndarray,
+    partition: Partition,
+    num_classes: int,
+    client_names: list[str] | None = None,
+    *,
+    list_clients: bool | None = None,
+    counts: LabelCounts | None = None,
 ) -> dict[str, Any]:
-    """Samples per client, per-client label counts and label entropy (bits), and their summaries, as JSON."""
-    labels = np.asarray(labels)
-    # tasks without classes (seq2seq: every label 0) count as one class
-    num_classes = max(num_classes, int(labels.max(initial=-1)) + 1, 1)
-    sizes = np.array([len(rows) for rows in partition], dtype=np.int64)
-    owner = np.repeat(np.arange(len(partition)), sizes)
-    rows = np.concatenate(partition) if partition else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(owner * num_classes + labels[rows], minlength=len(partition) * num_classes)
-    counts = counts.reshape(len(partition), num_classes)
-    entropy = label_entropy_bits(counts)
+    """Samples per client and label entropy (bits): their summaries (min/median/mean/max, Gini, top-10% share, a
+    histogram of the sizes), as JSON; with ``list_clients`` (default: at most :data:`LISTED_CLIENTS` clients) also
+    every client's samples, label counts and entropy under ``clients`` (``counts``: :func:`label_counts_of` computed
+    before)."""
+    parts = Segments.of(partition)
+    counts = counts if counts is not None else label_counts_of(labels, parts, num_classes)
+    num_classes = counts.num_classes
+    sizes = parts.sizes
+    entropy = counts.entropy_bits
     nonempty = sizes > 0
-    return {
-        "num_clients": len(partition),
+    stats: dict[str, Any] = {
+        "num_clients": len(parts),
         "num_samples": int(sizes.sum()),
         "empty_clients": int((~nonempty).sum()),
         "samples_per_client": {
@@ -202,15 +336,48 @@ def partition_statistics(
             "mean": float(entropy[nonempty].mean()) if nonempty.any() else 0.0,
             "max_possible": float(np.log2(num_classes)),
         },
-        "clients": [
+        "samples_histogram": size_histogram(sizes),
+    }
+    if list_clients is None:
+        list_clients = len(parts) <= LISTED_CLIENTS
+    if list_clients:
+        dense = counts.dense()
+        stats["clients"] = [
             {
                 "client": k if client_names is None else client_names[k],
                 "samples": int(sizes[k]),
                 "label_entropy_bits": round(float(entropy[k]), 6),
-                "label_counts": counts[k].tolist(),
+                "label_counts": dense[k].tolist(),
             }
-            for k in range(len(partition))
-        ],
+            for k in range(len(parts))
+        ]
+    return stats
+
+
+def label_counts_of(labels: np.ndarray, partition: Partition, num_classes: int) -> LabelCounts:
+    """:meth:`LabelCounts.of`, with tasks without classes (seq2seq: every label 0) counted as one class."""
+    labels = np.asarray(labels)
+    return LabelCounts.of(labels, partition, max(num_classes, int(labels.max(initial=-1)) + 1, 1))
+
+
+def client_arrays(
+    labels: np.ndarray, partition: Partition, num_classes: int, counts: LabelCounts | None = None
+) -> dict[str, np.ndarray]:
+    """Per-client arrays for a compact file (``numpy.savez``): ``samples`` (int64), ``label_entropy_bits``
+    (float32), the label counts as sparse triples ``label_counts_client``, ``label_counts_label``,
+    ``label_counts_count`` (the non-zero entries of the ``[clients, classes]`` matrix), and the partition itself as
+    ``rows``, ``starts``, ``ends`` (client ``k`` holds ``rows[starts[k]:ends[k]]``)."""
+    parts = Segments.of(partition)
+    counts = counts if counts is not None else label_counts_of(labels, parts, num_classes)
+    return {
+        "samples": parts.sizes,
+        "label_entropy_bits": counts.entropy_bits.astype(np.float32),
+        "label_counts_client": counts.client,
+        "label_counts_label": counts.label.astype(np.int32),
+        "label_counts_count": counts.count,
+        "rows": parts.rows,
+        "starts": parts.starts,
+        "ends": parts.ends,
     }
 
 

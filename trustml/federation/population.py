@@ -10,7 +10,16 @@ from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
 from trustml.federation.continual import arrival_order, client_windows
 from trustml.federation.options import PartitionConfig
-from trustml.federation.partition import Partition, make_partition, partition_statistics, size_skew
+from trustml.federation.partition import (
+    LabelCounts,
+    Partition,
+    Segments,
+    client_arrays,
+    label_counts_of,
+    make_partition,
+    partition_statistics,
+    size_skew,
+)
 
 
 class ClientPopulation:
@@ -18,6 +27,9 @@ class ClientPopulation:
 
     ``windows(t)`` gives the rows each client holds in period ``t`` (all of them in the static setting);
     ``sizes(t)`` their counts, which is all the server learns about a client's data.
+
+    Everything is held as flat arrays (:class:`~trustml.federation.partition.Segments`): a client's rows are a
+    slice made when it is selected, so set-up and memory grow by a few int64 per client, not a Python object each.
     """
 
     def __init__(
@@ -29,12 +41,13 @@ class ClientPopulation:
         labels: np.ndarray,
         num_classes: int,
     ) -> None:
-        self.partition, self.arrivals, self.names = partition, arrivals, names
+        self.partition, self.arrivals, self.names = Segments.of(partition), Segments.of(arrivals), names
         self.num_periods = options.num_periods if options.setting == "continual" else 1
         self.storage_cap = options.storage_cap if options.setting == "continual" else None
         self.growth = options.arrival_growth if options.setting == "continual" else 1.0
         self.labels, self.num_classes = labels, num_classes
-        self._cached: tuple[int, Partition, np.ndarray] | None = None
+        self._cached: tuple[int, Segments, np.ndarray] | None = None
+        self._label_counts: LabelCounts | None = None
 
     @classmethod
     def from_datamodule(cls, datamodule: TrustDataModule, options: PartitionConfig) -> ClientPopulation:
@@ -82,13 +95,16 @@ class ClientPopulation:
     @property
     def empty_clients(self) -> int:
         """Number of clients that hold no training sample in any period (never selected)."""
-        return sum(len(rows) == 0 for rows in self.partition)
+        return int((self.partition.sizes == 0).sum())
 
-    def _period(self, period: int) -> tuple[int, Partition, np.ndarray]:
-        """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round)."""
+    def _period(self, period: int) -> tuple[int, Segments, np.ndarray]:
+        """``(period, windows, sizes)`` of ``period``, computed once per period change (rounds ask every round);
+        ``sizes`` is read-only, so the same array can be handed out every round."""
         if self._cached is None or self._cached[0] != period:
             windows = client_windows(self.arrivals, period, self.num_periods, self.storage_cap, self.growth)
-            self._cached = (period, windows, np.array([len(rows) for rows in windows], dtype=np.int64))
+            sizes = windows.sizes
+            sizes.flags.writeable = False
+            self._cached = (period, windows, sizes)
         return self._cached
 
     def windows(self, period: int) -> Partition:
@@ -96,12 +112,21 @@ class ClientPopulation:
         return self._period(period)[1]
 
     def sizes(self, period: int) -> np.ndarray:
-        """Number of samples every client holds in ``period`` (a copy)."""
-        return self._period(period)[2].copy()
+        """Number of samples every client holds in ``period`` (read-only: the same array every call of a period,
+        so the server's selection can reuse what it derived from it; copy it to change it)."""
+        return self._period(period)[2]
 
-    def statistics(self) -> dict[str, Any]:
-        """Partition statistics (samples and label entropy per client) plus the arrival schedule."""
-        stats = partition_statistics(self.labels, self.partition, self.num_classes, self.names)
+    def statistics(self, *, list_clients: bool | None = None) -> dict[str, Any]:
+        """Partition statistics (summaries; every client listed only for small populations, see
+        :func:`~trustml.federation.partition.partition_statistics`) plus the arrival schedule."""
+        stats = partition_statistics(
+            self.labels,
+            self.partition,
+            self.num_classes,
+            self.names,
+            list_clients=list_clients,
+            counts=self.label_counts(),
+        )
         stats["num_periods"] = self.num_periods
         stats["storage_cap"] = self.storage_cap
         stats["held_samples_per_period"] = [int(self.sizes(t).sum()) for t in range(self.num_periods)]
@@ -109,3 +134,17 @@ class ClientPopulation:
         # how unequal the devices are in each period (what the server's activity-based selection sees)
         stats["size_skew_per_period"] = [size_skew(self.sizes(t)) for t in range(self.num_periods)]
         return stats
+
+    def label_counts(self) -> LabelCounts:
+        """Every client's label counts (sparse), computed once."""
+        if self._label_counts is None:
+            self._label_counts = label_counts_of(self.labels, self.partition, self.num_classes)
+        return self._label_counts
+
+    def client_arrays(self) -> dict[str, np.ndarray]:
+        """Per-client arrays (samples, label counts, label entropy, the partition's rows/starts/ends, and the
+        natural partition's client names when there are some), for ``partition.npz``."""
+        arrays = client_arrays(self.labels, self.partition, self.num_classes, self.label_counts())
+        if self.names is not None:
+            arrays["names"] = np.asarray(self.names, dtype=str)
+        return arrays

@@ -49,6 +49,23 @@ class RoundSelection:
     num_eligible: int
 
 
+@dataclass(frozen=True)
+class Eligibility:
+    """What selection derives from every client's sample count, once per period rather than once per round (the
+    O(clients) part of a round): the counts as float64, the ids of the clients with data, and their total."""
+
+    sizes: np.ndarray
+    eligible: np.ndarray
+    total: float
+
+    @classmethod
+    def of(cls, sizes: np.ndarray) -> Eligibility:
+        """From every client's sample count."""
+        sizes = np.asarray(sizes, dtype=np.float64)
+        eligible = np.flatnonzero(sizes > 0)
+        return cls(sizes, eligible, float(sizes[eligible].sum()))
+
+
 def select_clients(
     sizes: np.ndarray,
     clients_per_round: int,
@@ -57,19 +74,21 @@ def select_clients(
     *,
     activity_exponent: float = 1.0,
     weighting: str = "samples",
+    eligibility: Eligibility | None = None,
 ) -> RoundSelection:
-    """Draw this round's clients among those with data (``sizes > 0``) and weight them (see module doc)."""
+    """Draw this round's clients among those with data (``sizes > 0``) and weight them (see module doc).
+    ``eligibility``: :meth:`Eligibility.of` ``(sizes)`` computed before (the result is the same)."""
     if scheme not in SELECTIONS:
         raise ConfigError(f"federation.selection.scheme must be one of {SELECTIONS}, got '{scheme}'")
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"federation.selection.weighting must be one of {WEIGHTINGS}, got '{weighting}'")
     if clients_per_round < 1:
         raise ConfigError(f"federation.selection.clients_per_round must be at least 1, got {clients_per_round}")
-    sizes = np.asarray(sizes, dtype=np.float64)
-    eligible = np.flatnonzero(sizes > 0)
+    if eligibility is None:
+        eligibility = Eligibility.of(sizes)
+    sizes, eligible, total = eligibility.sizes, eligibility.eligible, eligibility.total
     if len(eligible) == 0:
         return RoundSelection(np.zeros(0, dtype=np.int64), np.zeros(0), 0.0, 0)
-    total = sizes[eligible].sum()
     k = min(clients_per_round, len(eligible))
     rate = k / len(eligible)
 

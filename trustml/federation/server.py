@@ -19,7 +19,7 @@ from torch import Tensor
 
 from trustml.federation.client import ClientUpdate
 from trustml.federation.options import PrivacyConfig, SelectionConfig, ServerConfig
-from trustml.federation.selection import RoundSelection, select_clients
+from trustml.federation.selection import Eligibility, RoundSelection, select_clients
 from trustml.federation.server_optim import ServerOptimizer, finite_rows, weighted_update
 from trustml.privacy.accounting import GaussianAccountant
 from trustml.privacy.dp_fedavg import clip_updates, noisy_mean_of_clipped
@@ -55,6 +55,9 @@ class FederatedServer:
         self.selection, self.config, self.privacy = selection, server, privacy
         self.round = 0
         self.rng = np.random.default_rng(seed)
+        #: the last read-only sizes array selected from and what selection derived from it (reused while the
+        #: population hands out the same array, i.e. within a period)
+        self._eligibility: tuple[np.ndarray, Eligibility] | None = None
         self.noise = torch.Generator().manual_seed(seed)
         self.accountant = (
             GaussianAccountant(privacy.noise_multiplier, privacy.delta) if privacy.noise_multiplier > 0 else None
@@ -62,6 +65,12 @@ class FederatedServer:
 
     def select(self, sizes: np.ndarray) -> RoundSelection:
         """This round's clients and aggregation weights, given every client's current sample count."""
+        if self._eligibility is None or self._eligibility[0] is not sizes:
+            eligibility = Eligibility.of(sizes)
+            if isinstance(sizes, np.ndarray) and not sizes.flags.writeable:  # cannot change under the cache
+                self._eligibility = (sizes, eligibility)
+        else:
+            eligibility = self._eligibility[1]
         return select_clients(
             sizes,
             self.selection.clients_per_round,
@@ -69,6 +78,7 @@ class FederatedServer:
             self.rng,
             activity_exponent=self.selection.activity_exponent,
             weighting=self.selection.weighting,
+            eligibility=eligibility,
         )
 
     def aggregate(self, selection: RoundSelection, updates: list[ClientUpdate]) -> RoundOutcome:

@@ -5,7 +5,8 @@ the configured method with the configured optimizer on its own data (the client)
 into the global model (the server strategy), evaluate it on the test split, checkpoint. The runtime is the
 in-process simulation (``runtime.engine=simulation``, default) or Flower (``runtime.engine=flower``). Each part
 gets its own section of :class:`~trustml.federation.options.FederationConfig`. Written to
-``<run dir>/federation/``: ``partition.json`` (client statistics), ``rounds.jsonl`` (one record per round),
+``<run dir>/federation/``: ``partition.json`` (partition summary statistics), ``partition.npz`` (per-client
+arrays), ``rounds.jsonl`` (one record per round),
 ``server_state.pt`` (resume point); the final global model goes to ``checkpoints/last.ckpt``; the run's summary
 (:func:`summarize`) is the :class:`~trustml.plugin.FitResult`'s ``results``.
 
@@ -109,6 +110,15 @@ def summarize(
     if client_eps:
         summary["federation/client_epsilon_max"] = float(max(client_eps))
     return summary
+
+
+def write_partition(state_dir: Path, population: ClientPopulation) -> None:
+    """``partition.json`` (the partition's summary statistics; every client listed too up to
+    :data:`~trustml.federation.partition.LISTED_CLIENTS` clients) and ``partition.npz`` (the per-client arrays of
+    :meth:`ClientPopulation.client_arrays`: a few bytes per client, read with ``numpy.load``)."""
+    (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
+    with open(state_dir / "partition.npz", "wb") as handle:
+        np.savez(handle, **population.client_arrays())
 
 
 def warn_about_population(population: ClientPopulation, selection: SelectionConfig) -> None:
@@ -297,7 +307,7 @@ class FederatedTraining(FederationPlugin):
             method.model.load_state_dict({k.removeprefix("model."): v for k, v in final.items()})
             return FitResult(trainer, self.summary(history, population, layout))
 
-        (state_dir / "partition.json").write_text(json.dumps(population.statistics(), indent=1) + "\n")
+        write_partition(state_dir, population)
         log.info(
             "federation: %d clients, %d rounds of %d clients (%s selection, %s setting)",
             len(population),
@@ -406,7 +416,7 @@ class FederatedTraining(FederationPlugin):
             empty_clients=population.empty_clients,
             floats_per_message=layout.size,
         )
-        skew = size_skew(np.array([len(rows) for rows in population.partition]))
+        skew = size_skew(population.partition.sizes)
         summary["federation/partition_gini"] = skew["gini"]
         summary["federation/partition_top10_share"] = skew["top10_share"]
         return summary
