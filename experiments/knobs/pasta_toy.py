@@ -7,15 +7,19 @@ the two requests differ in one token of the instruction span. In the training te
 the instructions ask for the last word, so a model that reads the instruction weakly answers with the first word.
 Dev, test and the PASTA profile set hold last-word instructions only; compliance is the share of outputs whose
 first word is the last word of ``T``, ``default`` the share answering with the first word of ``T``.
+``default_dev.jsonl`` holds first-word instructions only (the cost check: does steering hurt the default?).
+Model size (``--n-embd``, ``--n-layer``, ``--n-head``; the same for every stage of one ``--work``), ``--lr`` of the
+``train``/``finetune`` stage and ``--rare-fraction`` default to the first version (README).
 
 Stages (each a ``trustml`` command run with one torch thread, ``nice 10``; everything under ``--work``):
 
 - ``data``: ``train_lm.jsonl`` (``{"text": "instruction: ... answer: ..."}``), ``dev.jsonl``, ``test.jsonl``,
-  ``profile.jsonl`` (segments ``instruction``, ``text``, ``reference``);
+  ``profile.jsonl``, ``default_dev.jsonl`` (segments ``instruction``, ``text``, ``reference``);
 - ``train``: per seed, a GPT-2 from a random config with its own WordPiece vocabulary, ``method=lm data=text_lm``;
-- ``sweep --split dev|test``: per seed, ``method=knob_generator`` on the split: knob A on the instruction span on
-  all heads (``values.instruction`` = ``--values``), and PASTA (``head_selection=profiled``, profiled on
-  ``profile.jsonl``) for every ``--top-k`` x ``--values``; the unsteered outputs are each run's ``neutral_output``;
+- ``sweep --split dev|test|default_dev``: per seed, ``method=knob_generator`` on the split: knob A on the
+  instruction span on all heads (``values.instruction`` = ``--values``), and PASTA (``head_selection=profiled``,
+  profiled on ``profile.jsonl``) for every ``--top-k`` x ``--values``; the unsteered outputs are each run's
+  ``neutral_output``;
 - ``report --split``: compliance per condition and seed, mean +- std over seeds, into ``--out`` (JSON) and a
   markdown table on stdout.
 """
@@ -41,8 +45,13 @@ WORDS = (
 ).split()
 VERBS = ("say", "give", "write")
 TEMPLATE = "instruction: {instruction} text: {text} answer:"
-MODEL = "{model_type: gpt2, n_embd: 64, n_layer: 3, n_head: 4, n_positions: 64}"
-MODEL_OPTIONS = ["model.tokenizer_train_vocab_size=300", f"model.random_init_config={MODEL}", "model.max_length=64"]
+
+
+def model_options(n_embd: int = 64, n_layer: int = 3, n_head: int = 4) -> list[str]:
+    """The ``model=hf_causal_lm`` options: a GPT-2 of the given size from a random config, own 300-token vocabulary
+    (the defaults are the first version's model; every stage of one ``--work`` must get the same size)."""
+    config = f"{{model_type: gpt2, n_embd: {n_embd}, n_layer: {n_layer}, n_head: {n_head}, n_positions: 64}}"
+    return ["model.tokenizer_train_vocab_size=300", f"model.random_init_config={config}", "model.max_length=64"]
 
 
 def example(rng: random.Random, rare: bool) -> dict[str, str]:
@@ -64,7 +73,16 @@ def write_data(work: Path, n_train: int, rare_fraction: float, n_eval: int, n_pr
     for name, count in (("dev", n_eval), ("test", n_eval), ("profile", n_profile)):
         rows = [{"id": f"{name}{i}", **example(rng, True)} for i in range(count)]
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_default_dev(work, n_eval, seed)
     print(f"{data}: {n_train} training texts ({rare_fraction:.0%} last-word), dev/test {n_eval}, profile {n_profile}")
+
+
+def write_default_dev(work: Path, n_eval: int, seed: int) -> None:
+    """``default_dev.jsonl``: ``n_eval`` first-word (default) instructions, from its own random stream (``seed + 1``)
+    so the other files stay those of the first version; the cost check of steering on the default behaviour."""
+    rng = random.Random(seed + 1)
+    rows = [{"id": f"default_dev{i}", **example(rng, False)} for i in range(n_eval)]
+    (work / "data" / "default_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def trustml(args: list[str], log_dir: Path) -> None:
@@ -84,7 +102,7 @@ def lm_run(work: Path, seed: int, stage: str = "finetune") -> Path:
     return runs[-1].parent
 
 
-def train(work: Path, seeds: list[int], epochs: int) -> None:
+def train(work: Path, seeds: list[int], epochs: int, model: list[str], lr: float = 3e-3) -> None:
     """The ``train`` stage: one LM per seed."""
     for seed in seeds:
         trustml(
@@ -93,14 +111,14 @@ def train(work: Path, seeds: list[int], epochs: int) -> None:
                 "model=hf_causal_lm",
                 "method=lm",
                 "optimizer=adamw",
-                "optimizer.lr=3e-3",
+                f"optimizer.lr={lr:g}",
                 f"seed={seed}",
                 f"data.paths=[{work / 'data' / 'train_lm.jsonl'}]",
                 "data.format=jsonl",
                 "data.val_fraction=0.05",
                 "data.test_fraction=0.05",
                 "data.batch_size=64",
-                *MODEL_OPTIONS,
+                *model,
                 f"trainer.max_epochs={epochs}",
                 "callbacks.model_checkpoint.monitor=val/loss",
                 "callbacks.model_checkpoint.mode=min",
@@ -109,25 +127,30 @@ def train(work: Path, seeds: list[int], epochs: int) -> None:
         )
 
 
-def finetune(work: Path, seeds: list[int], epochs: int) -> None:
+def finetune(
+    work: Path, seeds: list[int], epochs: int, model: list[str], lr: float = 1e-3, init_work: Path | None = None
+) -> None:
     """The ``finetune`` stage: per seed, the LM fine-tuned on the answers of ``train.jsonl`` (``method=knob_generator``
-    training: the answer's token cross-entropy given the prompt, the prompt masked out), then tested on dev."""
+    training: the answer's token cross-entropy given the prompt, the prompt masked out), then tested on dev.
+    With ``init_work``, the starting model is that work dir's fine-tuned model of the seed instead of this one's LM
+    (continued fine-tuning on this work dir's data; the model size must be that run's)."""
     for seed in seeds:
+        start = lm_run(work, seed, "lm") if init_work is None else lm_run(init_work, seed, "finetune")
         trustml(
             [
                 "data=segments_jsonl",
                 "model=hf_causal_lm",
                 "method=knob_generator",
                 "optimizer=adamw",
-                "optimizer.lr=1e-3",
+                f"optimizer.lr={lr:g}",
                 f"seed={seed}",
                 f"data.train_path={work / 'data' / 'train.jsonl'}",
                 f"data.path={work / 'data' / 'dev.jsonl'}",
                 f"data.template='{TEMPLATE}'",
                 "data.batch_size=64",
                 "data.eval_batch_size=50",
-                f"method.model_run_dir={lm_run(work, seed, 'lm')}",
-                *MODEL_OPTIONS,
+                f"method.model_run_dir={start}",
+                *model,
                 "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
                 f"trainer.max_epochs={epochs}",
             ],
@@ -135,8 +158,18 @@ def finetune(work: Path, seeds: list[int], epochs: int) -> None:
         )
 
 
-def sweep(work: Path, split: str, seeds: list[int], values: str, top_k: str, profile_examples: int) -> None:
-    """The ``sweep`` stage: all-heads knob A and PASTA, per seed, on ``split``."""
+def sweep(
+    work: Path,
+    split: str,
+    seeds: list[int],
+    values: str,
+    top_k: str,
+    profile_examples: int,
+    model: list[str],
+    pasta_values: str | None = None,
+) -> None:
+    """The ``sweep`` stage: all-heads knob A (bias ``values``) and PASTA (``pasta_values``, default ``values``), per
+    seed, on ``split``."""
     for seed in seeds:
         common = [
             "data=segments_jsonl",
@@ -148,7 +181,7 @@ def sweep(work: Path, split: str, seeds: list[int], values: str, top_k: str, pro
             f"data.template='{TEMPLATE}'",
             "data.eval_batch_size=50",
             f"method.model_run_dir={lm_run(work, seed)}",
-            *MODEL_OPTIONS,
+            *model,
             "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
             "method.score_reference=false",
         ]
@@ -160,7 +193,8 @@ def sweep(work: Path, split: str, seeds: list[int], values: str, top_k: str, pro
             f"method.knobs.prompt_attention.profile_examples={profile_examples}",
             f"method.knobs.prompt_attention.top_k={top_k}",
         ]
-        trustml(["-m", *common, *pasta, f"+method.knobs.prompt_attention.values.instruction={values}"], base / "pasta")
+        pasta.append(f"+method.knobs.prompt_attention.values.instruction={pasta_values or values}")
+        trustml(["-m", *common, *pasta], base / "pasta")
 
 
 def _words(text: str) -> list[str]:
@@ -257,19 +291,26 @@ def main() -> None:
     parser.add_argument("--n-profile", type=int, default=32)
     parser.add_argument("--data-seed", type=int, default=1234)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--split", default="dev", choices=["dev", "test"])
+    parser.add_argument("--n-embd", type=int, default=64, help="GPT-2 width (same for every stage of one --work)")
+    parser.add_argument("--n-layer", type=int, default=3, help="GPT-2 layers (same for every stage of one --work)")
+    parser.add_argument("--n-head", type=int, default=4, help="GPT-2 heads per layer (same for every stage)")
+    parser.add_argument("--lr", type=float, help="learning rate of the stage (train: 3e-3, finetune: 1e-3 if unset)")
+    parser.add_argument("--init-work", type=Path, help="finetune: start from this work dir's fine-tuned models")
+    parser.add_argument("--split", default="dev", choices=["dev", "test", "default_dev"])
     parser.add_argument("--values", default="2,5,10", help="knob A bias values on the instruction span (-m list)")
+    parser.add_argument("--pasta-values", help="sweep: PASTA's bias values if not --values (-m list)")
     parser.add_argument("--top-k", default="1,2,4", help="PASTA top-k heads (-m list)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    model = model_options(args.n_embd, args.n_layer, args.n_head)
     if args.stage == "data":
         write_data(args.work, args.n_train, args.rare_fraction, args.n_eval, args.n_profile, args.data_seed)
     elif args.stage == "train":
-        train(args.work, args.seeds, args.epochs)
+        train(args.work, args.seeds, args.epochs, model, 3e-3 if args.lr is None else args.lr)
     elif args.stage == "finetune":
-        finetune(args.work, args.seeds, args.epochs)
+        finetune(args.work, args.seeds, args.epochs, model, 1e-3 if args.lr is None else args.lr, args.init_work)
     elif args.stage == "sweep":
-        sweep(args.work, args.split, args.seeds, args.values, args.top_k, args.n_profile)
+        sweep(args.work, args.split, args.seeds, args.values, args.top_k, args.n_profile, model, args.pasta_values)
     else:
         report(args.work, args.split, args.seeds, args.out)
 
