@@ -297,7 +297,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         runs = [r for folder in args.merge for r in json.loads((folder / "runs.json").read_text())["runs"]]
         (args.out / "runs.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-        summarize(runs, args.out, list(ARMS), ["5", "10", "25", "full"], "test")
+        summarize(complete_cells(runs), args.out, list(ARMS), ["5", "10", "25", "full"], "test")
         return
     if not DATA.is_dir():
         sys.exit(f"MASSIVE data not found: {DATA} (../shared/data/massive_add_data)")
@@ -341,7 +341,16 @@ def main() -> None:
                     )
                     runs_file.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
             print(f"{shots or 'full'} {arm} done ({time.perf_counter() - start:.0f}s)", flush=True)
-    summarize(runs, args.out, list(ARMS), ["5", "10", "25", "full"], "test")
+    summarize(complete_cells(runs), args.out, list(ARMS), ["5", "10", "25", "full"], "test")
+
+
+def complete_cells(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the (arm, k) cells that ran every lr and seed (a cell cut short is left out of the table)."""
+    count: dict[tuple[str, str], int] = {}
+    for r in runs:
+        count[(r["arm"], str(r["shots"]))] = count.get((r["arm"], str(r["shots"])), 0) + 1
+    full = len(LRS) * len(SEEDS)
+    return [r for r in runs if count[(r["arm"], str(r["shots"]))] >= full]
 
 
 if __name__ == "__main__":
