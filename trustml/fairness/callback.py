@@ -53,16 +53,12 @@ from torch import nn
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError
 from trustml.fairness.extrinsic import (
-    PREFIX,
     PROXY,
     FairnessOptions,
     check_data,
     measure_extrinsic,
-    predict_probs,
     raw_test_texts,
 )
-
-__all__ = ["PREFIX", "PROXY", "FairnessMetrics", "FairnessOptions", "predict_probs", "raw_test_texts"]
 
 
 class FairnessMetrics(pl.Callback):
