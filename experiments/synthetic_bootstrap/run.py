@@ -301,6 +301,17 @@ def render_catalog_study() -> str:
     return "\n".join(rows)
 
 
+def render_allocation_study() -> str:
+    """The allocation study's table from ``results_allocation.jsonl`` (``allocation.py``), or why there is none."""
+    from allocation import read, report
+
+    records = read(HERE / "results_allocation.jsonl")
+    if not records:
+        return "Not run yet: no `results_allocation.jsonl`."
+    cells = {(r["encoder"], r["budget"], r["seed"]) for r in records}
+    return f"{len(cells)} of the 30 (encoder, budget, seed) cells ran.\n\n" + report(records)
+
+
 def render_readme(record: dict) -> str:
     """README.md: the claim, the exact commands, the speed targets, the value coverage and the accuracy table."""
     speed, results, coverage = record["speed"], record["results"], record["coverage"]
@@ -337,6 +348,7 @@ def render_readme(record: dict) -> str:
         verdict=verdict,
         growth=render_growth(),
         catalog_study=render_catalog_study(),
+        allocation_study=render_allocation_study(),
         labels=record.get("labels", "test"),
     )
 

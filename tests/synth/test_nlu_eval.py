@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel
 
 from trustml.errors import ConfigError
 from trustml.synth.annotation import parse_annotated
 from trustml.synth.nlu_eval import (
     IGNORE,
+    IntentSlotHeads,
+    JointIntentSlotModel,
+    JointNluModule,
     Labels,
     NluTrainingConfig,
     evaluate,
@@ -65,6 +69,42 @@ def test_tiny_model_fits_the_toy_data(toy, freeze: bool) -> None:
     assert scores["slot_f1"] > 0.8
 
 
+def test_only_the_last_blocks_and_the_heads_train_with_trainable_last_layers(toy) -> None:
+    config = NluTrainingConfig(
+        random_init={**TINY, "num_hidden_layers": 2}, trainable_last_layers=1, steps=80, batch_size=8, lr=1e-2
+    )
+    nlu = train(toy, config)
+    assert nlu.cache is None  # the trained block changes the features: nothing is cached
+    encoder = nlu.model.encoder
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.1.") for n in trainable)
+    assert all(p.requires_grad for p in nlu.model.heads.parameters())
+    # the encoder as built (its random init is seeded by the config's seed), from a run that trains no block
+    untrained = train(toy, NluTrainingConfig(random_init={**TINY, "num_hidden_layers": 2}, steps=1)).model.encoder
+    before = dict(untrained.named_parameters())
+    for name, param in encoder.named_parameters():
+        moved = not torch.equal(param, before[name])
+        assert moved == (name in trainable), name
+    scores = evaluate(nlu, toy)
+    assert scores["intent_accuracy"] == 1.0 and scores["slot_f1"] > 0.8
+
+
+def test_the_encoders_trained_weights_take_encoder_lr() -> None:
+    encoder = AutoModel.from_config(AutoConfig.for_model(**{**TINY, "num_hidden_layers": 2}))
+    encoder.requires_grad_(False)
+    encoder.encoder.layer[1].requires_grad_(True)
+    model = JointIntentSlotModel(encoder, IntentSlotHeads(32, 2, 3))
+    optimizer = JointNluModule(model, lr=1e-2, steps=10, warmup=0.0, encoder_lr=1e-4).configure_optimizers()[
+        "optimizer"
+    ]
+    heads, blocks = optimizer.param_groups
+    assert heads["lr"] == 1e-2 and {id(p) for p in heads["params"]} == {id(p) for p in model.heads.parameters()}
+    assert blocks["lr"] == 1e-4
+    assert {id(p) for p in blocks["params"]} == {id(p) for p in encoder.encoder.layer[1].parameters()}
+    encoder.requires_grad_(False)  # a frozen encoder: one group, the heads
+    assert len(JointNluModule(model, 1e-2, 10, 0.0, 1e-4).configure_optimizers()["optimizer"].param_groups) == 1
+
+
 def test_truncated_words_are_tagged_outside(toy) -> None:
     nlu = train(toy[:3], NluTrainingConfig(random_init=TINY, steps=2, batch_size=4, max_length=4))
     _, tags = predict(nlu, toy[:3])
@@ -75,5 +115,16 @@ def test_truncated_words_are_tagged_outside(toy) -> None:
 def test_bad_training_options() -> None:
     with pytest.raises(ConfigError, match="steps >= 1"):
         NluTrainingConfig(steps=0)
+    with pytest.raises(ConfigError, match="encoder_lr must be > 0"):
+        NluTrainingConfig(encoder_lr=0.0)
+    with pytest.raises(ConfigError, match="trainable_last_layers must be >= 0"):
+        NluTrainingConfig(trainable_last_layers=-1)
+    with pytest.raises(ConfigError, match="set freeze_encoder=True or trainable_last_layers=0"):
+        NluTrainingConfig(trainable_last_layers=1, freeze_encoder=False)
+    with pytest.raises(ConfigError, match="trainable_last_layers=3 but the encoder has 1 layers"):
+        train(
+            [parse_annotated("play [pop](genre)", "PlayMusic")],
+            NluTrainingConfig(random_init=TINY, trainable_last_layers=3),
+        )
     with pytest.raises(ConfigError, match="training set is empty"):
         train([], NluTrainingConfig(random_init=TINY))

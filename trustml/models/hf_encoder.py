@@ -127,7 +127,7 @@ class HFEncoderClassifier(ModelPlugin, nn.Module):
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else None
         encoder.requires_grad_(not freeze_encoder)
         if freeze_encoder and trainable_last_layers:
-            layers = _encoder_layers(encoder)
+            layers = encoder_layers(encoder)
             if trainable_last_layers > len(layers):
                 raise ConfigError(
                     f"model.trainable_last_layers={trainable_last_layers} but the encoder has {len(layers)} layers"
@@ -230,9 +230,10 @@ def _from_pretrained_quietly(auto: Any, source: str, overrides: dict[str, Any]) 
         hf_logging.set_verbosity(level)
 
 
-def _encoder_layers(encoder: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of an encoder (the largest ``nn.ModuleList`` in it)."""
+def encoder_layers(encoder: nn.Module, option: str = "model.trainable_last_layers") -> list[nn.Module]:
+    """The transformer blocks of an encoder (the largest ``nn.ModuleList`` in it); ``option`` names the setting
+    that asked for them in the error raised when there is none."""
     lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ConfigError("model.trainable_last_layers is set but the encoder has no list of layers")
+        raise ConfigError(f"{option} is set but the encoder has no list of layers")
     return list(max(lists, key=len))

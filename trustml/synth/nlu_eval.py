@@ -4,9 +4,10 @@ The encoder (MiniLM by default) reads the utterance's words; each word is repres
 first sub-word. The intent head classifies the mean of the sub-word states; the slot tagger (a
 bidirectional GRU over the word states and a linear layer) tags each word with a BIO label (token
 classification). Training minimizes ``CE(intent) + CE(word tags)``. With ``freeze_encoder`` (the
-default, cheap on a CPU) the encoder runs once per distinct utterance and only the heads train; without
-it the encoder is fine-tuned too. Scores: intent accuracy and the span-level slot F1 of CoNLL evaluation
-(:mod:`seqeval`): a predicted slot counts when its type and its word span both match.
+default, cheap on a CPU) the encoder runs once per distinct utterance and only the heads train; with
+``trainable_last_layers`` k its last k blocks train too; without ``freeze_encoder`` all of it is fine-tuned.
+Scores: intent accuracy and the span-level slot F1 of CoNLL evaluation (:mod:`seqeval`): a predicted slot
+counts when its type and its word span both match.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trustml.errors import ConfigError
-from trustml.models.hf_encoder import OFFLINE_MINILM, mean_pool, resolve_pretrained
+from trustml.models.hf_encoder import OFFLINE_MINILM, encoder_layers, mean_pool, resolve_pretrained
 from trustml.synth.annotation import Utterance
 
 IGNORE = -100
@@ -139,16 +140,19 @@ def joint_loss(intent_logits: Tensor, tag_logits: Tensor, batch: dict[str, Tenso
 @dataclass(frozen=True)
 class NluTrainingConfig:
     """Options: encoder (``pretrained`` name/path, or ``random_init`` transformers config fields with
-    ``tokenizer``), ``freeze_encoder``, optimisation (``steps`` of ``batch_size``, ``lr``, warm-up
-    fraction), ``seed`` and the Lightning ``accelerator``."""
+    ``tokenizer``), ``freeze_encoder`` (with ``trainable_last_layers`` k > 0: all but the encoder's last k
+    transformer blocks frozen), optimisation (``steps`` of ``batch_size``, ``lr``, ``encoder_lr`` for the encoder's
+    trained weights, ``None``: ``lr``; warm-up fraction), ``seed`` and the Lightning ``accelerator``."""
 
     pretrained: str = OFFLINE_MINILM
     tokenizer: str | None = None
     random_init: dict[str, Any] | None = None
     freeze_encoder: bool = True
+    trainable_last_layers: int = 0
     steps: int = 300
     batch_size: int = 32
     lr: float = 2e-3
+    encoder_lr: float | None = None
     warmup: float = 0.1
     max_length: int = 64
     tagger_size: int = 128
@@ -157,8 +161,22 @@ class NluTrainingConfig:
     accelerator: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.encoder_lr is not None and self.encoder_lr <= 0:
+            raise ConfigError(f"encoder_lr must be > 0 (or None: lr), got {self.encoder_lr}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.warmup < 1:
             raise ConfigError(f"NLU training needs steps >= 1, batch_size >= 1, lr > 0, 0 <= warmup < 1 ({self})")
+        if self.trainable_last_layers < 0:
+            raise ConfigError(f"trainable_last_layers must be >= 0, got {self.trainable_last_layers}")
+        if self.trainable_last_layers and not self.freeze_encoder:
+            raise ConfigError(
+                f"trainable_last_layers={self.trainable_last_layers} trains the last layers of a frozen encoder, but "
+                "freeze_encoder=False trains all of it: set freeze_encoder=True or trainable_last_layers=0"
+            )
+
+    @property
+    def features_fixed(self) -> bool:
+        """Whether no encoder weight trains, so the encoder's features can be computed once and cached."""
+        return self.freeze_encoder and self.trainable_last_layers == 0
 
 
 def load_encoder(config: NluTrainingConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -202,11 +220,15 @@ class FeatureCache:
 
 class JointNluModule(pl.LightningModule):
     """Trains a :class:`JointIntentSlotModel` on :func:`joint_loss` with AdamW and a linear warm-up/decay
-    schedule over ``steps``; only the heads when ``freeze_encoder``."""
+    schedule over ``steps``; only the weights that require gradients (the heads, and the encoder's trainable
+    blocks, when the encoder is frozen), the encoder's at ``encoder_lr`` (``None``: ``lr``)."""
 
-    def __init__(self, model: JointIntentSlotModel, lr: float, steps: int, warmup: float, freeze_encoder: bool) -> None:
+    def __init__(
+        self, model: JointIntentSlotModel, lr: float, steps: int, warmup: float, encoder_lr: float | None = None
+    ) -> None:
         super().__init__()
-        self.model, self.lr, self.steps, self.warmup, self.freeze_encoder = model, lr, steps, warmup, freeze_encoder
+        self.model, self.lr, self.steps, self.warmup = model, lr, steps, warmup
+        self.encoder_lr = lr if encoder_lr is None else encoder_lr
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         intent_logits, tag_logits = self.model(batch)
@@ -215,8 +237,10 @@ class JointNluModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = self.model.heads.parameters() if self.freeze_encoder else self.model.parameters()
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
+        encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        heads = [p for p in self.model.heads.parameters() if p.requires_grad]
+        groups = [{"params": heads}] + ([{"params": encoder, "lr": self.encoder_lr}] if encoder else [])
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=0.01)
         schedule = get_linear_schedule_with_warmup(optimizer, int(self.warmup * self.steps), self.steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -263,7 +287,7 @@ def train(
         raise ConfigError("the NLU training set is empty")
     pl.seed_everything(config.seed, workers=False, verbose=False)
     labels = labels or Labels.of(train_set)
-    if cache is not None and config.freeze_encoder:
+    if cache is not None and config.features_fixed:
         encoder, tokenizer = cache.model.encoder, cache.tokenizer
     else:
         encoder, tokenizer = load_encoder(config)
@@ -273,9 +297,18 @@ def train(
     model = JointIntentSlotModel(encoder, heads)
     if config.freeze_encoder:
         encoder.requires_grad_(False)
+        if config.trainable_last_layers:
+            layers = encoder_layers(encoder, "trainable_last_layers")
+            if config.trainable_last_layers > len(layers):
+                raise ConfigError(
+                    f"trainable_last_layers={config.trainable_last_layers} but the encoder has {len(layers)} layers"
+                )
+            for layer in layers[-config.trainable_last_layers :]:
+                layer.requires_grad_(True)
+    if config.features_fixed:
         cache = cache or FeatureCache(model, tokenizer, config.max_length)
         cache.model = model
-    nlu = NluModel(model, tokenizer, labels, config, cache if config.freeze_encoder else None)
+    nlu = NluModel(model, tokenizer, labels, config, cache if config.features_fixed else None)
     tensors = nlu.inputs(train_set)
     intents, tags = labels.targets(train_set, max(len(u.tokens()) for u in train_set))
     tensors = {**tensors, "intent": intents, "tags": tags}
@@ -283,9 +316,9 @@ def train(
         _Rows(tensors), batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(config.seed)
     )
     model.train()
-    if config.freeze_encoder:
+    if config.features_fixed:
         encoder.eval()
-    module = JointNluModule(model, config.lr, config.steps, config.warmup, config.freeze_encoder)
+    module = JointNluModule(model, config.lr, config.steps, config.warmup, config.encoder_lr)
     trainer = pl.Trainer(
         max_steps=config.steps,
         accelerator=config.accelerator,
