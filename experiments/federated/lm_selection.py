@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from run_grid import make_trainer_factory  # the sibling script (this one runs as a script, not with -m)
 
 from trustml.data.text_lm import TextLMConfig, TextLMDataModule
 from trustml.federation.options import FederationConfig
@@ -85,29 +86,6 @@ ARMS: dict[str, dict[str, Any]] = {
     "activity_g1_unbiased": {"scheme": "activity", "activity_exponent": 1.0, "weighting": "unbiased"},
 }
 SETTINGS = ("static", "continual")
-
-
-def make_trainer_factory(root: Path) -> Any:
-    """A runner-like ``make_trainer``: CPU, quiet, no logger or checkpoints; keyword overrides win."""
-    import pytorch_lightning as pl
-
-    def make_trainer(**overrides: Any) -> pl.Trainer:
-        kwargs: dict[str, Any] = {
-            "default_root_dir": str(root),
-            "accelerator": "cpu",
-            "devices": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": False,
-            "callbacks": [],
-            "enable_checkpointing": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 0,
-        }
-        kwargs.update(overrides)
-        return pl.Trainer(**kwargs)
-
-    return make_trainer
 
 
 def load_data() -> TextLMDataModule:
@@ -180,7 +158,7 @@ def run_one(data: TextLMDataModule, tokenizer_json: str, arm: str, setting: str,
     options = options_of(arm, setting, seed, scale)
     method = new_method(seed, tokenizer_json)
     with tempfile.TemporaryDirectory() as root:
-        make_trainer = make_trainer_factory(Path(root))
+        make_trainer = make_trainer_factory(Path(root), deterministic=False)
         start = time.perf_counter()
         FedAvg(FederationConfig(**copy.deepcopy(options))).run(method, validation_view(data), make_trainer)
         seconds = time.perf_counter() - start

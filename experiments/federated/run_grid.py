@@ -45,15 +45,16 @@ SHARED = HERE.parents[1].parent / "shared" / "data"
 RESULTS = HERE / "results"
 
 
-def make_trainer_factory(root: Path) -> Callable[..., pl.Trainer]:
-    """A runner-like ``make_trainer``: CPU, deterministic, quiet; keyword overrides win."""
+def make_trainer_factory(root: Path, deterministic: bool = True) -> Callable[..., pl.Trainer]:
+    """A runner-like ``make_trainer``: CPU, quiet, deterministic algorithms unless ``deterministic`` is false;
+    keyword overrides win."""
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
         kwargs: dict[str, Any] = {
             "default_root_dir": str(root),
             "accelerator": "cpu",
             "devices": 1,
-            "deterministic": True,
+            "deterministic": deterministic,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": False,
