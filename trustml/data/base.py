@@ -180,6 +180,12 @@ class TrustDataModule(DataPlugin, pl.LightningDataModule, metaclass=ABCMeta):
             raise DataError(f"{type(self).__name__}: split(s) {', '.join(empty)} are empty; use more data")
         self.splits = splits
 
+    @property
+    def whole_train_split(self) -> Split:
+        """The training split of the run's whole data: this module's own; a module that serves part of another's
+        (a federated client's rows) returns that other module's whole training split."""
+        return self.splits["train"]
+
     # --- shape information used to build models ------------------------------------------------------
     @property
     def num_classes(self) -> int:

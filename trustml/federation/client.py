@@ -109,6 +109,11 @@ class ClientDataModule(TrustDataModule):
             "test": self.source_splits["test"],
         }
 
+    @property
+    def whole_train_split(self) -> Split:
+        """The source's whole training split, not this client's rows of it."""
+        return self.source_splits["train"]
+
     def holds(self, rows: np.ndarray) -> bool:
         """Whether this module serves exactly ``rows`` (the very array it was built from, or equal rows)."""
         return self.rows is rows or np.array_equal(self.rows, rows)

