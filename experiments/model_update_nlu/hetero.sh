@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Heterogeneous retrieval on MASSIVE (updated split): a large gallery model (6-layer MiniLM), a small query model
 # (its first 3 layers) trained independently and with BCT against the large one; then the cross matrix.
-# Usage: experiments/model_update_nlu/hetero.sh SEED [SEED ...]   (logs: logs/hetero/seed<S>/{large,small,small_bct})
+# Usage: experiments/model_update_nlu/hetero.sh SEED [SEED ...]   (logs: logs/hetero/seed<S>/{large,small,small_bct};
+#        the matrix also goes to results/hetero_seed<S>.md, committed: the run folders stay out of git)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
@@ -12,6 +13,7 @@ COMMON=(data=massive "data.path=$DATA" data.stage=updated data.batch_size=32 dat
         model=hf_encoder model.freeze_encoder=false model.cache_embeddings=false model.max_length=32
         optimizer=adamw optimizer.lr=1e-4 trainer.max_epochs=${EPOCHS:-8} print_results=false
         trainer.enable_progress_bar=false)
+mkdir -p experiments/model_update_nlu/results
 for SEED in "$@"; do
   D=$LOG/seed$SEED
   [ -f "$D/large/results.json" ] || $TRUSTML "${COMMON[@]}" method=erm seed=$SEED "hydra.run.dir=$D/large"
@@ -19,5 +21,6 @@ for SEED in "$@"; do
     "hydra.run.dir=$D/small"
   [ -f "$D/small_bct/results.json" ] || $TRUSTML "${COMMON[@]}" model.num_layers=3 method=bct \
     method.old_run_dir=$D/large seed=$SEED "hydra.run.dir=$D/small_bct"
-  nice -n 10 .venv/bin/python experiments/model_update_nlu/cross_matrix.py "$D" "$DATA" | tee "$D/cross_matrix.md"
+  nice -n 10 .venv/bin/python experiments/model_update_nlu/cross_matrix.py "$D" "$DATA" | tee "$D/cross_matrix.md" \
+    "experiments/model_update_nlu/results/hetero_seed$SEED.md"
 done

@@ -1,5 +1,9 @@
 """Tables of the MASSIVE add-data update from ``logs/seed*/``: mean and std over seeds.
 
+Each seed's rows are also written to ``results/seed<S>.json`` (committed: the run folders hold checkpoints and
+stay out of git), and a seed whose ``logs/seed<S>/`` is absent is read from there, so the table can be rebuilt
+on a fresh clone.
+
 Rows: the old model, the untreated update (alpha 0 of the plain BCWI run), BCWI plain and Fisher at the
 dev-chosen alpha, each distillation arm (``fd_kl``, ``fd_lm``, ``ldi``: the trained model, and BCWI on top of it at
 its dev-chosen alpha) and the old/new ensemble reference (``ensemble.json`` from ``ensemble.py``). Verdict per
@@ -54,9 +58,23 @@ def seed_rows(seed_dir: Path) -> dict[str, tuple[float, float, float | None]]:
     return rows
 
 
-def main(log_dir: Path) -> None:
-    per_seed = {d.name: seed_rows(d) for d in sorted(log_dir.glob("seed*"))}
-    per_seed = {seed: rows for seed, rows in per_seed.items() if rows}
+def collect(log_dir: Path, results_dir: Path) -> dict[str, dict[str, tuple[float, float, float | None]]]:
+    """Per-seed rows from the run folders (saved to ``results_dir``), then from ``results_dir`` for the rest."""
+    per_seed: dict[str, dict[str, tuple[float, float, float | None]]] = {}
+    for seed_dir in sorted(log_dir.glob("seed*")):
+        rows = seed_rows(seed_dir)
+        if rows:
+            per_seed[seed_dir.name] = rows
+            results_dir.mkdir(parents=True, exist_ok=True)
+            (results_dir / f"{seed_dir.name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    for saved in sorted(results_dir.glob("seed*.json")):
+        if saved.stem not in per_seed:
+            per_seed[saved.stem] = {name: tuple(row) for name, row in json.loads(saved.read_text()).items()}
+    return dict(sorted(per_seed.items(), key=lambda item: int(item[0].removeprefix("seed"))))
+
+
+def main(log_dir: Path, results_dir: Path = HERE / "results") -> None:
+    per_seed = collect(log_dir, results_dir)
     names: list[str] = []
     for rows in per_seed.values():
         names += [n for n in rows if n not in names]

@@ -62,14 +62,20 @@ def two_rounds(
     return local, updates
 
 
-def assert_same_updates(loop: list[ClientUpdate], lightning: list[ClientUpdate]) -> None:
-    """The same updates bit for bit (the same operations on the same batches); the same metrics and states."""
+def assert_same_updates(loop: list[ClientUpdate], lightning: list[ClientUpdate], rounding: float = 0.0) -> None:
+    """The same updates bit for bit (the same operations on the same batches); the same metrics and states.
+
+    ``rounding`` > 0 allows that relative difference (and an absolute one of ``rounding`` / 10) where the two
+    fits compute some inputs of the loss in batches of different shapes (see the PC test)."""
     for ours, theirs in zip(loop, lightning, strict=True):
-        assert torch.equal(ours.delta, theirs.delta), (ours.delta - theirs.delta).abs().max()
+        if rounding:
+            assert torch.allclose(ours.delta, theirs.delta, rtol=rounding, atol=rounding / 10)
+        else:
+            assert torch.equal(ours.delta, theirs.delta), (ours.delta - theirs.delta).abs().max()
         assert ours.num_examples == theirs.num_examples
         assert ours.metrics.keys() == theirs.metrics.keys()
         for key in ours.metrics.keys() - {"seconds"}:
-            assert ours.metrics[key] == pytest.approx(theirs.metrics[key], rel=1e-6), key
+            assert ours.metrics[key] == pytest.approx(theirs.metrics[key], rel=max(rounding, 1e-6)), key
         assert ours.callback_states == theirs.callback_states
 
 
@@ -155,7 +161,10 @@ def test_pc_prepares_in_a_first_lightning_fit_then_trains_in_the_loop_on_cached_
     assert local.prepared and local.loop is not None
     assert local.method.old_logits.known[40:90].all()  # filled on the fly by the loop's prepare_batch
     _, lightning = two_rounds(blobs, new_method, "lightning", tmp_path / "b", rows=clients, local_epochs=2)
-    assert_same_updates(loop, lightning)
+    # Not bit for bit: the second client's old logits come from the old model run on its training batches (16
+    # rows) in the loop, on the whole client split (50 rows, on_fit_start's cache fill) in the Lightning fit, and a
+    # row's float rounding in a matrix product can depend on the batch's shape (seen on some CPUs: 2.7e-7 apart)
+    assert_same_updates(loop, lightning, rounding=1e-4)
     # a sane, learning run: finite updates, and the second round's loss below the first's
     first, second = (update.metrics["train_loss"] for update in loop)
     assert all(torch.isfinite(update.delta).all() and update.delta.abs().sum() > 0 for update in loop)

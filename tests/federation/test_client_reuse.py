@@ -116,6 +116,37 @@ def test_a_client_keeps_its_data_module_while_its_rows_stay_and_dp_gets_a_fresh_
     assert loaders[0] is not loaders[1] and loaders[0].batch_sampler.seed != loaders[1].batch_sampler.seed
 
 
+@pytest.mark.parametrize("rows", [np.array([7]), np.arange(10, 42), np.arange(3, 123, 3)])
+def test_direct_batches_are_the_client_loaders_batches_with_the_same_random_draws(digits, tmp_path, rows) -> None:
+    client = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path)).data_of(0, rows)
+    assert client.direct_batching and client.num_train_batches == -(-len(rows) // digits.batch_size)
+    scratch = torch.Generator()
+    torch.manual_seed(3)
+    ours = [batch for _ in range(2) for batch in client.direct_batches(scratch)]  # two epochs
+    our_state = torch.get_rng_state()
+    assert not client.splits  # no subset of the rows was built
+    client.setup("fit")
+    torch.manual_seed(3)
+    theirs = [batch for _ in range(2) for batch in client.train_dataloader()]
+    assert torch.equal(our_state, torch.get_rng_state())
+    assert len(ours) == len(theirs) == 2 * client.num_train_batches
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.keys() == reference.keys()
+        for key in mine:
+            assert torch.equal(mine[key], reference[key]), key
+
+
+def test_a_client_with_a_batch_sampler_or_no_rows_is_not_batched_directly(digits, tmp_path) -> None:
+    local = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path))
+    assert not local.data_of(1, np.array([], dtype=np.int64)).direct_batching  # setup() refuses it, as before
+    digits.train_batch_sampler_factory = PoissonSamplerFactory(seed=0)
+    try:
+        private = ClientTrainer(make_method(digits), digits, trainer_factory(tmp_path)).data_of(4, np.arange(10, 30))
+    finally:
+        digits.train_batch_sampler_factory = None
+    assert not private.direct_batching
+
+
 def test_a_flat_binding_loads_and_reads_the_state_as_set_flat_and_get_flat() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     model[0].weight.requires_grad_(False)

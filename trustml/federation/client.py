@@ -41,9 +41,9 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from trustml.data.base import DataOptions, Split, TrustDataModule
+from trustml.data.base import DataOptions, Split, TrustDataModule, take
 from trustml.federation.flat_state import FlatBinding, FlatLayout, get_flat, set_flat
-from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation, stateless
+from trustml.federation.local_loop import ClientLoop, loop_refusal, needs_preparation, stateless, stateless_order
 from trustml.federation.options import ClientConfig
 from trustml.federation.proximal import ProximalTerm
 
@@ -101,6 +101,7 @@ class ClientDataModule(TrustDataModule):
         self.train_batch_sampler_factory = source.train_batch_sampler_factory
         self.input_kind = source.input_kind
         self.plain_train_loader: DataLoader | None = None
+        self.row_tensor: Tensor | None = None
 
     def load_splits(self) -> dict[str, Split]:
         return {
@@ -117,6 +118,33 @@ class ClientDataModule(TrustDataModule):
     def holds(self, rows: np.ndarray) -> bool:
         """Whether this module serves exactly ``rows`` (the very array it was built from, or equal rows)."""
         return self.rows is rows or np.array_equal(self.rows, rows)
+
+    @property
+    def direct_batching(self) -> bool:
+        """Whether :meth:`direct_batches` stands in for the training loader: the source has no batch sampler of
+        its own (e.g. DP-SGD's Poisson sampling), so the loader is a plain shuffling one; and rows to serve (an
+        empty client goes through :meth:`setup`, which refuses it)."""
+        return self.train_batch_sampler_factory is None and len(self.rows) > 0
+
+    @property
+    def num_train_batches(self) -> int:
+        """Batches per pass of the plain training loader, ``ceil(len(rows) / batch_size)``."""
+        return -(-len(self.rows) // self.batch_size)
+
+    def direct_batches(self, scratch: torch.Generator) -> Iterator[dict[str, Any]]:
+        """The batches one pass of the plain training loader yields, cut from the source's training split.
+
+        Same draws of the global RNG and the same batches as iterating :meth:`train_dataloader` (its order over
+        the client's rows, :func:`~trustml.federation.local_loop.stateless_order`), without building the rows'
+        subset or a ``DataLoader``: a batch at positions ``order[b]`` of the subset is the source's rows
+        ``rows[order[b]]``. The round cost of a device seen for the first time is then that of its batches.
+        """
+        source = self.source_splits["train"]
+        if self.row_tensor is None:
+            self.row_tensor = torch.from_numpy(self.rows)
+        order = self.row_tensor[stateless_order(len(self.rows), scratch)]
+        for rows in (order,) if len(order) <= self.batch_size else order.split(self.batch_size):
+            yield {"x": take(source.inputs, rows), "y": source.labels[rows], "index": source.index[rows]}
 
     def train_dataloader(self) -> DataLoader:
         if self.plain_train_loader is not None:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol, cast
 from weakref import WeakKeyDictionary
 
 import pytorch_lightning as pl
@@ -135,12 +135,26 @@ def loop_refusal(method: pl.LightningModule, probe: pl.Trainer, client_callbacks
     return None
 
 
+class DirectBatches(Protocol):
+    """A data module that can serve its training batches without a ``DataLoader`` (a federated client's rows):
+    when :attr:`direct_batching` holds, :meth:`direct_batches` yields what iterating ``train_dataloader()`` would
+    (same batches, same draws of the global RNG), and :attr:`num_train_batches` is that loader's length."""
+
+    @property
+    def direct_batching(self) -> bool: ...
+
+    @property
+    def num_train_batches(self) -> int: ...
+
+    def direct_batches(self, scratch: torch.Generator) -> Iterator[dict[str, Any]]: ...
+
+
 @dataclass
 class ClientFitView:
     """What client callbacks see of the fit in place of a Trainer (the attributes the DP accountant reads)."""
 
     datamodule: TrustDataModule
-    train_dataloader: DataLoader
+    train_dataloader: DataLoader | None  # None: the batches were cut without a loader (a fit without callbacks)
     optimizers: list[torch.optim.Optimizer]
     max_epochs: int
     max_steps: int
@@ -228,18 +242,26 @@ def shuffled_order(loader: DataLoader, scratch: torch.Generator | None = None) -
     global RNG state afterwards against iterating the loader.
     """
     sampler = loader.sampler
+    if sampler.generator is None and loader.generator is None:
+        return stateless_order(len(sampler.data_source), scratch)
     generator = sampler.generator
     if generator is None:
         generator = scratch if scratch is not None else torch.Generator()
-        if loader.generator is None:
-            _, seed = torch.empty(2, dtype=torch.int64).random_().tolist()
-        else:
-            torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        generator.manual_seed(seed)
+        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
     else:
         torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     return torch.randperm(len(sampler.data_source), generator=generator)
+
+
+def stateless_order(n: int, scratch: torch.Generator | None = None) -> torch.Tensor:
+    """The order in which a :func:`stateless` loader over ``n`` samples visits them, drawn as iterating it draws:
+    its base seed and its sampler's seed, two consecutive draws of the global RNG taken as one, then the sampler's
+    permutation with a generator (``scratch``, reseeded) seeded from the second."""
+    generator = scratch if scratch is not None else torch.Generator()
+    _, seed = torch.empty(2, dtype=torch.int64).random_().tolist()
+    generator.manual_seed(seed)
+    return torch.randperm(n, generator=generator)
 
 
 def epoch_mean(losses: list[torch.Tensor], sizes: list[int]) -> float:
@@ -301,8 +323,15 @@ class ClientLoop:
     def fit(self, method: ClassificationMethod, data: TrustDataModule, callbacks: Sequence[pl.Callback]) -> LoopResult:
         """Train ``method`` on ``data``'s training split; ``callbacks`` get their training hooks."""
         start = time.perf_counter()
-        data.setup("fit")
-        loader = data.train_dataloader()
+        # without callbacks nothing reads the loader: a data module that cuts its batches directly does so
+        direct = not callbacks and getattr(data, "direct_batching", False)
+        loader: DataLoader | None = None
+        if direct:
+            num_batches = cast(DirectBatches, data).num_train_batches
+        else:
+            data.setup("fit")
+            loader = data.train_dataloader()
+            num_batches = len(loader)
         home = method.device
         _detach_trainer(method)
         if home != self.device:
@@ -315,7 +344,7 @@ class ClientLoop:
                 )
             max_epochs, max_steps = self.config.fit_length
             view = ClientFitView(
-                data, loader, [], max_epochs=max_epochs, max_steps=max_steps, num_training_batches=len(loader)
+                data, loader, [], max_epochs=max_epochs, max_steps=max_steps, num_training_batches=num_batches
             )
             hooks = _Hooks(callbacks, view, method)
             hooks("setup", stage="fit")  # as in a Lightning fit: setup, then configure_optimizers, then on_fit_start
@@ -327,10 +356,16 @@ class ClientLoop:
             train_loss: float | None = None
             on_cpu = self.device.type == "cpu"
             while not self._done(view, start):
-                set_sampler_epoch(loader, view.current_epoch)
+                if loader is not None:
+                    set_sampler_epoch(loader, view.current_epoch)
                 hooks("on_train_epoch_start")
                 losses, sizes = [], []
-                for batch_idx, raw in enumerate(loader_batches(loader, self.scratch)):
+                batches = (
+                    loader_batches(loader, self.scratch)
+                    if loader is not None
+                    else cast(DirectBatches, data).direct_batches(self.scratch)
+                )
+                for batch_idx, raw in enumerate(batches):
                     batch = raw if on_cpu else move_data_to_device(raw, self.device)
                     hooks("on_train_batch_start", batch, batch_idx)
                     loss, outputs = step(batch)
