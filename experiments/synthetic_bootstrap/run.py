@@ -248,7 +248,8 @@ def render_growth() -> str:
             continue
         rows.append(
             f"\nTarget {r['utterances']:,} utterances <= {target:.0f} s on one core: CPU {r['cpu_s']:.1f} s, "
-            f"{'met' if r['cpu_s'] <= target else 'not met'}; wall {r['wall_s']:.1f} s on this loaded machine, "
+            f"{'met' if r['cpu_s'] <= target else 'not met'}; wall {r['wall_s']:.1f} s at load average "
+            f"{r['load_average_before'].split()[0]}, "
             f"{'met' if r['wall_s'] <= target else 'not met'}."
         )
     peak = max((r["peak_rss_mb"] for r in by_size.values()), default=float("nan"))
