@@ -29,8 +29,9 @@ Setup (fixed before the grid was run; README "MASSIVE, last block's feed-forward
   that lr, mean ± std. Cells run in the order k = 10, full, 5, 25 and arms in the order of ``ARMS``.
 
 ``--time-factors``: the time of one K-FAC factor update, exact (one backward per class) vs sampled (one backward),
-on 2,048 training utterances (median of 3), and the factors' memory; ``--time-steps``: the time of a training step
-(batch 32) of every arm, median of 20 after 5 warm-up steps.
+on ``--factor-utterances`` training utterances (2,048; median of 3), and the factors' memory; ``--time-steps``: the
+time of a training step (batch 32) of every arm, median of 20 after 5 warm-up steps. Each updates its part of
+``timing.json`` and keeps the other.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python experiments/lqf/massive_last_block.py   # -> massive_block/
     OMP_NUM_THREADS=1 .venv/bin/python experiments/lqf/massive_last_block.py --time-factors --time-steps
@@ -226,10 +227,11 @@ def check_block(encoder, block5: nn.Module, data: dict[str, Data]) -> float:
     return float((full[keep] - mine[keep]).abs().max())
 
 
-def time_factors(block5: nn.Module, data: dict[str, Data]) -> dict[str, Any]:
-    """One K-FAC factor update (exact vs sampled Fisher) on 2,048 training utterances: median seconds, factor MiB."""
+def time_factors(block5: nn.Module, data: dict[str, Data], utterances: int = 2048) -> dict[str, Any]:
+    """One K-FAC factor update (exact vs sampled Fisher) on ``utterances`` training utterances (all of them when
+    fewer): median CPU seconds of 3, factor MiB."""
     h, m, y = data["train"]
-    rows = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:2048]
+    rows = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:utterances]
     x0 = trim(h[rows], m[rows])
     report: dict[str, Any] = {"utterances": len(rows), "token_rows": int(x0[1].numel())}
     for fisher in ("exact", "sampled"):
@@ -291,6 +293,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS))
     parser.add_argument("--merge", type=Path, nargs="+", default=None, help="only summarize these folders' runs")
     parser.add_argument("--time-factors", action="store_true", help="time the K-FAC factor update (exact/sampled)")
+    parser.add_argument("--factor-utterances", type=int, default=2048, help="utterances of the timed factor update")
     parser.add_argument("--time-steps", action="store_true", help="time a training step of every arm")
     args = parser.parse_args()
     if args.merge:
@@ -308,13 +311,16 @@ def main() -> None:
     block5 = encoder.encoder.layer[5]
     print(f"sublayer on cached inputs vs MiniLM: max |diff| {check_block(encoder, block5, data):.2e}", flush=True)
     if args.time_factors or args.time_steps:
-        report = {
-            "factors": time_factors(block5, data) if args.time_factors else None,
-            "steps": time_steps(block5, data) if args.time_steps else None,
-            "load_average": os.getloadavg(),
-        }
+        timing = args.out / "timing.json"  # a part not measured now keeps its former entry
+        report = json.loads(timing.read_text()) if timing.is_file() else {}
+        if args.time_factors:
+            report["factors"] = time_factors(block5, data, args.factor_utterances)
+            report["factors"]["load_average"] = os.getloadavg()
+        if args.time_steps:
+            report["steps"] = time_steps(block5, data)
+            report["load_average"] = os.getloadavg()
         print(json.dumps(report, indent=1), flush=True)
-        (args.out / "timing.json").write_text(json.dumps(report, indent=1) + "\n")
+        timing.write_text(json.dumps(report, indent=1) + "\n")
         return
     runs_file = args.out / "runs.json"
     runs: list[dict[str, Any]] = json.loads(runs_file.read_text())["runs"] if runs_file.is_file() else []
