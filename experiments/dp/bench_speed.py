@@ -266,10 +266,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(table: str, environment: str) -> None:
+def write_readme_table(table: str, environment: str, block: str = "speed-table") -> None:
+    """Put ``environment`` and ``table`` between the README's ``<!-- block -->`` and ``<!-- /block -->`` markers."""
     readme = HERE / "README.md"
     text = readme.read_text()
-    begin, end = "<!-- speed-table -->", "<!-- /speed-table -->"
+    begin, end = f"<!-- {block} -->", f"<!-- /{block} -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin} ... {end} block to fill (--readme-block)")
     head, rest = text.split(begin, 1)
     readme.write_text(f"{head}{begin}\n{environment}\n\n{table}\n{end}{rest.split(end, 1)[1]}")
 
@@ -291,6 +294,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps shared machines comparable)")
     parser.add_argument("--write-readme", action="store_true", help="replace the table in experiments/dp/README.md")
+    parser.add_argument("--readme-block", default="speed-table", help="the README block --write-readme replaces")
     parser.add_argument("--memory-probe", nargs=3, metavar=("CASE", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -304,11 +308,12 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     environment = (
         f"Measured on {name} ({device.type}, {args.threads} thread(s)), torch {torch.__version__}, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds."
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds; load average after the run "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}."
     )
     print(table)
     if args.write_readme:
-        write_readme_table(table, environment)
+        write_readme_table(table, environment, args.readme_block)
 
 
 if __name__ == "__main__":

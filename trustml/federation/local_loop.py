@@ -27,7 +27,9 @@ mixed precision); :class:`~trustml.federation.client.ClientTrainer` then uses on
 
 What a fit would rebuild but does not change between fits is kept: one optimizer object
 (:meth:`ClientLoop.optimizer_for`) and one scratch generator for the loader's permutations
-(:func:`shuffled_order`), so that a client with one small batch costs little more than its training step.
+(:func:`shuffled_order`), so that a client with one small batch costs little more than its training step. A fit
+without client callbacks (nothing then reads the loader) on a :class:`DirectBatches` data module (a federated
+client's rows) builds no loader at all: its batches are cut from the rows with the loader's own draws.
 """
 
 from __future__ import annotations
