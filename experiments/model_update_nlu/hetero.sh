@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Heterogeneous retrieval on MASSIVE (updated split): a large gallery model (6-layer MiniLM), a small query model
 # (its first 3 layers) trained independently and with BCT against the large one; then the cross matrix.
-# Usage: experiments/model_update_nlu/hetero.sh SEED [SEED ...]   (logs: logs/hetero/seed<S>/{large,small,small_bct};
+# Usage: [BCT_WEIGHTS="1 10"] experiments/model_update_nlu/hetero.sh SEED [SEED ...]   (logs: logs/hetero/seed<S>/{large,small,small_bct};
 #        the matrix also goes to results/hetero_seed<S>.md, committed: the run folders stay out of git)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,8 +19,13 @@ for SEED in "$@"; do
   [ -f "$D/large/results.json" ] || $TRUSTML "${COMMON[@]}" method=erm seed=$SEED "hydra.run.dir=$D/large"
   [ -f "$D/small/results.json" ] || $TRUSTML "${COMMON[@]}" model.num_layers=3 method=erm seed=$SEED \
     "hydra.run.dir=$D/small"
-  [ -f "$D/small_bct/results.json" ] || $TRUSTML "${COMMON[@]}" model.num_layers=3 method=bct \
-    method.old_run_dir=$D/large seed=$SEED "hydra.run.dir=$D/small_bct"
-  nice -n 10 .venv/bin/python experiments/model_update_nlu/cross_matrix.py "$D" "$DATA" | tee "$D/cross_matrix.md" \
-    "experiments/model_update_nlu/results/hetero_seed$SEED.md"
+  NAMES=(large small)
+  for W in ${BCT_WEIGHTS:-1}; do  # BCT's influence weight; small_bct is weight 1, small_bct_w<W> the others
+    NAME=small_bct$([ "$W" = 1 ] || echo "_w$W")
+    NAMES+=("$NAME")
+    [ -f "$D/$NAME/results.json" ] || $TRUSTML "${COMMON[@]}" model.num_layers=3 method=bct \
+      method.old_run_dir=$D/large method.influence_weight=$W seed=$SEED "hydra.run.dir=$D/$NAME"
+  done
+  nice -n 10 .venv/bin/python experiments/model_update_nlu/cross_matrix.py "$D" "$DATA" "${NAMES[@]}" \
+    | tee "$D/cross_matrix.md" "experiments/model_update_nlu/results/hetero_seed$SEED.md"
 done
