@@ -130,11 +130,13 @@ def validation_view(data: TextLMDataModule) -> TextLMDataModule:
     return view
 
 
-def options_of(arm: str, setting: str, seed: int, scale: dict[str, Any]) -> dict[str, Any]:
-    """The ``federation.*`` options of one run (recorded with it)."""
+def options_of(
+    arm: str, setting: str, seed: int, scale: dict[str, Any], devices: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``federation.*`` options of one run (recorded with it); ``devices`` chooses the partitioner (default: the
+    conversations dealt whole to heavy-tailed devices)."""
     partition: dict[str, Any] = {
-        "kind": "heavy_tailed_natural",
-        "group_column": "group",
+        **(devices or {"kind": "heavy_tailed_natural", "group_column": "group"}),
         "num_clients": scale["devices"],
         "heavy_tail": "lognormal",
         "skew": scale["skew"],
@@ -348,13 +350,14 @@ def report(out: Path, png: Path) -> str:
 BEGIN, END = "<!-- lm-selection:begin -->", "<!-- lm-selection:end -->"
 
 
-def write_readme(table: str) -> None:
+def write_readme(table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``table`` between the README's ``begin`` and ``end`` markers."""
     text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README} has no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{README} has no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
 
 
 def main() -> None:

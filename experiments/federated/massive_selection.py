@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from lm_selection import ARMS, SETTINGS, mean_std, validation_view  # the sibling scripts (run as scripts)
+from lm_selection import (  # the sibling scripts (run as scripts)
+    ARMS,
+    SETTINGS,
+    mean_std,
+    options_of,
+    validation_view,
+    write_readme,
+)
 from run_grid import make_trainer_factory
 from scipy import stats
 
@@ -58,7 +65,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "massive_add_data"
 RESULTS = HERE / "results"
-README = HERE / "README.md"
 CLASSES = 60
 BATCH = 16
 LR = 1e-3
@@ -94,31 +100,9 @@ def new_method(seed: int) -> ERM:
     return ERM(ERMConfig(), model=model, optimizer=partial(torch.optim.AdamW, lr=LR), num_classes=CLASSES)
 
 
-def options_of(arm: str, setting: str, seed: int, scale: dict[str, Any]) -> dict[str, Any]:
-    """The ``federation.*`` options of one run (recorded with it)."""
-    partition: dict[str, Any] = {
-        "kind": "heavy_tailed",
-        "num_clients": scale["devices"],
-        "heavy_tail": "lognormal",
-        "skew": scale["skew"],
-        "seed": seed,
-        "setting": setting,
-    }
-    if setting == "continual":
-        partition.update(num_periods=4, storage_cap=scale["storage_cap"], arrival_growth=1.5)
-    return {
-        "rounds": scale["rounds"],
-        "partition": partition,
-        "selection": {"clients_per_round": scale["clients_per_round"], **ARMS[arm]},
-        "client": {"local_steps": scale["local_steps"]},
-        "server": {"seed": seed, "eval_every": 1},
-        "runtime": {"resume": False},
-    }
-
-
 def run_one(data: MassiveDataModule, arm: str, setting: str, seed: int, scale: dict[str, Any]) -> dict[str, Any]:
     """One federated run: per-round dev accuracy, final dev and test accuracy, partition statistics."""
-    options = options_of(arm, setting, seed, scale)
+    options = options_of(arm, setting, seed, scale, devices={"kind": "heavy_tailed"})  # IID utterances
     method = new_method(seed)
     with tempfile.TemporaryDirectory() as root:
         make_trainer = make_trainer_factory(Path(root))
@@ -274,15 +258,6 @@ def report(out: Path, png: Path) -> str:
 BEGIN, END = "<!-- massive-selection:begin -->", "<!-- massive-selection:end -->"
 
 
-def write_readme(table: str) -> None:
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{README} has no {BEGIN} ... {END} block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED, help="the massive_add_data folder")
@@ -304,7 +279,7 @@ def main() -> None:
         table = report(args.out, HERE / "massive_selection.png")
         print(table)
         if args.write_readme:
-            write_readme(table)
+            write_readme(table, BEGIN, END)
         return
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is missing: the study needs the MASSIVE add-data folder there (--data)")
