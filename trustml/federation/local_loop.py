@@ -246,13 +246,11 @@ def shuffled_order(loader: DataLoader, scratch: torch.Generator | None = None) -
     sampler = loader.sampler
     if sampler.generator is None and loader.generator is None:
         return stateless_order(len(sampler.data_source), scratch)
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # the loader's base seed
     generator = sampler.generator
     if generator is None:
         generator = scratch if scratch is not None else torch.Generator()
-        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
         generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-    else:
-        torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
     return torch.randperm(len(sampler.data_source), generator=generator)
 
 
