@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# ModIvA canary inversion (README section "Canary extraction by model inversion"): a small BERT trained from
-# scratch on Topical-Chat turns with a 4-digit canary ("my pin code is d d d d", label Disgusted) inserted
-# REPS times; one canary per training run (secret drawn with --seed c, c = 0..CANARIES-1: the same secrets in
-# every cell); arms: no defence (AdamW) and DP-Adam at epsilon 8. Every run is attacked by
-# `trustml-audit invert` (no candidate list) and ranked by `trustml-audit canary` (exposure: all 10,000
-# candidates scored), both on the weights after the last epoch; then summarize_inversion.py writes the table.
-# Usage (from anywhere): experiments/dp/run_inversion.sh   (env: REPS="100 10" ARMS="nonprivate dp_eps8"
-#   CANARIES=5 CONVERSATIONS=30 TEST_LINES=500 EPOCHS=15 STEPS=200 RESTARTS=8; TRUSTML_LOG_DIR;
-#   TRUSTML_SHARED_DATA). The canaries of one cell train in one Hydra sweep (re-run unless every run of the
-#   cell completed); canaries already attacked are skipped, so a stopped run continues where it stopped.
+# ModIvA canary inversion (README section "Canary extraction by model inversion"): a text classifier trained on
+# Topical-Chat turns with a LENGTH-digit canary ("my pin code is d d d d", label Disgusted) inserted REPS times;
+# one canary per training run (secret drawn with --seed c, c = 0..CANARIES-1: the same secrets in every cell of a
+# length). Every run is attacked by `trustml-audit invert` (no candidate list) and ranked by
+# `trustml-audit canary` (exposure: every candidate scored), both on the weights after the last epoch; the `none`
+# arm's runs are attacked a second time on their best-validation checkpoint, which is the early-stopping arm
+# (training stopped at the epoch of best val/acc, its weights restored). summarize_inversion.py writes the table.
+#
+# Arms (fixed before any run of this version): none = AdamW lr 1e-3, every dropout 0 (the head's and, for the
+# small BERT, the encoder's hidden and attention dropout); dropout = the same with every dropout 0.3;
+# early_stopping = none's best.ckpt; dp_eps8 / dp_eps1 = DP-Adam lr 1e-3 calibrated to epsilon 8 / 1 (delta
+# 0.1/N, the planned 15 epochs), dropout 0.
+# Models: small = BERT from scratch (2 layers, width 64, MiniLM's tokenizer, every weight trained); minilm = the
+# offline all-MiniLM-L6-v2 fine-tuned whole (its own encoder dropout 0.1 cannot be changed from the config; head
+# dropout as the arm says).
+#
+# Usage (from anywhere): experiments/dp/run_inversion.sh
+#   env: MODEL=small|minilm LENGTH=4 REPS="100 10" ARMS="none dropout dp_eps8" CANARIES=10 FIRST=0
+#        CONVERSATIONS=30 TEST_LINES=500 EPOCHS=15 STEPS=200 RESTARTS=8 TRUSTML_LOG_DIR TRUSTML_SHARED_DATA
+# Canaries FIRST..CANARIES-1 of a cell train in one Hydra sweep; a canary whose run finished is not trained again
+# and one already attacked is skipped, so a stopped run continues where it stopped and cells split over processes
+# (FIRST=0 CANARIES=5 / FIRST=5 CANARIES=10).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG=${TRUSTML_LOG_DIR:-$PWD/experiments/dp/logs}/inversion
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+MODEL_KIND=${MODEL:-small}
+LENGTH=${LENGTH:-4}
 REPS=${REPS:-"100 10"}
-ARMS=${ARMS:-"nonprivate dp_eps8"}
-CANARIES=${CANARIES:-5}
+ARMS=${ARMS:-"none dropout dp_eps8 dp_eps1"}
+FIRST=${FIRST:-0}
+CANARIES=${CANARIES:-10}
 CONVERSATIONS=${CONVERSATIONS:-30}
 TEST_LINES=${TEST_LINES:-500}
 EPOCHS=${EPOCHS:-15}
@@ -24,9 +39,20 @@ RESTARTS=${RESTARTS:-8}
 DATA=${TRUSTML_SHARED_DATA:-../shared/data}/topical_chat
 NICE=(nice -n 10)
 QUIET=(trainer.enable_progress_bar=false print_results=false logger=csv)
-# 2 layers, width 64, MiniLM's tokenizer, every weight trained (as the canary-exposure section)
-MODEL=(model=hf_tiny model.freeze_encoder=false model.max_length=48 model.random_init_config.hidden_size=64
-       model.random_init_config.intermediate_size=128 model.random_init_config.num_attention_heads=4)
+
+dropout_overrides() {  # $1: the dropout probability of every dropout site of the model
+  if [ "$MODEL_KIND" = small ]; then
+    echo "model.dropout=$1 +model.random_init_config.hidden_dropout_prob=$1 +model.random_init_config.attention_probs_dropout_prob=$1"
+  else
+    echo "model.dropout=$1"
+  fi
+}
+case $MODEL_KIND in
+  small) MODEL=(model=hf_tiny model.freeze_encoder=false model.max_length=48 model.random_init_config.hidden_size=64
+               model.random_init_config.intermediate_size=128 model.random_init_config.num_attention_heads=4) ;;
+  minilm) MODEL=(model=hf_encoder model.freeze_encoder=false model.cache_embeddings=false model.max_length=48) ;;
+  *) echo "unknown MODEL '$MODEL_KIND' (small, minilm)" >&2; exit 2 ;;
+esac
 
 if [ ! -f "$LOG/train.jsonl" ]; then
   .venv/bin/python experiments/dp/topical_chat_jsonl.py --data-dir "$DATA" --max-conversations "$CONVERSATIONS" \
@@ -35,49 +61,59 @@ if [ ! -f "$LOG/train.jsonl" ]; then
   head -n "$TEST_LINES" "$LOG/test.jsonl" > "$LOG/test.tmp" && mv "$LOG/test.tmp" "$LOG/test.jsonl"
 fi
 for reps in $REPS; do
+  data="$LOG/data/len$LENGTH/reps$reps"
   files=()
-  for ((c = 0; c < CANARIES; c++)); do
-    file="$LOG/data/reps$reps/canary$c.jsonl"
+  for ((c = FIRST; c < CANARIES; c++)); do
+    file="$data/canary$c.jsonl"
     [ -f "$file.canary.json" ] || .venv/bin/trustml-audit insert-canary "$LOG/train.jsonl" "$file" \
-      --label Disgusted --repetitions "$reps" --secret-length 4 --seed "$c" > /dev/null
+      --label Disgusted --repetitions "$reps" --secret-length "$LENGTH" --seed "$c" > /dev/null
     files+=("$file")
   done
   for arm in $ARMS; do
     case $arm in
-      nonprivate) OPT=(optimizer=adamw optimizer.lr=0.001) ;;
-      dp_eps8) OPT=(optimizer=dp_adam optimizer.target_epsilon=8 optimizer.lr=0.001) ;;
-      *) echo "unknown arm '$arm' (nonprivate, dp_eps8)" >&2; exit 2 ;;
+      none) OPT=(optimizer=adamw optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
+      dropout) OPT=(optimizer=adamw optimizer.lr=0.001 $(dropout_overrides 0.3)) ;;
+      dp_eps8) OPT=(optimizer=dp_adam optimizer.target_epsilon=8 optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
+      dp_eps1) OPT=(optimizer=dp_adam optimizer.target_epsilon=1 optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
+      *) echo "unknown arm '$arm' (none, dropout, dp_eps8, dp_eps1; early stopping is none's best checkpoint)" >&2
+         exit 2 ;;
     esac
-    cell="$LOG/$arm/reps$reps"
-    trained=0
-    for ((c = 0; c < CANARIES; c++)); do [ -f "$cell/$c/results.json" ] && trained=$((trained + 1)); done
-    [ "$trained" -eq "$CANARIES" ] || rm -rf "$cell"
-    [ "$trained" -eq "$CANARIES" ] || "${NICE[@]}" .venv/bin/trustml -m data=text_classification "data.train_path=$(IFS=,; echo "${files[*]}")" \
-      "data.val_path=$LOG/val.jsonl" "data.test_path=$LOG/test.jsonl" data.batch_size=32 "${MODEL[@]}" \
-      trainer.max_epochs="$EPOCHS" "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.sweep.dir="$cell"
-    # sweep job k trained on canary k; attack and rank every one in one process
-    "${NICE[@]}" .venv/bin/python - "$cell" "$LOG/data/reps$reps" "$CANARIES" "$STEPS" "$RESTARTS" <<'PY'
+    cell="$LOG/$MODEL_KIND/len$LENGTH/$arm/reps$reps"
+    todo=()
+    for ((c = FIRST; c < CANARIES; c++)); do
+      [ -f "$cell/$c/results.json" ] || { rm -rf "${cell:?}/$c"; todo+=("$c"); }
+    done
+    for c in "${todo[@]}"; do
+      # one run per canary, in the cell's folder as <canary>/ (not a sweep: canaries split over processes)
+      "${NICE[@]}" .venv/bin/trustml data=text_classification "data.train_path=$data/canary$c.jsonl" \
+        "data.val_path=$LOG/val.jsonl" "data.test_path=$LOG/test.jsonl" data.batch_size=32 "${MODEL[@]}" \
+        trainer.max_epochs="$EPOCHS" "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$cell/$c" > /dev/null
+    done
+    best=$([ "$arm" = none ] && echo 1 || echo 0)
+    "${NICE[@]}" .venv/bin/python - "$cell" "$data" "$FIRST" "$CANARIES" "$STEPS" "$RESTARTS" "$best" <<'PY'
 import sys
 from pathlib import Path
 
 from trustml.cli.audit import main
 
-cell, data, canaries, steps, restarts = sys.argv[1:]
-for k in range(int(canaries)):
+cell, data, first, canaries, steps, restarts, best = sys.argv[1:]
+checkpoints = [("last", "")] + ([("best", "_best")] if best == "1" else [])
+for k in range(int(first), int(canaries)):
     run, spec = f"{cell}/{k}", f"{data}/canary{k}.jsonl.canary.json"
-    if Path(f"{run}/invert/inversion.json").is_file() and Path(f"{run}/exposure/canary.json").is_file():
-        continue
-    for argv in (
-        ["invert", run, "--spec", spec, "--checkpoint", "last", "--steps", steps, "--restarts", restarts,
-         "--out", f"{run}/invert"],
-        ["canary", run, "--spec", spec, "--checkpoint", "last", "--out", f"{run}/exposure"],
-    ):
-        try:
-            main(argv)
-        except SystemExit as exc:
-            if exc.code:
-                raise
+    for checkpoint, suffix in checkpoints:
+        for name, argv in (
+            ("invert/inversion.json", ["invert", run, "--spec", spec, "--steps", steps, "--restarts", restarts]),
+            ("exposure/canary.json", ["canary", run, "--spec", spec]),
+        ):
+            folder, file = name.split("/")
+            out = f"{run}/{folder}{suffix}"
+            if Path(out, file).is_file():
+                continue
+            try:
+                main([*argv, "--checkpoint", checkpoint, "--out", out])
+            except SystemExit as exc:
+                if exc.code:
+                    raise
 PY
   done
 done
-.venv/bin/python experiments/dp/summarize_inversion.py "$LOG"

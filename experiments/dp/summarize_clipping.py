@@ -1,60 +1,135 @@
-"""Automatic vs flat clipping table of experiments/dp/README.md from the sweeps under LOG/clipping/<data>/<clipping>.
+"""Automatic vs flat clipping table of experiments/dp/README.md from run_clipping.sh's sweeps.
 
-For every (data, clipping, target epsilon): the learning rate with the best validation accuracy of the sweep, its
-test accuracy, the epsilon spent and the noise multiplier.
+Every run of ``LOG/clipping/<data>/<clipping>/<job>/`` becomes one record (data, clipping, target epsilon, bound C,
+lr, seed, val/acc_best, test/acc, epsilon spent, noise multiplier) in ``--records`` (a committed JSON-lines file:
+the run folders are not kept in git). Selection rule (fixed before the runs): per (data, clipping, target epsilon)
+the (C, lr) with the best mean ``val/acc_best`` over the seeds; its test accuracy is reported as mean +- std over
+the seeds, with the paired difference automatic - flat (same seeds) and its 95% t-interval.
 
-Usage: ``python experiments/dp/summarize_clipping.py LOG_DIR/clipping``.
+Usage: ``python experiments/dp/summarize_clipping.py [--log LOG/clipping] [--write-readme]`` (without ``--log``
+the table comes from the records file alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+RECORDS = HERE / "results" / "clipping.jsonl"
+BEGIN, END = "<!-- clipping-table:start -->", "<!-- clipping-table:end -->"
 
 
-def rows(log: Path) -> list[dict]:
-    """One row per (data, clipping, target epsilon): the best learning rate on validation accuracy."""
-    found: dict[tuple[str, str, float], list[dict]] = {}
+def collect(log: Path) -> list[dict[str, Any]]:
+    """One record per finished run under ``log``."""
+    records = []
     for results_path in sorted(log.glob("*/*/*/results.json")):
         run = results_path.parent
-        data, clipping = run.parent.parent.name, run.parent.name
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         results = json.loads(results_path.read_text())
-        key = (data, clipping, float(cfg.optimizer.target_epsilon))
-        found.setdefault(key, []).append({"lr": float(cfg.optimizer.lr), **results})
-    table = []
-    for (data, clipping, target), runs in sorted(found.items()):
-        best = max(runs, key=lambda r: r["val/acc_best"])
-        table.append(
+        records.append(
             {
-                "data": data,
-                "clipping": clipping,
-                "target": target,
-                "lr": best["lr"],
-                "lrs": sorted(r["lr"] for r in runs),
-                "test_acc": best["test/acc"],
-                "epsilon": best.get("epsilon"),
-                "sigma": best.get("noise_multiplier"),
+                "data": run.parent.parent.name,
+                "clipping": run.parent.name,
+                "target": float(cfg.optimizer.target_epsilon),
+                "bound": float(cfg.optimizer.max_grad_norm),
+                "lr": float(cfg.optimizer.lr),
+                "seed": int(cfg.seed),
+                "val_acc": results["val/acc_best"],
+                "test_acc": results["test/acc"],
+                "epsilon": results.get("epsilon"),
+                "sigma": results.get("noise_multiplier"),
             }
         )
-    return table
+    return records
+
+
+def selected(records: list[dict[str, Any]]) -> dict[tuple[str, str, float], dict[str, Any]]:
+    """Per (data, clipping, target): the (C, lr) with the best mean validation accuracy, and its runs by seed."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["data"], r["clipping"], r["target"], r["bound"], r["lr"]), []).append(r)
+    best: dict[tuple[str, str, float], dict[str, Any]] = {}
+    for (data, clipping, target, bound, lr), runs in sorted(groups.items()):
+        score = statistics.mean(r["val_acc"] for r in runs)
+        key = (data, clipping, target)
+        if key not in best or score > best[key]["val"]:
+            best[key] = {"bound": bound, "lr": lr, "val": score, "runs": {r["seed"]: r for r in runs}}
+    return best
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * std:.1f}"
+
+
+def markdown(records: list[dict[str, Any]]) -> str:
+    """The table: one row per (data, clipping, target epsilon), then the paired automatic - flat differences."""
+    best = selected(records)
+    grid = {
+        key: sorted({(r["bound"], r["lr"]) for r in records if (r["data"], r["clipping"], r["target"]) == key})
+        for key in best
+    }
+    lines = [
+        "| data | clipping | target epsilon | epsilon spent | noise multiplier | selected C, lr (of the grid) "
+        "| seeds | val acc % | test acc % (mean ± std) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for key, choice in best.items():
+        runs = list(choice["runs"].values())
+        bounds = ", ".join(f"{b:g}" for b in sorted({b for b, _ in grid[key]}))
+        lrs = ", ".join(f"{lr:g}" for lr in sorted({lr for _, lr in grid[key]}))
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]:g} | {statistics.mean(r['epsilon'] for r in runs):.2f} "
+            f"| {statistics.mean(r['sigma'] for r in runs):.2f} | C {choice['bound']:g}, lr {choice['lr']:g} "
+            f"(C of {bounds}; lr of {lrs}) | {len(runs)} | {_mean_std([r['val_acc'] for r in runs])} "
+            f"| {_mean_std([r['test_acc'] for r in runs])} |"
+        )
+    lines += [
+        "",
+        "| data | target epsilon | automatic - flat, test acc points (paired by seed) | 95% t-interval | seeds |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for (data, clipping, target), choice in best.items():
+        flat = best.get((data, "flat", target))
+        if clipping != "automatic" or flat is None:
+            continue
+        seeds = sorted(set(choice["runs"]) & set(flat["runs"]))
+        diffs = [100 * (choice["runs"][s]["test_acc"] - flat["runs"][s]["test_acc"]) for s in seeds]
+        if len(diffs) > 1:
+            mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+            interval = f"[{mean - half:+.1f}, {mean + half:+.1f}]"
+        else:
+            mean, sd, interval = (diffs[0] if diffs else float("nan")), 0.0, "n/a"
+        lines.append(f"| {data} | {target:g} | {mean:+.1f} ± {sd:.1f} | {interval} | {len(diffs)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log", type=Path)
+    parser.add_argument("--log", type=Path, help="LOG/clipping: refresh --records from the run folders")
+    parser.add_argument("--records", type=Path, default=RECORDS)
+    parser.add_argument("--write-readme", action="store_true", help="replace the table between the README markers")
     args = parser.parse_args()
-    print("| data | clipping | target epsilon | epsilon spent | noise multiplier | lr (best on val of) | test acc % |")
-    print("|---|---|---:|---:|---:|---|---:|")
-    for r in rows(args.log):
-        lrs = ", ".join(f"{lr:g}" for lr in r["lrs"])
-        print(
-            f"| {r['data']} | {r['clipping']} | {r['target']:g} | {r['epsilon']:.2f} | {r['sigma']:.2f} "
-            f"| {r['lr']:g} (of {lrs}) | {100 * r['test_acc']:.1f} |"
-        )
+    if args.log is not None:
+        records = collect(args.log)
+        args.records.parent.mkdir(parents=True, exist_ok=True)
+        args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
+    table = markdown(records)
+    print(table)
+    if args.write_readme:
+        text = README.read_text()
+        head, rest = text.split(BEGIN, 1)
+        README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
 
 
 if __name__ == "__main__":

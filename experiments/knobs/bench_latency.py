@@ -183,6 +183,9 @@ def seq2seq_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Te
         "C: 5 questions + A on control": KnobSettings(
             control_phrases=QUESTIONS, cross_attention=CrossAttentionBias({"control": 5.0})
         ),
+        "C: 5 questions pooled to 1 vector + A on control": KnobSettings(
+            control_phrases=QUESTIONS, context_pooling="mean", cross_attention=CrossAttentionBias({"control": 5.0})
+        ),
         "B: lambda=0.5 (two decoders)": KnobSettings(mixing_weight=0.5),
     }
     generate_kwargs = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
@@ -227,6 +230,9 @@ def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Ten
         ),
         "C: 5 questions (soft prompt) + A on control": KnobSettings(
             control_phrases=QUESTIONS, prompt_attention=PromptAttentionBias({"control": 5.0})
+        ),
+        "C: 5 questions pooled to 1 vector + A on control": KnobSettings(
+            control_phrases=QUESTIONS, context_pooling="mean", prompt_attention=PromptAttentionBias({"control": 5.0})
         ),
         "B: lambda=0.5 (two GPT-2s)": KnobSettings(mixing_weight=0.5),
     }

@@ -161,11 +161,11 @@ def main() -> None:
     if not args.snips.is_dir():
         raise SystemExit(f"SNIPS data not found: {args.snips} (../shared/data/snips)")
     torch.set_num_threads(1)
-    done = {(r["encoder"], r["budget"], r["seed"]) for r in read(args.out)}
     for encoder in args.encoders:
         for budget in args.budgets:
             for seed in args.seeds:
-                if (encoder, budget, seed) in done:
+                # read again before every cell: another process may have recorded it meanwhile
+                if (encoder, budget, seed) in {(r["encoder"], r["budget"], r["seed"]) for r in read(args.out)}:
                     continue
                 rows = run_cell(args.snips, encoder, budget, seed, args.steps)
                 with args.out.open("a") as f:  # both arms of a cell at once: a cell is never half-recorded

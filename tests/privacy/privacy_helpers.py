@@ -34,6 +34,24 @@ class SequenceClassifier(nn.Module):
         return self.head(self.norm((hidden * mask).sum(1) / mask.sum(1)))
 
 
+class SharedInputBlock(nn.Module):
+    """Embedding -> per-position LayerNorm -> three Linear layers reading the same states (as a transformer's
+    query, key and value) -> LayerNorm over (positions, features) without bias -> mean pool -> Linear."""
+
+    def __init__(self, vocab: int = 20, dim: int = 8, length: int = 5, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.norm_in = nn.LayerNorm(dim)
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_out = nn.LayerNorm((length, dim), bias=False)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: dict[str, Tensor]) -> Tensor:
+        hidden = self.norm_in(self.embed(x["ids"]))
+        mixed = self.query(hidden) * torch.tanh(self.key(hidden)) + self.value(hidden)
+        return self.head(self.norm_out(mixed).mean(1))
+
+
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3))
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum, clipping_weights
+from trustml.privacy import mechanism
+from trustml.privacy.mechanism import add_gaussian_noise, add_gaussian_noise_, clipped_sum, clipping_weights
 from trustml.privacy.per_sample import MaterializedGradients
 
 
@@ -66,6 +67,29 @@ def test_noise_is_seeded_and_has_the_requested_std() -> None:
     assert not torch.equal(first, other)
     assert abs(float(first.std()) - 0.7) < 0.01
     assert abs(float(first.mean())) < 0.01
+
+
+def test_in_place_noise_is_seeded_chunked_and_keeps_only_a_small_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mechanism, "NOISE_CHUNK", 64)  # several chunks per tensor, one partial
+    sums = {"w": torch.zeros(30, 20), "b": torch.zeros(20)}
+
+    def noisy(seed: int, scratch: dict) -> dict[str, torch.Tensor]:
+        copies = {k: v.clone() for k, v in sums.items()}
+        return dict(add_gaussian_noise_(copies, 0.7, torch.Generator().manual_seed(seed), scratch))
+
+    scratch: dict = {}
+    first = noisy(3, scratch)
+    (buffer,) = scratch.values()
+    assert buffer.numel() == 64
+    again, other = noisy(3, scratch), noisy(4, scratch)
+    assert list(scratch.values())[0] is buffer
+    for name in sums:
+        torch.testing.assert_close(first[name], again[name], rtol=0, atol=0)
+        assert not torch.equal(first[name], other[name])
+    values = torch.cat([t.flatten() for t in first.values()])
+    assert abs(float(values.std()) - 0.7) < 0.05 and abs(float(values.mean())) < 0.05
+    # every element got its own draw (no chunk repeated)
+    assert values.unique().numel() == values.numel()
 
 
 def test_automatic_clipping_normalizes_every_sample_below_the_bound() -> None:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from tests.privacy.privacy_helpers import (
     SequenceClassifier,
+    SharedInputBlock,
     cross_entropy,
     feature_batch,
     mlp,
@@ -26,6 +27,9 @@ CASES = {
     # length 5: Linear(8, 16) takes the ghost-norm path (5 * 24 < 128); length 12 materializes instead.
     "sequence-short": (SequenceClassifier, lambda: sequence_batch(6, length=5)),
     "sequence-long": (SequenceClassifier, lambda: sequence_batch(6, length=12)),
+    # query/key/value share one input (one Gram matrix for the three, ghost path: 3 * 16 < 64); LayerNorms over
+    # one and over two dimensions, with and without bias (closed-form per-sample gradients)
+    "shared-input-layernorm": (lambda: SharedInputBlock(dim=16, length=3), lambda: sequence_batch(6, length=3)),
 }
 
 

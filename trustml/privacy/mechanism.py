@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,3 +74,31 @@ def gaussian_noise(like: Tensor, std: float, generator: torch.Generator) -> Tens
 def add_gaussian_noise(summed: Mapping[str, Tensor], std: float, generator: torch.Generator) -> dict[str, Tensor]:
     """``summed + N(0, std^2 I)`` for every tensor, drawn from ``generator`` (on the tensors' device)."""
     return {name: s + gaussian_noise(s, std, generator) for name, s in summed.items()}
+
+
+#: Elements of the noise drawn at a time by :func:`add_gaussian_noise_` (4 MiB of float32).
+NOISE_CHUNK = 1 << 20
+
+
+def add_gaussian_noise_(
+    summed: Mapping[str, Tensor], std: float, generator: torch.Generator, scratch: dict[Any, Tensor]
+) -> Mapping[str, Tensor]:
+    """In place: ``summed[name] += N(0, std^2 I)`` for every tensor, drawn from ``generator``.
+
+    The noise is drawn :data:`NOISE_CHUNK` elements at a time into one buffer per device and dtype, kept in
+    ``scratch`` by the caller across steps: a step allocates no tensor of the model's size (with millions of
+    trainable weights the allocation costs about as much as the draw) and holds at most 4 MiB more memory.
+    """
+    for s in summed.values():
+        if not s.is_contiguous():  # not a sum this module's callers produce; drawn whole
+            s.add_(gaussian_noise(s, std, generator))
+            continue
+        key = (s.device, s.dtype)
+        if key not in scratch:
+            scratch[key] = torch.empty(NOISE_CHUNK, device=s.device, dtype=s.dtype)
+        buffer = scratch[key]
+        flat = s.view(-1)
+        for start in range(0, flat.numel(), NOISE_CHUNK):
+            part = flat[start : start + NOISE_CHUNK]
+            part.add_(buffer[: part.numel()].normal_(0.0, std, generator=generator))
+    return summed

@@ -23,7 +23,7 @@ instead, for reproducible tests, and then the guarantee does not hold against wh
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from trustml.privacy.batching import Batch, batch_size, split_batch
 from trustml.privacy.compat import check_per_sample_compatible
 from trustml.privacy.distributed import all_reduce_sum, check_process_group
 from trustml.privacy.engine import NoisePlan
-from trustml.privacy.mechanism import add_gaussian_noise, clipped_sum
+from trustml.privacy.mechanism import add_gaussian_noise_, clipped_sum
 from trustml.privacy.options import MIXED_PRECISION_REFUSAL, DPAdamConfig, DPOptimizerConfig, DPSGDConfig
 from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult, SampleLossFn
 from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
@@ -100,6 +100,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
         #: Set by the privacy engine's step hook when one more step would exceed ``target_epsilon``.
         self.budget_spent = False
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._noise_scratch: dict[Any, Tensor] = {}  # add_gaussian_noise_'s buffers, kept across steps
         self._checked_models: set[int] = set()
 
     @property
@@ -143,13 +144,14 @@ class DPOptimizer(PerSampleGradientOptimizer):
             losses.append(result.losses)
         noisy = self._noisy_sum(total)
         for name, p in params.items():
-            p.grad = noisy[name] / self.plan.expected_batch_size
+            p.grad = noisy[name].div_(self.plan.expected_batch_size)  # the step's own tensors: divided in place
         self.noisy_steps += 1
         all_losses = torch.cat(losses)
         return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
 
-    def _noisy_sum(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``sum_i clip(g_i) + N(0, sigma^2 C^2 I)`` over the step's whole (global) batch.
+    def _noisy_sum(self, total: dict[str, Tensor]) -> Mapping[str, Tensor]:
+        """``sum_i clip(g_i) + N(0, sigma^2 C^2 I)`` over the step's whole (global) batch, the noise added in place
+        to ``total`` (this step's own sums).
 
         Across the plan's ``processes`` (DDP), ``total`` is this process's shard sum: process 0 alone adds the
         noise, then the sums are all-reduced, so every process holds the same noisy sum with the noise drawn once
@@ -158,9 +160,11 @@ class DPOptimizer(PerSampleGradientOptimizer):
         std = self.plan.noise_multiplier * self.options.max_grad_norm  # type: ignore[union-attr]
         processes = self.plan.processes  # type: ignore[union-attr]
         if processes == 1:
-            return add_gaussian_noise(total, std, self._generator(total))
+            return add_gaussian_noise_(total, std, self._generator(total), self._noise_scratch)
         rank = check_process_group(processes)
-        return all_reduce_sum(add_gaussian_noise(total, std, self._generator(total)) if rank == 0 else total)
+        if rank == 0:
+            add_gaussian_noise_(total, std, self._generator(total), self._noise_scratch)
+        return all_reduce_sum(total)
 
     def _per_sample(
         self, model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch

@@ -11,10 +11,13 @@ to its layer. For ``Linear`` (inputs ``a_i`` and output gradients ``g_i`` of ``T
 * ``sum_i w_i grad W_i = (w * g)^T a`` is one matrix product (*book-keeping*, Bu et al., ICML 2023),
 
 so DP-SGD costs about one ordinary forward and backward. ``Embedding`` works the same way with token
-identities instead of ``a_i a_i^T``. Any other layer (LayerNorm, convolutions, custom modules) gets its
-per-sample gradients materialized as the vector-Jacobian product ``vmap(grad(<layer(a_i), g_i>))`` with
-``torch.func``. The model's own forward runs unchanged, so models with data-dependent control flow (Hugging
-Face encoders) work, and frozen layers cost what they cost in non-private training.
+identities instead of ``a_i a_i^T``. Layers that share one input (a transformer's query, key and value
+projections) share its Gram matrix ``a_i a_i^T``. ``LayerNorm`` (``y = x_hat * w + b``) has the closed form
+``grad w_i = sum_t g_{i,t} * x_hat_{i,t}``, ``grad b_i = sum_t g_{i,t}``. Any other layer (convolutions, custom
+modules) gets its per-sample gradients materialized as the vector-Jacobian product
+``vmap(grad(<layer(a_i), g_i>))`` with ``torch.func``. The model's own forward runs unchanged, so models with
+data-dependent control flow (Hugging Face encoders) work, and frozen layers cost what they cost in non-private
+training.
 
 Every layer must see its samples along the first dimension of its output (row ``i`` belongs to sample ``i``):
 a layer whose output's first dimension is neither the batch size nor 1 (e.g. a ``Linear`` on a sequence-first
@@ -30,6 +33,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -54,11 +58,30 @@ class _Contribution:
         return torch.tensordot(weights.to(self.per_sample.dtype), self.per_sample, dims=1)
 
 
+class GramCache:
+    """Per-sample Gram matrices ``a_i a_i^T`` (``[B, T, T]``) of one step's layer inputs, computed once per input.
+
+    Layers fed the same tensor (a transformer's query, key and value projections read the same hidden states)
+    look it up by its storage, offset, shape and stride; every recorded input stays alive for the step, so two
+    live tensors with the same key are the same values.
+    """
+
+    def __init__(self) -> None:
+        self._grams: dict[tuple[Any, ...], Tensor] = {}
+
+    def gram(self, a: Tensor) -> Tensor:
+        key = (a.untyped_storage().data_ptr(), a.storage_offset(), tuple(a.shape), a.stride(), a.dtype)
+        if key not in self._grams:
+            self._grams[key] = torch.bmm(a, a.transpose(1, 2))
+        return self._grams[key]
+
+
 class _LinearWeight(_Contribution):
     """``grad W_i = g_i^T a_i`` of a ``Linear`` layer, kept as activations ``a [B, T, in]`` and ``g [B, T, out]``."""
 
-    def __init__(self, a: Tensor, g: Tensor) -> None:
+    def __init__(self, a: Tensor, g: Tensor, grams: GramCache | None = None) -> None:
         self.a, self.g = a, g
+        self.grams = grams if grams is not None else GramCache()
 
     def materialize(self) -> Tensor:
         return torch.bmm(self.g.transpose(1, 2), self.a)
@@ -68,14 +91,17 @@ class _LinearWeight(_Contribution):
         if positions == 1:
             return self.a.pow(2).sum((1, 2)) * self.g.pow(2).sum((1, 2))
         if positions * (d_in + d_out) < d_in * d_out:
-            gram_a = torch.bmm(self.a, self.a.transpose(1, 2))
             gram_g = torch.bmm(self.g, self.g.transpose(1, 2))
-            return (gram_a * gram_g).sum((1, 2))
+            return (self.grams.gram(self.a) * gram_g).sum((1, 2))
         return super().squared_norm()
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
-        weighted = self.g * weights.to(self.g.dtype)[:, None, None]
-        return weighted.flatten(0, 1).T @ self.a.flatten(0, 1)
+        """``sum_i w_i g_i^T a_i``: the weights scale the narrower of ``a`` and ``g`` (fewer multiplications)."""
+        a, g = self.a.flatten(0, 1), self.g.flatten(0, 1)
+        rows = weights.to(g.dtype).repeat_interleave(self.a.shape[1])[:, None]
+        if a.shape[1] < g.shape[1]:
+            return g.T @ (a * rows)
+        return (g * rows).T @ a
 
 
 class _EmbeddingWeight(_Contribution):
@@ -99,12 +125,25 @@ class _EmbeddingWeight(_Contribution):
         return total.index_add_(0, self.ids.flatten(), weighted.flatten(0, 1))
 
 
-def _linear(module: nn.Linear, args: tuple[Any, ...], g: Tensor) -> dict[str, _Contribution]:
+def _linear(module: nn.Linear, args: tuple[Any, ...], g: Tensor, grams: GramCache) -> dict[str, _Contribution]:
     size = g.shape[0]
     a = args[0].reshape(size, -1, module.in_features)
     g = g.reshape(size, -1, module.out_features)
-    contributions: dict[str, _Contribution] = {"weight": _LinearWeight(a, g)}
+    contributions: dict[str, _Contribution] = {"weight": _LinearWeight(a, g, grams)}
     if module.bias is not None:
+        contributions["bias"] = _Contribution(g.sum(1))
+    return contributions
+
+
+def _layer_norm(module: nn.LayerNorm, args: tuple[Any, ...], g: Tensor) -> dict[str, _Contribution]:
+    """``grad w_i = sum_t g_{i,t} * x_hat_{i,t}`` and ``grad b_i = sum_t g_{i,t}`` (``[B, *normalized_shape]``)."""
+    size, shape = g.shape[0], tuple(module.normalized_shape)
+    x_hat = F.layer_norm(args[0], shape, None, None, module.eps)
+    g = g.reshape(size, -1, *shape)
+    contributions: dict[str, _Contribution] = {}
+    if module.weight is not None and module.weight.requires_grad:
+        contributions["weight"] = _Contribution((g * x_hat.reshape(size, -1, *shape)).sum(1))
+    if module.bias is not None and module.bias.requires_grad:
         contributions["bias"] = _Contribution(g.sum(1))
     return contributions
 
@@ -163,11 +202,13 @@ class _Call:
     shared: bool
 
 
-def _layer_contributions(call: _Call, g: Tensor) -> dict[str, _Contribution]:
+def _layer_contributions(call: _Call, g: Tensor, grams: GramCache) -> dict[str, _Contribution]:
     module, args, kwargs = call.module, call.args, call.kwargs
     size = g.shape[0]
     if type(module) is nn.Linear and not kwargs:
-        return _linear(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
+        return _linear(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g, grams)
+    if type(module) is nn.LayerNorm and not kwargs:
+        return _layer_norm(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
     if type(module) is nn.Embedding and not kwargs and module.max_norm is None:
         return _embedding(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
     return {name: _Contribution(t) for name, t in _vector_jacobian(module, args, kwargs, g, call.shared).items()}
@@ -296,9 +337,10 @@ def layerwise_per_sample_gradients(
     grads = LayerwiseGradients(params, size)
     if calls:
         output_grads = torch.autograd.grad(losses.sum(), [call.output for call in calls], allow_unused=True)
+        grams = GramCache()
         for call, g in zip(calls, output_grads, strict=True):
             if g is not None:
-                for pname, part in _layer_contributions(call, g).items():
+                for pname, part in _layer_contributions(call, g, grams).items():
                     grads.contributions[owners[call.module][pname]].append(part)
     return PerSampleResult(grads, logits.detach(), losses.detach())
 
