@@ -214,10 +214,17 @@ def verdict_lines(slot: dict[str, float]) -> str:
         if not group:
             lines.append(f"- {label}: not run.")
             continue
-        best = max(group, key=group.get)
+        # no condition is picked by its test score: the verdict holds for all of the group's (c)/(d) rows or none
+        shares = sorted(closed(n) for n in group)
+        if shares[0] >= 50:
+            verdict = "met by every one of them"
+        elif shares[-1] >= 50:
+            verdict = "met by some, not all (which one to use would have to be chosen on dev data)"
+        else:
+            verdict = "not met by any"
         lines.append(
-            f"- {label}: best is {best}, {closed(best):.0f}% of the slot-F1 gap a→e; target (>= 50%): "
-            f"{'met' if closed(best) >= 50 else 'not met'}."
+            f"- {label}: the {len(group)} (c)/(d) conditions close {shares[0]:.0f}-{shares[-1]:.0f}% of the slot-F1 "
+            f"gap a→e; target (>= 50%): {verdict}."
         )
     return "\n".join(lines)
 
@@ -351,7 +358,19 @@ def render_readme(record: dict) -> str:
         catalog_study=render_catalog_study(),
         allocation_study=render_allocation_study(),
         labels=record.get("labels", "test"),
+        selection=render_selection(record.get("selection", [])),
     )
+
+
+def render_selection(selection: list[dict]) -> str:
+    """The induction prior weight each seed chose on its dev split, with the dev slot F1 of every candidate."""
+    if not selection:
+        return "Induction prior weight: fixed (no dev selection recorded)."
+    parts = []
+    for s in sorted(selection, key=lambda s: s["seed"]):
+        scores = " / ".join(f"{w}: {100 * f:.1f}" for w, f in s["dev_slot_f1"].items())
+        parts.append(f"seed {s['seed']}: {s['prior_weight']} (dev slot F1 of condition c by weight, {scores})")
+    return "Induction prior weight chosen on the dev split: " + "; ".join(parts) + "."
 
 
 def merge(files: list[Path]) -> dict:
@@ -362,7 +381,16 @@ def merge(files: list[Path]) -> dict:
     for record in records:
         for name, rows in record["results"].items():
             results.setdefault(name, []).extend(rows)
-    return {"commands": [c for r in records for c in r["commands"]], "speed": records[0]["speed"], "results": results}
+    labels = {r.get("labels", "test") for r in records}
+    if len(labels) > 1:
+        raise SystemExit(f"the merged files use different tag inventories ({sorted(labels)}); re-run them alike")
+    return {
+        "commands": [c for r in records for c in r["commands"]],
+        "speed": records[0]["speed"],
+        "results": results,
+        "labels": labels.pop(),
+        "selection": [s for r in records for s in r.get("selection", [])],
+    }
 
 
 def load_snips(snips: Path) -> tuple[list, list, list]:
