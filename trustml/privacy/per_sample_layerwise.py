@@ -79,9 +79,8 @@ class GramCache:
 class _LinearWeight(_Contribution):
     """``grad W_i = g_i^T a_i`` of a ``Linear`` layer, kept as activations ``a [B, T, in]`` and ``g [B, T, out]``."""
 
-    def __init__(self, a: Tensor, g: Tensor, grams: GramCache | None = None) -> None:
-        self.a, self.g = a, g
-        self.grams = grams if grams is not None else GramCache()
+    def __init__(self, a: Tensor, g: Tensor, grams: GramCache) -> None:
+        self.a, self.g, self.grams = a, g, grams
 
     def materialize(self) -> Tensor:
         return torch.bmm(self.g.transpose(1, 2), self.a)
@@ -203,15 +202,16 @@ class _Call:
 
 
 def _layer_contributions(call: _Call, g: Tensor, grams: GramCache) -> dict[str, _Contribution]:
-    module, args, kwargs = call.module, call.args, call.kwargs
-    size = g.shape[0]
-    if type(module) is nn.Linear and not kwargs:
-        return _linear(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g, grams)
-    if type(module) is nn.LayerNorm and not kwargs:
-        return _layer_norm(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
-    if type(module) is nn.Embedding and not kwargs and module.max_norm is None:
-        return _embedding(module, tuple(_per_sample_view(a, size) for a in args) if call.shared else args, g)
-    return {name: _Contribution(t) for name, t in _vector_jacobian(module, args, kwargs, g, call.shared).items()}
+    module, kwargs = call.module, call.kwargs
+    if not kwargs:
+        args = tuple(_per_sample_view(a, g.shape[0]) for a in call.args) if call.shared else call.args
+        if type(module) is nn.Linear:
+            return _linear(module, args, g, grams)
+        if type(module) is nn.LayerNorm:
+            return _layer_norm(module, args, g)
+        if type(module) is nn.Embedding and module.max_norm is None:
+            return _embedding(module, args, g)
+    return {name: _Contribution(t) for name, t in _vector_jacobian(module, call.args, kwargs, g, call.shared).items()}
 
 
 class LayerwiseGradients(PerSampleGradients):
