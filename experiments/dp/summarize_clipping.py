@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from result_records import load_records, replace_readme_block, save_records
 from scipy import stats
 
-HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
-RECORDS = HERE / "results" / "clipping.jsonl"
+RECORDS = Path(__file__).resolve().parent / "results" / "clipping.jsonl"
 BEGIN, END = "<!-- clipping-table:start -->", "<!-- clipping-table:end -->"
 
 
@@ -120,16 +119,11 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true", help="replace the table between the README markers")
     args = parser.parse_args()
     if args.log is not None:
-        records = collect(args.log)
-        args.records.parent.mkdir(parents=True, exist_ok=True)
-        args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
-    table = markdown(records)
+        save_records(args.records, collect(args.log))
+    table = markdown(load_records(args.records))
     print(table)
     if args.write_readme:
-        text = README.read_text()
-        head, rest = text.split(BEGIN, 1)
-        README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+        replace_readme_block(BEGIN, END, table)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
-RECORDS = HERE / "results" / "inversion.jsonl"
+from result_records import load_records, replace_readme_block, save_records
+
+RECORDS = Path(__file__).resolve().parent / "results" / "inversion.jsonl"
 BEGIN, END = "<!-- inversion-table:start -->", "<!-- inversion-table:end -->"
 ARMS = {
     "none": "no defence (dropout 0)",
@@ -152,20 +152,15 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true", help="replace the table between the README markers")
     args = parser.parse_args()
     if args.log is not None:
-        records = collect(args.log)
-        args.records.parent.mkdir(parents=True, exist_ok=True)
-        args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line.strip()]
-    rows = cell_rows(records)
+        save_records(args.records, collect(args.log))
+    rows = cell_rows(load_records(args.records))
     table = markdown(rows)
     print(table)
     for r in rows:
         pairs = " ".join(f"{s}/{g}" for s, g in r["secrets"])
         print(r["model"], r["length"], r["arm"], r["repetitions"], "secret/recovered:", pairs)
     if args.write_readme:
-        text = README.read_text()
-        head, rest = text.split(BEGIN, 1)
-        README.write_text(f"{head}{BEGIN}\n{table}\n{END}{rest.split(END, 1)[1]}")
+        replace_readme_block(BEGIN, END, table)
 
 
 if __name__ == "__main__":

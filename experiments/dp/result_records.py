@@ -1,0 +1,33 @@
+"""Committed result records of the DP experiments and the README tables built from them.
+
+The run folders of ``run_inversion.sh`` and ``run_clipping.sh`` are not kept in git, so each summary script keeps
+one JSON line per run in ``experiments/dp/results/`` and builds its README table from that file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+def save_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write ``records`` to ``path``, one JSON object per line (replacing the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a file written by :func:`save_records`."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def replace_readme_block(begin: str, end: str, content: str, readme: Path = README) -> None:
+    """Put ``content`` between the ``begin`` and ``end`` markers of ``readme``."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no {begin} ... {end} block to fill")
+    head, rest = text.split(begin, 1)
+    readme.write_text(f"{head}{begin}\n{content}\n{end}{rest.split(end, 1)[1]}")
