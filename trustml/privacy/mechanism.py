@@ -71,11 +71,6 @@ def gaussian_noise(like: Tensor, std: float, generator: torch.Generator) -> Tens
     return torch.normal(0.0, std, size=like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def add_gaussian_noise(summed: Mapping[str, Tensor], std: float, generator: torch.Generator) -> dict[str, Tensor]:
-    """``summed + N(0, std^2 I)`` for every tensor, drawn from ``generator`` (on the tensors' device)."""
-    return {name: s + gaussian_noise(s, std, generator) for name, s in summed.items()}
-
-
 #: Elements of the noise drawn at a time by :func:`add_gaussian_noise_` (4 MiB of float32).
 NOISE_CHUNK = 1 << 20
 
