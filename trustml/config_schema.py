@@ -16,6 +16,8 @@ class TrainSchema:
 
     ``ckpt_path``: a checkpoint of an earlier run of the same configuration (``RUN/checkpoints/last.ckpt``) to resume
     training from, whatever the ``federation`` plugin (as ``Trainer.fit(ckpt_path=...)``).
+    ``cpu_allocator``: ``retain`` keeps freed C-heap memory in the process instead of page-faulting it back every
+    step, ``system`` leaves glibc's defaults (:mod:`trustml.cpu_allocator`).
     """
 
     task_name: str = "train"
@@ -25,6 +27,7 @@ class TrainSchema:
     print_results: bool = True
     optimized_metric: str | None = None
     ckpt_path: str | None = None
+    cpu_allocator: str = "retain"
     data: Any = None
     model: Any = None
     method: Any = None

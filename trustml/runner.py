@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from trustml.cpu_allocator import configure_cpu_allocator
 from trustml.data.base import TrustDataModule
 from trustml.errors import ConfigError, TrustMLError
 from trustml.plugin import FitResult, Plugin
@@ -87,6 +88,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> RunOutcome
     """Run the experiment ``cfg`` (its ``seed`` already set) and return its final metrics."""
     choices = dict(choices or {})
     check_targets(cfg, list(cfg.get("trusted_target_prefixes") or []))
+    configure_cpu_allocator(str(cfg.get("cpu_allocator", "retain")))
     classes = plugin_classes(cfg)
     configs = plugin_configs(cfg)
     check_compatibility(cfg, classes, choices)

@@ -14,8 +14,11 @@ non-private step, and the peak memory of its steps above the memory held before 
   fill ``T``).
 
 A variant that cannot run a case (Opacus on every weight: "Per sample gradient is not initialized") is reported
-with its error instead of numbers. Usage: ``python experiments/dp/bench_speed.py [--cases digits minilm
-minilm-all-32x64 ...] [--rounds 20] [--write-readme]``.
+with its error instead of numbers. The timed process runs with ``--cpu-allocator`` (default ``retain``, as every
+``trustml`` run: freed memory stays in the process, :mod:`trustml.cpu_allocator`; ``system``: glibc's defaults,
+under which the DP step page-faults back the memory it freed in the previous step). Usage: ``python
+experiments/dp/bench_speed.py [--cases digits minilm minilm-all-32x64 ...] [--rounds 20] [--cpu-allocator
+retain|system] [--variants ...] [--write-readme]``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from trustml.cpu_allocator import CPU_ALLOCATORS, configure_cpu_allocator
 from trustml.privacy.engine import NoisePlan
 from trustml.privacy.optimizers import DPSGDOptimizer
 from trustml.privacy.options import DPSGDConfig
@@ -222,11 +226,13 @@ def _memory_probe(case: str, variant: str, steps: int) -> None:
     print(_rss_mib()["VmHWM"] - before)
 
 
-def run_case(case: str, rounds: int, warmup: int, device: torch.device) -> list[dict[str, Any]]:
+def run_case(
+    case: str, rounds: int, warmup: int, device: torch.device, variants: tuple[str, ...] = VARIANTS
+) -> list[dict[str, Any]]:
     """Measured rows (variant, median ms, ratio, peak MiB) of one case."""
     model, batch = CASES[case](device)
     steps, errors = {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         try:
             steps[variant] = make_step(variant, model, batch)
             steps[variant]()  # a variant that cannot run this case fails here, not in the timed rounds
@@ -235,7 +241,7 @@ def run_case(case: str, rounds: int, warmup: int, device: torch.device) -> list[
             errors[variant] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     medians = median_step_times(steps, rounds, warmup, device)
     rows = []
-    for variant in VARIANTS:
+    for variant in variants:
         if variant in errors:
             rows.append({"case": case, "variant": variant, "error": errors[variant]})
         else:
@@ -295,6 +301,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps shared machines comparable)")
     parser.add_argument("--write-readme", action="store_true", help="replace the table in experiments/dp/README.md")
     parser.add_argument("--readme-block", default="speed-table", help="the README block --write-readme replaces")
+    parser.add_argument("--cpu-allocator", choices=CPU_ALLOCATORS, default="retain", help="of the timed process")
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="non-private is always measured"
+    )
     parser.add_argument("--memory-probe", nargs=3, metavar=("CASE", "VARIANT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -303,12 +313,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    rows = [row for case in args.cases for row in run_case(case, args.rounds, args.warmup, device)]
+    retained = configure_cpu_allocator(args.cpu_allocator)
+    variants = tuple(v for v in VARIANTS if v == "non-private" or v in args.variants)
+    rows = [row for case in args.cases for row in run_case(case, args.rounds, args.warmup, device, variants)]
     table = markdown_table(rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     environment = (
         f"Measured on {name} ({device.type}, {args.threads} thread(s)), torch {torch.__version__}, "
-        f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds; load average after the run "
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up rounds, cpu_allocator={args.cpu_allocator}"
+        f"{'' if retained or args.cpu_allocator == 'system' else ' (not applied: not glibc)'}; "
+        "load average after the run "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}."
     )
     print(table)

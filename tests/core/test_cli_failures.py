@@ -84,6 +84,7 @@ BAD_OPTIONS = {
     "optimizer.lrr": (["optimizer.lrr=0.1"], UNKNOWN_LRR),
     "+trainer.foo": (["+trainer.foo=1"], "option 'foo' is unknown for trainer=default (pytorch_lightning.Trainer)"),
     "untrusted loader": (["+model.trust_remote_code=true"], "model.trust_remote_code=true is refused"),
+    "cpu_allocator": (["cpu_allocator=jemalloc"], "cpu_allocator='jemalloc' is not one of retain, system"),
 }
 
 

@@ -15,6 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "trustml.plugin",
         "trustml.atomic_files",
         "trustml.run_lock",
+        "trustml.cpu_allocator",
         "trustml.safety",
         "trustml.registry",
         "trustml.config_schema",

@@ -19,9 +19,17 @@ from trustml.registry import build_plugin, plugin_config
 
 
 def _reference_update(
-    model: nn.Module, batch: dict, sigma: float, bound: float, seed: int, denominator: float, mode: str = "flat"
+    model: nn.Module,
+    batch: dict,
+    sigma: float,
+    bound: float,
+    seed: int,
+    denominator: float,
+    mode: str = "flat",
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The DP gradient by a loop over samples: clip each, sum, add seeded noise, divide."""
+    """The DP gradient by a loop over samples: clip each, sum, add seeded noise (from ``generator`` when given, so
+    that consecutive steps continue one stream), divide."""
     params = dict(model.named_parameters())
     total = {name: torch.zeros_like(p) for name, p in params.items()}
     for i in range(batch["y"].shape[0]):
@@ -38,7 +46,7 @@ def _reference_update(
             scales = {n: min(1.0, layer_bound / (float(g.norm()) + 1e-6)) for n, g in grads.items()}
         for name, g in grads.items():
             total[name] += g * scales[name]
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     return {
         name: (t + torch.normal(0.0, sigma * bound, size=t.shape, generator=generator)) / denominator
         for name, t in total.items()
@@ -70,6 +78,26 @@ def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> No
     assert logits.shape == (8, 3) and not logits.requires_grad
     assert optimizer.noisy_steps == 1
     torch.testing.assert_close(loss, loss_before)
+
+
+@pytest.mark.parametrize("engine", ["layerwise", "vmap"])
+def test_each_step_sums_into_the_same_buffers_from_zero(engine: str) -> None:
+    """The clipped sums are kept in one buffer per parameter across steps (no per-step allocation of the model's
+    size): the second step's gradient is its own batch's, not added to the first's, in the same storage."""
+    torch.manual_seed(0)
+    model = SequenceClassifier().eval()
+    batches = [sequence_batch(6, length=5), sequence_batch(6, length=5)]
+    noise = torch.Generator().manual_seed(3)
+    expected = [_reference_update(model, b, 0.5, 1.0, 0, 8.0, generator=noise) for b in batches]
+    options = DPSGDConfig(lr=0.1, noise_multiplier=0.5, max_grad_norm=1.0, per_sample_gradients=engine, noise_seed=3)
+    optimizer = DPSGDOptimizer(model.parameters(), options, NoisePlan(0.5, expected_batch_size=8.0))
+    storage = {}
+    for step, batch in enumerate(batches):
+        optimizer.private_gradients(model, cross_entropy, batch)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[step][name], rtol=1e-4, atol=1e-6)
+            assert storage.setdefault(name, p.grad.data_ptr()) == p.grad.data_ptr(), name
+        optimizer.zero_grad(set_to_none=True)
 
 
 def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:

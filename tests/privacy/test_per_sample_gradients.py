@@ -50,8 +50,11 @@ def test_engines_match_a_per_sample_loop(engine: str, case: str) -> None:
         torch.testing.assert_close(grads.squared_norms()[name], want.flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-6)
     weights = {name: torch.rand(6) for name in params}
     summed = grads.weighted_sum(weights)
+    totals = {name: torch.ones_like(p) for name, p in params.items()}
+    grads.add_weighted_sum_(weights, totals)  # in place, onto what the buffers hold
     for name, want in expected.items():
         torch.testing.assert_close(summed[name], torch.tensordot(weights[name], want, dims=1), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(totals[name], 1 + summed[name], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.losses, cross_entropy(model(batch["x"]), batch))
     torch.testing.assert_close(result.logits, model(batch["x"]))
 

@@ -66,6 +66,17 @@ def clipped_sum(
     return grads.weighted_sum(clipping_weights(grads.squared_norms(), max_grad_norm, mode, gamma))
 
 
+def add_clipped_sum_(
+    grads: PerSampleGradients,
+    totals: Mapping[str, Tensor],
+    max_grad_norm: float,
+    mode: str = "flat",
+    gamma: float = 0.01,
+) -> None:
+    """In place: ``totals[name] += sum_i clip_C(g_i)`` (:func:`clipped_sum` into buffers the caller keeps)."""
+    grads.add_weighted_sum_(clipping_weights(grads.squared_norms(), max_grad_norm, mode, gamma), totals)
+
+
 def gaussian_noise(like: Tensor, std: float, generator: torch.Generator) -> Tensor:
     """``N(0, std^2 I)`` of ``like``'s shape, dtype and device, drawn from ``generator``."""
     return torch.normal(0.0, std, size=like.shape, generator=generator, device=like.device, dtype=like.dtype)

@@ -34,7 +34,7 @@ from trustml.privacy.batching import Batch, batch_size, split_batch
 from trustml.privacy.compat import check_per_sample_compatible
 from trustml.privacy.distributed import all_reduce_sum, check_process_group
 from trustml.privacy.engine import NoisePlan
-from trustml.privacy.mechanism import add_gaussian_noise_, clipped_sum
+from trustml.privacy.mechanism import add_clipped_sum_, add_gaussian_noise_
 from trustml.privacy.options import MIXED_PRECISION_REFUSAL, DPAdamConfig, DPOptimizerConfig, DPSGDConfig
 from trustml.privacy.per_sample import MaterializedGradients, PerSampleResult, SampleLossFn
 from trustml.privacy.per_sample_layerwise import check_layerwise_covers, layerwise_per_sample_gradients
@@ -101,6 +101,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self.budget_spent = False
         self._generators: dict[torch.device, torch.Generator] = {}
         self._noise_scratch: dict[Any, Tensor] = {}  # add_gaussian_noise_'s buffers, kept across steps
+        self._sums: dict[str, Tensor] = {}  # the clipped sums, one buffer per parameter kept across steps
         self._checked_models: set[int] = set()
 
     @property
@@ -132,14 +133,12 @@ class DPOptimizer(PerSampleGradientOptimizer):
         refuse_autocast()
         params = self._trainable_params(model)
         self._check_model(model, params, sample_losses, batch)
-        total: dict[str, Tensor] = {}
+        total = self._zeroed_sums(params)
         logits, losses = [], []
         options = self.options
         for chunk in split_batch(batch, options.max_physical_batch_size):
             result = self._per_sample(model, params, sample_losses, chunk)
-            clipped = clipped_sum(result.grads, options.max_grad_norm, options.clipping, options.clipping_gamma)
-            for name, summed in clipped.items():
-                total[name] = total[name] + summed if name in total else summed
+            add_clipped_sum_(result.grads, total, options.max_grad_norm, options.clipping, options.clipping_gamma)
             logits.append(result.logits)
             losses.append(result.losses)
         noisy = self._noisy_sum(total)
@@ -148,6 +147,22 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self.noisy_steps += 1
         all_losses = torch.cat(losses)
         return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
+
+    def _zeroed_sums(self, params: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
+        """One zeroed buffer per parameter for the step's clipped sum, the same tensors every step.
+
+        Allocating the sums anew each step costs page faults: tensors over glibc's mmap threshold (32 MiB at most,
+        e.g. a 30,522 x 384 word-embedding table) are mapped fresh from the OS and zero-filled by it on every
+        step. The buffer becomes ``p.grad`` (divided in place), so a ``p.grad`` kept by reference from one step
+        is overwritten by the next step's, as with ``zero_grad(set_to_none=False)``.
+        """
+        for name, p in params.items():
+            buffer = self._sums.get(name)
+            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
+                self._sums[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            else:
+                buffer.zero_()
+        return {name: self._sums[name] for name in params}
 
     def _noisy_sum(self, total: dict[str, Tensor]) -> Mapping[str, Tensor]:
         """``sum_i clip(g_i) + N(0, sigma^2 C^2 I)`` over the step's whole (global) batch, the noise added in place

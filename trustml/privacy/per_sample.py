@@ -30,6 +30,11 @@ class PerSampleGradients(ABC):
     def weighted_sum(self, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{name: sum_i weights[name][i] * g_i}`` (the shape of the parameter)."""
 
+    def add_weighted_sum_(self, weights: Mapping[str, Tensor], totals: Mapping[str, Tensor]) -> None:
+        """In place: ``totals[name] += sum_i weights[name][i] * g_i`` (engines override it to skip the temporary)."""
+        for name, summed in self.weighted_sum(weights).items():
+            totals[name].add_(summed)
+
     @abstractmethod
     def materialize(self) -> dict[str, Tensor]:
         """``{name: [B, *param.shape]}``: every per-sample gradient (for tests and checks; memory-hungry)."""

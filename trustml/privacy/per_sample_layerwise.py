@@ -57,6 +57,10 @@ class _Contribution:
     def weighted_sum(self, weights: Tensor) -> Tensor:
         return torch.tensordot(weights.to(self.per_sample.dtype), self.per_sample, dims=1)
 
+    def add_weighted_sum_(self, weights: Tensor, total: Tensor) -> None:
+        """In place: ``total += sum_i w_i grad_i``."""
+        total.add_(self.weighted_sum(weights))
+
 
 class GramCache:
     """Per-sample Gram matrices ``a_i a_i^T`` (``[B, T, T]``) of one step's layer inputs, computed once per input.
@@ -94,13 +98,23 @@ class _LinearWeight(_Contribution):
             return (self.grams.gram(self.a) * gram_g).sum((1, 2))
         return super().squared_norm()
 
-    def weighted_sum(self, weights: Tensor) -> Tensor:
-        """``sum_i w_i g_i^T a_i``: the weights scale the narrower of ``a`` and ``g`` (fewer multiplications)."""
+    def _weighted_factors(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``(G, A)`` with ``G A = sum_i w_i g_i^T a_i``: the weights scale the narrower of ``a`` and ``g``."""
         a, g = self.a.flatten(0, 1), self.g.flatten(0, 1)
         rows = weights.to(g.dtype).repeat_interleave(self.a.shape[1])[:, None]
         if a.shape[1] < g.shape[1]:
-            return g.T @ (a * rows)
-        return (g * rows).T @ a
+            return g.T, a * rows
+        return (g * rows).T, a
+
+    def weighted_sum(self, weights: Tensor) -> Tensor:
+        """``sum_i w_i g_i^T a_i`` (one matrix product)."""
+        left, right = self._weighted_factors(weights)
+        return left @ right
+
+    def add_weighted_sum_(self, weights: Tensor, total: Tensor) -> None:
+        """In place: ``total += sum_i w_i g_i^T a_i`` (``addmm_``: no temporary of the weight's size)."""
+        left, right = self._weighted_factors(weights)
+        total.addmm_(left, right)
 
 
 class _EmbeddingWeight(_Contribution):
@@ -119,9 +133,14 @@ class _EmbeddingWeight(_Contribution):
         return (torch.bmm(self.g, self.g.transpose(1, 2)) * same_token).sum((1, 2))
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
-        weighted = self.g * weights.to(self.g.dtype)[:, None, None]
         total = self.g.new_zeros(self.num_embeddings, self.g.shape[2])
-        return total.index_add_(0, self.ids.flatten(), weighted.flatten(0, 1))
+        self.add_weighted_sum_(weights, total)
+        return total
+
+    def add_weighted_sum_(self, weights: Tensor, total: Tensor) -> None:
+        """In place: ``total[id_{i,t}] += w_i g_{i,t}`` (the table's other rows are untouched)."""
+        weighted = self.g * weights.to(self.g.dtype)[:, None, None]
+        total.index_add_(0, self.ids.flatten(), weighted.flatten(0, 1))
 
 
 def _linear(module: nn.Linear, args: tuple[Any, ...], g: Tensor, grams: GramCache) -> dict[str, _Contribution]:
@@ -232,13 +251,14 @@ class LayerwiseGradients(PerSampleGradients):
         return norms
 
     def weighted_sum(self, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        totals = {}
-        for name, parts in self.contributions.items():
-            total = parts[0].weighted_sum(weights[name]) if parts else torch.zeros_like(self.params[name])
-            for part in parts[1:]:
-                total = total + part.weighted_sum(weights[name])
-            totals[name] = total
+        totals = {name: torch.zeros_like(p) for name, p in self.params.items()}
+        self.add_weighted_sum_(weights, totals)
         return totals
+
+    def add_weighted_sum_(self, weights: Mapping[str, Tensor], totals: Mapping[str, Tensor]) -> None:
+        for name, parts in self.contributions.items():
+            for part in parts:
+                part.add_weighted_sum_(weights[name], totals[name])
 
     def materialize_one(self, name: str) -> Tensor:
         """``[B, *shape]`` per-sample gradients of parameter ``name``."""
