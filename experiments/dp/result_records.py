@@ -20,8 +20,20 @@ def save_records(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a file written by :func:`save_records`."""
+    """The records of a file written by :func:`save_records` (none when the file does not exist)."""
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def merge_records(path: Path, fresh: list[dict[str, Any]], key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Add ``fresh`` records to those of ``path`` and save: a fresh record replaces a kept one with the same
+    ``key`` fields, kept records of runs whose folders are gone stay (a later session has no old run folders)."""
+    merged = {tuple(r[k] for k in key): r for r in load_records(path)}
+    merged.update({tuple(r[k] for k in key): r for r in fresh})
+    records = list(merged.values())
+    save_records(path, records)
+    return records
 
 
 def replace_readme_block(begin: str, end: str, content: str, readme: Path = README) -> None:

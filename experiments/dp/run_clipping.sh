@@ -8,7 +8,8 @@
 # Models: digits = the MLP 256-128 of experiment=digits_erm; MASSIVE = frozen MiniLM (cached embeddings) with a
 # 256-unit head, data.stage=updated of ../shared/data/massive_add_data (1,500 training utterances).
 # Usage (from anywhere): experiments/dp/run_clipping.sh   (env: DATASETS="digits massive" SEEDS=0,1,2
-#   LRS=0.1,0.5,2 TRUSTML_LOG_DIR TRUSTML_SHARED_DATA). A (data, clipping) sweep whose results exist is skipped.
+#   LRS=0.1,0.5,2 TRUSTML_LOG_DIR TRUSTML_SHARED_DATA). A (data, clipping, LRS) sweep whose results exist is skipped;
+#   each lands in LOG/clipping/<data>/<clipping>_lr<LRS>, so a second grid (LRS=0.2,1) adds runs beside the first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG=${TRUSTML_LOG_DIR:-$PWD/experiments/dp/logs}/clipping
@@ -29,7 +30,7 @@ for data in $DATASETS; do
   esac
   for clipping in flat automatic; do
     bounds=$([ "$clipping" = flat ] && echo 0.1,1,10 || echo 1)
-    sweep="$LOG/$data/$clipping"
+    sweep="$LOG/$data/${clipping}_lr${LRS//,/_}"
     [ -f "$sweep/done" ] && continue
     rm -rf "$sweep"
     nice -n 10 .venv/bin/trustml -m "${DATA[@]}" "${COMMON[@]}" optimizer.clipping=$clipping \

@@ -1,13 +1,14 @@
 """Automatic vs flat clipping table of experiments/dp/README.md from run_clipping.sh's sweeps.
 
-Every run of ``LOG/clipping/<data>/<clipping>/<job>/`` becomes one record (data, clipping, target epsilon, bound C,
-lr, seed, val/acc_best, test/acc, epsilon spent, noise multiplier) in ``--records`` (a committed JSON-lines file:
-the run folders are not kept in git). Selection rule (fixed before the runs): per (data, clipping, target epsilon)
-the (C, lr) with the best mean ``val/acc_best`` over the seeds; its test accuracy is reported as mean +- std over
-the seeds, with the paired difference automatic - flat (same seeds) and its 95% t-interval.
+Every run of ``LOG/clipping/<data>/<clipping>_lr<grid>/<job>/`` becomes one record (data, clipping, target
+epsilon, bound C, lr, seed, val/acc_best, test/acc, epsilon spent, noise multiplier) in ``--records`` (a
+committed JSON-lines file: the run folders are not kept in git). Selection rule (fixed before the runs): per
+(data, clipping, target epsilon) the (C, lr) with the best mean ``val/acc_best`` over the seeds; its test accuracy
+is reported as mean +- std over the seeds, with the paired difference automatic - flat (same seeds) and its 95%
+t-interval.
 
-Usage: ``python experiments/dp/summarize_clipping.py [--log LOG/clipping] [--write-readme]`` (without ``--log``
-the table comes from the records file alone).
+Usage: ``python experiments/dp/summarize_clipping.py [--log LOG/clipping] [--lrs 0.1 0.5 2] [--write-readme]``
+(without ``--log`` the table comes from the records file alone; ``--lrs`` selects on a sub-grid of learning rates).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from result_records import load_records, replace_readme_block, save_records
+from result_records import load_records, merge_records, replace_readme_block
 from scipy import stats
 
 RECORDS = Path(__file__).resolve().parent / "results" / "clipping.jsonl"
@@ -36,7 +37,7 @@ def collect(log: Path) -> list[dict[str, Any]]:
         records.append(
             {
                 "data": run.parent.parent.name,
-                "clipping": run.parent.name,
+                "clipping": str(cfg.optimizer.clipping),
                 "target": float(cfg.optimizer.target_epsilon),
                 "bound": float(cfg.optimizer.max_grad_norm),
                 "lr": float(cfg.optimizer.lr),
@@ -114,13 +115,17 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path, help="LOG/clipping: refresh --records from the run folders")
+    parser.add_argument("--log", type=Path, help="LOG/clipping: add its runs to --records (same run: replaced)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--write-readme", action="store_true", help="replace the table between the README markers")
+    parser.add_argument("--lrs", type=float, nargs="+", help="select among these learning rates only (a sub-grid)")
     args = parser.parse_args()
     if args.log is not None:
-        save_records(args.records, collect(args.log))
-    table = markdown(load_records(args.records))
+        merge_records(args.records, collect(args.log), key=("data", "clipping", "target", "bound", "lr", "seed"))
+    records = load_records(args.records)
+    if args.lrs:
+        records = [r for r in records if r["lr"] in args.lrs]
+    table = markdown(records)
     print(table)
     if args.write_readme:
         replace_readme_block(BEGIN, END, table)

@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from result_records import load_records, replace_readme_block, save_records
+from result_records import load_records, merge_records, replace_readme_block
 
 RECORDS = Path(__file__).resolve().parent / "results" / "inversion.jsonl"
 BEGIN, END = "<!-- inversion-table:start -->", "<!-- inversion-table:end -->"
@@ -147,12 +147,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path, help="the inversion log directory (LOG/inversion): refresh --records")
+    parser.add_argument("--log", type=Path, help="LOG/inversion: add its runs to --records (same canary: replaced)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--write-readme", action="store_true", help="replace the table between the README markers")
     args = parser.parse_args()
     if args.log is not None:
-        save_records(args.records, collect(args.log))
+        merge_records(args.records, collect(args.log), key=("model", "length", "arm", "repetitions", "canary"))
     rows = cell_rows(load_records(args.records))
     table = markdown(rows)
     print(table)
