@@ -7,17 +7,18 @@
 # arm's runs are attacked a second time on their best-validation checkpoint, which is the early-stopping arm
 # (training stopped at the epoch of best val/acc, its weights restored). summarize_inversion.py writes the table.
 #
-# Arms (fixed before any run of this version): none = AdamW lr 1e-3, every dropout 0 (the head's and, for the
-# small BERT, the encoder's hidden and attention dropout); dropout = the same with every dropout 0.3;
-# early_stopping = none's best.ckpt; dp_eps8 / dp_eps1 = DP-Adam lr 1e-3 calibrated to epsilon 8 / 1 (delta
-# 0.1/N, the planned 15 epochs), dropout 0.
+# Arms (fixed before any run of this version): none = AdamW at the model's lr, every dropout 0 (the head's and, for
+# the small BERT, the encoder's hidden and attention dropout); dropout = the same with every dropout 0.3;
+# early_stopping = none's best.ckpt; dp_eps8 / dp_eps1 = DP-Adam at the model's lr calibrated to epsilon 8 / 1
+# (delta 0.1/N, the planned 15 epochs), dropout 0. The model's lr: 1e-3 for the small BERT, 5e-5 for MiniLM (at
+# 1e-3 its fine-tuning diverged to the majority class within 2-8 epochs in a first attempt).
 # Models: small = BERT from scratch (2 layers, width 64, MiniLM's tokenizer, every weight trained); minilm = the
 # offline all-MiniLM-L6-v2 fine-tuned whole (its own encoder dropout 0.1 cannot be changed from the config; head
 # dropout as the arm says).
 #
 # Usage (from anywhere): experiments/dp/run_inversion.sh
 #   env: MODEL=small|minilm LENGTH=4 REPS="100 10" ARMS="none dropout dp_eps8" CANARIES=10 FIRST=0
-#        CONVERSATIONS=30 TEST_LINES=500 EPOCHS=15 STEPS=200 RESTARTS=8 TRUSTML_LOG_DIR TRUSTML_SHARED_DATA
+#        CONVERSATIONS=30 TEST_LINES=500 EPOCHS=15 STEPS=200 RESTARTS=8 LR TRUSTML_LOG_DIR TRUSTML_SHARED_DATA
 # Canaries FIRST..CANARIES-1 of a cell train in one Hydra sweep; a canary whose run finished is not trained again
 # and one already attacked is skipped, so a stopped run continues where it stopped and cells split over processes
 # (FIRST=0 CANARIES=5 / FIRST=5 CANARIES=10).
@@ -48,9 +49,9 @@ dropout_overrides() {  # $1: the dropout probability of every dropout site of th
   fi
 }
 case $MODEL_KIND in
-  small) MODEL=(model=hf_tiny model.freeze_encoder=false model.max_length=48 model.random_init_config.hidden_size=64
+  small) LR=${LR:-0.001}; MODEL=(model=hf_tiny model.freeze_encoder=false model.max_length=48 model.random_init_config.hidden_size=64
                model.random_init_config.intermediate_size=128 model.random_init_config.num_attention_heads=4) ;;
-  minilm) MODEL=(model=hf_encoder model.freeze_encoder=false model.cache_embeddings=false model.max_length=48) ;;
+  minilm) LR=${LR:-0.00005}; MODEL=(model=hf_encoder model.freeze_encoder=false model.cache_embeddings=false model.max_length=48) ;;
   *) echo "unknown MODEL '$MODEL_KIND' (small, minilm)" >&2; exit 2 ;;
 esac
 
@@ -71,10 +72,10 @@ for reps in $REPS; do
   done
   for arm in $ARMS; do
     case $arm in
-      none) OPT=(optimizer=adamw optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
-      dropout) OPT=(optimizer=adamw optimizer.lr=0.001 $(dropout_overrides 0.3)) ;;
-      dp_eps8) OPT=(optimizer=dp_adam optimizer.target_epsilon=8 optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
-      dp_eps1) OPT=(optimizer=dp_adam optimizer.target_epsilon=1 optimizer.lr=0.001 $(dropout_overrides 0.0)) ;;
+      none) OPT=(optimizer=adamw optimizer.lr=$LR $(dropout_overrides 0.0)) ;;
+      dropout) OPT=(optimizer=adamw optimizer.lr=$LR $(dropout_overrides 0.3)) ;;
+      dp_eps8) OPT=(optimizer=dp_adam optimizer.target_epsilon=8 optimizer.lr=$LR $(dropout_overrides 0.0)) ;;
+      dp_eps1) OPT=(optimizer=dp_adam optimizer.target_epsilon=1 optimizer.lr=$LR $(dropout_overrides 0.0)) ;;
       *) echo "unknown arm '$arm' (none, dropout, dp_eps8, dp_eps1; early stopping is none's best checkpoint)" >&2
          exit 2 ;;
     esac

@@ -48,14 +48,15 @@ def questions_file(log_dir: Path) -> Path:
     return path
 
 
-def sweeps(autoencoder: str, entry: str, log_dir: Path) -> dict[str, tuple[str, list[str]]]:
+def sweeps(autoencoder: str, entry: str, log_dir: Path, checkpoint: str) -> dict[str, tuple[str, list[str]]]:
     """Knob name -> (the swept knob, the overrides of its multirun) for ``entry`` (``method`` or ``generate``)."""
     knobs = "method.knobs" if entry == "method" else "knobs"
     if entry == "method":
         questions = [f"method.control_phrases_file={questions_file(log_dir)}"]
-        secondary = f"method.secondary_run_dir={autoencoder}"
+        secondary = [f"method.secondary_run_dir={autoencoder}"]
     else:
-        questions, secondary = ["generate/knobs=questions"], f"secondary.run_dir={autoencoder}"
+        questions = ["generate/knobs=questions"]
+        secondary = [f"secondary.run_dir={autoencoder}", f"secondary.checkpoint={checkpoint}"]
     return {
         "A: cross-attention bias on knowledge": (
             "cross_attention.values.knowledge",
@@ -67,7 +68,7 @@ def sweeps(autoencoder: str, entry: str, log_dir: Path) -> dict[str, tuple[str, 
         ),
         "B: decoder mixing with the autoencoder (probability space)": (
             "mixing_weight",
-            [secondary, f"{knobs}.mixing_weight=0,0.2,0.4,0.6"],
+            [*secondary, f"{knobs}.mixing_weight=0,0.2,0.4,0.6"],
         ),
         "D: self-attention bias on the current position": (
             "self_attention.values.current",
@@ -76,13 +77,16 @@ def sweeps(autoencoder: str, entry: str, log_dir: Path) -> dict[str, tuple[str, 
     }
 
 
-def common_overrides(entry: str, response: str, data_dir: str, max_examples: int, max_new_tokens: int) -> list[str]:
-    """The overrides every job of ``entry`` shares: the model, the turns (the first ``max_examples`` of test_freq,
-    batches of 16) and greedy decoding of ``max_new_tokens``."""
+def common_overrides(
+    entry: str, response: str, data_dir: str, max_examples: int, max_new_tokens: int, checkpoint: str
+) -> list[str]:
+    """The overrides every job of ``entry`` shares: the model (its ``checkpoint``), the turns (the first
+    ``max_examples`` of test_freq, batches of 16) and greedy decoding of ``max_new_tokens``."""
     if entry == "method":
         return [
             "experiment=knobs_topical_chat",
             f"method.model_run_dir={response}",
+            f"method.checkpoint={checkpoint}",
             f"data.data_dir={data_dir}",
             f"data.max_eval_examples={max_examples}",
             f"method.generation.max_new_tokens={max_new_tokens}",
@@ -92,6 +96,7 @@ def common_overrides(entry: str, response: str, data_dir: str, max_examples: int
         ]
     return [
         f"model.run_dir={response}",
+        f"model.checkpoint={checkpoint}",
         f"data.data_dir={data_dir}",
         f"data.max_examples={max_examples}",
         f"generation.max_new_tokens={max_new_tokens}",
@@ -207,6 +212,12 @@ def main() -> None:
         default="method",
         help="method: trustml -m experiment=knobs_topical_chat (method=knob_generator); generate: trustml-generate -m",
     )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="last",
+        help="the checkpoint of both runs (a run stopped by a step budget mid-epoch has no best.ckpt)",
+    )
     args = parser.parse_args()
     unknown = set(args.knobs) - {name[0] for name in TITLES}
     if unknown:
@@ -216,10 +227,12 @@ def main() -> None:
             markers(args.block)
         except ValueError as exc:
             parser.error(f"--block: {exc}")
-    common = common_overrides(args.entry, args.response_run, args.data_dir, args.max_examples, args.max_new_tokens)
+    common = common_overrides(
+        args.entry, args.response_run, args.data_dir, args.max_examples, args.max_new_tokens, args.checkpoint
+    )
     tables = {}
     log_dir = Path(args.log_dir)
-    for name, (key, overrides) in sweeps(args.autoencoder_run, args.entry, log_dir).items():
+    for name, (key, overrides) in sweeps(args.autoencoder_run, args.entry, log_dir, args.checkpoint).items():
         if name[0] in args.knobs:
             run_sweep(name, args.entry, overrides, common, log_dir)
         rows = collect(sweep_dir_of(name, log_dir), key)
