@@ -81,9 +81,12 @@ def test_private_sgd_step_equals_a_per_sample_loop(engine: str, mode: str) -> No
 
 
 @pytest.mark.parametrize("engine", ["layerwise", "vmap"])
-def test_each_step_sums_into_the_same_buffers_from_zero(engine: str) -> None:
-    """The clipped sums are kept in one buffer per parameter across steps (no per-step allocation of the model's
-    size): the second step's gradient is its own batch's, not added to the first's, in the same storage."""
+@pytest.mark.parametrize("keep_from_bytes", [0, 640, 2**62])
+def test_each_step_sums_from_zero_into_kept_or_new_buffers(engine: str, keep_from_bytes: int, monkeypatch) -> None:
+    """Sums of at least ``KEEP_SUMS_FROM_BYTES`` are kept in one buffer per parameter across steps (no per-step
+    allocation of a large table), the others allocated at each step: either way the second step's gradient is its
+    own batch's, not added to the first's. 640 bytes: the 20 x 8 embedding table is kept, the rest is not."""
+    monkeypatch.setattr(DPSGDOptimizer, "KEEP_SUMS_FROM_BYTES", keep_from_bytes)
     torch.manual_seed(0)
     model = SequenceClassifier().eval()
     batches = [sequence_batch(6, length=5), sequence_batch(6, length=5)]
@@ -91,13 +94,18 @@ def test_each_step_sums_into_the_same_buffers_from_zero(engine: str) -> None:
     expected = [_reference_update(model, b, 0.5, 1.0, 0, 8.0, generator=noise) for b in batches]
     options = DPSGDConfig(lr=0.1, noise_multiplier=0.5, max_grad_norm=1.0, per_sample_gradients=engine, noise_seed=3)
     optimizer = DPSGDOptimizer(model.parameters(), options, NoisePlan(0.5, expected_batch_size=8.0))
+    kept = {name for name, p in model.named_parameters() if p.numel() * p.element_size() >= keep_from_bytes}
+    if keep_from_bytes == 640:
+        assert kept == {"embed.weight"}
     storage = {}
     for step, batch in enumerate(batches):
         optimizer.private_gradients(model, cross_entropy, batch)
         for name, p in model.named_parameters():
             torch.testing.assert_close(p.grad, expected[step][name], rtol=1e-4, atol=1e-6)
-            assert storage.setdefault(name, p.grad.data_ptr()) == p.grad.data_ptr(), name
+            if name in kept:
+                assert storage.setdefault(name, p.grad.data_ptr()) == p.grad.data_ptr(), name
         optimizer.zero_grad(set_to_none=True)
+    assert set(optimizer._kept_sums) == kept
 
 
 def test_private_adam_step_equals_adam_on_the_reference_gradient() -> None:

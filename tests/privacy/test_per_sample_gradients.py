@@ -30,6 +30,12 @@ CASES = {
     # query/key/value share one input (one Gram matrix for the three, ghost path: 3 * 16 < 64); LayerNorms over
     # one and over two dimensions, with and without bias (closed-form per-sample gradients)
     "shared-input-layernorm": (lambda: SharedInputBlock(dim=16, length=3), lambda: sequence_batch(6, length=3)),
+    # a layer's output changed in place after it returns (ReLU(inplace=True)): its output gradient is the one of
+    # the value the layer returned, not of the rectified tensor
+    "inplace-after-linear": (
+        lambda: nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)),
+        lambda: feature_batch(6),
+    ),
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trustml.cpu_allocator import MAX_MMAP_THRESHOLD
 from trustml.errors import ConfigError, TrustMLError
 from trustml.privacy.batching import Batch, batch_size, split_batch
 from trustml.privacy.compat import check_per_sample_compatible
@@ -101,7 +102,7 @@ class DPOptimizer(PerSampleGradientOptimizer):
         self.budget_spent = False
         self._generators: dict[torch.device, torch.Generator] = {}
         self._noise_scratch: dict[Any, Tensor] = {}  # add_gaussian_noise_'s buffers, kept across steps
-        self._sums: dict[str, Tensor] = {}  # the clipped sums, one buffer per parameter kept across steps
+        self._kept_sums: dict[str, Tensor] = {}  # the clipped sums kept across steps (:meth:`_zeroed_sums`)
         self._checked_models: set[int] = set()
 
     @property
@@ -133,36 +134,50 @@ class DPOptimizer(PerSampleGradientOptimizer):
         refuse_autocast()
         params = self._trainable_params(model)
         self._check_model(model, params, sample_losses, batch)
-        total = self._zeroed_sums(params)
+        total: dict[str, Tensor] | None = None
         logits, losses = [], []
         options = self.options
         for chunk in split_batch(batch, options.max_physical_batch_size):
             result = self._per_sample(model, params, sample_losses, chunk)
+            if total is None:  # after the first backward: the sums are never alive together with its activations
+                total = self._zeroed_sums(params)
             add_clipped_sum_(result.grads, total, options.max_grad_norm, options.clipping, options.clipping_gamma)
             logits.append(result.logits)
             losses.append(result.losses)
-        noisy = self._noisy_sum(total)
+            del result  # this chunk's layer inputs and output gradients, before the next chunk's forward
+        noisy = self._noisy_sum(total if total is not None else self._zeroed_sums(params))
         for name, p in params.items():
             p.grad = noisy[name].div_(self.plan.expected_batch_size)  # the step's own tensors: divided in place
         self.noisy_steps += 1
         all_losses = torch.cat(losses)
         return torch.cat(logits), all_losses.mean() if all_losses.numel() else all_losses.sum()
 
-    def _zeroed_sums(self, params: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
-        """One zeroed buffer per parameter for the step's clipped sum, the same tensors every step.
+    #: Sums of at least this many bytes on the CPU are kept from one step to the next: glibc maps every allocation
+    #: over its mmap threshold (32 MiB at most, which ``cpu_allocator: retain`` sets) fresh from the OS, which
+    #: zero-fills it page by page at each step (a 30,522 x 384 word-embedding table: 11,000 page faults a step).
+    #: Smaller ones are allocated at each step, after the first backward, and freed with ``p.grad``: they come
+    #: from the heap and do not raise the step's peak memory, which is reached during the backward.
+    KEEP_SUMS_FROM_BYTES = MAX_MMAP_THRESHOLD
 
-        Allocating the sums anew each step costs page faults: tensors over glibc's mmap threshold (32 MiB at most,
-        e.g. a 30,522 x 384 word-embedding table) are mapped fresh from the OS and zero-filled by it on every
-        step. The buffer becomes ``p.grad`` (divided in place), so a ``p.grad`` kept by reference from one step
-        is overwritten by the next step's, as with ``zero_grad(set_to_none=False)``.
+    def _zeroed_sums(self, params: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
+        """One zeroed buffer per parameter for the step's clipped sum: those of at least
+        :attr:`KEEP_SUMS_FROM_BYTES` on the CPU are the same tensors every step, the others new.
+
+        The buffer becomes ``p.grad`` (divided in place), so a ``p.grad`` of a kept buffer held by reference from one
+        step is overwritten by the next step's, as with ``zero_grad(set_to_none=False)``.
         """
+        sums = {}
         for name, p in params.items():
-            buffer = self._sums.get(name)
-            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
-                self._sums[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            kept = self._kept_sums.get(name)
+            if kept is not None and kept.shape == p.shape and kept.dtype == p.dtype and kept.device == p.device:
+                sums[name] = kept.zero_()
+                continue
+            sums[name] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            if p.device.type == "cpu" and sums[name].nbytes >= self.KEEP_SUMS_FROM_BYTES:
+                self._kept_sums[name] = sums[name]
             else:
-                buffer.zero_()
-        return {name: self._sums[name] for name in params}
+                self._kept_sums.pop(name, None)
+        return sums
 
     def _noisy_sum(self, total: dict[str, Tensor]) -> Mapping[str, Tensor]:
         """``sum_i clip(g_i) + N(0, sigma^2 C^2 I)`` over the step's whole (global) batch, the noise added in place

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, grad, vmap
 
 from trustml.errors import ConfigError
@@ -207,8 +208,13 @@ def _vector_jacobian(
 
 @dataclass
 class _Call:
-    """One call of a trainable layer: its (detached) inputs and its output, row ``i`` being sample ``i``'s.
+    """One call of a trainable layer: its (detached) inputs and the autograd edge of its output, row ``i`` being
+    sample ``i``'s.
 
+    The edge (the output's ``grad_fn`` and output index), not the output tensor, is kept: the gradient flowing
+    into it is the output gradient, and the output's memory is freed as soon as the backward pass no longer needs
+    it (a transformer's query/key/value and FFN outputs would otherwise stay alive until the whole step ends).
+    It also names the output as the layer returned it, before any later in-place operation on that tensor.
     ``shared``: the layer computed one output ``[1, ...]`` for the whole batch (e.g. position embeddings of
     position ids ``[1, T]``), which the hook handed on expanded to ``[B, ...]``.
     """
@@ -216,7 +222,7 @@ class _Call:
     module: nn.Module
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    output: Tensor
+    output_edge: GradientEdge
     shared: bool
 
 
@@ -256,9 +262,10 @@ class LayerwiseGradients(PerSampleGradients):
         return totals
 
     def add_weighted_sum_(self, weights: Mapping[str, Tensor], totals: Mapping[str, Tensor]) -> None:
-        for name, parts in self.contributions.items():
-            for part in parts:
-                part.add_weighted_sum_(weights[name], totals[name])
+        """In place: ``totals[p] += sum_i w_i grad_i(p)`` for every parameter ``p`` in ``totals`` (all, or some)."""
+        for name, total in totals.items():
+            for part in self.contributions[name]:
+                part.add_weighted_sum_(weights[name], total)
 
     def materialize_one(self, name: str) -> Tensor:
         """``[B, *shape]`` per-sample gradients of parameter ``name``."""
@@ -344,7 +351,7 @@ def layerwise_per_sample_gradients(
             # One call serves the whole batch by broadcasting (e.g. BERT's position embeddings of position ids
             # [1, T]); its output gradient would be summed over samples. Hand every sample its own view.
             output = _per_sample_view(output, size)
-        calls.append(_Call(module, _detach(args), _detach(kwargs), output, shared))
+        calls.append(_Call(module, _detach(args), _detach(kwargs), get_gradient_edge(output), shared))
         return output if shared else None
 
     handles = [module.register_forward_hook(record, with_kwargs=True) for module in owners]
@@ -356,7 +363,8 @@ def layerwise_per_sample_gradients(
     losses = sample_losses(logits, batch)
     grads = LayerwiseGradients(params, size)
     if calls:
-        output_grads = torch.autograd.grad(losses.sum(), [call.output for call in calls], allow_unused=True)
+        edges = [call.output_edge for call in calls]
+        output_grads = torch.autograd.grad(losses.sum(), edges, allow_unused=True)
         grams = GramCache()
         for call, g in zip(calls, output_grads, strict=True):
             if g is not None:
@@ -391,6 +399,17 @@ def _probe_tolerance(dtype: torch.dtype) -> float:
     return max(1e-3, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-3
 
 
+def _allclose_in_chunks(actual: Tensor, expected: Tensor, rtol: float, atol: float, chunk: int = 2**20) -> bool:
+    """``torch.allclose(actual, expected, rtol, atol)`` over ``chunk`` elements at a time: its temporaries (the
+    difference, the tolerance) stay a few MiB instead of several copies of a parameter as large as a 30,522 x 384
+    word-embedding table."""
+    actual, expected = actual.reshape(-1), expected.reshape(-1)
+    return all(
+        torch.allclose(actual[i : i + chunk], expected[i : i + chunk], rtol=rtol, atol=atol)
+        for i in range(0, actual.numel(), chunk)
+    )
+
+
 def check_layerwise_covers(
     model: nn.Module, params: dict[str, nn.Parameter], sample_losses: SampleLossFn, batch: Batch
 ) -> None:
@@ -410,25 +429,28 @@ def check_layerwise_covers(
       that mixes samples (e.g. a ``Linear`` on a sequence-first ``[T, B, d]`` tensor with ``T == B``, whose
       shapes look batch-first) fails it.
 
-    Costs one layerwise pass, one batch backward and ``k`` single-sample forward/backward passes; the DP
-    optimizers run it once per model.
+    Costs one batch backward, ``k`` single-sample forward/backward passes and one layerwise pass; the DP
+    optimizers run it once per model. Its peak memory is about that of a private step: the batch gradient and the
+    single-sample ones are taken before the layerwise pass (their activations and gradients are never alive
+    together with its layer inputs and output gradients) and ``sum_i g_i`` is formed one parameter at a time.
     """
     was_training = model.training
     model.eval()
     try:
         size = batch_size(batch)
-        result = layerwise_per_sample_gradients(model, params, sample_losses, batch)
-        summed = result.grads.weighted_sum({name: p.new_ones(size) for name, p in params.items()})
         total = torch.autograd.grad(
             sample_losses(model(batch["x"]), batch).sum(), list(params.values()), allow_unused=True
         )
         count = min(PROBE_SAMPLES, size)
         alone = probe_squared_norms(model, params, sample_losses, batch, count) if count else {}
+        result = layerwise_per_sample_gradients(model, params, sample_losses, batch)
     finally:
         model.train(was_training)
     for (name, p), expected in zip(params.items(), total, strict=True):
         expected = torch.zeros_like(p) if expected is None else expected
-        if not torch.allclose(summed[name], expected, rtol=1e-3, atol=1e-5):
+        summed = torch.zeros_like(p)
+        result.grads.add_weighted_sum_({name: p.new_ones(size)}, {name: summed})
+        if not _allclose_in_chunks(summed, expected, rtol=1e-3, atol=1e-5):
             raise ConfigError(
                 f"optimizer.per_sample_gradients=layerwise cannot attribute the gradient of parameter '{name}' "
                 f"to samples: it is used outside the forward of the module that owns it (e.g. tied weights "
