@@ -20,6 +20,7 @@ KNOB_OPTIONS = {
     "A": "method.knobs.prompt_attention.values.knowledge",
     "C": "method.knobs.prompt_attention.values.control",
     "D": "method.knobs.self_attention.values.current",
+    "B": "method.knobs.mixing_weight",
 }
 TITLES = {
     "neutral": "no knob (neutral)",
@@ -27,6 +28,7 @@ TITLES = {
     "C": "C: soft prompt of ten questions (`method.control_phrases_file=sample:questions`), bias on it "
     "(`method.knobs.prompt_attention.values.control`)",
     "D": "D: self-attention bias on the current position (`method.knobs.self_attention.values.current`)",
+    "B": "B: mixing with the knowledge-copy LM (`method.knobs.mixing_weight`, probability space)",
 }
 COLUMNS = (
     "knowledge_f1",
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args()
     records, samples = [], []
-    for knob in ("neutral", "A", "C", "D"):
+    for knob in ("neutral", "A", "C", "D", "B"):
         found = [job_record(j, knob) for j in jobs(args.sweep / knob)]
         if not found:
             continue
