@@ -100,6 +100,17 @@ def test_a_deployed_run_needs_the_run_record_of_a_trustml_run(tmp_path: Path) ->
         run_config_of(tmp_path)
 
 
+def _superexec_below(pid: int) -> bool:
+    """Whether a ``flower-superexec`` process runs below ``pid``."""
+    for child in descendants(pid):
+        try:
+            if b"superexec" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:  # gone meanwhile
+            continue
+    return False
+
+
 def test_a_local_federation_stops_every_process_it_started_even_when_the_run_fails(workdir: Path) -> None:
     """Flower starts its SuperExec processes in new sessions: a process group would miss them, the stop must not."""
     with (
@@ -108,10 +119,11 @@ def test_a_local_federation_stops_every_process_it_started_even_when_the_run_fai
     ):
         deadline = time.monotonic() + 120
         nodes = [fed.processes[f"supernode-{k}"].pid for k in range(2)]
-        while not all(descendants(pid) for pid in nodes) and time.monotonic() < deadline:
+        # wait for the SuperExec itself: a SuperNode may run short-lived children before it, which are gone again
+        while not all(_superexec_below(pid) for pid in nodes) and time.monotonic() < deadline:
             time.sleep(0.2)
         started = fed.pids()
-        assert all(descendants(pid) for pid in nodes), "the SuperNodes did not start their SuperExec"
+        assert all(_superexec_below(pid) for pid in nodes), "the SuperNodes did not start their SuperExec"
         assert len(started) >= 5  # SuperLink, its SuperExec, 2 SuperNodes, their SuperExecs
         raise RuntimeError("the run failed")
     assert not flower_processes_under(workdir)
