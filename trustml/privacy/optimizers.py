@@ -134,18 +134,18 @@ class DPOptimizer(PerSampleGradientOptimizer):
         refuse_autocast()
         params = self._trainable_params(model)
         self._check_model(model, params, sample_losses, batch)
-        total: dict[str, Tensor] | None = None
+        total: dict[str, Tensor] = {}
         logits, losses = [], []
         options = self.options
-        for chunk in split_batch(batch, options.max_physical_batch_size):
+        for chunk in split_batch(batch, options.max_physical_batch_size):  # at least one chunk, maybe empty
             result = self._per_sample(model, params, sample_losses, chunk)
-            if total is None:  # after the first backward: the sums are never alive together with its activations
+            if not total:  # after the first backward: the sums are never alive together with its activations
                 total = self._zeroed_sums(params)
             add_clipped_sum_(result.grads, total, options.max_grad_norm, options.clipping, options.clipping_gamma)
             logits.append(result.logits)
             losses.append(result.losses)
             del result  # this chunk's layer inputs and output gradients, before the next chunk's forward
-        noisy = self._noisy_sum(total if total is not None else self._zeroed_sums(params))
+        noisy = self._noisy_sum(total)
         for name, p in params.items():
             p.grad = noisy[name].div_(self.plan.expected_batch_size)  # the step's own tensors: divided in place
         self.noisy_steps += 1
