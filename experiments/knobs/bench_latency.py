@@ -1,11 +1,14 @@
 """Latency of generate() with control knobs vs vanilla generate(), same run, same model, same inputs.
 
 Every condition generates exactly ``--new-tokens`` tokens (min = max), so differences are the knobs' cost, not
-different output lengths. Conditions are interleaved within each repeat; the table reports medians over repeats of
-wall-clock time and of this process's CPU time (on a shared CPU the latter is the stable one: run with one thread,
-it is the work done, without time spent waiting for other processes), and their ratios to vanilla; on a loaded
-machine the ratio of minimum CPU times is the least disturbed (contention only adds time). Writes the
-table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
+different output lengths. Conditions are interleaved within each repeat, in an order shuffled per repeat (seeded);
+the table reports medians over repeats of wall-clock time and of this process's CPU time (on a shared CPU the latter
+is the stable one: run with one thread, it is the work done, without time spent waiting for other processes), their
+ratios to vanilla, and the paired ratio: each repeat's CPU time divided by vanilla's CPU time *in the same repeat*
+(a slow phase of the machine slows both), its median over repeats with a distribution-free 95% confidence interval
+(order statistics of the binomial(n, 1/2), as for any median). A cost target "<= r x vanilla" is met when the
+interval's upper end is <= r, missed when its lower end is > r, and unresolved otherwise. Writes the table between
+the ``bench_latency`` markers of ``experiments/knobs/README.md``.
 
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py                    # both families
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py --family causal    # one of them
@@ -21,8 +24,10 @@ off, and prints them (a decoder whose cross-attention keys and values are cached
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -56,6 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--order-seed", type=int, default=0, help="seed of the per-repeat order of the conditions")
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
@@ -247,12 +253,30 @@ def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Ten
     return runs, model_text, batch["input_ids"].shape[1]
 
 
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics ``(x_(k), x_(n+1-k))`` with the
+    largest ``k`` such that ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (coverage >= ``level`` for any continuous
+    distribution); the sample's range when ``n`` is too small for that (n < 6 at 95%)."""
+    ordered, n = sorted(values), len(values)
+    tail, k, below = (1 - level) / 2, 0, 0.0
+    while below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
+
+
 def measure(args, runs: dict[str, Callable[[], torch.Tensor]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU seconds of every run, interleaved within each repeat, warm-ups dropped."""
+    """Wall and process-CPU seconds of every run, interleaved within each repeat (order shuffled per repeat with
+    ``--order-seed``), warm-ups dropped."""
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
+    order = random.Random(args.order_seed)
     for repeat in range(args.warmup + args.repeats):
-        for name, run in runs.items():
+        names = list(runs)
+        order.shuffle(names)
+        for name in names:
+            run = runs[name]
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -276,19 +300,23 @@ def table(args, runs, model_text: str, source_tokens: int, source: str) -> str:
     lines = [
         f"Measured on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average after the "
         f"run {load}; {model_text}, batch {args.batch_size}, beam {args.beams}, exactly {args.new_tokens} new tokens, "
-        f"source {source_tokens} tokens ({source}); median of {args.repeats} interleaved repeats after "
-        f"{args.warmup} warm-up.",
+        f"source {source_tokens} tokens ({source}); median of {args.repeats} interleaved repeats (order shuffled, "
+        f"seed {args.order_seed}) after {args.warmup} warm-up; paired = CPU time / vanilla's CPU time in the same "
+        "repeat, median and distribution-free 95% interval.",
         "",
         "| condition | wall median s | wall x vanilla | CPU median s | CPU min-max s | CPU x vanilla | CPU min x "
-        "vanilla min |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "vanilla min | paired CPU x vanilla (95% CI) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base_min = min(cpu["vanilla generate()"])
+    base = cpu["vanilla generate()"]
     for name in runs:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        paired = [mine / theirs for mine, theirs in zip(cpu[name], base, strict=True)]
+        low, high = median_interval(paired)
         lines.append(
             f"| {name} | {w:.3f} | {w / base_wall:.3f} | {c:.3f} | {min(cpu[name]):.3f}-{max(cpu[name]):.3f} "
-            f"| {c / base_cpu:.3f} | {min(cpu[name]) / base_min:.3f} |"
+            f"| {c / base_cpu:.3f} | {min(cpu[name]) / min(base):.3f} | {statistics.median(paired):.3f} "
+            f"({low:.3f}-{high:.3f}) |"
         )
     return "\n".join(lines)
 
