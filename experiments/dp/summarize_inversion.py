@@ -9,7 +9,10 @@ since the run folders are not kept in git); the table is computed from that file
 Per cell: how many canaries, mean test accuracy, epsilon, and per attack the number of canaries whose secret ranks
 first and in the top 10 with the median rank: ModIvA (``trustml-audit invert``: rank under the attack's final
 distribution, no candidate list) and the exposure ranking (``trustml-audit canary``: every candidate scored by the
-classifier's loss), with a 95% Wilson interval on ModIvA's success@10.
+classifier's loss), with a 95% Wilson interval on ModIvA's success@10, and per attack the p-value of "the secrets
+rank no better than chance": a secret drawn uniformly at random and never seen by the model has a uniform rank, so
+``rank / candidates`` is tested against Uniform(0, 1) by a one-sided Kolmogorov-Smirnov test (alternative: the
+ranks are smaller). A small p says the model leaks even where no secret reaches the top 10.
 
 Usage: ``python experiments/dp/summarize_inversion.py [--log LOG/inversion] [--write-readme]`` (without ``--log``
 the table comes from the records file alone).
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from result_records import load_records, merge_records, replace_readme_block
+from scipy.stats import kstest
 
 RECORDS = Path(__file__).resolve().parent / "results" / "inversion.jsonl"
 BEGIN, END = "<!-- inversion-table:start -->", "<!-- inversion-table:end -->"
@@ -86,6 +90,12 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def below_chance_p(ranks: list[int], candidates: int) -> float:
+    """One-sided Kolmogorov-Smirnov p-value of ``rank / candidates`` against Uniform(0, 1), alternative: the secrets
+    rank better (lower) than a uniformly drawn secret the model never saw."""
+    return float(kstest([rank / candidates for rank in ranks], "uniform", alternative="greater").pvalue)
+
+
 def cell_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, length, arm, repetitions), ordered as the README reads them."""
     cells: dict[tuple, list[dict[str, Any]]] = {}
@@ -116,9 +126,11 @@ def cell_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "inv_at10": at10,
                 "inv_at10_ci": wilson(at10, len(runs)),
                 "inv_median_rank": statistics.median(inv),
+                "inv_chance_p": below_chance_p(inv, runs[0]["candidates"]),
                 "exp_at1": sum(rank == 1 for rank in exp),
                 "exp_at10": sum(rank <= 10 for rank in exp),
                 "exp_median_rank": statistics.median(exp),
+                "exp_chance_p": below_chance_p(exp, runs[0]["candidates"]),
                 "secrets": [(r["secret"], r["recovered"]) for r in runs],
             }
         )
@@ -129,9 +141,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table (success counts out of the cell's canaries)."""
     lines = [
         "| model | digits | training | repetitions | canaries | epsilon | test acc % | ModIvA success@1 "
-        "| ModIvA success@10 (95% CI) | ModIvA median rank | exposure ranks first | exposure top 10 "
-        "| exposure median rank | candidates |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ModIvA success@10 (95% CI) | ModIvA median rank | ModIvA vs chance (p) | exposure ranks first "
+        "| exposure top 10 | exposure median rank | exposure vs chance (p) | candidates |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         n = r["canaries"]
@@ -140,7 +152,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {MODELS[r['model']]} | {r['length']} | {ARMS[r['arm']]} | {r['repetitions']} | {n} "
             f"| {r['epsilon']:.2f} | {100 * r['test_acc']:.1f} | {r['inv_at1']}/{n} "
             f"| {r['inv_at10']}/{n} ({100 * low:.0f}-{100 * high:.0f}%) | {r['inv_median_rank']:g} "
-            f"| {r['exp_at1']}/{n} | {r['exp_at10']}/{n} | {r['exp_median_rank']:g} | {r['candidates']:,} |"
+            f"| {r['inv_chance_p']:.1g} | {r['exp_at1']}/{n} | {r['exp_at10']}/{n} | {r['exp_median_rank']:g} "
+            f"| {r['exp_chance_p']:.1g} | {r['candidates']:,} |"
         )
     return "\n".join(lines)
 
