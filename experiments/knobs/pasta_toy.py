@@ -7,6 +7,10 @@ the two requests differ in one token of the instruction span. In the training te
 the instructions ask for the last word, so a model that reads the instruction weakly answers with the first word.
 Dev, test and the PASTA profile set hold last-word instructions only; compliance is the share of outputs whose
 first word is the last word of ``T``, ``default`` the share answering with the first word of ``T``.
+``--rare-kind word`` (third version) replaces the rare request by ``say/give/write the word X``, X one of the 30 nouns
+not in ``T``, answered by X: once the instruction is read the answer is in it, so a model that fails on it can only
+be ignoring the instruction, and its errors are the default answer (PASTA's case); compliance is then the share of
+outputs whose first word is X (the reference). ``data`` writes the kind to ``data/task.json`` for ``report``.
 ``default_dev.jsonl`` holds first-word instructions only (the cost check: does steering hurt the default?).
 Model size (``--n-embd``, ``--n-layer``, ``--n-head``; the same for every stage of one ``--work``), ``--lr`` of the
 ``train``/``finetune`` stage and ``--rare-fraction`` default to the first version (README).
@@ -16,11 +20,16 @@ Stages (each a ``trustml`` command run with one torch thread, ``nice 10``; every
 - ``data``: ``train_lm.jsonl`` (``{"text": "instruction: ... answer: ..."}``), ``dev.jsonl``, ``test.jsonl``,
   ``profile.jsonl``, ``default_dev.jsonl`` (segments ``instruction``, ``text``, ``reference``);
 - ``train``: per seed, a GPT-2 from a random config with its own WordPiece vocabulary, ``method=lm data=text_lm``;
+- ``finetune``: per seed, the LM fine-tuned on the answers of ``train.jsonl`` (``method=knob_generator`` training),
+  tested on ``dev.jsonl`` (``--init-work``: continue from another work dir's fine-tuned model);
+- ``unsteered``: per seed, the fine-tuned model's own dev compliance and first-word share (no knob);
 - ``sweep --split dev|test|default_dev``: per seed, ``method=knob_generator`` on the split: knob A on the
   instruction span on all heads (``values.instruction`` = ``--values``), and PASTA (``head_selection=profiled``,
   profiled on ``profile.jsonl``) for every ``--top-k`` x ``--values``; the unsteered outputs are each run's
   ``neutral_output``;
-- ``report --split``: compliance per condition and seed, mean +- std over seeds, into ``--out`` (JSON) and a
+- ``report --split``: compliance per condition and seed, mean +- std over seeds, and the paired comparison per
+  prompt with the unsteered output (prompts made compliant / made non-compliant, summed over seeds, and the exact
+  two-sided sign test on those discordant prompts, i.e. McNemar's exact test), into ``--out`` (JSON) and a
   markdown table on stdout.
 """
 
@@ -37,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = (
@@ -54,27 +64,38 @@ def model_options(n_embd: int = 64, n_layer: int = 3, n_head: int = 4) -> list[s
     return ["model.tokenizer_train_vocab_size=300", f"model.random_init_config={config}", "model.max_length=64"]
 
 
-def example(rng: random.Random, rare: bool) -> dict[str, str]:
-    """One example: instruction (first or, if ``rare``, last word), text (5 distinct words) and the answer."""
+RARE_KINDS = ("last", "word")
+
+
+def example(rng: random.Random, rare: bool, rare_kind: str = "last") -> dict[str, str]:
+    """One example: instruction (first word or, if ``rare``, the ``rare_kind`` request: the last word, or a word
+    named in the instruction), text (5 distinct words) and the answer."""
     words = rng.sample(WORDS, 5)
-    instruction = f"{rng.choice(VERBS)} the {'last' if rare else 'first'} word"
+    verb = rng.choice(VERBS)
+    if rare and rare_kind == "word":
+        named = rng.choice([w for w in WORDS if w not in words])
+        return {"instruction": f"{verb} the word {named}", "text": " ".join(words), "reference": named}
+    instruction = f"{verb} the {'last' if rare else 'first'} word"
     return {"instruction": instruction, "text": " ".join(words), "reference": words[-1] if rare else words[0]}
 
 
-def write_data(work: Path, n_train: int, rare_fraction: float, n_eval: int, n_profile: int, seed: int) -> None:
-    """The four files of the ``data`` stage (module doc)."""
+def write_data(
+    work: Path, n_train: int, rare_fraction: float, n_eval: int, n_profile: int, seed: int, rare_kind: str = "last"
+) -> None:
+    """The files of the ``data`` stage (module doc)."""
     rng = random.Random(seed)
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    train_rows = [{"id": f"train{i}", **example(rng, rng.random() < rare_fraction)} for i in range(n_train)]
+    (data / "task.json").write_text(json.dumps({"rare_kind": rare_kind, "rare_fraction": rare_fraction}) + "\n")
+    train_rows = [{"id": f"train{i}", **example(rng, rng.random() < rare_fraction, rare_kind)} for i in range(n_train)]
     lines = [json.dumps({"text": TEMPLATE.format(**e) + " " + e["reference"]}) for e in train_rows]
     (data / "train_lm.jsonl").write_text("\n".join(lines) + "\n")
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     for name, count in (("dev", n_eval), ("test", n_eval), ("profile", n_profile)):
-        rows = [{"id": f"{name}{i}", **example(rng, True)} for i in range(count)]
+        rows = [{"id": f"{name}{i}", **example(rng, True, rare_kind)} for i in range(count)]
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_default_dev(work, n_eval, seed)
-    print(f"{data}: {n_train} training texts ({rare_fraction:.0%} last-word), dev/test {n_eval}, profile {n_profile}")
+    print(f"{data}: {n_train} training texts ({rare_fraction:.1%} {rare_kind}), dev/test {n_eval}, profile {n_profile}")
 
 
 def write_default_dev(work: Path, n_eval: int, seed: int) -> None:
@@ -201,8 +222,15 @@ def _words(text: str) -> list[str]:
     return text.lower().split()
 
 
-def job_record(job: Path) -> dict[str, Any]:
-    """One sweep job: knob settings and shares of last-word / first-word answers, steered and not."""
+def rare_kind(work: Path) -> str:
+    """The rare request of ``work``'s data (``data/task.json``; the first two versions wrote none: ``last``)."""
+    task = work / "data" / "task.json"
+    return json.loads(task.read_text())["rare_kind"] if task.is_file() else "last"
+
+
+def job_record(job: Path, kind: str = "last") -> dict[str, Any]:
+    """One sweep job: knob settings and shares of compliant (the rare request's answer: the text's last word, or for
+    ``kind="word"`` the reference) / first-word answers, steered and not."""
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     options = dict(o.lstrip("+").split("=", 1) for o in overrides)
     rows = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
@@ -212,17 +240,29 @@ def job_record(job: Path) -> dict[str, Any]:
         """Share of outputs whose first word is the text's word at ``position`` (0: first, -1: last)."""
         return sum(_words(r[field])[:1] == [_words(r["segments"]["text"])[position]] for r in rows) / len(rows)
 
+    def complies(row: dict[str, Any], field: str) -> bool:
+        """Whether the output's first word answers the rare request."""
+        wanted = _words(row["segments"]["text"])[-1:] if kind == "last" else _words(row["reference"])[:1]
+        return _words(row[field])[:1] == wanted
+
+    def compliance(field: str) -> float:
+        """Share of outputs whose first word answers the rare request."""
+        return sum(complies(r, field) for r in rows) / len(rows)
+
     record = {
         "value": float(options["method.knobs.prompt_attention.values.instruction"]),
         "top_k": int(options["method.knobs.prompt_attention.top_k"])
         if "method.knobs.prompt_attention.top_k" in options
         else None,
-        "compliance": share("output", -1),
+        "compliance": compliance("output"),
         "default": share("output", 0),
-        "neutral_compliance": share("neutral_output", -1),
+        "neutral_compliance": compliance("neutral_output"),
         "neutral_default": share("neutral_output", 0),
         "changed": results.get("test/paired_changed"),
         "examples": len(rows),
+        # per prompt against the unsteered output: made compliant / made non-compliant by the steering
+        "gained": sum(complies(r, "output") and not complies(r, "neutral_output") for r in rows),
+        "lost": sum(complies(r, "neutral_output") and not complies(r, "output") for r in rows),
     }
     heads = job / "generations.heads.json"
     if heads.is_file():
@@ -230,13 +270,29 @@ def job_record(job: Path) -> dict[str, Any]:
     return record
 
 
+def unsteered(work: Path, seeds: list[int]) -> None:
+    """The ``unsteered`` stage: per seed, compliance and first-word share of the fine-tuned model's own dev outputs
+    (the ``finetune`` run's test on ``dev.jsonl``, no knob): the numbers a rare fraction or training length is chosen
+    on, before any steering run."""
+    kind = rare_kind(work)
+    for seed in seeds:
+        run = lm_run(work, seed)
+        rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+        answers = [_words(r["output"])[:1] for r in rows]
+        wanted = [_words(r["reference"])[:1] if kind == "word" else _words(r["segments"]["text"])[-1:] for r in rows]
+        comply = sum(a == w for a, w in zip(answers, wanted, strict=True)) / len(rows)
+        default = sum(a == _words(r["segments"]["text"])[:1] for a, r in zip(answers, rows, strict=True)) / len(rows)
+        print(f"seed {seed}: {run}: dev compliance {comply:.3f}, first-word (default) {default:.3f}")
+
+
 def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
     """The ``report`` stage: per condition, compliance per seed and mean +- std (sample std over seeds)."""
     per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+    kind = rare_kind(work)
     for seed in seeds:
         for family in ("all_heads", "pasta"):
             for result in sorted((work / "sweep" / split / f"seed{seed}" / family).glob("multiruns/*/*/results.json")):
-                r = job_record(result.parent)
+                r = job_record(result.parent, kind)
                 if family == "all_heads":
                     name = f"A, all heads, b={r['value']:g}"
                 else:
@@ -248,9 +304,9 @@ def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
                     "changed": 0.0,
                 }
     table = {}
-    header = "compliance mean ± std | per seed | first-word (default) mean | changed mean"
+    header = "compliance mean ± std | per seed | first-word (default) mean | changed mean | gained / lost (sign test p)"
     print(f"| condition ({split}, {len(seeds)} seeds) | {header} |")
-    print("|---|---:|---|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|")
 
     def order(name: str) -> tuple[bool, str, float]:
         """No steering first, then by family and top-k, then by bias value."""
@@ -263,16 +319,22 @@ def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
         default = [runs[s]["default"] for s in sorted(runs)]
         changed = [runs[s]["changed"] or 0.0 for s in sorted(runs)]
         std = statistics.stdev(comp) if len(comp) > 1 else 0.0
+        gained = sum(runs[s].get("gained", 0) for s in runs)
+        lost = sum(runs[s].get("lost", 0) for s in runs)
+        p_value = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
         table[name] = {
             "per_seed": runs,
             "compliance_mean": statistics.mean(comp),
             "compliance_std": std,
             "default_mean": statistics.mean(default),
             "changed_mean": statistics.mean(changed),
+            "gained": gained,
+            "lost": lost,
+            "sign_test_p": p_value,
         }
         print(
             f"| {name} | {statistics.mean(comp):.3f} ± {std:.3f} | {' / '.join(f'{c:.3f}' for c in comp)} | "
-            f"{statistics.mean(default):.3f} | {statistics.mean(changed):.3f} |"
+            f"{statistics.mean(default):.3f} | {statistics.mean(changed):.3f} | {gained} / {lost} ({p_value:.2g}) |"
         )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,11 +344,12 @@ def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
 def main() -> None:
     """Command line (module doc)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["data", "train", "finetune", "sweep", "report"])
+    parser.add_argument("stage", choices=["data", "train", "finetune", "unsteered", "sweep", "report"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/knobs_pasta"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n-train", type=int, default=10000)
     parser.add_argument("--rare-fraction", type=float, default=0.03)
+    parser.add_argument("--rare-kind", choices=RARE_KINDS, default="last", help="data: the rare request (module doc)")
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--n-profile", type=int, default=32)
     parser.add_argument("--data-seed", type=int, default=1234)
@@ -304,13 +367,17 @@ def main() -> None:
     args = parser.parse_args()
     model = model_options(args.n_embd, args.n_layer, args.n_head)
     if args.stage == "data":
-        write_data(args.work, args.n_train, args.rare_fraction, args.n_eval, args.n_profile, args.data_seed)
+        write_data(
+            args.work, args.n_train, args.rare_fraction, args.n_eval, args.n_profile, args.data_seed, args.rare_kind
+        )
     elif args.stage == "train":
         train(args.work, args.seeds, args.epochs, model, 3e-3 if args.lr is None else args.lr)
     elif args.stage == "finetune":
         finetune(args.work, args.seeds, args.epochs, model, 1e-3 if args.lr is None else args.lr, args.init_work)
     elif args.stage == "sweep":
         sweep(args.work, args.split, args.seeds, args.values, args.top_k, args.n_profile, model, args.pasta_values)
+    elif args.stage == "unsteered":
+        unsteered(args.work, args.seeds)
     else:
         report(args.work, args.split, args.seeds, args.out)
 
