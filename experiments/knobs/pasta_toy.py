@@ -8,9 +8,10 @@ the instructions ask for the last word, so a model that reads the instruction we
 Dev, test and the PASTA profile set hold last-word instructions only; compliance is the share of outputs whose
 first word is the last word of ``T``, ``default`` the share answering with the first word of ``T``.
 ``--rare-kind word`` (third version) replaces the rare request by ``say/give/write the word X``, X one of the 30 nouns
-not in ``T``, answered by X: once the instruction is read the answer is in it, so a model that fails on it can only
-be ignoring the instruction, and its errors are the default answer (PASTA's case); compliance is then the share of
-outputs whose first word is X (the reference). ``data`` writes the kind to ``data/task.json`` for ``report``.
+not in ``T``, answered by X: once the instruction is read the answer is in it, so a model that fails on it is not
+using the instruction; whether its errors are then the default answer (PASTA's case) is what ``unsteered`` shows.
+Compliance is then the share of outputs whose first word is X (the reference). ``data`` writes the kind to
+``data/task.json`` for ``report``.
 ``default_dev.jsonl`` holds first-word instructions only (the cost check: does steering hurt the default?).
 Model size (``--n-embd``, ``--n-layer``, ``--n-head``; the same for every stage of one ``--work``), ``--lr`` of the
 ``train``/``finetune`` stage and ``--rare-fraction`` default to the first version (README).
