@@ -229,6 +229,13 @@ def rare_kind(work: Path) -> str:
     return json.loads(task.read_text())["rare_kind"] if task.is_file() else "last"
 
 
+def complies(row: dict[str, Any], field: str, kind: str) -> bool:
+    """Whether the first word of ``row[field]`` (an output) answers the rare request of ``kind``: the text's last word,
+    or for ``kind="word"`` the reference."""
+    wanted = _words(row["segments"]["text"])[-1:] if kind == "last" else _words(row["reference"])[:1]
+    return _words(row[field])[:1] == wanted
+
+
 def job_record(job: Path, kind: str = "last") -> dict[str, Any]:
     """One sweep job: knob settings and shares of compliant (the rare request's answer: the text's last word, or for
     ``kind="word"`` the reference) / first-word answers, steered and not."""
@@ -241,14 +248,9 @@ def job_record(job: Path, kind: str = "last") -> dict[str, Any]:
         """Share of outputs whose first word is the text's word at ``position`` (0: first, -1: last)."""
         return sum(_words(r[field])[:1] == [_words(r["segments"]["text"])[position]] for r in rows) / len(rows)
 
-    def complies(row: dict[str, Any], field: str) -> bool:
-        """Whether the output's first word answers the rare request."""
-        wanted = _words(row["segments"]["text"])[-1:] if kind == "last" else _words(row["reference"])[:1]
-        return _words(row[field])[:1] == wanted
-
     def compliance(field: str) -> float:
         """Share of outputs whose first word answers the rare request."""
-        return sum(complies(r, field) for r in rows) / len(rows)
+        return sum(complies(r, field, kind) for r in rows) / len(rows)
 
     record = {
         "value": float(options["method.knobs.prompt_attention.values.instruction"]),
@@ -262,8 +264,8 @@ def job_record(job: Path, kind: str = "last") -> dict[str, Any]:
         "changed": results.get("test/paired_changed"),
         "examples": len(rows),
         # per prompt against the unsteered output: made compliant / made non-compliant by the steering
-        "gained": sum(complies(r, "output") and not complies(r, "neutral_output") for r in rows),
-        "lost": sum(complies(r, "neutral_output") and not complies(r, "output") for r in rows),
+        "gained": sum(complies(r, "output", kind) and not complies(r, "neutral_output", kind) for r in rows),
+        "lost": sum(complies(r, "neutral_output", kind) and not complies(r, "output", kind) for r in rows),
     }
     heads = job / "generations.heads.json"
     if heads.is_file():
@@ -279,10 +281,8 @@ def unsteered(work: Path, seeds: list[int]) -> None:
     for seed in seeds:
         run = lm_run(work, seed)
         rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
-        answers = [_words(r["output"])[:1] for r in rows]
-        wanted = [_words(r["reference"])[:1] if kind == "word" else _words(r["segments"]["text"])[-1:] for r in rows]
-        comply = sum(a == w for a, w in zip(answers, wanted, strict=True)) / len(rows)
-        default = sum(a == _words(r["segments"]["text"])[:1] for a, r in zip(answers, rows, strict=True)) / len(rows)
+        comply = sum(complies(r, "output", kind) for r in rows) / len(rows)
+        default = sum(_words(r["output"])[:1] == _words(r["segments"]["text"])[:1] for r in rows) / len(rows)
         print(f"seed {seed}: {run}: dev compliance {comply:.3f}, first-word (default) {default:.3f}")
 
 
