@@ -19,6 +19,8 @@
 # Usage (from anywhere): experiments/dp/run_inversion.sh
 #   env: MODEL=small|minilm LENGTH=4 REPS="100 10" ARMS="none dropout dp_eps8" CANARIES=10 FIRST=0
 #        CONVERSATIONS=30 TEST_LINES=500 EPOCHS=15 STEPS=200 RESTARTS=8 LR TRUSTML_LOG_DIR TRUSTML_SHARED_DATA
+#        EXPOSURE_SAMPLE=N: the exposure rank estimated from N uniformly sampled candidates (`trustml-audit canary
+#        --sample N`, exact when no sampled candidate scores at or below the secret) instead of every candidate
 # Canaries FIRST..CANARIES-1 of a cell train in one Hydra sweep; a canary whose run finished is not trained again
 # and one already attacked is skipped, so a stopped run continues where it stopped and cells split over processes
 # (FIRST=0 CANARIES=5 / FIRST=5 CANARIES=10).
@@ -37,6 +39,7 @@ TEST_LINES=${TEST_LINES:-500}
 EPOCHS=${EPOCHS:-15}
 STEPS=${STEPS:-200}
 RESTARTS=${RESTARTS:-8}
+EXPOSURE_SAMPLE=${EXPOSURE_SAMPLE:-0}
 DATA=${TRUSTML_SHARED_DATA:-../shared/data}/topical_chat
 NICE=(nice -n 10)
 QUIET=(trainer.enable_progress_bar=false print_results=false logger=csv)
@@ -91,20 +94,22 @@ for reps in $REPS; do
         trainer.max_epochs="$EPOCHS" "${QUIET[@]}" "${OPT[@]}" seed=0 hydra.run.dir="$cell/$c" > /dev/null
     done
     best=$([ "$arm" = none ] && echo 1 || echo 0)
-    "${NICE[@]}" .venv/bin/python - "$cell" "$data" "$FIRST" "$CANARIES" "$STEPS" "$RESTARTS" "$best" <<'PY'
+    "${NICE[@]}" .venv/bin/python - "$cell" "$data" "$FIRST" "$CANARIES" "$STEPS" "$RESTARTS" "$best" \
+    "$EXPOSURE_SAMPLE" <<'PY'
 import sys
 from pathlib import Path
 
 from trustml.cli.audit import main
 
-cell, data, first, canaries, steps, restarts, best = sys.argv[1:]
+cell, data, first, canaries, steps, restarts, best, sample = sys.argv[1:]
+sampling = ["--sample", sample] if int(sample) else []
 checkpoints = [("last", "")] + ([("best", "_best")] if best == "1" else [])
 for k in range(int(first), int(canaries)):
     run, spec = f"{cell}/{k}", f"{data}/canary{k}.jsonl.canary.json"
     for checkpoint, suffix in checkpoints:
         for name, argv in (
             ("invert/inversion.json", ["invert", run, "--spec", spec, "--steps", steps, "--restarts", restarts]),
-            ("exposure/canary.json", ["canary", run, "--spec", spec]),
+            ("exposure/canary.json", ["canary", run, "--spec", spec, *sampling]),
         ):
             folder, file = name.split("/")
             out = f"{run}/{folder}{suffix}"

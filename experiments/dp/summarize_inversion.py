@@ -12,7 +12,10 @@ distribution, no candidate list) and the exposure ranking (``trustml-audit canar
 classifier's loss), with a 95% Wilson interval on ModIvA's success@10, and per attack the p-value of "the secrets
 rank no better than chance": a secret drawn uniformly at random and never seen by the model has a uniform rank, so
 ``rank / candidates`` is tested against Uniform(0, 1) by a one-sided Kolmogorov-Smirnov test (alternative: the
-ranks are smaller). A small p says the model leaks even where no secret reaches the top 10.
+ranks are smaller). A small p says the model leaks even where no secret reaches the top 10. A canary ranked by
+``trustml-audit canary --sample N`` (``EXPOSURE_SAMPLE`` in run_inversion.sh) has an estimated exposure rank (exact
+whenever it may be in the top 10); the record keeps ``exposure_sampled = N`` (0: every candidate scored) and the
+table marks a median with such estimates by ``~``.
 
 Usage: ``python experiments/dp/summarize_inversion.py [--log LOG/inversion] [--write-readme]`` (without ``--log``
 the table comes from the records file alone).
@@ -74,6 +77,7 @@ def collect(log: Path) -> list[dict[str, Any]]:
                     "recovered": "".join(inverted["recovered"]),
                     "inversion_rank": inverted["rank"],
                     "exposure_rank": exposed["rank"],
+                    "exposure_sampled": 0 if exposed.get("exact", True) else exposed["num_sampled"],
                     "candidates": exposed["num_candidates"],
                 }
             )
@@ -130,6 +134,7 @@ def cell_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "exp_at1": sum(rank == 1 for rank in exp),
                 "exp_at10": sum(rank <= 10 for rank in exp),
                 "exp_median_rank": statistics.median(exp),
+                "exp_estimated": sum(r.get("exposure_sampled", 0) > 0 for r in runs),
                 "exp_chance_p": below_chance_p(exp, runs[0]["candidates"]),
                 "secrets": [(r["secret"], r["recovered"]) for r in runs],
             }
@@ -148,11 +153,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         n = r["canaries"]
         low, high = r["inv_at10_ci"]
+        exp_median = f"~{r['exp_median_rank']:.0f}" if r["exp_estimated"] else f"{r['exp_median_rank']:g}"
         lines.append(
             f"| {MODELS[r['model']]} | {r['length']} | {ARMS[r['arm']]} | {r['repetitions']} | {n} "
             f"| {r['epsilon']:.2f} | {100 * r['test_acc']:.1f} | {r['inv_at1']}/{n} "
             f"| {r['inv_at10']}/{n} ({100 * low:.0f}-{100 * high:.0f}%) | {r['inv_median_rank']:g} "
-            f"| {r['inv_chance_p']:.1g} | {r['exp_at1']}/{n} | {r['exp_at10']}/{n} | {r['exp_median_rank']:g} "
+            f"| {r['inv_chance_p']:.1g} | {r['exp_at1']}/{n} | {r['exp_at10']}/{n} | {exp_median} "
             f"| {r['exp_chance_p']:.1g} | {r['candidates']:,} |"
         )
     return "\n".join(lines)

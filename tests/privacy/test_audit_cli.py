@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import read_json, run_cli
 from trustml.cli.audit import main
-from trustml.privacy.audit.canary import candidate_secrets, format_canary
+from trustml.privacy.audit.canary import candidate_secrets, format_canary, sample_other_secrets
 from trustml.privacy.audit.membership_audit import candidate_samples
 from trustml.privacy.audit.metrics import attack_metrics
 from trustml.privacy.audit.runs import load_audited_run
@@ -252,6 +252,49 @@ def test_canary_is_inserted_trained_on_and_ranked(tmp_path: Path, audit: Callabl
     losses = F.cross_entropy(logits, torch.full((len(secrets),), label), reduction="none")
     secret_loss = losses[secrets.index(tuple(spec["secret"]))]
     assert result["rank"] == int((losses <= secret_loss).sum())
+
+    # --sample: the rank estimated from 200 sampled candidates (the same draw recomputed here), exact when its
+    # interval reaches the top --exact-top
+    sampled = audit(
+        "canary",
+        str(run_dir),
+        "--spec",
+        spec_path,
+        "--out",
+        str(tmp_path / "s"),
+        "--sample",
+        "200",
+        "--checkpoint",
+        "best",
+        "--exact-top",
+        "0",
+    )
+    assert sampled.returncode == 0, sampled.stderr
+    estimate = read_json(tmp_path / "s" / "canary.json")
+    drawn = sample_other_secrets(tuple(spec["secret"]), 200, seed=0)
+    below = int(sum(losses[secrets.index(s)] <= secret_loss for s in drawn))
+    assert not estimate["exact"] and estimate["num_sampled"] == 200 and estimate["sampled_at_or_below"] == below
+    assert estimate["rank"] == pytest.approx(1 + 999 * below / 200) and estimate["num_candidates"] == 1000
+    assert estimate["rank_low"] <= estimate["rank"] <= estimate["rank_high"]
+    exact = audit(
+        "canary",
+        str(run_dir),
+        "--spec",
+        spec_path,
+        "--out",
+        str(tmp_path / "e"),
+        "--sample",
+        "200",
+        "--exact-top",
+        "1000",
+    )
+    assert exact.returncode == 0, exact.stderr
+    fallback = read_json(tmp_path / "e" / "canary.json")
+    assert fallback["exact"] and fallback["rank"] == result["rank"]
+    assert fallback["sampled_estimate"]["sampled_at_or_below"] == below
+    negative = audit("canary", str(run_dir), "--spec", spec_path, "--out", str(tmp_path / "n"), "--sample", "-1")
+    assert negative.returncode == 2 and "--sample -1: give a number of candidates" in negative.stderr
+    assert not (tmp_path / "n").exists()
 
     missing = audit("canary", str(run_dir), "--spec", str(tmp_path / "nope.json"), "--out", str(tmp_path / "c2"))
     assert missing.returncode == 2 and "canary spec not found" in missing.stderr

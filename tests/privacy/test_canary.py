@@ -14,7 +14,11 @@ from trustml.privacy.audit.canary import (
     format_canary,
     insert_canary,
     random_secret,
+    sample_other_secrets,
+    sampled_exposure,
     score_candidates,
+    secret_at,
+    secret_index,
 )
 
 
@@ -71,3 +75,42 @@ def test_a_model_that_memorized_the_canary_ranks_it_first() -> None:
     result = exposure(losses.numpy(), sentences.index(format_canary(secret)))
     assert losses.shape == (10_000,)
     assert result.ranks_first and result.exposure == pytest.approx(math.log2(10_000))
+
+
+def test_secret_index_follows_the_candidate_order() -> None:
+    secrets = candidate_secrets(3, "abc")
+    assert [secret_at(i, 3, "abc") for i in range(len(secrets))] == secrets
+    assert [secret_index(s, "abc") for s in secrets] == list(range(27))
+
+
+def test_sampled_candidates_are_distinct_uniform_and_never_the_secret() -> None:
+    secret = ("0", "0", "0", "3")
+    sample = sample_other_secrets(secret, 9_999, seed=1)  # every other candidate
+    assert sorted(sample) == [s for s in candidate_secrets(4) if s != secret]
+    draws = [s for seed in range(200) for s in sample_other_secrets(secret, 5, seed=seed)]
+    first_digits = np.bincount([int(s[0]) for s in draws], minlength=10)
+    assert first_digits.min() > 50 and first_digits.max() < 150  # 100 expected per digit
+    with pytest.raises(ValueError, match="1 to 9999"):
+        sample_other_secrets(secret, 10_000)
+
+
+def test_sampled_exposure_is_exact_on_the_whole_space_and_covers_the_rank_on_samples() -> None:
+    rng = np.random.default_rng(0)
+    losses = rng.normal(size=10_000)
+    secret = 1234
+    true = exposure(losses, secret)
+    others = np.delete(losses, secret)
+    whole = sampled_exposure(losses[secret], others, 10_000)
+    assert whole.rank == pytest.approx(true.rank) and whole.exposure == pytest.approx(true.exposure)
+    assert whole.sampled_at_or_below == true.rank - 1
+    covered = 0
+    for seed in range(100):
+        drawn = np.random.default_rng(seed).choice(others, size=500, replace=False)
+        estimate = sampled_exposure(losses[secret], drawn, 10_000)
+        assert estimate.rank == 1 + 9_999 * estimate.sampled_at_or_below / 500
+        assert estimate.rank_low <= estimate.rank <= estimate.rank_high
+        covered += estimate.rank_low <= true.rank <= estimate.rank_high
+    assert covered >= 90  # a 95% interval
+    assert abs(np.log2(estimate.rank / true.rank)) < 0.5
+    with pytest.raises(ValueError, match="1 to 9999"):
+        sampled_exposure(0.0, losses, 10_000)

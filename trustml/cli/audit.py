@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from trustml.config_schema import register_config_support
-from trustml.errors import TrustMLError
+from trustml.errors import ConfigError, TrustMLError
 
 PROG = "trustml-audit"
 
@@ -80,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
         help="which weights to rank the canary under (their test accuracy is reported as test_acc)",
     )
     canary.add_argument("--batch-size", type=int, default=512)
+    canary.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="estimate the rank from this many uniformly sampled candidates instead of scoring all (0: all); "
+        "scored exactly anyway when the estimate's 95%% interval reaches the top --exact-top",
+    )
+    canary.add_argument("--sample-seed", type=int, default=0, help="seed of --sample's draw")
+    canary.add_argument(
+        "--exact-top", type=int, default=10, help="with --sample: score every candidate if the rank may be <= this"
+    )
 
     invert = commands.add_parser("invert", help="recover a canary's unknown tokens by model inversion (ModIvA)")
     invert.add_argument("run", help="run directory of a text classifier (model=hf_encoder)")
@@ -107,7 +118,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _inversion_request(args: argparse.Namespace):  # noqa: ANN202 - imports torch lazily
-    from trustml.errors import ConfigError
     from trustml.privacy.audit.canary_text import CanarySpec
     from trustml.privacy.audit.inversion import InversionOptions, InversionRequest
 
@@ -199,7 +209,17 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict:
     from trustml.privacy.audit.canary_text import CanarySpec, canary_exposure
     from trustml.run_record import write_json_atomic
 
-    result = canary_exposure(args.run, CanarySpec.load(args.spec), args.checkpoint, args.batch_size)
+    if args.sample < 0:
+        raise ConfigError(f"--sample {args.sample}: give a number of candidates to sample, or 0 to score all")
+    result = canary_exposure(
+        args.run,
+        CanarySpec.load(args.spec),
+        args.checkpoint,
+        args.batch_size,
+        sample=args.sample,
+        sample_seed=args.sample_seed,
+        exact_top=args.exact_top,
+    )
     write_json_atomic(Path(args.out) / "canary.json", result)
     return result
 

@@ -28,6 +28,8 @@ from trustml.privacy.audit.canary import (
     format_canary,
     insert_canary,
     random_secret,
+    sample_other_secrets,
+    sampled_exposure,
     score_candidates,
 )
 from trustml.privacy.audit.runs import checkpoint_test_accuracy, load_audited_run
@@ -127,33 +129,56 @@ def canary_spec_path(training_file: str | Path) -> Path:
 
 
 def canary_exposure(
-    run_dir: str | Path, spec: CanarySpec, checkpoint: str = "best", batch_size: int = 512
+    run_dir: str | Path,
+    spec: CanarySpec,
+    checkpoint: str = "best",
+    batch_size: int = 512,
+    sample: int = 0,
+    sample_seed: int = 0,
+    exact_top: int = 10,
 ) -> dict[str, Any]:
     """Rank the canary's secret among all candidates by the trained classifier's loss on the canary label.
 
     Returns rank, number of candidates, exposure (bits), whether the secret ranks first, and the test accuracy
     of the ranked checkpoint (``test_acc``, recomputed on the run's test split: ``results.json`` holds the best
-    checkpoint's).
+    checkpoint's). With ``sample > 0`` (and fewer than all candidates) the rank is estimated from ``sample``
+    other candidates drawn uniformly (seed ``sample_seed``; :func:`~trustml.privacy.audit.canary.sampled_exposure`:
+    ``rank`` is then the estimate, with ``rank_low``/``rank_high`` its 95% interval), unless that interval
+    reaches down to ``exact_top``: then every candidate is scored and the rank is exact (``exact: true``), so
+    whether the secret is in the top ``exact_top`` is never an estimate.
     """
     run = load_audited_run(run_dir, checkpoint)
     model, label_names = run.model, run.label_names
     if spec.label not in label_names:
         raise CheckpointError(f"run {run_dir} has no label '{spec.label}' (labels: {label_names}); wrong run or spec")
     label = label_names.index(spec.label)
-    secrets = candidate_secrets(len(spec.secret), spec.alphabet)
-    sentences = [format_canary(s, spec.template) for s in secrets]
+    space = len(spec.alphabet) ** len(spec.secret)
 
     def loss_on_label(texts: list[str]) -> torch.Tensor:
         logits = model(model_inputs(model, texts))
         return F.cross_entropy(logits, torch.full((len(texts),), label), reduction="none")
 
-    losses = score_candidates(loss_on_label, sentences, batch_size)
-    result = exposure(losses.numpy(), secrets.index(spec.secret))
+    def sentences(secrets: list[tuple[str, ...]]) -> list[str]:
+        return [format_canary(s, spec.template) for s in secrets]
+
+    estimate: dict[str, Any] = {}
+    if 0 < sample < space - 1:
+        others = sample_other_secrets(spec.secret, sample, spec.alphabet, sample_seed)
+        secret_loss = float(score_candidates(loss_on_label, sentences([spec.secret]), batch_size)[0])
+        sampled = sampled_exposure(secret_loss, score_candidates(loss_on_label, sentences(others), batch_size), space)
+        estimate = {**asdict(sampled), "sample_seed": sample_seed}
+    if estimate and estimate["rank_low"] > exact_top:
+        result = {**estimate, "ranks_first": False, "exact": False}
+    else:
+        secrets = candidate_secrets(len(spec.secret), spec.alphabet)
+        losses = score_candidates(loss_on_label, sentences(secrets), batch_size)
+        exact = asdict(exposure(losses.numpy(), secrets.index(spec.secret)))
+        result = {**exact, "exact": True, **({"sampled_estimate": estimate} if estimate else {})}
     return {
         "run": str(run_dir),
         "checkpoint": checkpoint,
         **checkpoint_test_accuracy(run, batch_size),
         **asdict(spec),
         "sentence": spec.sentence,
-        **asdict(result),
+        **result,
     }
