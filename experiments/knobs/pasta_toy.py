@@ -20,14 +20,18 @@ Stages (each a ``trustml`` command run with one torch thread, ``nice 10``; every
 
 - ``data``: ``train_lm.jsonl`` (``{"text": "instruction: ... answer: ..."}``), ``dev.jsonl``, ``test.jsonl``,
   ``profile.jsonl``, ``default_dev.jsonl`` (segments ``instruction``, ``text``, ``reference``);
-- ``train``: per seed, a GPT-2 from a random config with its own WordPiece vocabulary, ``method=lm data=text_lm``;
+- ``train``: per seed, a GPT-2 from a random config with its own WordPiece vocabulary, ``method=lm data=text_lm``
+  (``--step-checkpoints``: also a checkpoint every third of an epoch, for ``select``);
 - ``finetune``: per seed, the LM fine-tuned on the answers of ``train.jsonl`` (``method=knob_generator`` training),
   tested on ``dev.jsonl`` (``--init-work``: continue from another work dir's fine-tuned model);
 - ``unsteered``: per seed, the fine-tuned model's own dev compliance and first-word share (no knob);
+- ``select`` (fourth version): per seed, every step checkpoint of the LM generates on dev without knobs; the one
+  whose unsteered dev compliance is in [0.2, 0.6], closest to 0.4, is selected (``select/seed<S>/selection.json``);
 - ``sweep --split dev|test|default_dev``: per seed, ``method=knob_generator`` on the split: knob A on the
   instruction span on all heads (``values.instruction`` = ``--values``), and PASTA (``head_selection=profiled``,
   profiled on ``profile.jsonl``) for every ``--top-k`` x ``--values``; the unsteered outputs are each run's
-  ``neutral_output``;
+  ``neutral_output``; the steered model is the fine-tuned one, or with ``--selected`` the checkpoint ``select``
+  chose (a seed without one is skipped);
 - ``report --split``: compliance per condition and seed, mean +- std over seeds, and the paired comparison per
   prompt with the unsteered output (prompts made compliant / made non-compliant, summed over seeds, and the exact
   two-sided sign test on those discordant prompts, i.e. McNemar's exact test), into ``--out`` (JSON) and a
@@ -124,8 +128,22 @@ def lm_run(work: Path, seed: int, stage: str = "finetune") -> Path:
     return runs[-1].parent
 
 
-def train(work: Path, seeds: list[int], epochs: int, model: list[str], lr: float = 3e-3) -> None:
-    """The ``train`` stage: one LM per seed."""
+# every 47 optimizer steps (a third of an epoch of 9,000 texts at batch 64) a checkpoint stepNNNNN.ckpt, all kept: the
+# candidates of ``select`` (by steps, not epochs: a second unmonitored per-epoch checkpoint would share the state key
+# of the default last.ckpt callback, which Lightning refuses)
+SELECT_EVERY_STEPS = 47
+STEP_CHECKPOINTS = (
+    "+callbacks.step_checkpoints={_target_: trustml.callbacks.checkpoint.AtomicModelCheckpoint, "
+    "dirpath: '${paths.output_dir}/checkpoints', filename: 'step{step:05d}', monitor: null, save_top_k: -1, "
+    f"every_n_train_steps: {SELECT_EVERY_STEPS}, auto_insert_metric_name: false}}"
+)
+
+
+def train(
+    work: Path, seeds: list[int], epochs: int, model: list[str], lr: float = 3e-3, step_checkpoints: bool = False
+) -> None:
+    """The ``train`` stage: one LM per seed (``step_checkpoints``: also ``checkpoints/stepNNNNN.ckpt`` every
+    ``SELECT_EVERY_STEPS`` steps, the candidates of ``select``)."""
     for seed in seeds:
         trustml(
             [
@@ -144,6 +162,7 @@ def train(work: Path, seeds: list[int], epochs: int, model: list[str], lr: float
                 f"trainer.max_epochs={epochs}",
                 "callbacks.model_checkpoint.monitor=val/loss",
                 "callbacks.model_checkpoint.mode=min",
+                *([STEP_CHECKPOINTS] if step_checkpoints else []),
             ],
             work / "lm" / f"seed{seed}",
         )
@@ -189,10 +208,20 @@ def sweep(
     profile_examples: int,
     model: list[str],
     pasta_values: str | None = None,
+    selected: bool = False,
 ) -> None:
     """The ``sweep`` stage: all-heads knob A (bias ``values``) and PASTA (``pasta_values``, default ``values``), per
-    seed, on ``split``."""
+    seed, on ``split``; the fine-tuned model, or with ``selected`` the LM checkpoint ``select`` chose (a seed without
+    one is skipped)."""
     for seed in seeds:
+        if selected:
+            choice = selected_checkpoint(work, seed)
+            if choice is None:
+                print(f"seed {seed}: no checkpoint in the selection window; not steered")
+                continue
+            source = [f"method.model_run_dir={choice[0]}", f"method.checkpoint={choice[1]}"]
+        else:
+            source = [f"method.model_run_dir={lm_run(work, seed)}"]
         common = [
             "data=segments_jsonl",
             "model=hf_causal_lm",
@@ -202,7 +231,7 @@ def sweep(
             f"data.path={work / 'data' / f'{split}.jsonl'}",
             f"data.template='{TEMPLATE}'",
             "data.eval_batch_size=50",
-            f"method.model_run_dir={lm_run(work, seed)}",
+            *source,
             *model,
             "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
             "method.score_reference=false",
@@ -286,6 +315,79 @@ def unsteered(work: Path, seeds: list[int]) -> None:
         print(f"seed {seed}: {run}: dev compliance {comply:.3f}, first-word (default) {default:.3f}")
 
 
+SELECT_WINDOW = (0.2, 0.6)
+SELECT_TARGET = 0.4
+
+
+def select(work: Path, seeds: list[int], model: list[str]) -> None:
+    """The ``select`` stage (fourth version): per seed, every ``stepNNNNN`` checkpoint of the LM run (``train
+    --step-checkpoints``) generates on ``dev.jsonl`` without knobs; the selected checkpoint is the one whose unsteered
+    dev compliance lies in ``SELECT_WINDOW`` closest to ``SELECT_TARGET`` (ties: the earliest). Writes
+    ``select/seed<S>/selection.json`` (every checkpoint's compliance and first-word share, and the choice, ``null``
+    when no checkpoint is in the window: that seed is not steered)."""
+    kind = rare_kind(work)
+    for seed in seeds:
+        run = lm_run(work, seed, "lm")
+        names = sorted(p.stem for p in (run / "checkpoints").glob("step*.ckpt"))
+        if not names:
+            sys.exit(f"{run} has no stepNNNNN checkpoints; train with --step-checkpoints")
+        base = work / "select" / f"seed{seed}"
+        trustml(
+            [
+                "-m",
+                "data=segments_jsonl",
+                "model=hf_causal_lm",
+                "method=knob_generator",
+                "trainer.max_epochs=0",
+                f"seed={seed}",
+                f"data.path={work / 'data' / 'dev.jsonl'}",
+                f"data.template='{TEMPLATE}'",
+                "data.eval_batch_size=50",
+                f"method.model_run_dir={run}",
+                f"method.checkpoint={','.join(names)}",
+                *model,
+                "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
+                "method.score_reference=false",
+                "method.compare_neutral=false",
+            ],
+            base,
+        )
+        candidates = []
+        newest = sorted(base.glob("multiruns/*"))[-1]  # this call's sweep
+        for job in sorted(newest.glob("*/generations.jsonl")):
+            overrides = yaml.safe_load((job.parent / ".hydra" / "overrides.yaml").read_text())
+            name = dict(o.split("=", 1) for o in overrides)["method.checkpoint"]
+            rows = [json.loads(line) for line in job.read_text().splitlines()]
+            candidates.append(
+                {
+                    "checkpoint": name,
+                    "step": int(name[4:]),
+                    "compliance": sum(complies(r, "output", kind) for r in rows) / len(rows),
+                    "default": sum(_words(r["output"])[:1] == _words(r["segments"]["text"])[:1] for r in rows)
+                    / len(rows),
+                }
+            )
+        candidates.sort(key=lambda c: c["step"])
+        low, high = SELECT_WINDOW
+        window = [c for c in candidates if low <= c["compliance"] <= high]
+        chosen = min(window, key=lambda c: (abs(c["compliance"] - SELECT_TARGET), c["step"])) if window else None
+        selection = {"run": str(run), "window": SELECT_WINDOW, "target": SELECT_TARGET, "selected": chosen}
+        (base / "selection.json").write_text(json.dumps({**selection, "checkpoints": candidates}, indent=1) + "\n")
+        trace = " ".join(f"{c['step']}:{c['compliance']:.2f}/{c['default']:.2f}" for c in candidates)
+        print(f"seed {seed}: step:compliance/first-word {trace}")
+        print(f"seed {seed}: selected {chosen}")
+
+
+def selected_checkpoint(work: Path, seed: int) -> tuple[Path, str] | None:
+    """The LM run and checkpoint ``select`` chose for ``seed`` (``None``: no checkpoint in the window)."""
+    file = work / "select" / f"seed{seed}" / "selection.json"
+    if not file.is_file():
+        sys.exit(f"no {file}; run the select stage first")
+    selection = json.loads(file.read_text())
+    chosen = selection["selected"]
+    return None if chosen is None else (Path(selection["run"]), chosen["checkpoint"])
+
+
 def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
     """The ``report`` stage: per condition, compliance per seed and mean +- std (sample std over seeds)."""
     per_seed: dict[str, dict[int, dict[str, Any]]] = {}
@@ -294,6 +396,7 @@ def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
         for family in ("all_heads", "pasta"):
             for result in sorted((work / "sweep" / split / f"seed{seed}" / family).glob("multiruns/*/*/results.json")):
                 r = job_record(result.parent, kind)
+                r["job"] = str(result.parent)
                 if family == "all_heads":
                     name = f"A, all heads, b={r['value']:g}"
                 else:
@@ -337,15 +440,50 @@ def report(work: Path, split: str, seeds: list[int], out: Path | None) -> None:
             f"| {name} | {statistics.mean(comp):.3f} ± {std:.3f} | {' / '.join(f'{c:.3f}' for c in comp)} | "
             f"{statistics.mean(default):.3f} | {statistics.mean(changed):.3f} | {gained} / {lost} ({p_value:.2g}) |"
         )
+    families = {name.split(",")[0].split(" top")[0]: name for name in table if name != "no steering"}
+    head_to_head = None
+    if len(table) == 3 and set(families) == {"A", "PASTA"}:  # one setting per family (the test protocol)
+        head_to_head = pasta_vs_all_heads(per_seed[families["A"]], per_seed[families["PASTA"]], kind)
+        print(
+            f"PASTA ({families['PASTA']}) vs all heads ({families['A']}), per prompt: PASTA alone complies on "
+            f"{head_to_head['pasta_only']}, all heads alone on {head_to_head['all_heads_only']} "
+            f"(McNemar exact p {head_to_head['sign_test_p']:.2g}); per-seed difference in compliance "
+            f"{' / '.join(f'{d:+.3f}' for d in head_to_head['per_seed_difference'])}"
+        )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"split": split, "seeds": seeds, "conditions": table}, indent=1) + "\n")
+        report_json = {"split": split, "seeds": seeds, "conditions": table, "pasta_vs_all_heads": head_to_head}
+        out.write_text(json.dumps(report_json, indent=1) + "\n")
+
+
+def pasta_vs_all_heads(
+    all_heads: dict[int, dict[str, Any]], pasta: dict[int, dict[str, Any]], kind: str
+) -> dict[str, Any]:
+    """Per prompt, the two steered runs of each seed against each other: prompts where only PASTA's output complies,
+    where only all heads' does (summed over seeds; McNemar's exact test on them), and PASTA - all heads compliance per
+    seed."""
+    pasta_only = all_only = 0
+    for seed in sorted(all_heads):
+        rows = {}
+        for name, runs in (("all", all_heads), ("pasta", pasta)):
+            lines = (Path(runs[seed]["job"]) / "generations.jsonl").read_text().splitlines()
+            rows[name] = [json.loads(line) for line in lines]
+        for a, b in zip(rows["all"], rows["pasta"], strict=True):
+            pasta_only += complies(b, "output", kind) and not complies(a, "output", kind)
+            all_only += complies(a, "output", kind) and not complies(b, "output", kind)
+    discordant = pasta_only + all_only
+    return {
+        "pasta_only": pasta_only,
+        "all_heads_only": all_only,
+        "sign_test_p": binomtest(pasta_only, discordant).pvalue if discordant else 1.0,
+        "per_seed_difference": [pasta[s]["compliance"] - all_heads[s]["compliance"] for s in sorted(all_heads)],
+    }
 
 
 def main() -> None:
     """Command line (module doc)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["data", "train", "finetune", "unsteered", "sweep", "report"])
+    parser.add_argument("stage", choices=["data", "train", "finetune", "unsteered", "select", "sweep", "report"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/knobs_pasta"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n-train", type=int, default=10000)
@@ -359,11 +497,15 @@ def main() -> None:
     parser.add_argument("--n-layer", type=int, default=3, help="GPT-2 layers (same for every stage of one --work)")
     parser.add_argument("--n-head", type=int, default=4, help="GPT-2 heads per layer (same for every stage)")
     parser.add_argument("--lr", type=float, help="learning rate of the stage (train: 3e-3, finetune: 1e-3 if unset)")
+    parser.add_argument(
+        "--step-checkpoints", action="store_true", help="train: keep a checkpoint every third of an epoch (select)"
+    )
     parser.add_argument("--init-work", type=Path, help="finetune: start from this work dir's fine-tuned models")
     parser.add_argument("--split", default="dev", choices=["dev", "test", "default_dev"])
     parser.add_argument("--values", default="2,5,10", help="knob A bias values on the instruction span (-m list)")
     parser.add_argument("--pasta-values", help="sweep: PASTA's bias values if not --values (-m list)")
     parser.add_argument("--top-k", default="1,2,4", help="PASTA top-k heads (-m list)")
+    parser.add_argument("--selected", action="store_true", help="sweep: steer the checkpoints select chose")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     model = model_options(args.n_embd, args.n_layer, args.n_head)
@@ -372,11 +514,23 @@ def main() -> None:
             args.work, args.n_train, args.rare_fraction, args.n_eval, args.n_profile, args.data_seed, args.rare_kind
         )
     elif args.stage == "train":
-        train(args.work, args.seeds, args.epochs, model, 3e-3 if args.lr is None else args.lr)
+        train(args.work, args.seeds, args.epochs, model, 3e-3 if args.lr is None else args.lr, args.step_checkpoints)
     elif args.stage == "finetune":
         finetune(args.work, args.seeds, args.epochs, model, 1e-3 if args.lr is None else args.lr, args.init_work)
     elif args.stage == "sweep":
-        sweep(args.work, args.split, args.seeds, args.values, args.top_k, args.n_profile, model, args.pasta_values)
+        sweep(
+            args.work,
+            args.split,
+            args.seeds,
+            args.values,
+            args.top_k,
+            args.n_profile,
+            model,
+            args.pasta_values,
+            args.selected,
+        )
+    elif args.stage == "select":
+        select(args.work, args.seeds, model)
     elif args.stage == "unsteered":
         unsteered(args.work, args.seeds)
     else:
