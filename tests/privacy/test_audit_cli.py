@@ -276,6 +276,7 @@ def test_canary_is_inserted_trained_on_and_ranked(tmp_path: Path, audit: Callabl
     assert not estimate["exact"] and estimate["num_sampled"] == 200 and estimate["sampled_at_or_below"] == below
     assert estimate["rank"] == pytest.approx(1 + 999 * below / 200) and estimate["num_candidates"] == 1000
     assert estimate["rank_low"] <= estimate["rank"] <= estimate["rank_high"]
+    assert estimate["ranks_first"] is (False if estimate["rank_low"] > 1 else None)
     exact = audit(
         "canary",
         str(run_dir),

@@ -168,7 +168,8 @@ def canary_exposure(
         sampled = sampled_exposure(secret_loss, score_candidates(loss_on_label, sentences(others), batch_size), space)
         estimate = {**asdict(sampled), "sample_seed": sample_seed}
     if estimate and estimate["rank_low"] > exact_top:
-        result = {**estimate, "ranks_first": False, "exact": False}
+        # first only if no other candidate scores at or below it, which a sample can rule out but not confirm
+        result = {**estimate, "ranks_first": False if estimate["rank_low"] > 1 else None, "exact": False}
     else:
         secrets = candidate_secrets(len(spec.secret), spec.alphabet)
         losses = score_candidates(loss_on_label, sentences(secrets), batch_size)
