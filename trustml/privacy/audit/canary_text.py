@@ -31,6 +31,7 @@ from trustml.privacy.audit.canary import (
     sample_other_secrets,
     sampled_exposure,
     score_candidates,
+    secret_index,
 )
 from trustml.privacy.audit.runs import checkpoint_test_accuracy, load_audited_run
 from trustml.privacy.audit.scoring import model_inputs
@@ -173,7 +174,7 @@ def canary_exposure(
     else:
         secrets = candidate_secrets(len(spec.secret), spec.alphabet)
         losses = score_candidates(loss_on_label, sentences(secrets), batch_size)
-        exact = asdict(exposure(losses.numpy(), secrets.index(spec.secret)))
+        exact = asdict(exposure(losses.numpy(), secret_index(spec.secret, spec.alphabet)))
         result = {**exact, "exact": True, **({"sampled_estimate": estimate} if estimate else {})}
     return {
         "run": str(run_dir),
