@@ -199,6 +199,24 @@ def finetune(
         )
 
 
+def generation_options(work: Path, split: str, seed: int, model: list[str]) -> list[str]:
+    """The ``trustml`` options of a generation-only ``method=knob_generator`` run on ``split`` (greedy, 2 new tokens,
+    no reference scoring); the caller adds which weights generate and the knobs."""
+    return [
+        "data=segments_jsonl",
+        "model=hf_causal_lm",
+        "method=knob_generator",
+        "trainer.max_epochs=0",
+        f"seed={seed}",
+        f"data.path={work / 'data' / f'{split}.jsonl'}",
+        f"data.template='{TEMPLATE}'",
+        "data.eval_batch_size=50",
+        *model,
+        "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
+        "method.score_reference=false",
+    ]
+
+
 def sweep(
     work: Path,
     split: str,
@@ -222,20 +240,7 @@ def sweep(
             source = [f"method.model_run_dir={choice[0]}", f"method.checkpoint={choice[1]}"]
         else:
             source = [f"method.model_run_dir={lm_run(work, seed)}"]
-        common = [
-            "data=segments_jsonl",
-            "model=hf_causal_lm",
-            "method=knob_generator",
-            "trainer.max_epochs=0",
-            f"seed={seed}",
-            f"data.path={work / 'data' / f'{split}.jsonl'}",
-            f"data.template='{TEMPLATE}'",
-            "data.eval_batch_size=50",
-            *source,
-            *model,
-            "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
-            "method.score_reference=false",
-        ]
+        common = [*generation_options(work, split, seed, model), *source]
         base = work / "sweep" / split / f"seed{seed}"
         trustml(["-m", *common, f"+method.knobs.prompt_attention.values.instruction={values}"], base / "all_heads")
         pasta = [
@@ -265,31 +270,37 @@ def complies(row: dict[str, Any], field: str, kind: str) -> bool:
     return _words(row[field])[:1] == wanted
 
 
+def read_generations(job: Path) -> list[dict[str, Any]]:
+    """The rows of a ``method=knob_generator`` job's ``generations.jsonl``."""
+    return [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
+
+
+def compliance_rate(rows: list[dict[str, Any]], field: str, kind: str) -> float:
+    """Share of ``rows`` whose ``field`` output answers the rare request of ``kind`` (:func:`complies`)."""
+    return sum(complies(r, field, kind) for r in rows) / len(rows)
+
+
+def first_word_rate(rows: list[dict[str, Any]], field: str) -> float:
+    """Share of ``rows`` whose ``field`` output starts with the text's first word (the default answer)."""
+    return sum(_words(r[field])[:1] == _words(r["segments"]["text"])[:1] for r in rows) / len(rows)
+
+
 def job_record(job: Path, kind: str = "last") -> dict[str, Any]:
     """One sweep job: knob settings and shares of compliant (the rare request's answer: the text's last word, or for
     ``kind="word"`` the reference) / first-word answers, steered and not."""
     overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
     options = dict(o.lstrip("+").split("=", 1) for o in overrides)
-    rows = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
+    rows = read_generations(job)
     results = json.loads((job / "results.json").read_text())
-
-    def share(field: str, position: int) -> float:
-        """Share of outputs whose first word is the text's word at ``position`` (0: first, -1: last)."""
-        return sum(_words(r[field])[:1] == [_words(r["segments"]["text"])[position]] for r in rows) / len(rows)
-
-    def compliance(field: str) -> float:
-        """Share of outputs whose first word answers the rare request."""
-        return sum(complies(r, field, kind) for r in rows) / len(rows)
-
     record = {
         "value": float(options["method.knobs.prompt_attention.values.instruction"]),
         "top_k": int(options["method.knobs.prompt_attention.top_k"])
         if "method.knobs.prompt_attention.top_k" in options
         else None,
-        "compliance": compliance("output"),
-        "default": share("output", 0),
-        "neutral_compliance": compliance("neutral_output"),
-        "neutral_default": share("neutral_output", 0),
+        "compliance": compliance_rate(rows, "output", kind),
+        "default": first_word_rate(rows, "output"),
+        "neutral_compliance": compliance_rate(rows, "neutral_output", kind),
+        "neutral_default": first_word_rate(rows, "neutral_output"),
         "changed": results.get("test/paired_changed"),
         "examples": len(rows),
         # per prompt against the unsteered output: made compliant / made non-compliant by the steering
@@ -309,9 +320,8 @@ def unsteered(work: Path, seeds: list[int]) -> None:
     kind = rare_kind(work)
     for seed in seeds:
         run = lm_run(work, seed)
-        rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
-        comply = sum(complies(r, "output", kind) for r in rows) / len(rows)
-        default = sum(_words(r["output"])[:1] == _words(r["segments"]["text"])[:1] for r in rows) / len(rows)
+        rows = read_generations(run)
+        comply, default = compliance_rate(rows, "output", kind), first_word_rate(rows, "output")
         print(f"seed {seed}: {run}: dev compliance {comply:.3f}, first-word (default) {default:.3f}")
 
 
@@ -332,42 +342,10 @@ def select(work: Path, seeds: list[int], model: list[str]) -> None:
         if not names:
             sys.exit(f"{run} has no stepNNNNN checkpoints; train with --step-checkpoints")
         base = work / "select" / f"seed{seed}"
-        trustml(
-            [
-                "-m",
-                "data=segments_jsonl",
-                "model=hf_causal_lm",
-                "method=knob_generator",
-                "trainer.max_epochs=0",
-                f"seed={seed}",
-                f"data.path={work / 'data' / 'dev.jsonl'}",
-                f"data.template='{TEMPLATE}'",
-                "data.eval_batch_size=50",
-                f"method.model_run_dir={run}",
-                f"method.checkpoint={','.join(names)}",
-                *model,
-                "method.generation={num_beams: 1, do_sample: false, max_new_tokens: 2}",
-                "method.score_reference=false",
-                "method.compare_neutral=false",
-            ],
-            base,
-        )
-        candidates = []
-        newest = sorted(base.glob("multiruns/*"))[-1]  # this call's sweep
-        for job in sorted(newest.glob("*/generations.jsonl")):
-            overrides = yaml.safe_load((job.parent / ".hydra" / "overrides.yaml").read_text())
-            name = dict(o.split("=", 1) for o in overrides)["method.checkpoint"]
-            rows = [json.loads(line) for line in job.read_text().splitlines()]
-            candidates.append(
-                {
-                    "checkpoint": name,
-                    "step": int(name[4:]),
-                    "compliance": sum(complies(r, "output", kind) for r in rows) / len(rows),
-                    "default": sum(_words(r["output"])[:1] == _words(r["segments"]["text"])[:1] for r in rows)
-                    / len(rows),
-                }
-            )
-        candidates.sort(key=lambda c: c["step"])
+        checkpoints = [f"method.model_run_dir={run}", f"method.checkpoint={','.join(names)}"]
+        options = [*generation_options(work, "dev", seed, model), *checkpoints, "method.compare_neutral=false"]
+        trustml(["-m", *options], base)
+        candidates = checkpoint_candidates(sorted(base.glob("multiruns/*"))[-1], kind)  # this call's sweep
         low, high = SELECT_WINDOW
         window = [c for c in candidates if low <= c["compliance"] <= high]
         chosen = min(window, key=lambda c: (abs(c["compliance"] - SELECT_TARGET), c["step"])) if window else None
@@ -376,6 +354,25 @@ def select(work: Path, seeds: list[int], model: list[str]) -> None:
         trace = " ".join(f"{c['step']}:{c['compliance']:.2f}/{c['default']:.2f}" for c in candidates)
         print(f"seed {seed}: step:compliance/first-word {trace}")
         print(f"seed {seed}: selected {chosen}")
+
+
+def checkpoint_candidates(sweep_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """Per job of ``select``'s sweep over ``method.checkpoint``: the checkpoint, its step, and the unsteered
+    compliance and first-word share of its outputs, in step order."""
+    candidates = []
+    for job in (g.parent for g in sweep_dir.glob("*/generations.jsonl")):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        name = dict(o.split("=", 1) for o in overrides)["method.checkpoint"]
+        rows = read_generations(job)
+        candidates.append(
+            {
+                "checkpoint": name,
+                "step": int(name[4:]),
+                "compliance": compliance_rate(rows, "output", kind),
+                "default": first_word_rate(rows, "output"),
+            }
+        )
+    return sorted(candidates, key=lambda c: c["step"])
 
 
 def selected_checkpoint(work: Path, seed: int) -> tuple[Path, str] | None:
@@ -466,8 +463,7 @@ def pasta_vs_all_heads(
     for seed in sorted(all_heads):
         rows = {}
         for name, runs in (("all", all_heads), ("pasta", pasta)):
-            lines = (Path(runs[seed]["job"]) / "generations.jsonl").read_text().splitlines()
-            rows[name] = [json.loads(line) for line in lines]
+            rows[name] = read_generations(Path(runs[seed]["job"]))
         for a, b in zip(rows["all"], rows["pasta"], strict=True):
             pasta_only += complies(b, "output", kind) and not complies(a, "output", kind)
             all_only += complies(a, "output", kind) and not complies(b, "output", kind)
