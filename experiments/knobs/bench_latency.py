@@ -397,6 +397,8 @@ def knob_work(args, runs: dict[str, Callable[[], torch.Tensor]]) -> dict[str, tu
             clock = {"hooks": 0.0, "generate": 0.0}
             with knob_work_clock(clock):
                 _, total = timed(args, run)
+            if clock["generate"] == 0.0:
+                raise SystemExit(f"{name}: no time inside GenerationMixin.generate; does the model override it?")
             outside = total - clock["generate"]
             calls.append((outside + clock["hooks"], outside, clock["hooks"]))
         work[name] = tuple(statistics.median(call[i] for call in calls) for i in range(3))
@@ -450,12 +452,21 @@ def table(args, measured: Measurements, model_text: str, source_tokens: int, sou
     return "\n".join(lines)
 
 
+def check_markers(readme: Path, markers: tuple[str, str]) -> str:
+    """``readme``'s text, after checking it holds both ``markers`` (checked before measuring, so no run is lost)."""
+    start, end = markers
+    content = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if start not in content or end not in content:
+        raise SystemExit(
+            f"{readme} lacks the {start} ... {end} markers to write the table between; add them or pass --readme"
+        )
+    return content
+
+
 def write_between(readme: Path, markers: tuple[str, str], text: str) -> None:
     """Replace what lies between ``markers`` in ``readme`` by ``text``."""
     start, end = markers
-    content = readme.read_text(encoding="utf-8")
-    if start not in content or end not in content:
-        raise SystemExit(f"{readme} lacks the {start} ... {end} markers to write the table between")
+    content = check_markers(readme, markers)
     head, rest = content.split(start, 1)
     readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
 
@@ -469,6 +480,9 @@ def main() -> None:
     families = ["seq2seq", "causal"] if args.family == "both" else [args.family]
     if args.count_calls:
         families = ["seq2seq"]
+    else:
+        for family in families:
+            check_markers(args.readme, markers(family, args.design))
     for family in families:
         build = seq2seq_runs if family == "seq2seq" else causal_runs
         runs, model_text, source_tokens = build(args, tokenizer, rows)

@@ -96,3 +96,14 @@ def test_knob_work_clock_counts_hooks_registered_inside_it_once_and_generate_sep
     inner(torch.zeros(2))
     assert clock["hooks"] - timed_before < 0.03
     before.remove()
+
+
+def test_a_readme_without_the_family_markers_is_refused_before_anything_is_measured(bench, tmp_path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench_latency:start -->\nold\n<!-- bench_latency:end -->\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="bench_latency_causal_sandwich:start"):
+        bench.check_markers(readme, bench.markers("causal", "sandwich"))
+    with pytest.raises(SystemExit, match="lacks"):
+        bench.check_markers(tmp_path / "missing.md", bench.markers("seq2seq", "shuffled"))
+    bench.write_between(readme, bench.markers("seq2seq", "shuffled"), "new")
+    assert readme.read_text(encoding="utf-8") == "<!-- bench_latency:start -->\nnew\n<!-- bench_latency:end -->\n"
